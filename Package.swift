@@ -1,0 +1,81 @@
+// swift-tools-version: 6.1
+//
+// Modeless: write a Linux PCI device driver once, run it in user mode (VFIO or UIO)
+// or in the in-tree kernel-mode emulation.
+//
+// Targets follow the layers in docs/architecture.md; each depends only on layers below it.
+//   1. System   - CModelessShim, CLibPCI, CLibUdev, ModelessSystem
+//   2. Bus      - ModelessBus (PCI discovery, binding, udev events)
+//   6. Tools    - the `modeless` command line
+import PackageDescription
+
+let package = Package(
+    name: "Modeless",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "ModelessSystem", targets: ["ModelessSystem"]),
+        .library(name: "ModelessBus", targets: ["ModelessBus"]),
+        .executable(name: "modeless", targets: ["modeless"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // Layer 1: System.
+        .target(
+            name: "CModelessShim",
+            cSettings: [.define("_GNU_SOURCE")]
+        ),
+        .systemLibrary(
+            name: "CLibPCI",
+            pkgConfig: "libpci",
+            providers: [.apt(["libpci-dev"])]
+        ),
+        .systemLibrary(
+            name: "CLibUdev",
+            pkgConfig: "libudev",
+            providers: [.apt(["libudev-dev"])]
+        ),
+        .target(
+            name: "ModelessSystem",
+            dependencies: [
+                "CModelessShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Layer 2: Bus.
+        .target(
+            name: "ModelessBus",
+            dependencies: [
+                "ModelessSystem",
+                "CLibPCI",
+                "CLibUdev",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Layer 6: Tools.
+        .executableTarget(
+            name: "modeless",
+            dependencies: [
+                "ModelessBus",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Tests.
+        .testTarget(
+            name: "ModelessSystemTests",
+            dependencies: ["ModelessSystem"]
+        ),
+        .testTarget(
+            name: "ModelessBusTests",
+            dependencies: ["ModelessBus"]
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["ModelessBus"]
+        ),
+    ]
+)

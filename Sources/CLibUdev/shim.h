@@ -1,0 +1,2 @@
+// libudev as Swift sees it.
+#include <libudev.h>

@@ -1,0 +1,49 @@
+/// Why a discovery, bind or unbind request was refused or failed.
+///
+/// Every error says what was wrong (``message``) and what to do about it (``remedy``).
+/// A refused bind or unbind changes nothing on the system.
+public struct BusError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The kind of failure; the command line maps each kind to a documented exit code.
+    public enum Kind: String, Sendable, Equatable, CaseIterable {
+        /// The text is not a PCI address or `vendor:device` id.
+        case malformedAddress
+        /// No PCI function matches.
+        case noSuchDevice
+        /// A `vendor:device` id matches more than one function.
+        case ambiguousDevice
+        /// The kernel is using the device (an interface that is up, a mounted block device).
+        case deviceInUse
+        /// Another member of the device's IOMMU group is still on a host driver.
+        case iommuGroupNotViable
+        /// vfio-pci was asked for but the device has no IOMMU group.
+        case noIOMMU
+        /// The driver's kernel module cannot be loaded.
+        case moduleUnavailable
+        /// The caller may not change bindings (sysfs is writable by root only).
+        case notPermitted
+        /// The driver named is not one Modeless binds to.
+        case unsupportedDriver
+        /// The device is not bound to a user-mode driver, so there is nothing to restore.
+        case notBound
+        /// The kernel did not complete the change; the previous state was restored.
+        case kernelRefused
+        /// A system call failed in a way not covered above.
+        case systemFailure
+    }
+
+    public var kind: Kind
+    /// What was wrong, naming the device or input.
+    public var message: String
+    /// What to do about it.
+    public var remedy: String
+
+    public init(_ kind: Kind, _ message: String, remedy: String) {
+        self.kind = kind
+        self.message = message
+        self.remedy = remedy
+    }
+
+    public var description: String {
+        remedy.isEmpty ? message : "\(message)\n  hint: \(remedy)"
+    }
+}

@@ -1,0 +1,82 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a finished program returned.
+public struct ProgramResult: Sendable, Equatable {
+    /// The exit status, or 128 + signal number if a signal ended it.
+    public var status: Int32
+    /// Its standard output and standard error, interleaved as written.
+    public var output: String
+
+    public init(status: Int32, output: String) {
+        self.status = status
+        self.output = output
+    }
+}
+
+/// Runs helper programs such as `modprobe` with `posix_spawn`, capturing their output.
+public enum ProgramRunner {
+    /// Directories searched for a program named without a slash, after `PATH`.
+    public static let systemDirectories = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+
+    /// The full path of `name`, searching `PATH` and then the system directories; `nil` if not found.
+    public static func locate(_ name: String) -> String? {
+        if name.contains("/") { return access(name, X_OK) == 0 ? name : nil }
+        let path = getenv("PATH").map { String(cString: $0) } ?? ""
+        let directories = path.split(separator: ":").map(String.init) + systemDirectories
+        for directory in directories where !directory.isEmpty {
+            let candidate = "\(directory)/\(name)"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+
+    /// Runs `program` with `arguments`, waits for it, and returns its status and output.
+    ///
+    /// - Throws: ``SystemError`` if the program cannot be found or started.
+    public static func run(_ program: String, _ arguments: [String]) throws(SystemError) -> ProgramResult {
+        guard let executable = locate(program) else {
+            throw SystemError("find program", program, errno: .noSuchFileOrDirectory)
+        }
+        var pipeEnds: [Int32] = [-1, -1]
+        _ = try systemCall("pipe", program) { pipe(&pipeEnds) }
+        let (readEnd, writeEnd) = (pipeEnds[0], pipeEnds[1])
+        _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, writeEnd, 1)
+        posix_spawn_file_actions_adddup2(&actions, writeEnd, 2)
+
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawnError = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        close(writeEnd)
+        guard spawnError == 0 else {
+            close(readEnd)
+            throw SystemError("posix_spawn", executable, errno: .init(rawValue: spawnError))
+        }
+
+        var output: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
+            if count > 0 { output.append(contentsOf: chunk[0..<count]); continue }
+            if count < 0 && Errno.current == .interrupted { continue }
+            break
+        }
+        close(readEnd)
+
+        var status: Int32 = 0
+        _ = try systemCall("waitpid", executable) { waitpid(pid, &status, 0) }
+        let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return ProgramResult(status: exitStatus, output: String(decoding: output, as: UTF8.self))
+    }
+}

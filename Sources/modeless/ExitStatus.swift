@@ -1,0 +1,60 @@
+import ArgumentParser
+import ModelessBus
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The documented exit codes of `modeless` (docs/cli.md lists them too).
+enum ExitStatus {
+    static func code(for kind: BusError.Kind) -> Int32 {
+        switch kind {
+        case .systemFailure: 1
+        case .malformedAddress, .unsupportedDriver: 64
+        case .ambiguousDevice: 65
+        case .noSuchDevice: 66
+        case .notBound: 67
+        case .moduleUnavailable: 69
+        case .noIOMMU: 70
+        case .iommuGroupNotViable: 71
+        case .deviceInUse: 75
+        case .kernelRefused: 76
+        case .notPermitted: 77
+        }
+    }
+
+    static let table = """
+        0 success; 1 unexpected system failure; 64 malformed address or arguments; \
+        65 vendor:device id matches several devices; 66 no such device; \
+        67 device not bound to a user-mode driver; 69 kernel module not available; \
+        70 no IOMMU for vfio-pci; 71 IOMMU group not viable; 75 device in use by the kernel; \
+        76 kernel refused the change (previous state restored); 77 not permitted.
+        """
+
+    /// Prints the error for a person and exits with its code.
+    static func fail(_ error: BusError) -> ExitCode {
+        printError(error.description)
+        return ExitCode(code(for: error.kind))
+    }
+}
+
+/// Writes `modeless: error: …` to standard error.
+func printError(_ message: String) {
+    var text = "modeless: error: \(message)\n"
+    text.withUTF8 { buffer in _ = write(2, buffer.baseAddress, buffer.count) }
+}
+
+/// Prints a line and flushes at once, so output piped to another program arrives in time.
+func printLine(_ line: String) {
+    print(line)
+    fflush(nil)
+}
+
+/// Runs a body that reports ``BusError``, turning it into the documented exit code.
+func reportingErrors(_ body: () throws(BusError) -> Void) throws(ExitCode) {
+    do {
+        try body()
+    } catch {
+        throw ExitStatus.fail(error)
+    }
+}
