@@ -74,8 +74,12 @@ let package = Package(
             dependencies: ["ModelessBus"]
         ),
         .testTarget(
+            name: "ModelessCLITests",
+            dependencies: ["modeless", "ModelessSystem"]
+        ),
+        .testTarget(
             name: "IntegrationTests",
-            dependencies: ["ModelessBus"]
+            dependencies: ["modeless", "ModelessBus"]
         ),
     ]
 )

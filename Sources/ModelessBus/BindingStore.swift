@@ -50,6 +50,13 @@ public struct BindingStore: Sendable {
     public func setRecord(_ record: Record?, for address: PCIAddress) throws(BusError) {
         var all = try load()
         all[address] = record
+        if all.isEmpty {
+            if FileAccess.exists(file) && unlink(file) != 0 {
+                throw BusError(.systemFailure, "cannot remove the binding record \(file): \(Errno.current)",
+                               remedy: "set MODELESS_STATE_DIR to a writable directory")
+            }
+            return
+        }
         do {
             try FileAccess.createDirectories(directory)
             let byText = Dictionary(uniqueKeysWithValues: all.map { ($0.key.description, $0.value) })

@@ -1,0 +1,109 @@
+import FoundationEssentials
+import ModelessSystem
+import Testing
+
+/// Runs the `modeless` binary built next to this test bundle.
+func modeless(_ arguments: String...) throws -> ProgramResult {
+    try ProgramRunner.run(try modelessPath(), arguments)
+}
+
+/// Commands here are refused before they could change anything: the host's own PCI
+/// functions carry its disk and network, so no test binds them.
+@Suite("Command line: errors and exit codes")
+struct CommandLineErrorTests {
+    @Test(arguments: [
+        (["bind", "zz"], 64, "'zz' is not a PCI address"),
+        (["bind", "0000:00:1f"], 64, "is not a PCI address"),
+        (["unbind", "00:00.9"], 64, "is not a PCI address"),
+        (["info", "8086:10e"], 64, "is not a PCI address or vendor:device id"),
+        (["bind", "0000:ff:1f.7"], 66, "no PCI device at 0000:ff:1f.7"),
+        (["bind", "dead:beef", "--to", "uio_pci_generic"], 66, "no PCI device has id dead:beef"),
+        (["unbind", "ff:00.0"], 66, "no PCI device at 0000:ff:00.0"),
+        (["info", "0000:fe:00.0"], 66, "no PCI device at 0000:fe:00.0"),
+        (["bind", "0000:ff:1f.7", "--to", "e1000"], 64, "e1000"),
+    ] as [([String], Int32, String)])
+    func refused(_ arguments: [String], _ status: Int32, _ message: String) throws {
+        let result = try ProgramRunner.run(try modelessPath(), arguments)
+        #expect(result.status == status, "\(result.output)")
+        #expect(result.output.contains(message), "\(result.output)")
+    }
+
+    @Test func helpListsTheExitCodes() throws {
+        let result = try modeless("--help")
+        #expect(result.status == 0)
+        #expect(result.output.contains("77 not permitted"))
+    }
+}
+
+/// The `modeless` binary in the build directory that holds this test bundle.
+func modelessPath() throws -> String {
+    let bundle = try FileAccess.readLink("/proc/self/exe")
+    var directory = bundle.split(separator: "/").dropLast()
+    if directory.last?.hasSuffix(".xctest") == true { directory = directory.dropLast() }
+    return "/" + directory.joined(separator: "/") + "/modeless"
+}
+
+@Suite("Command line: discovery on this machine")
+struct DiscoveryTests {
+    struct ListedDevice: Decodable {
+        var address: String
+        var vendorId: String
+        var deviceId: String
+        var classCode: String
+        var revision: String
+    }
+
+    /// One device as `lspci -Dnn` prints it:
+    /// `0000:00:03.0 Ethernet controller [0200]: Red Hat, Inc. Virtio network device [1af4:1041] (rev 01)`.
+    struct LspciLine: Equatable {
+        var address: String
+        var ids: String
+        var classAndSubclass: String
+        var revision: String
+
+        init(_ line: Substring) {
+            address = String(line.prefix { $0 != " " })
+            let brackets = line.split(separator: "[").map { $0.prefix { $0 != "]" } }.dropFirst()
+            classAndSubclass = String(brackets.first ?? "")
+            ids = String(brackets.last ?? "")
+            revision = line.split(separator: "(rev ").dropFirst().first.map { String($0.prefix(2)) } ?? "00"
+        }
+
+        init(_ device: ListedDevice) {
+            address = device.address
+            ids = "\(device.vendorId):\(device.deviceId)"
+            classAndSubclass = String(device.classCode.prefix(4))
+            revision = device.revision
+        }
+    }
+
+    @Test func listAgreesWithLspciOnEveryDevice() throws {
+        let lspci = try ProgramRunner.run("lspci", ["-Dnn"])
+        #expect(lspci.status == 0, "lspci (Debian's pciutils) is needed: \(lspci.output)")
+        let expected = lspci.output.split(separator: "\n").map(LspciLine.init)
+        let listed = try modeless("list", "--json")
+        #expect(listed.status == 0)
+        let devices = try JSONDecoder().decode([ListedDevice].self, from: Data(listed.output.utf8))
+        #expect(!devices.isEmpty)
+        #expect(devices.map(LspciLine.init) == expected)
+    }
+
+    @Test func infoDescribesEachDevice() throws {
+        let listed = try modeless("list", "--json")
+        let devices = try JSONDecoder().decode([ListedDevice].self, from: Data(listed.output.utf8))
+        for device in devices {
+            let info = try modeless("info", device.address)
+            #expect(info.status == 0)
+            #expect(info.output.hasPrefix(device.address))
+            #expect(info.output.contains("[\(device.vendorId):\(device.deviceId)]"))
+        }
+    }
+
+    @Test func tableGroupsEveryDevice() throws {
+        let table = try modeless("list")
+        let listed = try modeless("list", "--json")
+        let devices = try JSONDecoder().decode([ListedDevice].self, from: Data(listed.output.utf8))
+        #expect(table.status == 0)
+        for device in devices { #expect(table.output.contains(device.address)) }
+    }
+}
