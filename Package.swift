@@ -6,6 +6,7 @@
 // Targets follow the layers in docs/architecture.md; each depends only on layers below it.
 //   1. System   - CModelessShim, CLibPCI, CLibUdev, ModelessSystem
 //   2. Bus      - ModelessBus (PCI discovery, binding, udev events)
+//   3. Device   - ModelessDevice (VFIO and UIO access: regions, config space, DMA, interrupts)
 //   6. Tools    - the `modeless` command line
 import PackageDescription
 
@@ -15,6 +16,7 @@ let package = Package(
     products: [
         .library(name: "ModelessSystem", targets: ["ModelessSystem"]),
         .library(name: "ModelessBus", targets: ["ModelessBus"]),
+        .library(name: "ModelessDevice", targets: ["ModelessDevice"]),
         .executable(name: "modeless", targets: ["modeless"]),
     ],
     dependencies: [
@@ -54,6 +56,11 @@ let package = Package(
                 "CLibUdev",
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        // Layer 3: Device access.
+        .target(
+            name: "ModelessDevice",
+            dependencies: ["ModelessBus", "ModelessSystem", "CModelessShim"]
         ),
         // Layer 6: Tools.
         .executableTarget(

@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 
 int modeless_ioctl_ptr(int fd, unsigned long request, void *argument) {
@@ -10,6 +11,10 @@ int modeless_ioctl_ptr(int fd, unsigned long request, void *argument) {
 
 int modeless_ioctl_int(int fd, unsigned long request, unsigned long argument) {
     return ioctl(fd, request, argument);
+}
+
+int modeless_eventfd(unsigned int initial, int flags) {
+    return eventfd(initial, flags);
 }
 
 int modeless_pin_current_thread(int cpu) {
@@ -22,3 +27,19 @@ int modeless_pin_current_thread(int cpu) {
 int modeless_current_cpu(void) {
     return sched_getcpu();
 }
+
+const unsigned long modeless_VFIO_GET_API_VERSION = VFIO_GET_API_VERSION;
+const unsigned long modeless_VFIO_CHECK_EXTENSION = VFIO_CHECK_EXTENSION;
+const unsigned long modeless_VFIO_SET_IOMMU = VFIO_SET_IOMMU;
+const unsigned long modeless_VFIO_GROUP_GET_STATUS = VFIO_GROUP_GET_STATUS;
+const unsigned long modeless_VFIO_GROUP_SET_CONTAINER = VFIO_GROUP_SET_CONTAINER;
+const unsigned long modeless_VFIO_GROUP_UNSET_CONTAINER = VFIO_GROUP_UNSET_CONTAINER;
+const unsigned long modeless_VFIO_GROUP_GET_DEVICE_FD = VFIO_GROUP_GET_DEVICE_FD;
+const unsigned long modeless_VFIO_DEVICE_GET_INFO = VFIO_DEVICE_GET_INFO;
+const unsigned long modeless_VFIO_DEVICE_GET_REGION_INFO = VFIO_DEVICE_GET_REGION_INFO;
+const unsigned long modeless_VFIO_DEVICE_GET_IRQ_INFO = VFIO_DEVICE_GET_IRQ_INFO;
+const unsigned long modeless_VFIO_DEVICE_SET_IRQS = VFIO_DEVICE_SET_IRQS;
+const unsigned long modeless_VFIO_DEVICE_RESET = VFIO_DEVICE_RESET;
+const unsigned long modeless_VFIO_IOMMU_GET_INFO = VFIO_IOMMU_GET_INFO;
+const unsigned long modeless_VFIO_IOMMU_MAP_DMA = VFIO_IOMMU_MAP_DMA;
+const unsigned long modeless_VFIO_IOMMU_UNMAP_DMA = VFIO_IOMMU_UNMAP_DMA;

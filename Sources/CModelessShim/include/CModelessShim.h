@@ -1,10 +1,12 @@
 // The only C in Modeless outside the system-library wrappers: what Swift cannot import
-// directly (variadic ioctl, GNU-only thread calls).
+// directly. Variadic ioctl, request numbers built by the _IO() macros of linux/vfio.h,
+// GNU-only thread calls, and volatile loads and stores for device registers.
 #ifndef CMODELESS_SHIM_H
 #define CMODELESS_SHIM_H
 
 #include <stdint.h>
 #include <sys/types.h>
+#include <linux/vfio.h>
 
 /// ioctl(2) with one pointer argument; the C function is variadic, which Swift cannot call.
 int modeless_ioctl_ptr(int fd, unsigned long request, void *argument);
@@ -12,10 +14,48 @@ int modeless_ioctl_ptr(int fd, unsigned long request, void *argument);
 /// ioctl(2) with one integer argument.
 int modeless_ioctl_int(int fd, unsigned long request, unsigned long argument);
 
+/// eventfd(2); glibc declares it in <sys/eventfd.h>, which Swift's Glibc module does not export.
+int modeless_eventfd(unsigned int initial, int flags);
+
 /// Pins the calling thread to one CPU (pthread_setaffinity_np). Returns 0 or an errno value.
 int modeless_pin_current_thread(int cpu);
 
 /// The CPU the calling thread runs on now (sched_getcpu), or -1 with errno set.
 int modeless_current_cpu(void);
+
+// VFIO ioctl request numbers (linux/vfio.h builds them with _IO(), a macro Swift cannot import).
+extern const unsigned long modeless_VFIO_GET_API_VERSION;
+extern const unsigned long modeless_VFIO_CHECK_EXTENSION;
+extern const unsigned long modeless_VFIO_SET_IOMMU;
+extern const unsigned long modeless_VFIO_GROUP_GET_STATUS;
+extern const unsigned long modeless_VFIO_GROUP_SET_CONTAINER;
+extern const unsigned long modeless_VFIO_GROUP_UNSET_CONTAINER;
+extern const unsigned long modeless_VFIO_GROUP_GET_DEVICE_FD;
+extern const unsigned long modeless_VFIO_DEVICE_GET_INFO;
+extern const unsigned long modeless_VFIO_DEVICE_GET_REGION_INFO;
+extern const unsigned long modeless_VFIO_DEVICE_GET_IRQ_INFO;
+extern const unsigned long modeless_VFIO_DEVICE_SET_IRQS;
+extern const unsigned long modeless_VFIO_DEVICE_RESET;
+extern const unsigned long modeless_VFIO_IOMMU_GET_INFO;
+extern const unsigned long modeless_VFIO_IOMMU_MAP_DMA;
+extern const unsigned long modeless_VFIO_IOMMU_UNMAP_DMA;
+
+// Volatile device-register access: one load or store of exactly the given width, never
+// merged, split, reordered with other volatile accesses, or elided by the compiler.
+static inline uint8_t modeless_mmio_read8(const volatile void *address) { return *(const volatile uint8_t *)address; }
+static inline uint16_t modeless_mmio_read16(const volatile void *address) { return *(const volatile uint16_t *)address; }
+static inline uint32_t modeless_mmio_read32(const volatile void *address) { return *(const volatile uint32_t *)address; }
+static inline uint64_t modeless_mmio_read64(const volatile void *address) { return *(const volatile uint64_t *)address; }
+static inline void modeless_mmio_write8(volatile void *address, uint8_t value) { *(volatile uint8_t *)address = value; }
+static inline void modeless_mmio_write16(volatile void *address, uint16_t value) { *(volatile uint16_t *)address = value; }
+static inline void modeless_mmio_write32(volatile void *address, uint32_t value) { *(volatile uint32_t *)address = value; }
+static inline void modeless_mmio_write64(volatile void *address, uint64_t value) { *(volatile uint64_t *)address = value; }
+
+/// Orders all earlier memory accesses before all later ones, as seen by devices (mfence on x86).
+static inline void modeless_memory_barrier(void) { __sync_synchronize(); }
+/// Orders earlier stores to DMA memory before a later doorbell write (store-store).
+static inline void modeless_write_barrier(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+/// Orders a status read from DMA memory before the reads that depend on it (load-load).
+static inline void modeless_read_barrier(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 
 #endif

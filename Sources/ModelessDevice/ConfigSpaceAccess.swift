@@ -1,0 +1,85 @@
+import ModelessBus
+import ModelessSystem
+
+/// Reads and writes a function's configuration space, bounds-checked, with the fields a
+/// driver changes: the command register (memory decoding, bus mastering, INTx disable) and
+/// the capability list.
+public final class ConfigSpaceAccess: @unchecked Sendable {
+    /// Command register bits (PCI Local Bus Specification 6.2.2).
+    public struct Command: OptionSet, Sendable {
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        public static let ioSpace = Command(rawValue: 1 << 0)
+        public static let memorySpace = Command(rawValue: 1 << 1)
+        public static let busMaster = Command(rawValue: 1 << 2)
+        public static let interruptDisable = Command(rawValue: 1 << 10)
+    }
+
+    public let device: PCIAddress
+    /// 256 for conventional PCI, 4096 for PCI Express.
+    public let size: Int
+    private let file: RegionFile
+
+    init(device: PCIAddress, size: Int, file: RegionFile) {
+        self.device = device
+        self.size = size
+        self.file = file
+    }
+
+    public func read8(at offset: Int) throws(DeviceError) -> UInt8 { UInt8(truncatingIfNeeded: try read(offset, 1)) }
+    public func read16(at offset: Int) throws(DeviceError) -> UInt16 { UInt16(truncatingIfNeeded: try read(offset, 2)) }
+    public func read32(at offset: Int) throws(DeviceError) -> UInt32 { UInt32(truncatingIfNeeded: try read(offset, 4)) }
+    public func write8(_ value: UInt8, at offset: Int) throws(DeviceError) { try write(offset, 1, UInt64(value)) }
+    public func write16(_ value: UInt16, at offset: Int) throws(DeviceError) { try write(offset, 2, UInt64(value)) }
+    public func write32(_ value: UInt32, at offset: Int) throws(DeviceError) { try write(offset, 4, UInt64(value)) }
+
+    /// The command register.
+    public func command() throws(DeviceError) -> Command {
+        Command(rawValue: try read16(at: PCIConfigSpace.Offset.command))
+    }
+
+    /// Sets or clears command register bits, leaving the others as they are.
+    public func setCommand(_ bits: Command, _ enabled: Bool) throws(DeviceError) {
+        var value = try command()
+        if enabled { value.formUnion(bits) } else { value.subtract(bits) }
+        try write16(value.rawValue, at: PCIConfigSpace.Offset.command)
+    }
+
+    /// Lets the device master the bus (DMA and MSI need it).
+    public func setBusMastering(_ enabled: Bool) throws(DeviceError) {
+        try setCommand(.busMaster, enabled)
+    }
+
+    /// Masks (true) or unmasks (false) the legacy INTx interrupt at the device.
+    public func setINTxDisabled(_ disabled: Bool) throws(DeviceError) {
+        try setCommand(.interruptDisable, disabled)
+    }
+
+    /// All of configuration space, parsed.
+    public func snapshot() throws(DeviceError) -> PCIConfigSpace {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(size)
+        for offset in stride(from: 0, to: size, by: 4) {
+            let value = try read32(at: offset)
+            bytes += [0, 8, 16, 24].map { UInt8(truncatingIfNeeded: value >> $0) }
+        }
+        return PCIConfigSpace(bytes: bytes)
+    }
+
+    private func read(_ offset: Int, _ width: Int) throws(DeviceError) -> UInt64 {
+        try check(offset, width)
+        return try file.read(at: offset, width: width, device: device)
+    }
+
+    private func write(_ offset: Int, _ width: Int, _ value: UInt64) throws(DeviceError) {
+        try check(offset, width)
+        try file.write(value, at: offset, width: width, device: device)
+    }
+
+    private func check(_ offset: Int, _ width: Int) throws(DeviceError) {
+        guard offset >= 0, offset <= size - width, offset % width == 0 else {
+            throw DeviceError(.outOfRange, device,
+                              "config space: \(width * 8)-bit access at 0x\(String(offset, radix: 16)) is outside its \(size) bytes or misaligned")
+        }
+    }
+}

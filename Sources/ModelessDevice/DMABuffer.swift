@@ -1,0 +1,86 @@
+import CModelessShim
+import ModelessBus
+
+/// Memory the device can reach by DMA, with the address the device uses for it.
+///
+/// Accesses are bounds-checked and volatile (the device may write the memory at any time).
+/// ``free()`` removes the device's access (the IOMMU mapping) and releases the memory;
+/// so does `deinit`, and so does closing the device.
+public final class DMABuffer: @unchecked Sendable {
+    /// Size in bytes.
+    public let size: Int
+    /// The address the device uses: an IO virtual address under VFIO, a physical one under UIO.
+    public let deviceAddress: UInt64
+    public let device: PCIAddress
+    let base: UnsafeMutableRawPointer
+    private var release: ((DMABuffer) -> Void)?
+
+    init(size: Int, deviceAddress: UInt64, device: PCIAddress, base: UnsafeMutableRawPointer,
+         release: @escaping (DMABuffer) -> Void) {
+        self.size = size
+        self.deviceAddress = deviceAddress
+        self.device = device
+        self.base = base
+        self.release = release
+    }
+
+    deinit { free() }
+
+    /// Whether the buffer has been freed (directly or by closing its device).
+    public var isFreed: Bool { release == nil }
+
+    /// Unmaps the buffer from the device and releases its memory. Idempotent.
+    public func free() {
+        guard let release else { return }
+        self.release = nil
+        release(self)
+    }
+
+    /// Called by the owning device when it closes first.
+    func invalidate() { release = nil }
+
+    public func load8(at offset: Int) throws(DeviceError) -> UInt8 { try checked(offset, 1) { modeless_mmio_read8($0) } }
+    public func load16(at offset: Int) throws(DeviceError) -> UInt16 { try checked(offset, 2) { modeless_mmio_read16($0) } }
+    public func load32(at offset: Int) throws(DeviceError) -> UInt32 { try checked(offset, 4) { modeless_mmio_read32($0) } }
+    public func load64(at offset: Int) throws(DeviceError) -> UInt64 { try checked(offset, 8) { modeless_mmio_read64($0) } }
+    public func store8(_ value: UInt8, at offset: Int) throws(DeviceError) { try checked(offset, 1) { modeless_mmio_write8($0, value) } }
+    public func store16(_ value: UInt16, at offset: Int) throws(DeviceError) { try checked(offset, 2) { modeless_mmio_write16($0, value) } }
+    public func store32(_ value: UInt32, at offset: Int) throws(DeviceError) { try checked(offset, 4) { modeless_mmio_write32($0, value) } }
+    public func store64(_ value: UInt64, at offset: Int) throws(DeviceError) { try checked(offset, 8) { modeless_mmio_write64($0, value) } }
+
+    /// Copies `bytes` into the buffer at `offset`.
+    public func write(_ bytes: [UInt8], at offset: Int = 0) throws(DeviceError) {
+        try checkRange(offset, bytes.count)
+        bytes.withUnsafeBytes { (base + offset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        modeless_write_barrier()
+    }
+
+    /// Copies `count` bytes out of the buffer from `offset`.
+    public func read(_ count: Int, at offset: Int = 0) throws(DeviceError) -> [UInt8] {
+        try checkRange(offset, count)
+        modeless_read_barrier()
+        return [UInt8](UnsafeRawBufferPointer(start: base + offset, count: count))
+    }
+
+    /// Sets every byte to `value`.
+    public func fill(_ value: UInt8) throws(DeviceError) {
+        try checkRange(0, size)
+        base.initializeMemory(as: UInt8.self, repeating: value, count: size)
+        modeless_write_barrier()
+    }
+
+    private func checked<T>(_ offset: Int, _ width: Int, _ access: (UnsafeMutableRawPointer) -> T) throws(DeviceError) -> T {
+        try checkRange(offset, width)
+        guard offset % width == 0 else {
+            throw DeviceError(.outOfRange, device, "DMA buffer: \(width)-byte access at \(offset) is misaligned")
+        }
+        return access(base + offset)
+    }
+
+    private func checkRange(_ offset: Int, _ count: Int) throws(DeviceError) {
+        guard !isFreed else { throw DeviceError(.closed, device, "DMA buffer at 0x\(String(deviceAddress, radix: 16)) was freed") }
+        guard offset >= 0, count >= 0, offset <= size - count else {
+            throw DeviceError(.outOfRange, device, "DMA buffer: \(count) bytes at \(offset) are outside its \(size) bytes")
+        }
+    }
+}

@@ -1,0 +1,44 @@
+import ModelessBus
+import ModelessSystem
+
+/// Why an operation on an opened device failed. Every case names the device and says what
+/// to do where something can be done.
+public struct DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Equatable {
+        /// The device is not bound to the driver the backend needs.
+        case notBound
+        /// A register offset or width outside a region, or misaligned.
+        case outOfRange
+        /// The region, interrupt type or operation is not offered by this device or backend.
+        case unsupported
+        /// The VFIO group has members on host drivers.
+        case groupNotViable
+        /// DMA over UIO was asked for without opting in (UIO gives no DMA isolation).
+        case unisolatedDMANotAllowed
+        /// No device address is left below the device's DMA mask.
+        case outOfDeviceAddresses
+        /// The device was closed.
+        case closed
+        /// A system call failed; ``systemError`` has the call and errno.
+        case system
+    }
+
+    public var kind: Kind
+    public var device: PCIAddress
+    public var message: String
+    public var systemError: SystemError?
+
+    public init(_ kind: Kind, _ device: PCIAddress, _ message: String, systemError: SystemError? = nil) {
+        self.kind = kind
+        self.device = device
+        self.message = message
+        self.systemError = systemError
+    }
+
+    /// Wraps a failed system call.
+    public init(_ error: SystemError, _ device: PCIAddress) {
+        self.init(.system, device, "\(error)", systemError: error)
+    }
+
+    public var description: String { "\(device): \(message)" }
+}

@@ -1,0 +1,119 @@
+import CModelessShim
+import ModelessBus
+
+/// A device's register window (a BAR), with bounds-checked, aligned, volatile accesses of
+/// exactly 8, 16, 32 or 64 bits.
+///
+/// An offset outside the region, or not aligned to the access width, throws
+/// ``DeviceError`` (`.outOfRange`) and touches nothing. How the window is reached stays
+/// inside the backend: mapped device memory, an I/O-port region read through a file, or
+/// registers implemented in software (``RegisterFile``).
+public struct MMIORegion: @unchecked Sendable {
+    /// How accesses reach the device.
+    enum Backing {
+        /// Mapped memory, valid while `lifetime` is open (the device closes it before unmapping).
+        case mapped(UnsafeMutableRawPointer, lifetime: MappingLifetime)
+        /// A file accessed with pread/pwrite at `base` (VFIO I/O-port regions, UIO I/O BARs).
+        case file(RegionFile)
+        /// Software registers.
+        case registers(any RegisterFile)
+    }
+
+    /// BAR number.
+    public let index: Int
+    /// Size in bytes.
+    public let size: Int
+    public let device: PCIAddress
+    let backing: Backing
+
+    init(index: Int, size: Int, device: PCIAddress, backing: Backing) {
+        self.index = index
+        self.size = size
+        self.device = device
+        self.backing = backing
+    }
+
+    /// A region whose registers are implemented by `registers` (device models, tests).
+    public static func emulated(index: Int, size: Int, device: PCIAddress, registers: any RegisterFile) -> MMIORegion {
+        MMIORegion(index: index, size: size, device: device, backing: .registers(registers))
+    }
+
+    /// Whether this region is mapped device memory (not I/O ports or software registers).
+    public var isMemoryMapped: Bool {
+        if case .mapped = backing { return true }
+        return false
+    }
+
+    public func read8(at offset: Int) throws(DeviceError) -> UInt8 { UInt8(truncatingIfNeeded: try read(offset, 1)) }
+    public func read16(at offset: Int) throws(DeviceError) -> UInt16 { UInt16(truncatingIfNeeded: try read(offset, 2)) }
+    public func read32(at offset: Int) throws(DeviceError) -> UInt32 { UInt32(truncatingIfNeeded: try read(offset, 4)) }
+    public func read64(at offset: Int) throws(DeviceError) -> UInt64 { try read(offset, 8) }
+
+    public func write8(_ value: UInt8, at offset: Int) throws(DeviceError) { try write(offset, 1, UInt64(value)) }
+    public func write16(_ value: UInt16, at offset: Int) throws(DeviceError) { try write(offset, 2, UInt64(value)) }
+    public func write32(_ value: UInt32, at offset: Int) throws(DeviceError) { try write(offset, 4, UInt64(value)) }
+    public func write64(_ value: UInt64, at offset: Int) throws(DeviceError) { try write(offset, 8, value) }
+
+    private func check(_ offset: Int, _ width: Int) throws(DeviceError) {
+        guard offset >= 0, offset <= size - width else {
+            throw DeviceError(.outOfRange, device,
+                              "BAR\(index): \(width * 8)-bit access at 0x\(String(offset, radix: 16)) is outside the region's \(size) bytes")
+        }
+        guard offset % width == 0 else {
+            throw DeviceError(.outOfRange, device,
+                              "BAR\(index): \(width * 8)-bit access at 0x\(String(offset, radix: 16)) is not \(width)-byte aligned")
+        }
+    }
+
+    private func read(_ offset: Int, _ width: Int) throws(DeviceError) -> UInt64 {
+        try check(offset, width)
+        switch backing {
+        case .mapped(let base, let lifetime):
+            try lifetime.check(device, index)
+            let address = base + offset
+            switch width {
+            case 1: return UInt64(modeless_mmio_read8(address))
+            case 2: return UInt64(modeless_mmio_read16(address))
+            case 4: return UInt64(modeless_mmio_read32(address))
+            default: return modeless_mmio_read64(address)
+            }
+        case .file(let file):
+            return try file.read(at: offset, width: width, device: device)
+        case .registers(let registers):
+            return registers.read(at: offset, width: width)
+        }
+    }
+
+    private func write(_ offset: Int, _ width: Int, _ value: UInt64) throws(DeviceError) {
+        try check(offset, width)
+        switch backing {
+        case .mapped(let base, let lifetime):
+            try lifetime.check(device, index)
+            let address = base + offset
+            switch width {
+            case 1: modeless_mmio_write8(address, UInt8(truncatingIfNeeded: value))
+            case 2: modeless_mmio_write16(address, UInt16(truncatingIfNeeded: value))
+            case 4: modeless_mmio_write32(address, UInt32(truncatingIfNeeded: value))
+            default: modeless_mmio_write64(address, value)
+            }
+        case .file(let file):
+            try file.write(value, at: offset, width: width, device: device)
+        case .registers(let registers):
+            registers.write(at: offset, width: width, value: value)
+        }
+    }
+}
+
+/// Whether a device's mappings are still valid: closing the device ends them before
+/// unmapping, so a region kept past `close()` reports ``DeviceError/Kind/closed`` instead of
+/// touching unmapped memory.
+final class MappingLifetime: @unchecked Sendable {
+    private(set) var isOpen = true
+
+    func end() { isOpen = false }
+
+    @inline(__always)
+    func check(_ device: PCIAddress, _ index: Int) throws(DeviceError) {
+        if !isOpen { throw DeviceError(.closed, device, "BAR\(index) was unmapped when the device was closed") }
+    }
+}

@@ -1,0 +1,191 @@
+import CModelessShim
+import ModelessBus
+import ModelessSystem
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A PCI function bound to vfio-pci, opened through its VFIO group.
+///
+/// Opening maps every memory BAR, finds the configuration space region and the interrupt
+/// counts. DMA buffers are mapped into the device's IOMMU address space at addresses below
+/// its DMA limit. ``close()`` (or `deinit`) releases everything in reverse order.
+public final class VFIODevice: DeviceAccess, @unchecked Sendable {
+    /// Choices made when opening a device.
+    public struct Options: Sendable {
+        /// How many address bits the device can drive for DMA (its DMA mask): device addresses
+        /// are allocated below 2^bits. QEMU's edu device has 28.
+        public var dmaAddressBits: Int
+
+        public init(dmaAddressBits: Int = 39) {
+            self.dmaAddressBits = dmaAddressBits
+        }
+    }
+
+    public let address: PCIAddress
+    public let backendName = "vfio"
+    public let regions: [Int: MMIORegion]
+    public let config: ConfigSpaceAccess
+    public let supportsReset: Bool
+    let deviceFD: Int32
+    let container: VFIOContainer
+    let system: any SystemCalls
+    let vectorCounts: [InterruptKind: Int]
+    private let lifetime: MappingLifetime
+    private let barMappings: [(UnsafeMutableRawPointer, Int)]
+    let state: Mutex<State>
+
+    struct DMARecord: @unchecked Sendable {
+        var base: UnsafeMutableRawPointer
+        var length: Int
+        weak var buffer: DMABuffer?
+    }
+
+    struct State: @unchecked Sendable {
+        var isOpen = true
+        var allocator: IOVAAllocator
+        var buffers: [UInt64: DMARecord] = [:]
+        var interrupts: (kind: InterruptKind, notifiers: [EventNotifier])?
+    }
+
+    /// VFIO's fixed region and interrupt indexes for PCI devices (linux/vfio.h).
+    static let configRegionIndex: UInt32 = 7
+    static func irqIndex(_ kind: InterruptKind) -> UInt32 {
+        switch kind {
+        case .intx: 0
+        case .msi: 1
+        case .msix: 2
+        }
+    }
+
+    /// Opens the function at `address`, which must be bound to vfio-pci.
+    public convenience init(_ address: PCIAddress, options: Options = Options(),
+                            bus: PCIBus = PCIBus(), system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
+        let device: PCIDevice
+        do { device = try bus.device(at: address) } catch { throw DeviceError(.notBound, address, error.message) }
+        guard device.driver == UserModeDriver.vfioPCI.rawValue, let group = device.iommuGroup else {
+            throw DeviceError(.notBound, address,
+                              "is bound to \(device.driver ?? "no driver"), not vfio-pci: run `sudo modeless bind \(address) --to vfio-pci`")
+        }
+        try self.init(address, group: group, options: options, system: system)
+    }
+
+    /// Opens the function at `address` through VFIO group `group`.
+    public init(_ address: PCIAddress, group: Int, options: Options = Options(),
+                system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
+        self.address = address
+        self.system = system
+        let container = try VFIOContainer(group: group, device: address, system: system)
+        var deviceFD: Int32 = -1
+        var mappings: [(UnsafeMutableRawPointer, Int)] = []
+        let lifetime = MappingLifetime()
+        do throws(DeviceError) {
+            deviceFD = try container.openDevice(address)
+            var info = vfio_device_info()
+            info.argsz = UInt32(MemoryLayout<vfio_device_info>.size)
+            do {
+                _ = try system.ioctl(deviceFD, modeless_VFIO_DEVICE_GET_INFO, &info, "VFIO_DEVICE_GET_INFO", "\(address)")
+            } catch { throw DeviceError(error, address) }
+            supportsReset = info.flags & UInt32(VFIO_DEVICE_FLAGS_RESET) != 0
+
+            var regions: [Int: MMIORegion] = [:]
+            for index in 0..<min(6, Int(info.num_regions)) {
+                let region = try Self.regionInfo(deviceFD, UInt32(index), address, system)
+                guard region.size > 0 else { continue }
+                let size = Int(region.size)
+                if region.flags & UInt32(VFIO_REGION_INFO_FLAG_MMAP) != 0 {
+                    let base: UnsafeMutableRawPointer
+                    do {
+                        base = try system.map(size, protection: PROT_READ | PROT_WRITE, flags: MAP_SHARED,
+                                              fd: deviceFD, offset: Int64(region.offset), "\(address) BAR\(index)")
+                    } catch { throw DeviceError(error, address) }
+                    mappings.append((base, size))
+                    regions[index] = MMIORegion(index: index, size: size, device: address,
+                                                backing: .mapped(base, lifetime: lifetime))
+                } else {
+                    let file = RegionFile(fd: deviceFD, base: Int64(region.offset), name: "\(address) BAR\(index)", system: system)
+                    regions[index] = MMIORegion(index: index, size: size, device: address, backing: .file(file))
+                }
+            }
+            self.regions = regions
+
+            let configRegion = try Self.regionInfo(deviceFD, Self.configRegionIndex, address, system)
+            config = ConfigSpaceAccess(device: address, size: Int(min(configRegion.size, 4096)),
+                                       file: RegionFile(fd: deviceFD, base: Int64(configRegion.offset),
+                                                        name: "\(address) config space", system: system))
+            var counts: [InterruptKind: Int] = [:]
+            for kind in InterruptKind.allCases where Self.irqIndex(kind) < info.num_irqs {
+                var irq = vfio_irq_info()
+                irq.argsz = UInt32(MemoryLayout<vfio_irq_info>.size)
+                irq.index = Self.irqIndex(kind)
+                do {
+                    _ = try system.ioctl(deviceFD, modeless_VFIO_DEVICE_GET_IRQ_INFO, &irq, "VFIO_DEVICE_GET_IRQ_INFO", "\(address)")
+                } catch { throw DeviceError(error, address) }
+                counts[kind] = Int(irq.count)
+            }
+            vectorCounts = counts
+        } catch {
+            lifetime.end()
+            for (base, size) in mappings { _ = system.munmap(base, size) }
+            if deviceFD >= 0 { _ = system.close(deviceFD) }
+            container.close()
+            throw error
+        }
+        self.deviceFD = deviceFD
+        self.container = container
+        self.lifetime = lifetime
+        self.barMappings = mappings
+        state = Mutex(State(allocator: IOVAAllocator(addressBits: options.dmaAddressBits)))
+    }
+
+    deinit { close() }
+
+    private static func regionInfo(_ fd: Int32, _ index: UInt32, _ address: PCIAddress,
+                                   _ system: any SystemCalls) throws(DeviceError) -> vfio_region_info {
+        var region = vfio_region_info()
+        region.argsz = UInt32(MemoryLayout<vfio_region_info>.size)
+        region.index = index
+        do {
+            _ = try system.ioctl(fd, modeless_VFIO_DEVICE_GET_REGION_INFO, &region, "VFIO_DEVICE_GET_REGION_INFO", "\(address) region \(index)")
+        } catch { throw DeviceError(error, address) }
+        return region
+    }
+
+    public func vectorCount(_ kind: InterruptKind) -> Int { vectorCounts[kind] ?? 0 }
+
+    public func reset() throws(DeviceError) {
+        guard supportsReset else { throw DeviceError(.unsupported, address, "does not support a function reset") }
+        try checkOpen()
+        do {
+            _ = try system.ioctl(deviceFD, modeless_VFIO_DEVICE_RESET, value: 0, "VFIO_DEVICE_RESET", "\(address)")
+        } catch { throw DeviceError(error, address) }
+    }
+
+    func checkOpen() throws(DeviceError) {
+        guard state.withLock({ $0.isOpen }) else { throw DeviceError(.closed, address, "the device was closed") }
+    }
+
+    public func close() {
+        let wasOpen = state.withLock { state in
+            defer { state.isOpen = false }
+            return state.isOpen
+        }
+        guard wasOpen else { return }
+        try? disableInterruptsUnchecked()
+        let buffers = state.withLock { state in
+            defer { state.buffers.removeAll() }
+            return state.buffers
+        }
+        for (iova, record) in buffers {
+            record.buffer?.invalidate()
+            try? container.unmapDMA(iova: iova, size: UInt64(record.length))
+            _ = system.munmap(record.base, record.length)
+        }
+        lifetime.end()
+        for (base, size) in barMappings { _ = system.munmap(base, size) }
+        _ = system.close(deviceFD)
+        container.close()
+    }
+}

@@ -1,0 +1,74 @@
+import CModelessShim
+import ModelessBus
+import ModelessSystem
+
+extension VFIODevice {
+    public func enableInterrupts(_ kind: InterruptKind, count: Int) throws(DeviceError) -> [InterruptVector] {
+        try checkOpen()
+        let available = vectorCount(kind)
+        guard count > 0, count <= available else {
+            throw DeviceError(.unsupported, address, "offers \(available) \(kind) vector(s); \(count) requested")
+        }
+        try disableInterrupts()
+        var notifiers: [EventNotifier] = []
+        do {
+            for _ in 0..<count { notifiers.append(try EventNotifier(system: system)) }
+            try setIRQs(kind, flags: UInt32(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER),
+                        start: 0, count: UInt32(count), fds: notifiers.map(\.fd))
+        } catch {
+            notifiers.forEach { $0.close() }
+            throw DeviceError(error, address)
+        }
+        state.withLock { $0.interrupts = (kind, notifiers) }
+        return notifiers.enumerated().map { index, notifier in
+            InterruptVector(
+                kind: kind, index: index, fd: notifier.fd, device: address,
+                wait: { [address] () throws(DeviceError) -> UInt64 in
+                    do throws(SystemError) { return try notifier.wait() } catch { throw DeviceError(error, address) }
+                },
+                acknowledge: { [weak self, address] () throws(DeviceError) in
+                    guard kind == .intx, let self else { return }
+                    do throws(SystemError) {
+                        try self.setIRQs(.intx, flags: UInt32(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK),
+                                         start: 0, count: 1, fds: [])
+                    } catch { throw DeviceError(error, address) }
+                },
+                trigger: { [weak self, address] () throws(DeviceError) in
+                    guard let self else { throw DeviceError(.closed, address, "the device was closed") }
+                    do throws(SystemError) {
+                        try self.setIRQs(kind, flags: UInt32(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER),
+                                         start: UInt32(index), count: 1, fds: [])
+                    } catch { throw DeviceError(error, address) }
+                })
+        }
+    }
+
+    public func disableInterrupts() throws(DeviceError) {
+        try checkOpen()
+        do { try disableInterruptsUnchecked() } catch { throw DeviceError(error, address) }
+    }
+
+    func disableInterruptsUnchecked() throws(SystemError) {
+        guard let enabled = state.withLock({ state in defer { state.interrupts = nil }; return state.interrupts }) else { return }
+        defer { enabled.notifiers.forEach { $0.close() } }
+        try setIRQs(enabled.kind, flags: UInt32(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER), start: 0, count: 0, fds: [])
+    }
+
+    /// VFIO_DEVICE_SET_IRQS: `struct vfio_irq_set` followed by `fds` (its flexible `data` array).
+    func setIRQs(_ kind: InterruptKind, flags: UInt32, start: UInt32, count: UInt32, fds: [Int32]) throws(SystemError) {
+        let header = MemoryLayout<vfio_irq_set>.size
+        var bytes = [UInt8](repeating: 0, count: header + 4 * fds.count)
+        let total = bytes.count
+        _ = try system.checked("VFIO_DEVICE_SET_IRQS", "\(address) \(kind)") {
+            bytes.withUnsafeMutableBytes { raw in
+                raw.storeBytes(of: UInt32(total), toByteOffset: 0, as: UInt32.self)
+                raw.storeBytes(of: flags, toByteOffset: 4, as: UInt32.self)
+                raw.storeBytes(of: Self.irqIndex(kind), toByteOffset: 8, as: UInt32.self)
+                raw.storeBytes(of: start, toByteOffset: 12, as: UInt32.self)
+                raw.storeBytes(of: count, toByteOffset: 16, as: UInt32.self)
+                for (index, fd) in fds.enumerated() { raw.storeBytes(of: fd, toByteOffset: header + 4 * index, as: Int32.self) }
+                return system.ioctl(deviceFD, modeless_VFIO_DEVICE_SET_IRQS, raw.baseAddress)
+            }
+        }
+    }
+}
