@@ -81,12 +81,16 @@ let package = Package(
             dependencies: ["ModelessBus"]
         ),
         .testTarget(
+            name: "ModelessDeviceTests",
+            dependencies: ["ModelessDevice"]
+        ),
+        .testTarget(
             name: "ModelessCLITests",
             dependencies: ["modeless", "ModelessSystem"]
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["modeless", "ModelessBus"]
+            dependencies: ["modeless", "ModelessBus", "ModelessDevice"]
         ),
     ]
 )

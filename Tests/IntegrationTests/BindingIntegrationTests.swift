@@ -4,7 +4,8 @@ import ModelessSystem
 import Testing
 
 /// Binding on a real kernel, in the test bench guest.
-@Suite("VM: binding real devices", .serialized, .enabled(if: TestBench.isGuest, "runs in the VM: scripts/vm/run"))
+extension VM {
+@Suite("binding real devices")
 struct BindingIntegrationTests {
     @Test func listShowsTheBenchDevices() throws {
         let devices = try TestBench.bus.devices()
@@ -81,4 +82,5 @@ struct BindingIntegrationTests {
         #expect(result.output.contains("bind \(edu) driver=uio_pci_generic"), "\(result.output)")
         #expect(result.output.contains("unbind \(edu)"), "\(result.output)")
     }
+}
 }

@@ -5,7 +5,8 @@ import Testing
 
 /// Bad requests on a real kernel: each gets its documented exit code and a message naming
 /// what was wrong, and no device's driver or override changes.
-@Suite("VM: refused requests change nothing", .serialized, .enabled(if: TestBench.isGuest, "runs in the VM: scripts/vm/run"))
+extension VM {
+@Suite("refused requests change nothing")
 struct RefusalIntegrationTests {
     func expectRefused(_ arguments: [String], status: Int32, mentioning text: String,
                        asUser user: Int? = nil) throws {
@@ -65,4 +66,5 @@ struct RefusalIntegrationTests {
         #expect(result.output.contains("would do:") && result.output.contains("bind \(edu) to vfio-pci"), "\(result.output)")
         #expect(try TestBench.bindings() == before)
     }
+}
 }

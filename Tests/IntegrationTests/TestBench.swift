@@ -4,6 +4,11 @@ import ModelessBus
 import ModelessSystem
 import Testing
 
+/// Every suite that touches the bench's devices, one at a time: they bind and unbind the
+/// same functions.
+@Suite("VM", .serialized, .enabled(if: TestBench.isGuest, "runs in the VM: scripts/vm/run"))
+struct VM {}
+
 /// The guest of `scripts/vm/run`: real vfio-pci and uio_pci_generic on QEMU's edu, two
 /// e1000 NICs and an NVMe controller.
 ///

@@ -1,0 +1,179 @@
+import ModelessBus
+import ModelessSystem
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A PCI function bound to uio_pci_generic: BARs mapped from sysfs `resourceN`, configuration
+/// space through sysfs `config`, INTx through `/dev/uioN`.
+///
+/// UIO gives no DMA isolation: the device can write anywhere in memory. DMA buffers are
+/// therefore refused unless ``Options/allowUnisolatedDMA`` is set, and then come from locked
+/// pages whose physical addresses are read from `/proc/self/pagemap` (root only).
+public final class UIODevice: DeviceAccess, @unchecked Sendable {
+    public struct Options: Sendable {
+        /// Allow DMA without an IOMMU. The device then reaches all of memory: use only with a
+        /// device and driver you trust.
+        public var allowUnisolatedDMA: Bool
+
+        public init(allowUnisolatedDMA: Bool = false) {
+            self.allowUnisolatedDMA = allowUnisolatedDMA
+        }
+    }
+
+    public let address: PCIAddress
+    public let backendName = "uio"
+    public let regions: [Int: MMIORegion]
+    public let config: ConfigSpaceAccess
+    /// The UIO node, `/dev/uioN`.
+    public let node: String
+    let options: Options
+    let system: any SystemCalls
+    let uioFD: Int32
+    let hasINTx: Bool
+    private let resetPath: String
+    private let lifetime = MappingLifetime()
+    private let descriptors: [Int32]
+    private let barMappings: [(UnsafeMutableRawPointer, Int)]
+    let state = Mutex(State())
+
+    struct DMARecord: @unchecked Sendable {
+        var base: UnsafeMutableRawPointer
+        var length: Int
+        weak var buffer: DMABuffer?
+    }
+
+    struct State: @unchecked Sendable {
+        var isOpen = true
+        var buffers: [UInt64: DMARecord] = [:]
+        var interruptsEnabled = false
+        var lastCount: UInt32 = 0
+    }
+
+    /// Opens the function at `address`, which must be bound to uio_pci_generic.
+    public init(_ address: PCIAddress, options: Options = Options(), bus: PCIBus = PCIBus(),
+                system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
+        self.address = address
+        self.options = options
+        self.system = system
+        let device: PCIDevice
+        do { device = try bus.device(at: address) } catch { throw DeviceError(.notBound, address, error.message) }
+        let directory = bus.path(of: address)
+        guard device.driver == UserModeDriver.uioPCIGeneric.rawValue,
+              let uio = (try? FileAccess.listDirectory("\(directory)/uio"))?.first else {
+            throw DeviceError(.notBound, address,
+                              "is bound to \(device.driver ?? "no driver"), not uio_pci_generic: run `sudo modeless bind \(address) --to uio_pci_generic`")
+        }
+        node = "/dev/\(uio)"
+        hasINTx = device.interrupts.intxPin != 0
+        resetPath = "\(directory)/reset"
+
+        var descriptors: [Int32] = []
+        var mappings: [(UnsafeMutableRawPointer, Int)] = []
+        do throws(SystemError) {
+            let uioFD = try system.openFile(node, O_RDWR)
+            descriptors.append(uioFD)
+            self.uioFD = uioFD
+            let configPath = "\(directory)/config"
+            let configFD = try system.openFile(configPath, O_RDWR)
+            descriptors.append(configFD)
+            let configSize = (try? FileAccess.readBytes(configPath, limit: 4096).count) ?? 256
+            config = ConfigSpaceAccess(device: address, size: configSize >= 4096 ? 4096 : 256,
+                                       file: RegionFile(fd: configFD, base: 0, name: configPath, system: system))
+            var regions: [Int: MMIORegion] = [:]
+            for bar in device.bars {
+                let path = "\(directory)/resource\(bar.index)"
+                let fd = try system.openFile(path, O_RDWR | O_SYNC)
+                if bar.space == .memory {
+                    defer { _ = system.close(fd) }  // The mapping outlives the descriptor.
+                    let base = try system.map(Int(bar.size), protection: PROT_READ | PROT_WRITE, flags: MAP_SHARED,
+                                              fd: fd, offset: 0, path)
+                    mappings.append((base, Int(bar.size)))
+                    regions[bar.index] = MMIORegion(index: bar.index, size: Int(bar.size), device: address,
+                                                    backing: .mapped(base, lifetime: lifetime))
+                } else {
+                    descriptors.append(fd)
+                    regions[bar.index] = MMIORegion(index: bar.index, size: Int(bar.size), device: address,
+                                                    backing: .file(RegionFile(fd: fd, base: 0, name: path, system: system)))
+                }
+            }
+            self.regions = regions
+        } catch {
+            lifetime.end()
+            for (base, size) in mappings { _ = system.munmap(base, size) }
+            for fd in descriptors.reversed() { _ = system.close(fd) }
+            throw DeviceError(error, address)
+        }
+        self.descriptors = descriptors
+        self.barMappings = mappings
+    }
+
+    deinit { close() }
+
+    public func vectorCount(_ kind: InterruptKind) -> Int { kind == .intx && hasINTx ? 1 : 0 }
+
+    public func enableInterrupts(_ kind: InterruptKind, count: Int) throws(DeviceError) -> [InterruptVector] {
+        try checkOpen()
+        guard kind == .intx, count == 1, hasINTx else {
+            throw DeviceError(.unsupported, address,
+                              "UIO delivers only INTx (1 vector)\(hasINTx ? "" : ", and this device has no INTx pin"); bind to vfio-pci for MSI or MSI-X")
+        }
+        try config.setINTxDisabled(false)
+        state.withLock { $0.interruptsEnabled = true }
+        return [InterruptVector(
+            kind: .intx, index: 0, fd: uioFD, device: address,
+            wait: { [weak self, address] () throws(DeviceError) -> UInt64 in
+                guard let self else { throw DeviceError(.closed, address, "the device was closed") }
+                return try self.waitForInterrupt()
+            },
+            acknowledge: { [weak self] () throws(DeviceError) in
+                // uio_pci_generic masked INTx by setting the command register's INTx-disable bit.
+                try self?.config.setINTxDisabled(false)
+            },
+            trigger: nil)]
+    }
+
+    /// Reads `/dev/uioN`: blocks until an interrupt, returns how many arrived since the last read.
+    private func waitForInterrupt() throws(DeviceError) -> UInt64 {
+        var total: UInt32 = 0
+        do throws(SystemError) {
+            _ = try system.checked("read", node) { withUnsafeMutableBytes(of: &total) { system.read(uioFD, $0.baseAddress!, 4) } }
+        } catch { throw DeviceError(error, address) }
+        return state.withLock { state in
+            defer { state.lastCount = total }
+            return UInt64(total &- state.lastCount)
+        }
+    }
+
+    public func disableInterrupts() throws(DeviceError) {
+        try checkOpen()
+        guard state.withLock({ state in defer { state.interruptsEnabled = false }; return state.interruptsEnabled }) else { return }
+        try config.setINTxDisabled(true)
+    }
+
+    public func reset() throws(DeviceError) {
+        try checkOpen()
+        guard FileAccess.exists(resetPath) else { throw DeviceError(.unsupported, address, "does not support a function reset") }
+        do { try FileAccess.writeText("1", to: resetPath) } catch { throw DeviceError(error, address) }
+    }
+
+    func checkOpen() throws(DeviceError) {
+        guard state.withLock({ $0.isOpen }) else { throw DeviceError(.closed, address, "the device was closed") }
+    }
+
+    public func close() {
+        let wasOpen = state.withLock { state in defer { state.isOpen = false }; return state.isOpen }
+        guard wasOpen else { return }
+        if state.withLock({ $0.interruptsEnabled }) { try? config.setINTxDisabled(true) }
+        let buffers = state.withLock { state in defer { state.buffers.removeAll() }; return state.buffers }
+        for record in buffers.values {
+            record.buffer?.invalidate()
+            _ = system.munmap(record.base, record.length)
+        }
+        lifetime.end()
+        for (base, size) in barMappings { _ = system.munmap(base, size) }
+        for fd in descriptors.reversed() { _ = system.close(fd) }
+    }
+}

@@ -1,0 +1,140 @@
+import Glibc
+import ModelessBus
+import ModelessDevice
+import ModelessSystem
+import Testing
+
+extension VM {
+    /// User-mode access to QEMU's edu device through both backends.
+    @Suite("edu over VFIO and UIO")
+    struct EduDeviceTests {
+        /// Binds edu to `driver`, runs `body` with it opened, closes and restores it.
+        func withEdu(_ driver: UserModeDriver, allowUnisolatedDMA: Bool = false,
+                     _ body: (any DeviceAccess) throws -> Void) throws {
+            let edu = try TestBench.edu()
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(edu), to: driver)
+            defer { _ = try? binder.unbind(.address(edu)) }
+            let device = try DeviceOpener.open(edu, options: .init(dmaAddressBits: Edu.dmaAddressBits,
+                                                                   allowUnisolatedDMA: allowUnisolatedDMA))
+            defer { device.close() }
+            try body(device)
+        }
+
+        /// Waits up to `seconds` for the vector to fire; false on timeout.
+        func fired(_ vector: InterruptVector, within seconds: Int32 = 10) throws -> Bool {
+            var descriptor = pollfd(fd: vector.fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&descriptor, 1, seconds * 1000) == 1 else { return false }
+            return try vector.wait() >= 1
+        }
+
+        func waitWhile(_ condition: () throws -> Bool) throws {
+            for _ in 0..<2000 where try condition() { usleep(1000) }
+            #expect(try !condition(), "device stayed busy")
+        }
+
+        @Test(arguments: [UserModeDriver.vfioPCI, .uioPCIGeneric])
+        func registers(_ driver: UserModeDriver) throws {
+            try withEdu(driver) { device in
+                let bar = try device.region(0)
+                #expect(bar.size == 1 << 20)
+                #expect(try bar.read32(at: Edu.identification) == 0x0100_00ed)
+                try bar.write32(0x1234_5678, at: Edu.liveness)
+                #expect(try bar.read32(at: Edu.liveness) == ~0x1234_5678)
+                try bar.write32(10, at: Edu.factorial)
+                try waitWhile { try bar.read32(at: Edu.status) & 1 != 0 }
+                #expect(try bar.read32(at: Edu.factorial) == 3_628_800)
+                #expect(try device.config.snapshot().vendorID == 0x1234)
+                #expect(try device.config.snapshot().interrupts.msi?.vectors == 1)
+                // Out of range and misaligned accesses are errors, not stray accesses.
+                #expect(throws: DeviceError.self) { try bar.read32(at: 1 << 20) }
+                #expect(throws: DeviceError.self) { try bar.read32(at: -4) }
+                #expect(throws: DeviceError.self) { try bar.read32(at: 2) }
+                #expect(throws: DeviceError.self) { try device.region(1) }
+                #expect(throws: DeviceError.self) { try device.config.read32(at: device.config.size) }
+            }
+        }
+
+        @Test(arguments: [(UserModeDriver.vfioPCI, InterruptKind.msi), (.vfioPCI, .intx), (.uioPCIGeneric, .intx)])
+        func interrupts(_ driver: UserModeDriver, _ kind: InterruptKind) throws {
+            try withEdu(driver) { device in
+                let bar = try device.region(0)
+                try device.config.setBusMastering(true)  // MSI is a memory write by the device
+                let vector = try #require(try device.enableInterrupts(kind, count: 1).first)
+                for round in 1...3 {
+                    try bar.write32(UInt32(round), at: Edu.raiseInterrupt)
+                    #expect(try fired(vector), "\(kind) round \(round) never arrived")
+                    #expect(try bar.read32(at: Edu.interruptStatus) == UInt32(round))
+                    try bar.write32(UInt32(round), at: Edu.acknowledgeInterrupt)
+                    try vector.acknowledge()
+                }
+                if vector.canTrigger {
+                    try vector.trigger()
+                    #expect(try fired(vector), "loopback trigger never arrived")
+                }
+                try device.disableInterrupts()
+            }
+        }
+
+        @Test func dmaRoundTripThroughTheIOMMU() throws {
+            try withEdu(.vfioPCI) { device in
+                let bar = try device.region(0)
+                try device.config.setBusMastering(true)
+                let source = try device.allocateDMA(size: 4096)
+                let destination = try device.allocateDMA(size: 4096)
+                #expect(source.deviceAddress < 1 << 28 && destination.deviceAddress < 1 << 28)
+                var generator = SystemRandomNumberGenerator()
+                let pattern = (0..<4096).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                try source.write(pattern)
+                try destination.fill(0)
+
+                func transfer(from: UInt64, to: UInt64, toRAM: Bool) throws {
+                    try bar.write64(from, at: Edu.dmaSource)
+                    try bar.write64(to, at: Edu.dmaDestination)
+                    try bar.write64(4096, at: Edu.dmaCount)
+                    try bar.write64(toRAM ? 0b011 : 0b001, at: Edu.dmaCommand)
+                    try waitWhile { try bar.read64(at: Edu.dmaCommand) & 1 != 0 }
+                }
+                try transfer(from: source.deviceAddress, to: Edu.dmaBuffer, toRAM: false)
+                try transfer(from: Edu.dmaBuffer, to: destination.deviceAddress, toRAM: true)
+                #expect(try destination.read(4096) == pattern)
+                source.free()
+                #expect(throws: DeviceError.self) { try source.load8(at: 0) }
+            }
+        }
+
+        @Test func dmaOverUIONeedsAnOptIn() throws {
+            try withEdu(.uioPCIGeneric) { device in
+                let error = #expect(throws: DeviceError.self) { try device.allocateDMA(size: 4096) }
+                #expect(error?.kind == .unisolatedDMANotAllowed)
+            }
+            try withEdu(.uioPCIGeneric, allowUnisolatedDMA: true) { device in
+                let buffer = try device.allocateDMA(size: 4096)
+                #expect(buffer.deviceAddress != 0)
+            }
+        }
+
+        /// Opening and closing 100 times, with interrupts and DMA each time, leaves the number
+        /// of descriptors and mappings as it was.
+        @Test(arguments: [UserModeDriver.vfioPCI, .uioPCIGeneric])
+        func openCloseDoesNotLeak(_ driver: UserModeDriver) throws {
+            let edu = try TestBench.edu()
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(edu), to: driver)
+            defer { _ = try? binder.unbind(.address(edu)) }
+            func cycle() throws {
+                let device = try DeviceOpener.open(edu, options: .init(dmaAddressBits: Edu.dmaAddressBits, allowUnisolatedDMA: true))
+                _ = try device.region(0).read32(at: Edu.identification)
+                _ = try device.enableInterrupts(driver == .vfioPCI ? .msi : .intx, count: 1)
+                _ = try device.allocateDMA(size: 8192)
+                device.close()
+            }
+            try cycle()  // Warm up lazily created process state.
+            let descriptors = try FileAccess.listDirectory("/proc/self/fd").count
+            let mappings = try FileAccess.readText("/proc/self/maps").split(separator: "\n").count
+            for _ in 0..<100 { try cycle() }
+            #expect(try FileAccess.listDirectory("/proc/self/fd").count == descriptors)
+            #expect(try FileAccess.readText("/proc/self/maps").split(separator: "\n").count == mappings)
+        }
+    }
+}
