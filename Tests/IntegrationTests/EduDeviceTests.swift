@@ -84,20 +84,24 @@ extension VM {
                 let destination = try device.allocateDMA(size: 4096)
                 #expect(source.deviceAddress < 1 << 28 && destination.deviceAddress < 1 << 28)
                 var generator = SystemRandomNumberGenerator()
-                let pattern = (0..<4096).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                // QEMU 7.2's edu aborts on a transfer that ends exactly at its 4 KiB buffer's end
+                // (its range check is off by one), so move 2 KiB.
+                let length = 2048
+                let pattern = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
                 try source.write(pattern)
                 try destination.fill(0)
 
                 func transfer(from: UInt64, to: UInt64, toRAM: Bool) throws {
                     try bar.write64(from, at: Edu.dmaSource)
                     try bar.write64(to, at: Edu.dmaDestination)
-                    try bar.write64(4096, at: Edu.dmaCount)
+                    try bar.write64(UInt64(length), at: Edu.dmaCount)
                     try bar.write64(toRAM ? 0b011 : 0b001, at: Edu.dmaCommand)
                     try waitWhile { try bar.read64(at: Edu.dmaCommand) & 1 != 0 }
                 }
                 try transfer(from: source.deviceAddress, to: Edu.dmaBuffer, toRAM: false)
                 try transfer(from: Edu.dmaBuffer, to: destination.deviceAddress, toRAM: true)
-                #expect(try destination.read(4096) == pattern)
+                #expect(try destination.read(length) == pattern)
+                #expect(try destination.read(4096 - length, at: length) == [UInt8](repeating: 0, count: 4096 - length))
                 source.free()
                 #expect(throws: DeviceError.self) { try source.load8(at: 0) }
             }
