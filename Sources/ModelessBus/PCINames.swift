@@ -36,12 +36,16 @@ public final class PCINames: Sendable {
         }
     }
 
-    /// The name of a 24-bit class code: the programming interface's if the database has one,
-    /// else the subclass's.
+    /// The name of a 24-bit class code's base class and subclass.
     public func className(_ classCode: UInt32) -> String? {
         let classAndSubclass = Int32(classCode >> 8)
-        let subclassName = lookup { modeless_pci_class_name($0, $1, $2, classAndSubclass) }
-        return subclassName
+        // For a subclass it does not know, libpci appends the number ("Unclassified device [00ff]");
+        // callers print numbers themselves.
+        guard var name = lookup({ modeless_pci_class_name($0, $1, $2, classAndSubclass) }) else { return nil }
+        if name.hasSuffix("]"), let open = name.lastIndex(of: "[") {
+            name = String(name[..<open]).trimmingCharacters(in: " ")
+        }
+        return name
     }
 
     private func lookup(_ call: (UnsafeMutablePointer<pci_access>, UnsafeMutablePointer<CChar>, Int32) -> UnsafePointer<CChar>?) -> String? {

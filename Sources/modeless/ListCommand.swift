@@ -80,7 +80,7 @@ struct DeviceListing {
         if let override = device.driverOverride, override != device.driver { fields.append("override=\(override)") }
         for use in device.kernelUses {
             if case .networkInterface(let name, _) = use { fields.append("if=\(name)") }
-            if case .blockDevice(let name, _, _, _) = use, !name.contains("p") || !device.isActiveInKernel { fields.append("blk=\(name)") }
+            if case .blockDevice(let name, _, _, _) = use { fields.append("blk=\(name)") }
         }
         if let group = device.iommuGroup { fields.append("iommu_group=\(group)") }
         if let node = bus.userModeNode(of: device) { fields.append("node=\(node)") }

@@ -118,6 +118,31 @@ extension VM {
             }
         }
 
+        /// QEMU's ICH9 AHCI controller (00:1f.2) has an index/data pair in I/O-port BAR4
+        /// (index at 0x10, data at 0x14) onto its memory BAR5: a register read through the ports
+        /// matches the same register read through memory.
+        @Test func ioPortBARThroughVFIO() throws {
+            _ = try TestBench.shell("rmmod i2c_i801")  // Its group (00:1f.x) must have no host driver.
+            let ahci = try #require(PCIAddress("0000:00:1f.2"))
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(ahci), to: .vfioPCI)
+            defer { _ = try? binder.unbind(.address(ahci)) }
+            let device = try DeviceOpener.open(ahci)
+            defer { device.close() }
+            let ports = try device.region(4)
+            let memory = try device.region(5)
+            #expect(!ports.isMemoryMapped && memory.isMemoryMapped)
+            try device.config.setCommand([.ioSpace, .memorySpace], true)
+            for register in [0x00, 0x04, 0x0C, 0x10] {  // CAP, GHC, PI, VS
+                try ports.write32(UInt32(register), at: 0x10)
+                #expect(try ports.read32(at: 0x10) == UInt32(register))
+                let throughPorts = try ports.read32(at: 0x14)
+                let throughMemory = try memory.read32(at: register)
+                #expect(throughPorts == throughMemory, "AHCI register 0x\(String(register, radix: 16))")
+            }
+            #expect(try memory.read32(at: 0x10) == 0x0001_0000, "AHCI version 1.0")
+        }
+
         /// Opening and closing 100 times, with interrupts and DMA each time, leaves the number
         /// of descriptors and mappings as it was.
         @Test(arguments: [UserModeDriver.vfioPCI, .uioPCIGeneric])

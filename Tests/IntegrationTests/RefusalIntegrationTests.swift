@@ -58,6 +58,35 @@ struct RefusalIntegrationTests {
         try expectRefused(["bind", nic.description, "--to", "uio_pci_generic"], status: 75, mentioning: "--force")
     }
 
+    /// q35 puts its LPC bridge, SATA and SMBus functions (00:1f.x) in one IOMMU group: with
+    /// the SMBus function on i801_smbus, the SATA function cannot go to vfio-pci.
+    @Test func aGroupWithAMemberOnAHostDriverIsNotViable() throws {
+        #expect(try TestBench.shell("modprobe i2c-i801").status == 0)
+        let smbus = try #require(PCIAddress("0000:00:1f.3"))
+        for _ in 0..<100 where TestBench.driver(of: smbus) == nil { usleep(50_000) }
+        let driver = try #require(TestBench.driver(of: smbus))
+        try expectRefused(["bind", "0000:00:1f.2"], status: 71, mentioning: "0000:00:1f.3 (\(driver)) still on host drivers")
+    }
+
+    /// A module that cannot be loaded: `modprobe` is made to fail as it does when the module
+    /// is not installed.
+    @Test func aModuleThatCannotBeLoaded() throws {
+        let edu = try TestBench.edu()
+        #expect(try TestBench.shell("rmmod uio_pci_generic").status == 0)
+        defer { _ = try? TestBench.shell("modprobe uio_pci_generic") }
+        let binary = try FileAccess.readLink("/proc/self/exe")
+        let directory = "/" + binary.split(separator: "/").dropLast(binary.contains(".xctest/") ? 2 : 1).joined(separator: "/")
+        let before = try TestBench.bindings()
+        let result = try TestBench.shell("""
+            mkdir -p /tmp/nomodules && printf '#!/bin/sh\\necho "modprobe: FATAL: Module $1 not found" >&2\\nexit 1\\n' > /tmp/nomodules/modprobe
+            chmod +x /tmp/nomodules/modprobe
+            PATH=/tmp/nomodules:$PATH \(directory)/modeless bind \(edu) --to uio_pci_generic
+            """)
+        #expect(result.status == 69, "\(result.output)")
+        #expect(result.output.contains("kernel module uio_pci_generic is not available"), "\(result.output)")
+        #expect(try TestBench.bindings() == before)
+    }
+
     @Test func dryRunChangesNothing() throws {
         let edu = try TestBench.edu()
         let before = try TestBench.bindings()
