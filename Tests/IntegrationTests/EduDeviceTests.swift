@@ -167,3 +167,49 @@ extension VM {
         }
     }
 }
+
+extension VM {
+    /// MSI-X and function reset, which edu lacks, on QEMU's NVMe controller.
+    @Suite("NVMe over VFIO: MSI-X and reset")
+    struct NVMeDeviceTests {
+        @Test func msixVectorsEachArriveOnTheirOwnEventfd() throws {
+            let nvme = try TestBench.nvme()
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(nvme), to: .vfioPCI, force: true)
+            defer { _ = try? binder.unbind(.address(nvme)) }
+            let device = try DeviceOpener.open(nvme)
+            defer { device.close() }
+            let offered = device.vectorCount(.msix)
+            #expect(offered >= 4, "QEMU's NVMe offers MSI-X vectors")
+            #expect(try device.config.snapshot().interrupts.msix?.vectors == offered)
+            let vectors = try device.enableInterrupts(.msix, count: 4)
+            for vector in vectors.reversed() {
+                try vector.trigger()
+                var descriptors = vectors.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+                #expect(poll(&descriptors, nfds_t(descriptors.count), 5000) == 1, "exactly one vector is readable")
+                #expect(descriptors[vector.index].revents & Int16(POLLIN) != 0, "vector \(vector.index) fired")
+                #expect(try vector.wait() == 1)
+            }
+            try device.disableInterrupts()
+        }
+
+        @Test func resetLeavesTheControllerReadable() throws {
+            let nvme = try TestBench.nvme()
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(nvme), to: .vfioPCI, force: true)
+            defer { _ = try? binder.unbind(.address(nvme)) }
+            let device = try DeviceOpener.open(nvme)
+            defer { device.close() }
+            let version = try device.region(0).read32(at: 0x08)  // NVMe VS register
+            #expect(version >= 0x0001_0200)
+            guard let vfio = device as? VFIODevice else { Issue.record("expected VFIO"); return }
+            if vfio.supportsReset {
+                try device.reset()
+                #expect(try device.region(0).read32(at: 0x08) == version)
+            } else {
+                let error = #expect(throws: DeviceError.self) { try device.reset() }
+                #expect(error?.kind == .unsupported)
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import ModelessBus
+import Synchronization
+
+/// Fixed-size DMA chunks carved from one buffer, for descriptor rings and packet or data
+/// buffers: allocation is taking an index off a free stack, with no per-chunk object or
+/// reference counting (the hot paths of a driver never allocate).
+///
+/// A chunk is a plain value (its index); the pool does the bounds-checked accesses.
+public final class DMAPool: @unchecked Sendable {
+    /// One chunk of the pool: an index, its device address and its size.
+    public struct Chunk: Hashable, Sendable {
+        public let index: Int
+        public let deviceAddress: UInt64
+    }
+
+    public let chunkSize: Int
+    public let capacity: Int
+    /// The memory all chunks live in.
+    public let buffer: DMABuffer
+    private let free: Mutex<[Int]>
+
+    /// A pool of `count` chunks of `chunkSize` bytes (rounded up to 64-byte cache lines) on `device`.
+    public init(device: any DeviceAccess, chunkSize: Int, count: Int) throws(DeviceError) {
+        guard chunkSize > 0, count > 0 else {
+            throw DeviceError(.outOfRange, device.address, "a DMA pool needs a positive chunk size and count")
+        }
+        self.chunkSize = (chunkSize + 63) / 64 * 64
+        self.capacity = count
+        buffer = try device.allocateDMA(size: self.chunkSize * count)
+        free = Mutex(Array((0..<count).reversed()))
+    }
+
+    /// How many chunks are free.
+    public var available: Int { free.withLock { $0.count } }
+
+    /// Takes a free chunk, or `nil` when all are in use.
+    public func allocate() -> Chunk? {
+        guard let index = free.withLock({ $0.popLast() }) else { return nil }
+        return chunk(index)
+    }
+
+    /// Gives a chunk back.
+    public func release(_ chunk: Chunk) {
+        precondition(chunk.index >= 0 && chunk.index < capacity, "chunk \(chunk.index) is not from this pool")
+        free.withLock { $0.append(chunk.index) }
+    }
+
+    /// Chunk `index`, whether free or not (for rings that own fixed slots).
+    public func chunk(_ index: Int) -> Chunk {
+        Chunk(index: index, deviceAddress: buffer.deviceAddress + UInt64(index * chunkSize))
+    }
+
+    public func load32(_ chunk: Chunk, at offset: Int) throws(DeviceError) -> UInt32 {
+        try buffer.load32(at: try position(chunk, offset, 4))
+    }
+
+    public func store32(_ value: UInt32, _ chunk: Chunk, at offset: Int) throws(DeviceError) {
+        try buffer.store32(value, at: try position(chunk, offset, 4))
+    }
+
+    public func load64(_ chunk: Chunk, at offset: Int) throws(DeviceError) -> UInt64 {
+        try buffer.load64(at: try position(chunk, offset, 8))
+    }
+
+    public func store64(_ value: UInt64, _ chunk: Chunk, at offset: Int) throws(DeviceError) {
+        try buffer.store64(value, at: try position(chunk, offset, 8))
+    }
+
+    /// Copies bytes into a chunk.
+    public func write(_ bytes: [UInt8], to chunk: Chunk, at offset: Int = 0) throws(DeviceError) {
+        try buffer.write(bytes, at: try position(chunk, offset, bytes.count))
+    }
+
+    /// Copies bytes out of a chunk.
+    public func read(_ count: Int, from chunk: Chunk, at offset: Int = 0) throws(DeviceError) -> [UInt8] {
+        try buffer.read(count, at: try position(chunk, offset, count))
+    }
+
+    private func position(_ chunk: Chunk, _ offset: Int, _ count: Int) throws(DeviceError) -> Int {
+        guard chunk.index >= 0, chunk.index < capacity, offset >= 0, count >= 0, offset <= chunkSize - count else {
+            throw DeviceError(.outOfRange, buffer.device,
+                              "DMA pool: \(count) bytes at \(offset) of chunk \(chunk.index) are outside its \(chunkSize) bytes")
+        }
+        return chunk.index * chunkSize + offset
+    }
+}
