@@ -7,6 +7,7 @@
 //   1. System   - CModelessShim, CLibPCI, CLibUdev, ModelessSystem
 //   2. Bus      - ModelessBus (PCI discovery, binding, udev events)
 //   3. Device   - ModelessDevice (VFIO and UIO access: regions, config space, DMA, interrupts)
+//   4. Runtime  - ModelessRuntime (ISR, DPCs, interrupt disable/enable; user mode and kernel emulation)
 //   6. Tools    - the `modeless` command line
 import PackageDescription
 
@@ -17,6 +18,7 @@ let package = Package(
         .library(name: "ModelessSystem", targets: ["ModelessSystem"]),
         .library(name: "ModelessBus", targets: ["ModelessBus"]),
         .library(name: "ModelessDevice", targets: ["ModelessDevice"]),
+        .library(name: "ModelessRuntime", targets: ["ModelessRuntime"]),
         .executable(name: "modeless", targets: ["modeless"]),
     ],
     dependencies: [
@@ -61,6 +63,11 @@ let package = Package(
         .target(
             name: "ModelessDevice",
             dependencies: ["ModelessBus", "ModelessSystem", "CModelessShim"]
+        ),
+        // Layer 4: Driver runtime.
+        .target(
+            name: "ModelessRuntime",
+            dependencies: ["ModelessDevice", "ModelessSystem", "CModelessShim"]
         ),
         // Layer 6: Tools.
         .executableTarget(

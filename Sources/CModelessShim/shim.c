@@ -2,6 +2,9 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 
@@ -22,6 +25,16 @@ int modeless_pin_current_thread(int cpu) {
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+void modeless_name_current_thread(const char *name) {
+    char truncated[16];
+    snprintf(truncated, sizeof truncated, "%s", name);
+    pthread_setname_np(pthread_self(), truncated);
+}
+
+int modeless_thread_id(void) {
+    return (int)syscall(SYS_gettid);
 }
 
 int modeless_current_cpu(void) {

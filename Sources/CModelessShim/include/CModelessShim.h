@@ -20,6 +20,12 @@ int modeless_eventfd(unsigned int initial, int flags);
 /// Pins the calling thread to one CPU (pthread_setaffinity_np). Returns 0 or an errno value.
 int modeless_pin_current_thread(int cpu);
 
+/// Names the calling thread (pthread_setname_np; at most 15 characters are kept).
+void modeless_name_current_thread(const char *name);
+
+/// The calling thread's kernel thread id (gettid).
+int modeless_thread_id(void);
+
 /// The CPU the calling thread runs on now (sched_getcpu), or -1 with errno set.
 int modeless_current_cpu(void);
 

@@ -1,0 +1,69 @@
+import ModelessSystem
+
+/// The seed's reader-writer lock that stands for the interrupt enable state in user mode.
+///
+/// Driver code that shares data with its ISR disables interrupts by taking the read side;
+/// the wait thread takes the write side around the real ISR. Implemented, as the seed
+/// describes, with a reader counter and a writer counter: a reader enters when there is no
+/// writer, a writer when there are neither readers nor writers. Waiting writers hold off new
+/// readers, so a stream of disable/enable calls cannot starve interrupts.
+final class InterruptLock: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var readers = 0
+    private var writers = 0
+    private var waitingWriters = 0
+
+    func readLock() {
+        lock.withLock {
+            while writers > 0 || waitingWriters > 0 { lock.wait() }
+            readers += 1
+        }
+    }
+
+    func readUnlock() {
+        lock.withLock {
+            readers -= 1
+            precondition(readers >= 0, "interrupts enabled more often than disabled")
+            if readers == 0 { lock.broadcast() }
+        }
+    }
+
+    func writeLock() {
+        lock.withLock {
+            waitingWriters += 1
+            while readers > 0 || writers > 0 { lock.wait() }
+            waitingWriters -= 1
+            writers = 1
+        }
+    }
+
+    func writeUnlock() {
+        lock.withLock {
+            writers = 0
+            lock.broadcast()
+        }
+    }
+}
+
+/// A per-thread nesting depth, so that disabling interrupts nests on one thread: only the
+/// outermost disable and enable act.
+final class ThreadDepth: @unchecked Sendable {
+    private var key = pthread_key_t()
+
+    init() { pthread_key_create(&key, nil) }
+    deinit { pthread_key_delete(key) }
+
+    /// Adds `delta` to this thread's depth and returns the new depth.
+    func add(_ delta: Int) -> Int {
+        let depth = Int(bitPattern: pthread_getspecific(key)) + delta
+        precondition(depth >= 0, "interrupts enabled more often than disabled on this thread")
+        pthread_setspecific(key, UnsafeRawPointer(bitPattern: depth))
+        return depth
+    }
+
+    var current: Int { Int(bitPattern: pthread_getspecific(key)) }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

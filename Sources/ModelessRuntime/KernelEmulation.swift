@@ -1,0 +1,135 @@
+import ModelessDevice
+import ModelessSystem
+import Synchronization
+
+/// The in-tree kernel emulation: the same driver runs with kernel semantics.
+///
+/// Each attached vector is an interrupt line of an emulated interrupt controller. A line's
+/// thread (the CPU's interrupt context, pinned, highest priority) receives the device's
+/// notification and the controller calls the ISR directly at interrupt level: acknowledge,
+/// then the real ISR, with no wait thread. Disabling interrupts masks the controller: a
+/// masking thread waits for an ISR in progress to finish, and interrupts that arrive while
+/// masked are latched and delivered when the last mask is lifted, on the unmasking thread,
+/// as a pending interrupt fires when a CPU re-enables them. DPCs run from per-CPU queues.
+final class KernelEmulation: DriverRuntime, @unchecked Sendable {
+    let mode = ExecutionMode.kernelEmulation
+    let trace: InterruptTrace?
+    private(set) var refusals: [String]
+    private let options: RuntimeOptions
+    private let engine: DPCEngine
+    private let depth = ThreadDepth()
+    private let controller = ConditionLock()
+    private var maskDepth = 0
+    private var inInterrupt = false
+    private var latched: [(InterruptAttachment, UInt64)] = []
+    private let attachments = Mutex<[InterruptAttachment]>([])
+
+    init(options: RuntimeOptions) throws(RuntimeError) {
+        self.options = options
+        trace = options.trace
+        do {
+            engine = try DPCEngine(cpus: options.cpus, priority: options.dpcPriority, trace: options.trace)
+        } catch { throw RuntimeError("cannot start DPC threads: \(error)") }
+        refusals = engine.refusals
+    }
+
+    func attachInterrupt(_ vector: InterruptVector, name: String,
+                         acknowledge: @escaping @Sendable () -> UInt64,
+                         isr: @escaping @Sendable (UInt64) -> Void) throws(RuntimeError) -> InterruptAttachment {
+        let (identifier, cpu) = attachments.withLock { list in (Int32(list.count), list.count % options.cpus) }
+        do {
+            let attachment = try InterruptAttachment(name: name, identifier: identifier, cpu: cpu, vector: vector,
+                                                     acknowledge: acknowledge, isr: isr)
+            let thread = try SystemThread(name: "irq/\(name)", placement: .init(cpu: cpu, realtimePriority: options.interruptPriority)) {
+                [unowned self] in
+                while let count = attachment.nextInterrupts() {
+                    self.trace?.record(.notified, attachment.identifier)
+                    self.raise(attachment, count)
+                    self.engine.runQueued(cpu: SystemThread.currentCPU)  // As on the way out of an interrupt.
+                }
+            }
+            attachment.thread = thread
+            refusals += thread.outcome.refusals.map { "interrupt thread \(name): \($0)" }
+            attachments.withLock { $0.append(attachment) }
+            return attachment
+        } catch {
+            throw RuntimeError("cannot attach \(name): \(error)")
+        }
+    }
+
+    /// An interrupt line was raised: deliver now, or latch it while the controller is masked
+    /// or another ISR is running.
+    private func raise(_ attachment: InterruptAttachment, _ count: UInt64) {
+        controller.lock()
+        if maskDepth > 0 || inInterrupt {
+            latched.append((attachment, count))
+            controller.unlock()
+            trace?.record(.latched, attachment.identifier)
+            return
+        }
+        inInterrupt = true
+        controller.unlock()
+        deliver(attachment, count)
+        deliverLatched()
+    }
+
+    /// Runs latched interrupts until none is left; the caller holds interrupt level (inInterrupt).
+    private func deliverLatched() {
+        controller.lock()
+        while maskDepth == 0, !latched.isEmpty {
+            let (attachment, count) = latched.removeFirst()
+            controller.unlock()
+            deliver(attachment, count)
+            controller.lock()
+        }
+        inInterrupt = false
+        controller.broadcast()
+        controller.unlock()
+    }
+
+    private func deliver(_ attachment: InterruptAttachment, _ count: UInt64) {
+        let id = attachment.identifier
+        trace?.record(.lockTaken, id)
+        let state = attachment.acknowledge()
+        trace?.record(.genericISR, id)
+        trace?.record(.realISREnter, id)
+        attachment.isr(state)
+        trace?.record(.realISRExit, id)
+        attachment.counted(count)
+        try? attachment.vector.acknowledge()
+        trace?.record(.lockReleased, id)
+    }
+
+    func makeDPC(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall {
+        engine.make(name, body)
+    }
+
+    func disableInterrupts() {
+        guard depth.add(1) == 1 else { return }
+        controller.withLock {
+            while inInterrupt { controller.wait() }
+            maskDepth += 1
+        }
+        trace?.record(.interruptsDisabled, -1)
+    }
+
+    func enableInterrupts() {
+        guard depth.add(-1) == 0 else { return }
+        trace?.record(.interruptsEnabled, -1)
+        controller.lock()
+        maskDepth -= 1
+        if maskDepth == 0, !inInterrupt, !latched.isEmpty {
+            inInterrupt = true
+            controller.unlock()
+            deliverLatched()
+        } else {
+            controller.unlock()
+        }
+    }
+
+    func shutdown() {
+        let all = attachments.withLock { list in defer { list.removeAll() }; return list }
+        all.forEach { $0.detach() }
+        engine.shutdown()
+    }
+}

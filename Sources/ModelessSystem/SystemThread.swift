@@ -1,0 +1,106 @@
+import CModelessShim
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A kernel thread outside Swift's cooperative pool, optionally pinned to one CPU and run
+/// under `SCHED_FIFO`: what interrupt wait threads and DPC threads are.
+public final class SystemThread: @unchecked Sendable {
+    /// How the thread asks to be scheduled.
+    public struct Placement: Sendable, Equatable {
+        /// The CPU to pin to, or `nil` for any.
+        public var cpu: Int?
+        /// A `SCHED_FIFO` priority (1–99), or `nil` for ordinary scheduling.
+        public var realtimePriority: Int32?
+
+        public init(cpu: Int? = nil, realtimePriority: Int32? = nil) {
+            self.cpu = cpu
+            self.realtimePriority = realtimePriority
+        }
+    }
+
+    /// What the thread got: a pinning or priority the system refused is reported here (and
+    /// the thread runs anyway, unpinned or with ordinary priority).
+    public struct Outcome: Sendable, Equatable {
+        public var pinned: Bool
+        public var realtime: Bool
+        /// Why a request was refused, e.g. `SCHED_FIFO: Operation not permitted`.
+        public var refusals: [String]
+    }
+
+    public let name: String
+    private var thread = pthread_t()
+    private let started = ConditionLock()
+    private var outcomeValue: Outcome?
+
+    /// Starts `body` on a new thread with `placement`; returns once the placement was applied.
+    public init(name: String, placement: Placement = Placement(), _ body: @escaping @Sendable () -> Void) throws(SystemError) {
+        self.name = name
+        let context = Unmanaged.passRetained(Box(self, placement, body)).toOpaque()
+        let status = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.thread.begin(box.placement)
+            box.body()
+            return nil
+        }, context)
+        guard status == 0 else {
+            Unmanaged<Box>.fromOpaque(context).release()
+            throw SystemError("pthread_create", name, errno: Errno(rawValue: status))
+        }
+        started.withLock { while outcomeValue == nil { started.wait() } }
+    }
+
+    /// How the placement request went.
+    public var outcome: Outcome { started.withLock { outcomeValue! } }
+
+    /// Waits for the thread to finish.
+    public func join() { pthread_join(thread, nil) }
+
+    private func begin(_ placement: Placement) {
+        var outcome = Outcome(pinned: false, realtime: false, refusals: [])
+        modeless_name_current_thread(name)
+        if let cpu = placement.cpu {
+            let status = modeless_pin_current_thread(Int32(cpu))
+            if status == 0 { outcome.pinned = true } else {
+                outcome.refusals.append("CPU \(cpu): \(Errno(rawValue: status))")
+            }
+        }
+        if let priority = placement.realtimePriority {
+            var parameters = sched_param(sched_priority: priority)
+            let status = pthread_setschedparam(pthread_self(), SCHED_FIFO, &parameters)
+            if status == 0 { outcome.realtime = true } else {
+                outcome.refusals.append("SCHED_FIFO \(priority): \(Errno(rawValue: status))")
+            }
+        }
+        started.withLock {
+            outcomeValue = outcome
+            started.broadcast()
+        }
+    }
+
+    /// The CPU the calling thread is running on.
+    public static var currentCPU: Int { Int(max(0, modeless_current_cpu())) }
+
+    /// The number of CPUs this process may run on.
+    public static var cpuCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+    private final class Box {
+        let thread: SystemThread
+        let placement: Placement
+        let body: @Sendable () -> Void
+        init(_ thread: SystemThread, _ placement: Placement, _ body: @escaping @Sendable () -> Void) {
+            self.thread = thread
+            self.placement = placement
+            self.body = body
+        }
+    }
+}
+
+/// Monotonic time in nanoseconds (`CLOCK_MONOTONIC`).
+@inline(__always)
+public func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+}
