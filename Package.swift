@@ -7,7 +7,9 @@
 //   1. System   - CModelessShim, CLibPCI, CLibUdev, ModelessSystem
 //   2. Bus      - ModelessBus (PCI discovery, binding, udev events)
 //   3. Device   - ModelessDevice (VFIO and UIO access: regions, config space, DMA, interrupts)
+//   3. Models   - ModelessModels (device models behind the same protocol, for tests)
 //   4. Runtime  - ModelessRuntime (ISR, DPCs, interrupt disable/enable; user mode and kernel emulation)
+//   5. Drivers  - ModelessDrivers (edu sample driver)
 //   6. Tools    - the `modeless` command line
 import PackageDescription
 
@@ -18,7 +20,9 @@ let package = Package(
         .library(name: "ModelessSystem", targets: ["ModelessSystem"]),
         .library(name: "ModelessBus", targets: ["ModelessBus"]),
         .library(name: "ModelessDevice", targets: ["ModelessDevice"]),
+        .library(name: "ModelessModels", targets: ["ModelessModels"]),
         .library(name: "ModelessRuntime", targets: ["ModelessRuntime"]),
+        .library(name: "ModelessDrivers", targets: ["ModelessDrivers"]),
         .executable(name: "modeless", targets: ["modeless"]),
     ],
     dependencies: [
@@ -64,16 +68,29 @@ let package = Package(
             name: "ModelessDevice",
             dependencies: ["ModelessBus", "ModelessSystem", "CModelessShim"]
         ),
+        .target(
+            name: "ModelessModels",
+            dependencies: ["ModelessDevice", "ModelessSystem", "ModelessBus"]
+        ),
         // Layer 4: Driver runtime.
         .target(
             name: "ModelessRuntime",
             dependencies: ["ModelessDevice", "ModelessSystem", "CModelessShim"]
+        ),
+        // Layer 5: Drivers.
+        .target(
+            name: "ModelessDrivers",
+            dependencies: ["ModelessRuntime", "ModelessDevice", "ModelessSystem"]
         ),
         // Layer 6: Tools.
         .executableTarget(
             name: "modeless",
             dependencies: [
                 "ModelessBus",
+                "ModelessDevice",
+                "ModelessModels",
+                "ModelessRuntime",
+                "ModelessDrivers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

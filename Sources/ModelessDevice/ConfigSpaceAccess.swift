@@ -18,12 +18,17 @@ public final class ConfigSpaceAccess: @unchecked Sendable {
     public let device: PCIAddress
     /// 256 for conventional PCI, 4096 for PCI Express.
     public let size: Int
-    private let file: RegionFile
+    private let file: any ConfigSpaceBacking
 
-    init(device: PCIAddress, size: Int, file: RegionFile) {
+    init(device: PCIAddress, size: Int, file: any ConfigSpaceBacking) {
         self.device = device
         self.size = size
         self.file = file
+    }
+
+    /// Configuration space held by a device model (or any other software backing).
+    public static func emulated(device: PCIAddress, size: Int, backing: any ConfigSpaceBacking) -> ConfigSpaceAccess {
+        ConfigSpaceAccess(device: device, size: size, file: backing)
     }
 
     public func read8(at offset: Int) throws(DeviceError) -> UInt8 { UInt8(truncatingIfNeeded: try read(offset, 1)) }
@@ -83,3 +88,11 @@ public final class ConfigSpaceAccess: @unchecked Sendable {
         }
     }
 }
+
+/// Where configuration space accesses go: a file (VFIO region, sysfs `config`) or a model.
+public protocol ConfigSpaceBacking: AnyObject, Sendable {
+    func read(at offset: Int, width: Int, device: PCIAddress) throws(DeviceError) -> UInt64
+    func write(_ value: UInt64, at offset: Int, width: Int, device: PCIAddress) throws(DeviceError)
+}
+
+extension RegionFile: ConfigSpaceBacking {}

@@ -15,8 +15,10 @@ public final class DMABuffer: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
     private var release: ((DMABuffer) -> Void)?
 
-    init(size: Int, deviceAddress: UInt64, device: PCIAddress, base: UnsafeMutableRawPointer,
-         release: @escaping (DMABuffer) -> Void) {
+    /// Memory at `base` that the device reaches at `deviceAddress`; `release` frees it. For
+    /// backends outside this module (device models).
+    public init(size: Int, deviceAddress: UInt64, device: PCIAddress, base: UnsafeMutableRawPointer,
+                release: @escaping (DMABuffer) -> Void) {
         self.size = size
         self.deviceAddress = deviceAddress
         self.device = device

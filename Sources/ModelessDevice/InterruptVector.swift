@@ -29,7 +29,9 @@ public final class InterruptVector: @unchecked Sendable {
     private let acknowledgeOperation: () throws(DeviceError) -> Void
     private let triggerOperation: (() throws(DeviceError) -> Void)?
 
-    init(kind: InterruptKind, index: Int, fd: Int32, device: PCIAddress,
+    /// A vector delivered on `fd`, with the backend's operations. For backends outside this
+    /// module (device models).
+    public init(kind: InterruptKind, index: Int, fd: Int32, device: PCIAddress,
          wait: @escaping () throws(DeviceError) -> UInt64,
          acknowledge: @escaping () throws(DeviceError) -> Void,
          trigger: (() throws(DeviceError) -> Void)?) {

@@ -38,6 +38,12 @@ public struct MMIORegion: @unchecked Sendable {
         MMIORegion(index: index, size: size, device: device, backing: .registers(registers))
     }
 
+    /// The software registers behind an emulated region, `nil` for other regions.
+    public var registers: (any RegisterFile)? {
+        if case .registers(let registers) = backing { return registers }
+        return nil
+    }
+
     /// Whether this region is mapped device memory (not I/O ports or software registers).
     public var isMemoryMapped: Bool {
         if case .mapped = backing { return true }
