@@ -109,12 +109,16 @@ let package = Package(
             dependencies: ["ModelessDevice"]
         ),
         .testTarget(
+            name: "ModelessRuntimeTests",
+            dependencies: ["ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessDevice", "ModelessSystem"]
+        ),
+        .testTarget(
             name: "ModelessCLITests",
             dependencies: ["modeless", "ModelessSystem"]
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["modeless", "ModelessBus", "ModelessDevice"]
+            dependencies: ["modeless", "ModelessBus", "ModelessDevice", "ModelessRuntime", "ModelessModels", "ModelessDrivers"]
         ),
     ]
 )

@@ -151,6 +151,16 @@ public struct EduReport: Equatable, Sendable, CustomStringConvertible {
     public var dmaBytes: Int
     public var dmaMatches: Bool
 
+    public init(identification: UInt32, alive: Bool, factorials: [UInt32: UInt32], interruptsRaised: Int,
+                dmaBytes: Int, dmaMatches: Bool) {
+        self.identification = identification
+        self.alive = alive
+        self.factorials = factorials
+        self.interruptsRaised = interruptsRaised
+        self.dmaBytes = dmaBytes
+        self.dmaMatches = dmaMatches
+    }
+
     public var description: String {
         let factorialText = factorials.keys.sorted().map { "\($0)! = \(factorials[$0]!)" }.joined(separator: ", ")
         return """

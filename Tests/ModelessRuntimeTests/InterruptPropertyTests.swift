@@ -1,0 +1,124 @@
+import ModelessDevice
+import ModelessModels
+import ModelessRuntime
+import ModelessSystem
+import Synchronization
+import Testing
+
+/// The seed's guarantees under load: a million interrupts while other threads disable and
+/// enable interrupts at random.
+@Suite("Interrupt properties", .serialized)
+struct InterruptPropertyTests {
+    final class Shared: @unchecked Sendable {
+        let isrInside = Atomic<Int>(0)
+        let disablersInside = Atomic<Int>(0)
+        let overlaps = Atomic<Int>(0)
+        let dpcWrongCPU = Atomic<Int>(0)
+        let dpcRuns = Atomic<Int>(0)
+        var queuedOnCPU = 0  // Written by the ISR before queuing; read by the DPC.
+    }
+
+    @Test(arguments: ExecutionMode.allCases)
+    func aMillionInterruptsNeverOverlapDisabledSectionsAndNoneIsLost(_ mode: ExecutionMode) throws {
+        let total = 1_000_000
+        let device = try ModeledDevice(SoftwareInterruptModel())
+        let runtime = try makeRuntime(mode)
+        defer { runtime.shutdown(); device.close() }
+        let shared = Shared()
+        let vector = try device.enableInterrupts(.msi, count: 1)[0]
+        let dpc = runtime.makeDPC("check CPU") {
+            shared.dpcRuns.wrappingAdd(1, ordering: .relaxed)
+            if SystemThread.currentCPU != shared.queuedOnCPU { shared.dpcWrongCPU.wrappingAdd(1, ordering: .relaxed) }
+        }
+        let attachment = try runtime.attachInterrupt(vector, name: "software", acknowledge: { 0 }) { _ in
+            shared.isrInside.store(1, ordering: .sequentiallyConsistent)
+            if shared.disablersInside.load(ordering: .sequentiallyConsistent) != 0 {
+                shared.overlaps.wrappingAdd(1, ordering: .relaxed)
+            }
+            shared.queuedOnCPU = SystemThread.currentCPU
+            dpc.queue()
+            shared.isrInside.store(0, ordering: .sequentiallyConsistent)
+        }
+
+        let stop = Atomic<Bool>(false)
+        let disablers = try (0..<2).map { index in
+            try SystemThread(name: "disabler\(index)") {
+                var generator = SystemRandomNumberGenerator()
+                while !stop.load(ordering: .relaxed) {
+                    runtime.withInterruptsDisabled {
+                        runtime.withInterruptsDisabled {  // Nested: only the outermost acts.
+                            shared.disablersInside.wrappingAdd(1, ordering: .sequentiallyConsistent)
+                            if shared.isrInside.load(ordering: .sequentiallyConsistent) != 0 {
+                                shared.overlaps.wrappingAdd(1, ordering: .relaxed)
+                            }
+                            for _ in 0..<Int.random(in: 0..<200, using: &generator) { _ = shared.dpcRuns.load(ordering: .relaxed) }
+                            shared.disablersInside.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+                        }
+                    }
+                    if Bool.random(using: &generator) { sched_yield() }
+                }
+            }
+        }
+        for _ in 0..<total { try vector.trigger() }
+        let deadline = monotonicNanoseconds() + 60_000_000_000
+        while attachment.interrupts < total && monotonicNanoseconds() < deadline { usleep(1000) }
+        stop.store(true, ordering: .relaxed)
+        disablers.forEach { $0.join() }
+
+        #expect(attachment.interrupts == total, "every raised interrupt is counted, coalesced or not")
+        #expect(attachment.isrCalls <= total)
+        #expect(shared.overlaps.load(ordering: .relaxed) == 0, "the ISR never ran while interrupts were disabled")
+        #expect(shared.dpcRuns.load(ordering: .relaxed) >= 1)
+        if runtime.refusals.isEmpty {
+            #expect(shared.dpcWrongCPU.load(ordering: .relaxed) == 0, "DPCs run on the CPU that queued them")
+        }
+    }
+
+    @Test(arguments: ExecutionMode.allCases)
+    func nestedDisablesHoldInterruptsUntilTheOutermostEnable(_ mode: ExecutionMode) throws {
+        let device = try ModeledDevice(SoftwareInterruptModel())
+        let runtime = try makeRuntime(mode)
+        defer { runtime.shutdown(); device.close() }
+        let vector = try device.enableInterrupts(.msi, count: 1)[0]
+        let calls = Atomic<Int>(0)
+        _ = try runtime.attachInterrupt(vector, name: "software", acknowledge: { 0 }) { _ in
+            calls.wrappingAdd(1, ordering: .relaxed)
+        }
+        runtime.disableInterrupts()
+        runtime.disableInterrupts()
+        try vector.trigger()
+        usleep(50_000)
+        runtime.enableInterrupts()
+        usleep(50_000)
+        #expect(calls.load(ordering: .relaxed) == 0, "still disabled after the inner enable")
+        runtime.enableInterrupts()
+        for _ in 0..<200 where calls.load(ordering: .relaxed) == 0 { usleep(5000) }
+        #expect(calls.load(ordering: .relaxed) == 1)
+    }
+
+    @Test(arguments: ExecutionMode.allCases)
+    func aDPCQueuedTwiceBeforeItRunsRunsOnce(_ mode: ExecutionMode) throws {
+        let runtime = try makeRuntime(mode)
+        defer { runtime.shutdown() }
+        let runs = Atomic<Int>(0)
+        let gate = ConditionLock()
+        let open = Atomic<Bool>(false)
+        let blocker = runtime.makeDPC("blocker") { gate.withLock { while !open.load(ordering: .relaxed) { gate.wait() } } }
+        let counted = runtime.makeDPC("counted") { runs.wrappingAdd(1, ordering: .relaxed) }
+        // Queue from one pinned thread so both land on the same CPU queue, behind the blocker.
+        let queuer = try SystemThread(name: "queuer", placement: .init(cpu: 0)) {
+            blocker.queue()
+            #expect(counted.queue())
+            #expect(!counted.queue())
+        }
+        queuer.join()
+        gate.withLock { open.store(true, ordering: .relaxed); gate.broadcast() }
+        for _ in 0..<200 where runs.load(ordering: .relaxed) == 0 { usleep(5000) }
+        usleep(20_000)
+        #expect(runs.load(ordering: .relaxed) == 1)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
