@@ -24,7 +24,8 @@ public enum DeviceOpener {
         case UserModeDriver.vfioPCI.rawValue:
             return try VFIODevice(address, options: .init(dmaAddressBits: options.dmaAddressBits), bus: bus, system: system)
         case UserModeDriver.uioPCIGeneric.rawValue:
-            return try UIODevice(address, options: .init(allowUnisolatedDMA: options.allowUnisolatedDMA), bus: bus, system: system)
+            return try UIODevice(address, options: .init(allowUnisolatedDMA: options.allowUnisolatedDMA,
+                                                 dmaAddressBits: options.dmaAddressBits), bus: bus, system: system)
         default:
             guard FileAccess.isDirectory(bus.path(of: address)) else {
                 throw DeviceError(.notBound, address, "no PCI device at this address; `modeless list` shows them")

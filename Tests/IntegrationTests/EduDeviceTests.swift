@@ -1,5 +1,7 @@
 import Glibc
 import ModelessBus
+import ModelessDrivers
+import ModelessRuntime
 import ModelessDevice
 import ModelessSystem
 import Testing
@@ -210,6 +212,36 @@ extension VM {
                 let error = #expect(throws: DeviceError.self) { try device.reset() }
                 #expect(error?.kind == .unsupported)
             }
+        }
+    }
+}
+
+extension VM {
+    /// The edu sample driver on QEMU's edu: the same results as on the model, in both modes.
+    @Suite("edu driver on the real device")
+    struct EduDriverIntegrationTests {
+        static let expected = EduReport(
+            identification: 0x0100_00ed, alive: true,
+            factorials: [0: 1, 1: 1, 5: 120, 10: 3_628_800, 12: 479_001_600, 13: 1_932_053_504],
+            interruptsRaised: 3, dmaBytes: 2048, dmaMatches: true)
+
+        @Test(arguments: [(UserModeDriver.vfioPCI, InterruptKind.msi), (.vfioPCI, .intx), (.uioPCIGeneric, .intx)],
+              ExecutionMode.allCases)
+        func sameResultsAsOnTheModel(_ binding: (UserModeDriver, InterruptKind), _ mode: ExecutionMode) throws {
+            let (driver, kind) = binding
+            let edu = try TestBench.edu()
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(edu), to: driver)
+            defer { _ = try? binder.unbind(.address(edu)) }
+            let device = try DeviceOpener.open(edu, options: .init(dmaAddressBits: 28, allowUnisolatedDMA: true))
+            defer { device.close() }
+            let runtime = try makeRuntime(mode)
+            defer { runtime.shutdown() }
+            let eduDriver = try EduDriver(device: device, runtime: runtime, interrupt: kind)
+            defer { eduDriver.stop() }
+            #expect(try eduDriver.selfTest() == Self.expected)
+            #expect(eduDriver.interruptCounts.interrupts == 11)
+            #expect(runtime.refusals.isEmpty, "root in the guest gets SCHED_FIFO and pinning: \(runtime.refusals)")
         }
     }
 }

@@ -20,6 +20,26 @@ extension UIODevice {
         }
         let huge = size > DMAPageSize.small
         let length = huge ? DMAPageSize.huge : DMAPageSize.small
+        let limit: UInt64 = options.dmaAddressBits >= 64 ? .max : 1 << UInt64(options.dmaAddressBits)
+        // Without an IOMMU the device sees physical addresses: keep trying until a page lies
+        // below its DMA limit, then give back the ones that did not.
+        var rejected: [UnsafeMutableRawPointer] = []
+        defer { for page in rejected { _ = system.munmap(page, length) } }
+        for _ in 0..<Self.dmaPlacementAttempts {
+            let (base, physical) = try mapPhysicalPage(length: length, huge: huge)
+            if physical + UInt64(length) <= limit {
+                return makeBuffer(base: base, physical: physical, length: length)
+            }
+            rejected.append(base)
+        }
+        throw DeviceError(.outOfDeviceAddresses, address,
+                          "no free \(huge ? "huge " : "")page below the device's \(options.dmaAddressBits)-bit DMA limit after \(Self.dmaPlacementAttempts) tries; without an IOMMU memory cannot be remapped for it: bind to vfio-pci")
+    }
+
+    /// How many pages a UIO allocation tries before giving up on the DMA limit.
+    static let dmaPlacementAttempts = 256
+
+    private func mapPhysicalPage(length: Int, huge: Bool) throws(DeviceError) -> (UnsafeMutableRawPointer, UInt64) {
         let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_LOCKED | (huge ? MAP_HUGETLB : 0)
         let base: UnsafeMutableRawPointer
         do {
@@ -39,6 +59,10 @@ extension UIODevice {
             _ = system.munmap(base, length)
             throw DeviceError(.system, address, "/proc/self/pagemap hid the physical address: DMA over UIO needs root (CAP_SYS_ADMIN)")
         }
+        return (base, physical)
+    }
+
+    private func makeBuffer(base: UnsafeMutableRawPointer, physical: UInt64, length: Int) -> DMABuffer {
         let buffer = DMABuffer(size: length, deviceAddress: physical, device: address, base: base) { [weak self] buffer in
             guard let self, let record = self.state.withLock({ $0.buffers.removeValue(forKey: buffer.deviceAddress) }) else { return }
             _ = self.system.munmap(record.base, record.length)

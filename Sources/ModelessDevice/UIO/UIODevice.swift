@@ -17,9 +17,12 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
         /// Allow DMA without an IOMMU. The device then reaches all of memory: use only with a
         /// device and driver you trust.
         public var allowUnisolatedDMA: Bool
+        /// The device's DMA address width: without an IOMMU, buffers must lie physically below 2^bits.
+        public var dmaAddressBits: Int
 
-        public init(allowUnisolatedDMA: Bool = false) {
+        public init(allowUnisolatedDMA: Bool = false, dmaAddressBits: Int = 64) {
             self.allowUnisolatedDMA = allowUnisolatedDMA
+            self.dmaAddressBits = dmaAddressBits
         }
     }
 
