@@ -24,6 +24,9 @@ public final class InterruptVector: @unchecked Sendable {
     public let index: Int
     /// The descriptor to poll or read.
     public let fd: Int32
+    /// Whether ``fd`` is an eventfd (VFIO, device models), which a waiter can also be woken
+    /// through by writing to it; `/dev/uioN` is not.
+    public let deliversOnEventfd: Bool
     public let device: PCIAddress
     private let waitOperation: () throws(DeviceError) -> UInt64
     private let acknowledgeOperation: () throws(DeviceError) -> Void
@@ -31,13 +34,14 @@ public final class InterruptVector: @unchecked Sendable {
 
     /// A vector delivered on `fd`, with the backend's operations. For backends outside this
     /// module (device models).
-    public init(kind: InterruptKind, index: Int, fd: Int32, device: PCIAddress,
+    public init(kind: InterruptKind, index: Int, fd: Int32, deliversOnEventfd: Bool = false, device: PCIAddress,
          wait: @escaping () throws(DeviceError) -> UInt64,
          acknowledge: @escaping () throws(DeviceError) -> Void,
          trigger: (() throws(DeviceError) -> Void)?) {
         self.kind = kind
         self.index = index
         self.fd = fd
+        self.deliversOnEventfd = deliversOnEventfd
         self.device = device
         self.waitOperation = wait
         self.acknowledgeOperation = acknowledge

@@ -23,6 +23,10 @@ public protocol DriverRuntime: AnyObject, Sendable {
                          acknowledge: @escaping @Sendable () -> UInt64,
                          isr: @escaping @Sendable (UInt64) -> Void) throws(RuntimeError) -> InterruptAttachment
 
+    /// Stops delivering an attachment's interrupts and waits until its ISR is no longer running.
+    /// Detach before disabling the device's interrupts.
+    func detachInterrupt(_ attachment: InterruptAttachment)
+
     /// A DPC running `body`; make it once and queue it as often as needed.
     func makeDPC(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall
 
@@ -89,6 +93,9 @@ public final class InterruptAttachment: @unchecked Sendable {
     let acknowledge: @Sendable () -> UInt64
     let isr: @Sendable (UInt64) -> Void
     let stop: EventNotifier
+    /// The wait thread's own duplicate of an eventfd vector's descriptor: it stays valid even
+    /// if the device closes its eventfd first, and detaching wakes the thread through it.
+    let ownEventfd: Int32
     var thread: SystemThread?
     private let notificationsCount = Atomic<Int>(0)
     private let interruptsCount = Atomic<Int>(0)
@@ -102,6 +109,7 @@ public final class InterruptAttachment: @unchecked Sendable {
         self.acknowledge = acknowledge
         self.isr = isr
         stop = try EventNotifier()
+        ownEventfd = vector.deliversOnEventfd ? try systemCall("dup", "interrupt eventfd") { fcntl(vector.fd, F_DUPFD_CLOEXEC, 0) } : -1
     }
 
     /// How many times the ISR ran.
@@ -115,8 +123,24 @@ public final class InterruptAttachment: @unchecked Sendable {
         interruptsCount.wrappingAdd(Int(interrupts), ordering: .relaxed)
     }
 
+    private let stopping = Atomic<Bool>(false)
+
     /// Waits for the vector or the stop signal; returns the interrupt count, or nil to stop.
+    ///
+    /// An eventfd vector (VFIO, models) is waited on with a single blocking `read`, as a bare
+    /// eventfd waiter would, and stopped by a write to it; others (UIO) are polled together
+    /// with a stop eventfd.
     func nextInterrupts() -> UInt64? {
+        if ownEventfd >= 0 {
+            var count: UInt64 = 0
+            while true {
+                let result = read(ownEventfd, &count, 8)
+                if result == 8 { break }
+                if result < 0 && Errno.current == .interrupted { continue }
+                return nil
+            }
+            return stopping.load(ordering: .acquiring) ? nil : count
+        }
         var descriptors = [pollfd(fd: vector.fd, events: Int16(POLLIN), revents: 0),
                            pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
         while true {
@@ -130,9 +154,16 @@ public final class InterruptAttachment: @unchecked Sendable {
 
     /// Stops the thread and waits for it.
     func detach() {
+        guard let thread else { return }
+        stopping.store(true, ordering: .releasing)
+        if ownEventfd >= 0 {
+            var one: UInt64 = 1
+            _ = write(ownEventfd, &one, 8)
+        }
         try? stop.signal()
-        thread?.join()
-        thread = nil
+        thread.join()
+        self.thread = nil
+        if ownEventfd >= 0 { close(ownEventfd) }
         stop.close()
     }
 }

@@ -100,6 +100,11 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
         trace?.record(.lockReleased, id)
     }
 
+    func detachInterrupt(_ attachment: InterruptAttachment) {
+        attachments.withLock { $0.removeAll { $0 === attachment } }
+        attachment.detach()
+    }
+
     func makeDPC(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall {
         engine.make(name, body)
     }

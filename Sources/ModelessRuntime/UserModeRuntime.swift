@@ -72,6 +72,11 @@ final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
         }
     }
 
+    func detachInterrupt(_ attachment: InterruptAttachment) {
+        attachments.withLock { $0.removeAll { $0 === attachment } }
+        attachment.detach()
+    }
+
     func makeDPC(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall {
         engine.make(name, body)
     }

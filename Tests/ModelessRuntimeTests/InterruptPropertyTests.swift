@@ -21,7 +21,7 @@ struct InterruptPropertyTests {
     @Test(arguments: ExecutionMode.allCases)
     func aMillionInterruptsNeverOverlapDisabledSectionsAndNoneIsLost(_ mode: ExecutionMode) throws {
         let total = 1_000_000
-        let device = try ModeledDevice(SoftwareInterruptModel())
+        let device = try ModeledDevice(InterruptSourceModel())
         let runtime = try makeRuntime(mode)
         defer { runtime.shutdown(); device.close() }
         let shared = Shared()
@@ -42,7 +42,9 @@ struct InterruptPropertyTests {
 
         let stop = Atomic<Bool>(false)
         let disablers = try (0..<2).map { index in
-            try SystemThread(name: "disabler\(index)") {
+            // Pinned, so that an ISR the kernel emulation runs on this thread (an interrupt
+            // latched while masked fires when it unmasks) records the CPU it queues on.
+            try SystemThread(name: "disabler\(index)", placement: .init(cpu: index % SystemThread.cpuCount)) {
                 var generator = SystemRandomNumberGenerator()
                 while !stop.load(ordering: .relaxed) {
                     runtime.withInterruptsDisabled {
@@ -76,7 +78,7 @@ struct InterruptPropertyTests {
 
     @Test(arguments: ExecutionMode.allCases)
     func nestedDisablesHoldInterruptsUntilTheOutermostEnable(_ mode: ExecutionMode) throws {
-        let device = try ModeledDevice(SoftwareInterruptModel())
+        let device = try ModeledDevice(InterruptSourceModel())
         let runtime = try makeRuntime(mode)
         defer { runtime.shutdown(); device.close() }
         let vector = try device.enableInterrupts(.msi, count: 1)[0]

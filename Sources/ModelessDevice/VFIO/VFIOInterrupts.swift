@@ -22,7 +22,7 @@ extension VFIODevice {
         state.withLock { $0.interrupts = (kind, notifiers) }
         return notifiers.enumerated().map { index, notifier in
             InterruptVector(
-                kind: kind, index: index, fd: notifier.fd, device: address,
+                kind: kind, index: index, fd: notifier.fd, deliversOnEventfd: true, device: address,
                 wait: { [address] () throws(DeviceError) -> UInt64 in
                     do throws(SystemError) { return try notifier.wait() } catch { throw DeviceError(error, address) }
                 },

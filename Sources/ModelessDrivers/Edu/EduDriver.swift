@@ -136,8 +136,10 @@ public final class EduDriver: @unchecked Sendable {
         (attachment?.isrCalls ?? 0, attachment?.interrupts ?? 0)
     }
 
-    /// Disables the device's interrupts. The runtime's `shutdown()` detaches the ISR.
+    /// Detaches the ISR, then disables the device's interrupts.
     public func stop() {
+        if let attachment { runtime.detachInterrupt(attachment) }
+        attachment = nil
         try? device.disableInterrupts()
     }
 }
