@@ -14,46 +14,30 @@ import Synchronization
 final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     let mode = ExecutionMode.kernelEmulation
     let trace: InterruptTrace?
-    private(set) var refusals: [String]
-    private let options: RuntimeOptions
+    var refusals: [String] { engine.refusals + lines.refusals }
     private let engine: DPCEngine
     private let depth = ThreadDepth()
     private let controller = ConditionLock()
     private var maskDepth = 0
     private var inInterrupt = false
     private var latched: [(InterruptAttachment, UInt64)] = []
-    private let attachments = Mutex<[InterruptAttachment]>([])
+    private let lines: InterruptLines
 
     init(options: RuntimeOptions) throws(RuntimeError) {
-        self.options = options
         trace = options.trace
-        do {
-            engine = try DPCEngine(cpus: options.cpus, priority: options.dpcPriority, trace: options.trace)
-        } catch { throw RuntimeError("cannot start DPC threads: \(error)") }
-        refusals = engine.refusals
+        engine = try DPCEngine.start(options)
+        lines = InterruptLines(options: options)
     }
 
     func attachInterrupt(_ vector: InterruptVector, name: String,
                          acknowledge: @escaping @Sendable () -> UInt64,
                          isr: @escaping @Sendable (UInt64) -> Void) throws(RuntimeError) -> InterruptAttachment {
-        let (identifier, cpu) = attachments.withLock { list in (Int32(list.count), list.count % options.cpus) }
-        do {
-            let attachment = try InterruptAttachment(name: name, identifier: identifier, cpu: cpu, vector: vector,
-                                                     acknowledge: acknowledge, isr: isr)
-            let thread = try SystemThread(name: "irq/\(name)", placement: .init(cpu: cpu, realtimePriority: options.interruptPriority)) {
-                [unowned self] in
-                while let count = attachment.nextInterrupts() {
-                    self.trace?.record(.notified, attachment.identifier)
-                    self.raise(attachment, count)
-                    self.engine.runQueued(cpu: SystemThread.currentCPU)  // As on the way out of an interrupt.
-                }
+        try lines.attach(vector, name: name, role: "irq", acknowledge: acknowledge, isr: isr) { [unowned self] attachment in
+            while let count = attachment.nextInterrupts() {
+                self.trace?.record(.notified, attachment.identifier)
+                self.raise(attachment, count)
+                self.engine.runQueued(cpu: SystemThread.currentCPU)  // As on the way out of an interrupt.
             }
-            attachment.thread = thread
-            refusals += thread.outcome.refusals.map { "interrupt thread \(name): \($0)" }
-            attachments.withLock { $0.append(attachment) }
-            return attachment
-        } catch {
-            throw RuntimeError("cannot attach \(name): \(error)")
         }
     }
 
@@ -101,8 +85,7 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     }
 
     func detachInterrupt(_ attachment: InterruptAttachment) {
-        attachments.withLock { $0.removeAll { $0 === attachment } }
-        attachment.detach()
+        lines.detach(attachment)
     }
 
     func makeDPC(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall {
@@ -133,8 +116,7 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     }
 
     func shutdown() {
-        let all = attachments.withLock { list in defer { list.removeAll() }; return list }
-        all.forEach { $0.detach() }
+        lines.detachAll()
         engine.shutdown()
     }
 }

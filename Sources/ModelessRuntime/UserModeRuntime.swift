@@ -16,38 +16,23 @@ import Synchronization
 final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
     let mode = ExecutionMode.user
     let trace: InterruptTrace?
-    private(set) var refusals: [String]
-    private let options: RuntimeOptions
+    var refusals: [String] { engine.refusals + lines.refusals }
     private let lock = InterruptLock()
     private let depth = ThreadDepth()
     private let engine: DPCEngine
-    private let attachments = Mutex<[InterruptAttachment]>([])
+    private let lines: InterruptLines
 
     init(options: RuntimeOptions) throws(RuntimeError) {
-        self.options = options
         trace = options.trace
-        do {
-            engine = try DPCEngine(cpus: options.cpus, priority: options.dpcPriority, trace: options.trace)
-        } catch { throw RuntimeError("cannot start DPC threads: \(error)") }
-        refusals = engine.refusals
+        engine = try DPCEngine.start(options)
+        lines = InterruptLines(options: options)
     }
 
     func attachInterrupt(_ vector: InterruptVector, name: String,
                          acknowledge: @escaping @Sendable () -> UInt64,
                          isr: @escaping @Sendable (UInt64) -> Void) throws(RuntimeError) -> InterruptAttachment {
-        let (identifier, cpu) = attachments.withLock { list in (Int32(list.count), list.count % options.cpus) }
-        do {
-            let attachment = try InterruptAttachment(name: name, identifier: identifier, cpu: cpu, vector: vector,
-                                                     acknowledge: acknowledge, isr: isr)
-            let thread = try SystemThread(name: "wait/\(name)", placement: .init(cpu: cpu, realtimePriority: options.interruptPriority)) {
-                [unowned self] in self.waitThread(attachment)
-            }
-            attachment.thread = thread
-            refusals += thread.outcome.refusals.map { "wait thread \(name): \($0)" }
-            attachments.withLock { $0.append(attachment) }
-            return attachment
-        } catch {
-            throw RuntimeError("cannot attach \(name): \(error)")
+        try lines.attach(vector, name: name, role: "wait", acknowledge: acknowledge, isr: isr) { [unowned self] attachment in
+            self.waitThread(attachment)
         }
     }
 
@@ -73,8 +58,7 @@ final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
     }
 
     func detachInterrupt(_ attachment: InterruptAttachment) {
-        attachments.withLock { $0.removeAll { $0 === attachment } }
-        attachment.detach()
+        lines.detach(attachment)
     }
 
     func makeDPC(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall {
@@ -94,8 +78,7 @@ final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
     }
 
     func shutdown() {
-        let all = attachments.withLock { list in defer { list.removeAll() }; return list }
-        all.forEach { $0.detach() }
+        lines.detachAll()
         engine.shutdown()
     }
 }

@@ -174,13 +174,19 @@ extension VM {
     /// MSI-X and function reset, which edu lacks, on QEMU's NVMe controller.
     @Suite("NVMe over VFIO: MSI-X and reset")
     struct NVMeDeviceTests {
-        @Test func msixVectorsEachArriveOnTheirOwnEventfd() throws {
+        /// Binds the NVMe controller to vfio-pci, runs `body` with it opened, then restores it.
+        func withNVMe(_ body: (any DeviceAccess) throws -> Void) throws {
             let nvme = try TestBench.nvme()
             let binder = PCIBinder()
             _ = try binder.bind(.address(nvme), to: .vfioPCI, force: true)
             defer { _ = try? binder.unbind(.address(nvme)) }
             let device = try DeviceOpener.open(nvme)
             defer { device.close() }
+            try body(device)
+        }
+
+        @Test func msixVectorsEachArriveOnTheirOwnEventfd() throws {
+          try withNVMe { device in
             let offered = device.vectorCount(.msix)
             #expect(offered >= 4, "QEMU's NVMe offers MSI-X vectors")
             #expect(try device.config.snapshot().interrupts.msix?.vectors == offered)
@@ -193,15 +199,11 @@ extension VM {
                 #expect(try vector.wait() == 1)
             }
             try device.disableInterrupts()
+          }
         }
 
         @Test func resetLeavesTheControllerReadable() throws {
-            let nvme = try TestBench.nvme()
-            let binder = PCIBinder()
-            _ = try binder.bind(.address(nvme), to: .vfioPCI, force: true)
-            defer { _ = try? binder.unbind(.address(nvme)) }
-            let device = try DeviceOpener.open(nvme)
-            defer { device.close() }
+          try withNVMe { device in
             let version = try device.region(0).read32(at: 0x08)  // NVMe VS register
             #expect(version >= 0x0001_0200)
             guard let vfio = device as? VFIODevice else { Issue.record("expected VFIO"); return }
@@ -212,6 +214,7 @@ extension VM {
                 let error = #expect(throws: DeviceError.self) { try device.reset() }
                 #expect(error?.kind == .unsupported)
             }
+          }
         }
     }
 }

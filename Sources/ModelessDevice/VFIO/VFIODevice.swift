@@ -37,11 +37,6 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     private let barMappings: [(UnsafeMutableRawPointer, Int)]
     let state: Mutex<State>
 
-    struct DMARecord: @unchecked Sendable {
-        var base: UnsafeMutableRawPointer
-        var length: Int
-        weak var buffer: DMABuffer?
-    }
 
     struct State: @unchecked Sendable {
         var isOpen = true

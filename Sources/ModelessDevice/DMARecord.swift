@@ -1,0 +1,7 @@
+/// What a backend keeps about a live DMA buffer so that closing the device can release it:
+/// its memory, its length, and the buffer object (weakly: freeing it must stay possible).
+struct DMARecord: @unchecked Sendable {
+    var base: UnsafeMutableRawPointer
+    var length: Int
+    weak var buffer: DMABuffer?
+}
