@@ -1,0 +1,77 @@
+import ModelessBus
+import ModelessDevice
+import ModelessDrivers
+import ModelessRuntime
+import Testing
+
+extension VM {
+    /// The NVMe sample driver on QEMU's NVMe controller (a fresh 128 MiB namespace each boot).
+    @Suite("NVMe driver on the real controller")
+    struct NVMeDriverIntegrationTests {
+        func withController(_ mode: ExecutionMode, _ completion: NVMeController.Completion,
+                            _ body: (NVMeController) throws -> Void) throws {
+            let nvme = try TestBench.nvme()
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(nvme), to: .vfioPCI, force: true)
+            defer { _ = try? binder.unbind(.address(nvme)) }
+            let device = try DeviceOpener.open(nvme)
+            defer { device.close() }
+            let runtime = try makeRuntime(mode)
+            defer { runtime.shutdown() }
+            let controller = try NVMeController(device: device, runtime: runtime, completion: completion)
+            defer { controller.stop() }
+            try body(controller)
+        }
+
+        @Test(arguments: [(ExecutionMode.user, NVMeController.Completion.msix), (.kernelEmulation, .msix),
+                          (.user, .intx), (.kernelEmulation, .intx), (.user, .poll)])
+        func identifyWriteReadVerify(_ mode: ExecutionMode, _ completion: NVMeController.Completion) throws {
+            try withController(mode, completion) { controller in
+                let identity = try #require(controller.identity)
+                #expect(identity.vendorID == 0x1b36)
+                #expect(identity.serialNumber == "modeless-nvme0")
+                #expect(identity.modelNumber == "QEMU NVMe Ctrl")
+                #expect(identity.blockSize == 512 && identity.blockCount == 262_144)
+                // 2 MiB of a pattern that differs per run, across multi-page PRP lists, then back.
+                var generator = SystemRandomNumberGenerator()
+                let chunk = controller.maximumTransfer
+                let chunks = (0..<(2 << 20) / chunk).map { _ in randomBytes(chunk, &generator) }
+                let firstBlock = UInt64.random(in: 0..<1000, using: &generator) * 8
+                for (index, data) in chunks.enumerated() {
+                    try controller.write(lba: firstBlock + UInt64(index * chunk / 512), data)
+                }
+                try controller.flush()
+                for (index, data) in chunks.enumerated() {
+                    #expect(try controller.read(lba: firstBlock + UInt64(index * chunk / 512), blocks: chunk / 512) == data)
+                }
+                // A single block and a two-page transfer (PRP2 as a page, not a list).
+                try controller.write(lba: 7, [UInt8](repeating: 0xA5, count: 512))
+                #expect(try controller.read(lba: 7, blocks: 1) == [UInt8](repeating: 0xA5, count: 512))
+                try controller.write(lba: 100, [UInt8](repeating: 0x3C, count: 8192))
+                #expect(try controller.read(lba: 100, blocks: 16) == [UInt8](repeating: 0x3C, count: 8192))
+                if completion != .poll { #expect(controller.isrCalls > 0) }
+            }
+        }
+
+        @Test func badRequestsAreRefusedBeforeReachingTheDevice() throws {
+            try withController(.user, .msix) { (controller) throws in
+                #expect(throws: NVMeController.Failure.self) { try controller.read(lba: 262_143, blocks: 2) }
+                #expect(throws: NVMeController.Failure.self) { try controller.read(lba: 0, blocks: 0) }
+                #expect(throws: NVMeController.Failure.self) { try controller.write(lba: 0, [1, 2, 3]) }
+                #expect(throws: NVMeController.Failure.self) {
+                    try controller.read(lba: 0, blocks: controller.maximumTransfer / 512 + 1)
+                }
+                #expect(try controller.read(lba: 262_143, blocks: 1).count == 512)
+            }
+        }
+    }
+}
+
+/// `count` random bytes, eight at a time.
+func randomBytes(_ count: Int, _ generator: inout SystemRandomNumberGenerator) -> [UInt8] {
+    var bytes = [UInt8](repeating: 0, count: count)
+    bytes.withUnsafeMutableBytes { raw in
+        for offset in stride(from: 0, to: count - 7, by: 8) { raw.storeBytes(of: generator.next(), toByteOffset: offset, as: UInt64.self) }
+    }
+    return bytes
+}
