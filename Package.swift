@@ -113,6 +113,10 @@ let package = Package(
             dependencies: ["ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessDevice", "ModelessSystem"]
         ),
         .testTarget(
+            name: "ModelessDriverTests",
+            dependencies: ["ModelessDrivers", "ModelessRuntime", "ModelessModels", "ModelessDevice", "ModelessSystem"]
+        ),
+        .testTarget(
             name: "ModelessCLITests",
             dependencies: ["modeless", "ModelessSystem"]
         ),

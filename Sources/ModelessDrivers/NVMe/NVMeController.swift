@@ -60,7 +60,12 @@ public final class NVMeController: @unchecked Sendable {
     /// The largest transfer this driver issues: MDTS, the PRP list page and the bounce buffer bound it.
     public private(set) var maximumTransfer = 128 * 1024
 
-    public init(device: any DeviceAccess, runtime: any DriverRuntime, completion: Completion = .msix) throws {
+    /// How long a command may take before it is reported as timed out.
+    public let commandTimeout: Duration
+
+    public init(device: any DeviceAccess, runtime: any DriverRuntime, completion: Completion = .msix,
+                commandTimeout: Duration = .seconds(5)) throws {
+        self.commandTimeout = commandTimeout
         self.device = device
         self.runtime = runtime
         self.completion = completion
@@ -173,7 +178,9 @@ public final class NVMeController: @unchecked Sendable {
     private func execute(_ command: NVMeCommand, on queue: NVMeQueuePair, _ what: String) throws -> NVMeCompletion {
         let identifier = try queue.submitLock.withLock { try queue.submit(command) }
         let key = UInt32(queue.identifier) << 16 | UInt32(identifier)
-        let deadline = monotonicNanoseconds() + 5_000_000_000
+        let timeout = UInt64(commandTimeout.components.seconds) * 1_000_000_000
+            + UInt64(commandTimeout.components.attoseconds / 1_000_000_000)
+        let deadline = monotonicNanoseconds() + timeout
         while true {
             if completion == .poll {
                 let entries = try queue.submitLock.withLock { try queue.drain() }

@@ -1,0 +1,84 @@
+import ModelessDevice
+import ModelessDrivers
+import ModelessModels
+import ModelessRuntime
+import Testing
+
+/// The NVMe driver against the NVMe model, in both modes and every completion method.
+@Suite("The NVMe driver against the NVMe model")
+struct NVMeDriverTests {
+    func withController(_ mode: ExecutionMode = .user, _ completion: NVMeController.Completion = .msix,
+                        model: NVMeModel = NVMeModel(), timeout: Duration = .seconds(5),
+                        _ body: (NVMeController, NVMeModel, ModeledDevice) throws -> Void) throws {
+        let device = try ModeledDevice(model)
+        defer { device.close() }
+        let runtime = try makeRuntime(mode)
+        defer { runtime.shutdown() }
+        let controller = try NVMeController(device: device, runtime: runtime, completion: completion, commandTimeout: timeout)
+        defer { controller.stop() }
+        try body(controller, model, device)
+    }
+
+    @Test(arguments: ExecutionMode.allCases, [NVMeController.Completion.msix, .intx, .poll])
+    func identifiesWritesAndReadsBack(_ mode: ExecutionMode, _ completion: NVMeController.Completion) throws {
+        try withController(mode, completion) { (controller, model, _) throws in
+            let identity = try #require(controller.identity)
+            #expect(identity.serialNumber == "model-nvme0")
+            #expect(identity.modelNumber == "Modeless NVMe Model")
+            #expect(identity.firmwareRevision == "1.0")
+            #expect(identity.blockSize == 512 && identity.blockCount == 8192)
+            #expect(identity.maximumTransfer == 128 * 1024)
+            for blocks in [1, 8, 16, 256] {  // PRP1 only, PRP1+PRP2, PRP2 page, PRP list
+                let data = (0..<blocks * 512).map { UInt8(truncatingIfNeeded: $0 * 7 + blocks) }
+                try controller.write(lba: UInt64(blocks), data)
+                #expect(model.contents(block: blocks, count: blocks) == data)
+                #expect(try controller.read(lba: UInt64(blocks), blocks: blocks) == data)
+            }
+            try controller.flush()
+            #expect(model.ioCommands[0x00] == 1 && model.ioCommands[0x01] == 4 && model.ioCommands[0x02] == 4)
+            if completion != .poll { #expect(controller.isrCalls >= 9) }
+        }
+    }
+
+    @Test func aFailedCommandReportsItsStatus() throws {
+        try withController { (controller, model, _) throws in
+            model.failNextIO = (type: 0, code: 0x81)
+            #expect(throws: NVMeController.Failure.commandFailed("Read", statusType: 0, statusCode: 0x81)) {
+                _ = try controller.read(lba: 0, blocks: 1)
+            }
+            #expect(try controller.read(lba: 0, blocks: 1).count == 512, "the next command works")
+        }
+    }
+
+    @Test func aLostCommandTimesOut() throws {
+        try withController(timeout: .milliseconds(300)) { (controller, model, _) throws in
+            model.dropCommands = true
+            #expect(throws: NVMeController.Failure.timedOut("Read")) { _ = try controller.read(lba: 0, blocks: 1) }
+        }
+    }
+
+    @Test(arguments: [NVMeController.Completion.msix, .poll])
+    func aFatalControllerIsReported(_ completion: NVMeController.Completion) throws {
+        try withController(.user, completion, timeout: .seconds(2)) { (controller, model, _) throws in
+            model.enterFatalStatus()
+            #expect(throws: NVMeController.Failure.controllerFatal) { _ = try controller.read(lba: 0, blocks: 1) }
+        }
+    }
+
+    @Test func aRemovedControllerFailsCleanly() throws {
+        try withController(timeout: .milliseconds(300)) { (controller, _, device) throws in
+            device.faults.surpriseRemoved = true
+            #expect(throws: NVMeController.Failure.self) { _ = try controller.read(lba: 0, blocks: 1) }
+        }
+    }
+
+    @Test func badRequestsNeverReachTheDevice() throws {
+        try withController { (controller, model, _) throws in
+            #expect(throws: NVMeController.Failure.self) { _ = try controller.read(lba: 8191, blocks: 2) }
+            #expect(throws: NVMeController.Failure.self) { _ = try controller.read(lba: 0, blocks: 0) }
+            #expect(throws: NVMeController.Failure.self) { try controller.write(lba: 0, [1, 2, 3]) }
+            #expect(throws: NVMeController.Failure.self) { _ = try controller.read(lba: 0, blocks: 257) }
+            #expect(model.ioCommands.isEmpty)
+        }
+    }
+}
