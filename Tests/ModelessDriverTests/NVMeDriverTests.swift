@@ -1,3 +1,4 @@
+import Synchronization
 import ModelessDevice
 import ModelessDrivers
 import ModelessModels
@@ -82,3 +83,44 @@ struct NVMeDriverTests {
         }
     }
 }
+
+@Suite("The NVMe driver's asynchronous reads")
+struct NVMeAsyncTests {
+    @Test(arguments: ExecutionMode.allCases, [NVMeController.Completion.msix, .intx, .poll])
+    func manyReadsInFlightEachCompleteOnceWithTheirData(_ mode: ExecutionMode, _ completion: NVMeController.Completion) throws {
+        let model = NVMeModel()
+        let device = try ModeledDevice(model)
+        defer { device.close() }
+        let runtime = try makeRuntime(mode)
+        defer { runtime.shutdown() }
+        let controller = try NVMeController(device: device, runtime: runtime, completion: completion)
+        defer { controller.stop() }
+        for block in stride(from: 0, to: 256, by: 8) {
+            try controller.write(lba: UInt64(block), [UInt8](repeating: UInt8(block / 8), count: 4096))
+        }
+        let pool = try DMAPool(device: device, chunkSize: 4096, count: 32)
+        let done = Mutex<[Int: Int]>([:])
+        var chunks: [Int: DMAPool.Chunk] = [:]
+        for index in 0..<32 {
+            let chunk = try #require(pool.allocate())
+            chunks[index] = chunk
+            try controller.readAsync(lba: UInt64(index * 8), blocks: 8, into: chunk, of: pool) { result in
+                if case .success = result { done.withLock { $0[index, default: 0] += 1 } }
+            }
+        }
+        for _ in 0..<2000 where done.withLock({ $0.count }) < 32 {
+            if completion == .poll { try controller.pollCompletions() } else { usleep(1000) }
+        }
+        #expect(done.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<32).map { ($0, 1) }))
+        for index in 0..<32 {
+            #expect(try pool.read(4096, from: chunks[index]!) == [UInt8](repeating: UInt8(index), count: 4096))
+        }
+        #expect(throws: NVMeController.Failure.self) {
+            try controller.readAsync(lba: 0, blocks: 17, into: chunks[0]!, of: pool) { _ in }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

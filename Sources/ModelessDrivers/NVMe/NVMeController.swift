@@ -54,6 +54,10 @@ public final class NVMeController: @unchecked Sendable {
     /// Completions found by the ISR, by queue and command identifier, handed to waiters.
     private let results = ConditionLock()
     private var finished: [UInt32: NVMeCompletion] = [:]
+    /// Handlers of asynchronous I/O commands, by command identifier; and those whose command
+    /// completed, waiting for the DPC to run them.
+    private var handlers: [UInt16: @Sendable (NVMeCompletion) -> Void] = [:]
+    private var ready: [(@Sendable (NVMeCompletion) -> Void, NVMeCompletion)] = []
     private var wake: DeferredProcedureCall?
     private let bounce: DMABuffer
     private let prpList: DMABuffer
@@ -148,7 +152,7 @@ public final class NVMeController: @unchecked Sendable {
         guard completion != .poll else { return }
         let kind: InterruptKind = completion == .msix ? .msix : completion == .msi ? .msi : .intx
         let vectors = try device.enableInterrupts(kind, count: kind == .msix ? 2 : 1)
-        wake = runtime.makeDPC("nvme completion") { [unowned self] in self.results.withLock { self.results.broadcast() } }
+        wake = runtime.makeDPC("nvme completion") { [unowned self] in self.runCompletions() }
         for vector in vectors {
             // With MSI-X vector 0 serves the admin queue and vector 1 the I/O queue; a single
             // MSI or INTx vector serves both. NVMe has no cause register: the ISR looks at the queues.
@@ -167,10 +171,33 @@ public final class NVMeController: @unchecked Sendable {
             for entry in (try? pair.drain()) ?? [] { found.append((pair.identifier, entry)) }
         }
         guard !found.isEmpty else { return }
-        results.withLock {
-            for (queue, entry) in found { finished[UInt32(queue) << 16 | UInt32(entry.identifier)] = entry }
-        }
+        file(found)
         wake?.queue()
+    }
+
+    /// Files completions: an asynchronous command's handler is made ready to run; a
+    /// synchronous one's entry goes to the table its waiter looks in.
+    private func file(_ found: [(UInt16, NVMeCompletion)]) {
+        results.withLock {
+            for (queue, entry) in found {
+                if queue == 1, let handler = handlers.removeValue(forKey: entry.identifier) {
+                    ready.append((handler, entry))
+                } else {
+                    finished[UInt32(queue) << 16 | UInt32(entry.identifier)] = entry
+                }
+            }
+        }
+    }
+
+    /// The DPC (or, when polling, the poller): wake synchronous waiters and run the ready
+    /// handlers of asynchronous commands, outside the ISR.
+    private func runCompletions() {
+        let handlers = results.withLock { () -> [(@Sendable (NVMeCompletion) -> Void, NVMeCompletion)] in
+            results.broadcast()
+            defer { ready.removeAll(keepingCapacity: true) }
+            return ready
+        }
+        for (handler, entry) in handlers { handler(entry) }
     }
 
     // MARK: Commands
@@ -184,7 +211,8 @@ public final class NVMeController: @unchecked Sendable {
         while true {
             if completion == .poll {
                 let entries = try queue.submitLock.withLock { try queue.drain() }
-                results.withLock { for entry in entries { finished[UInt32(queue.identifier) << 16 | UInt32(entry.identifier)] = entry } }
+                file(entries.map { (queue.identifier, $0) })
+                runCompletions()
             }
             let done: NVMeCompletion? = results.withLock {
                 if let entry = finished.removeValue(forKey: key) { return entry }
@@ -276,6 +304,47 @@ public final class NVMeController: @unchecked Sendable {
     }
 
     private let ioLock = ConditionLock()
+
+    // MARK: Asynchronous I/O
+
+    /// Starts reading `blocks` blocks at `lba` into `chunk` of `pool` (at most two pages) and
+    /// returns at once; `completion` runs later, from the completion DPC (or from
+    /// ``pollCompletions()`` when polling), with the outcome. Up to the I/O queue's size less
+    /// one may be in flight.
+    public func readAsync(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool,
+                          completion: @escaping @Sendable (Result<Void, Failure>) -> Void) throws {
+        let bytes = blocks * identity.blockSize
+        guard blocks > 0, bytes <= min(pool.chunkSize, 8192), chunk.deviceAddress % 4096 == 0 else {
+            throw Failure.badRequest("an asynchronous read fills one page-aligned chunk of at most two pages")
+        }
+        guard lba + UInt64(blocks) <= identity.blockCount else {
+            throw Failure.badRequest("blocks \(lba)..<\(lba + UInt64(blocks)) are beyond the namespace's \(identity.blockCount)")
+        }
+        var command = NVMeCommand(opcode: NVMeOpcode.read, namespace: 1)
+        command.setPRPs(chunk.deviceAddress, bytes > 4096 ? chunk.deviceAddress + 4096 : 0)
+        command.dwords[10] = UInt32(truncatingIfNeeded: lba)
+        command.dwords[11] = UInt32(truncatingIfNeeded: lba >> 32)
+        command.dwords[12] = UInt32(blocks - 1)
+        let handler: @Sendable (NVMeCompletion) -> Void = { entry in
+            completion(entry.succeeded ? .success(())
+                       : .failure(.commandFailed("Read", statusType: entry.statusType, statusCode: entry.statusCode)))
+        }
+        _ = try io.submitLock.withLock {
+            try io.submit(command) { identifier in results.withLock { handlers[identifier] = handler } }
+        }
+    }
+
+    /// When polling: takes new I/O completions and runs their handlers. Returns how many.
+    @discardableResult
+    public func pollCompletions() throws -> Int {
+        let entries = try io.submitLock.withLock { try io.drain() }
+        file(entries.map { (io.identifier, $0) })
+        runCompletions()
+        return entries.count
+    }
+
+    /// The I/O queue's size: at most this many less one commands can be in flight.
+    public var queueEntries: Int { io.entries }
 
     /// How many times the ISRs ran.
     public var isrCalls: Int { attachments.reduce(0) { $0 + $1.isrCalls } }

@@ -31,12 +31,14 @@ final class NVMeQueuePair: @unchecked Sendable {
         completionDoorbell = NVMeRegister.doorbells + (Int(identifier) * 2 + 1) * doorbellStride
     }
 
-    /// Writes `command` at the tail with a fresh identifier, rings the doorbell, and returns
-    /// the identifier. The caller holds `submitLock`.
-    func submit(_ command: NVMeCommand) throws -> UInt16 {
+    /// Writes `command` at the tail with a fresh identifier, calls `registered` with the
+    /// identifier (before the device can complete it), rings the doorbell, and returns the
+    /// identifier. The caller holds `submitLock`.
+    func submit(_ command: NVMeCommand, registered: (UInt16) -> Void = { _ in }) throws -> UInt16 {
         var command = command
         command.identifier = nextIdentifier
         nextIdentifier &+= 1
+        registered(command.identifier)
         for (index, dword) in command.dwords.enumerated() {
             try submissions.store32(dword, at: tail * 64 + index * 4)
         }
