@@ -25,6 +25,12 @@ struct RunNVMe: ParsableCommand {
     @Option(name: .customLong("verify-mib"), help: "MiB to write, read back and verify (0 to skip).")
     var verifyMiB = 8
 
+    @Option(name: .customLong("read-to"), help: "Before the verify pass, copy the namespace's first --read-mib MiB to this file.")
+    var readTo: String?
+
+    @Option(name: .customLong("read-mib"), help: "MiB to copy with --read-to.")
+    var readMiB = 16
+
     func run() throws {
         let address: PCIAddress
         do { address = try PCIBus().resolve(try DeviceSelector(parsing: device)).address } catch { throw ExitStatus.fail(error) }
@@ -43,6 +49,7 @@ struct RunNVMe: ParsableCommand {
             printLine("namespaces: \(identity.namespaceCount)")
             printLine("namespace 1: \(identity.blockCount) blocks of \(identity.blockSize) bytes (\((identity.blockCount * UInt64(identity.blockSize)) >> 20) MiB)")
             printLine("max transfer: \(controller.maximumTransfer / 1024) KiB per command")
+            if let readTo { try copyOut(controller, to: readTo) }
             guard verifyMiB > 0 else { return }
             let total = verifyMiB << 20
             let chunk = controller.maximumTransfer
@@ -72,6 +79,22 @@ struct RunNVMe: ParsableCommand {
             printError("\(error)")
             throw ExitCode(1)
         }
+    }
+}
+
+extension RunNVMe {
+    /// Reads the first `readMiB` MiB of namespace 1 into the file `path`.
+    func copyOut(_ controller: NVMeController, to path: String) throws {
+        let total = readMiB << 20
+        let chunk = controller.maximumTransfer
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(total)
+        for offset in stride(from: 0, to: total, by: chunk) {
+            let blocks = min(chunk, total - offset) / controller.identity.blockSize
+            bytes += try controller.read(lba: UInt64(offset / controller.identity.blockSize), blocks: blocks)
+        }
+        try FileAccess.replaceFile(path, with: bytes)
+        printLine("read:       \(readMiB) MiB from block 0 into \(path)")
     }
 }
 
