@@ -11,7 +11,7 @@ extension InterruptKind: ExpressibleByArgument {}
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a sample driver on a bound device or on its model.",
-        subcommands: [RunEdu.self, RunNVMe.self])
+        subcommands: [RunEdu.self, RunNVMe.self, RunE1000.self])
 }
 
 struct RunEdu: ParsableCommand {

@@ -1,0 +1,89 @@
+import ArgumentParser
+import ModelessBus
+import ModelessDevice
+import ModelessDrivers
+import ModelessRuntime
+import ModelessSystem
+
+struct RunE1000: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "e1000",
+        abstract: "Run the e1000 driver: answer ARP and ping on an address, and ping a peer.",
+        discussion: "The NIC must be bound to vfio-pci or uio_pci_generic (`modeless bind ADDR`).")
+
+    @Argument(help: "The NIC: 0000:00:04.0, 00:04.0 or 8086:100e.")
+    var device: String
+
+    @Option(help: "The IPv4 address to answer on.")
+    var ip: String
+
+    @Option(help: "A peer to ping (after resolving it with ARP).")
+    var peer: String?
+
+    @Option(help: "Echo requests to send to the peer.")
+    var count = 3
+
+    @Option(help: "Seconds to keep answering before stopping.")
+    var seconds = 10.0
+
+    @Option(help: "Execution mode: user or kernel-emulation.")
+    var mode: ExecutionMode = .user
+
+    @Option(help: "Interrupts: intx (the 82540EM's only kind in QEMU), msi, or poll (no interrupts).")
+    var irq: String = "intx"
+
+    @Flag(help: "Allow DMA over UIO, which gives the NIC no DMA isolation.")
+    var allowUnisolatedDMA = false
+
+    func run() throws {
+        guard let address = EchoResponder.address(ip) else { throw ValidationError("--ip \(ip) is not an IPv4 address") }
+        let peerAddress = try peer.map { text -> [UInt8] in
+            guard let parsed = EchoResponder.address(text) else { throw ValidationError("--peer \(text) is not an IPv4 address") }
+            return parsed
+        }
+        let interrupt: InterruptKind?
+        switch irq {
+        case "msi": interrupt = .msi
+        case "intx": interrupt = .intx
+        case "poll": interrupt = nil
+        default: throw ValidationError("--irq must be msi, intx or poll, not \(irq)")
+        }
+        let pci: PCIAddress
+        do { pci = try PCIBus().resolve(try DeviceSelector(parsing: device)).address } catch { throw ExitStatus.fail(error) }
+        do {
+            let access = try DeviceOpener.open(pci, options: .init(allowUnisolatedDMA: allowUnisolatedDMA))
+            defer { access.close() }
+            let runtime = try makeRuntime(mode)
+            defer { runtime.shutdown() }
+            let driver = try E1000Driver(device: access, runtime: runtime, interrupt: interrupt)
+            defer { driver.stop() }
+            let responder = EchoResponder(mac: driver.macAddress, ip: address) { try driver.send($0) }
+            driver.onFrame = { responder.handle($0) }
+            let mac = driver.macAddress.map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: ":")
+            printLine("e1000 on \(access.backendName) \(pci), \(runtime.mode) mode, \(irq): MAC \(mac), answering on \(ip)")
+            let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+            while !driver.linkUp && monotonicNanoseconds() < deadline { usleep(10_000) }
+            printLine("link:       \(driver.linkUp ? "up" : "down")")
+            var failed = false
+            if let peerAddress {
+                let answered = try responder.ping(peerAddress, count: count)
+                printLine("ping \(peer!): \(answered) of \(count) answered")
+                failed = answered != count
+            }
+            while monotonicNanoseconds() < deadline { usleep(50_000) }
+            let stats = driver.statistics
+            printLine("answered:   \(responder.answeredARP) ARP requests, \(responder.answeredEchoes) echo requests")
+            printLine("frames:     \(stats.framesReceived) received (\(stats.bytesReceived) bytes), \(stats.framesSent) sent (\(stats.bytesSent) bytes)")
+            if failed { throw ExitCode(1) }
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
