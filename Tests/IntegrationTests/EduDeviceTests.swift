@@ -31,7 +31,7 @@ extension VM {
         }
 
         func waitWhile(_ condition: () throws -> Bool) throws {
-            for _ in 0..<2000 where try condition() { usleep(1000) }
+            for _ in 0..<10_000 where try condition() { usleep(1000) }
             #expect(try !condition(), "device stayed busy")
         }
 

@@ -94,7 +94,7 @@ struct InterruptPropertyTests {
         usleep(50_000)
         #expect(calls.load(ordering: .relaxed) == 0, "still disabled after the inner enable")
         runtime.enableInterrupts()
-        for _ in 0..<200 where calls.load(ordering: .relaxed) == 0 { usleep(5000) }
+        for _ in 0..<2000 where calls.load(ordering: .relaxed) == 0 { usleep(5000) }
         #expect(calls.load(ordering: .relaxed) == 1)
     }
 
@@ -115,7 +115,7 @@ struct InterruptPropertyTests {
         }
         queuer.join()
         gate.withLock { open.store(true, ordering: .relaxed); gate.broadcast() }
-        for _ in 0..<200 where runs.load(ordering: .relaxed) == 0 { usleep(5000) }
+        for _ in 0..<2000 where runs.load(ordering: .relaxed) == 0 { usleep(5000) }
         usleep(20_000)
         #expect(runs.load(ordering: .relaxed) == 1)
     }
