@@ -35,6 +35,10 @@ public final class E1000Driver: @unchecked Sendable {
     private let transmitBuffers: DMAPool
     private var receiveNext = 0
     private var transmitTail = 0
+    /// The oldest descriptor handed to the NIC and not yet seen done: descriptors from here to
+    /// the tail are the NIC's. One descriptor always stays unused, because a tail equal to the
+    /// head means an empty ring to the NIC.
+    private var transmitClean = 0
     private let transmitLock = ConditionLock()
     private let receiveLock = ConditionLock()
     private var attachment: InterruptAttachment?
@@ -81,9 +85,8 @@ public final class E1000Driver: @unchecked Sendable {
         try registers.write32(UInt32(Self.ringSize - 1), at: E1000Register.receiveTail)
         try registers.write32(E1000Bit.receiveEnable | E1000Bit.receiveBroadcastAccept | E1000Bit.receiveStripCRC,
                               at: E1000Register.receiveControl)
-        // Transmit ring: empty; a descriptor is free when its status has DD set (or was never used).
+        // Transmit ring: empty (clean index = tail = head).
         try transmitDescriptors.fill(0)
-        for index in 0..<Self.ringSize { try transmitDescriptors.store8(E1000Bit.descriptorDone, at: index * 16 + 12) }
         try setRing(transmitDescriptors, base: E1000Register.transmitBaseLow)
         try registers.write32(0, at: E1000Register.transmitHead)
         try registers.write32(0, at: E1000Register.transmitTail)
@@ -170,10 +173,11 @@ public final class E1000Driver: @unchecked Sendable {
     public func send(_ frame: [UInt8]) throws {
         guard (14...1514).contains(frame.count) else { throw Failure.badFrame("a frame is 14 to 1514 bytes, not \(frame.count)") }
         try transmitLock.withLock {
-            let slot = transmitTail
             try waitUntil("a free transmit descriptor") {
-                try transmitDescriptors.load8(at: slot * 16 + 12) & E1000Bit.descriptorDone != 0
+                try reclaimTransmitted()
+                return (transmitClean - transmitTail - 1 + Self.ringSize) % Self.ringSize > 0
             }
+            let slot = transmitTail
             let chunk = transmitBuffers.chunk(slot)
             try transmitBuffers.write(frame, to: chunk)
             try transmitDescriptors.store64(chunk.deviceAddress, at: slot * 16)
@@ -185,6 +189,14 @@ public final class E1000Driver: @unchecked Sendable {
             try registers.write32(UInt32(transmitTail), at: E1000Register.transmitTail)
             counters.framesSent += 1
             counters.bytesSent += frame.count
+        }
+    }
+
+    /// Moves the clean index past descriptors the NIC has finished (DD set). The caller holds `transmitLock`.
+    private func reclaimTransmitted() throws {
+        while transmitClean != transmitTail,
+              try transmitDescriptors.load8(at: transmitClean * 16 + 12) & E1000Bit.descriptorDone != 0 {
+            transmitClean = (transmitClean + 1) % Self.ringSize
         }
     }
 
