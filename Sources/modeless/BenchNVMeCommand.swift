@@ -32,13 +32,7 @@ struct BenchNVMe: ParsableCommand {
     var depths: [Int] = [1, 32]
 
     func run() throws {
-        let address: PCIAddress
-        do { address = try PCIBus().resolve(try DeviceSelector(parsing: device)).address } catch { throw ExitStatus.fail(error) }
-        do {
-            let access = try DeviceOpener.open(address)
-            defer { access.close() }
-            let runtime = try makeRuntime(mode)
-            defer { runtime.shutdown() }
+        try withBoundDevice(device, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
             let pool = try DMAPool(device: access, chunkSize: 4096, count: controller.queueEntries)
@@ -53,11 +47,6 @@ struct BenchNVMe: ParsableCommand {
                 let iops = try measure(controller, pool, depth: depth)
                 printLine("| Modeless NVMe, \(mode), \(irq) | \(depth) | \(Int(iops)) |")
             }
-        } catch let exit as ExitCode {
-            throw exit
-        } catch {
-            printError("\(error)")
-            throw ExitCode(1)
         }
     }
 

@@ -48,13 +48,7 @@ struct RunE1000: ParsableCommand {
         case "poll": interrupt = nil
         default: throw ValidationError("--irq must be msi, intx or poll, not \(irq)")
         }
-        let pci: PCIAddress
-        do { pci = try PCIBus().resolve(try DeviceSelector(parsing: device)).address } catch { throw ExitStatus.fail(error) }
-        do {
-            let access = try DeviceOpener.open(pci, options: .init(allowUnisolatedDMA: allowUnisolatedDMA))
-            defer { access.close() }
-            let runtime = try makeRuntime(mode)
-            defer { runtime.shutdown() }
+        try withBoundDevice(device, mode: mode, options: .init(allowUnisolatedDMA: allowUnisolatedDMA)) { pci, access, runtime in
             let driver = try E1000Driver(device: access, runtime: runtime, interrupt: interrupt)
             defer { driver.stop() }
             let responder = EchoResponder(mac: driver.macAddress, ip: address) { try driver.send($0) }
@@ -75,11 +69,6 @@ struct RunE1000: ParsableCommand {
             printLine("answered:   \(responder.answeredARP) ARP requests, \(responder.answeredEchoes) echo requests")
             printLine("frames:     \(stats.framesReceived) received (\(stats.bytesReceived) bytes), \(stats.framesSent) sent (\(stats.bytesSent) bytes)")
             if failed { throw ExitCode(1) }
-        } catch let exit as ExitCode {
-            throw exit
-        } catch {
-            printError("\(error)")
-            throw ExitCode(1)
         }
     }
 }

@@ -32,13 +32,7 @@ struct RunNVMe: ParsableCommand {
     var readMiB = 16
 
     func run() throws {
-        let address: PCIAddress
-        do { address = try PCIBus().resolve(try DeviceSelector(parsing: device)).address } catch { throw ExitStatus.fail(error) }
-        do {
-            let access = try DeviceOpener.open(address)
-            defer { access.close() }
-            let runtime = try makeRuntime(mode)
-            defer { runtime.shutdown() }
+        try withBoundDevice(device, mode: mode) { address, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
             let identity = controller.identity!
@@ -73,11 +67,6 @@ struct RunNVMe: ParsableCommand {
             func rate(_ nanoseconds: UInt64) -> String { fixed(Double(total) / 1_048_576 / (Double(nanoseconds) / 1e9), 1) }
             printLine("verify:     \(verifyMiB) MiB written (\(rate(written - start)) MiB/s), read back (\(rate(read - written)) MiB/s), identical")
             printLine("ISR:        \(controller.isrCalls) calls")
-        } catch let exit as ExitCode {
-            throw exit
-        } catch {
-            printError("\(error)")
-            throw ExitCode(1)
         }
     }
 }

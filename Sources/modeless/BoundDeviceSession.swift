@@ -1,0 +1,26 @@
+import ArgumentParser
+import ModelessBus
+import ModelessDevice
+import ModelessRuntime
+
+/// What every `run` and `bench` command on a bound device does around its own work: resolve
+/// the device the person named, open it with the backend its driver calls for, start a runtime
+/// in `mode`, run `body`, and release everything. A bad name exits with its documented code;
+/// any other failure prints what went wrong and exits with 1.
+func withBoundDevice(_ text: String, mode: ExecutionMode, options: DeviceOpener.Options = .init(),
+                     _ body: (PCIAddress, any DeviceAccess, any DriverRuntime) throws -> Void) throws {
+    let address: PCIAddress
+    do { address = try PCIBus().resolve(try DeviceSelector(parsing: text)).address } catch { throw ExitStatus.fail(error) }
+    do {
+        let access = try DeviceOpener.open(address, options: options)
+        defer { access.close() }
+        let runtime = try makeRuntime(mode)
+        defer { runtime.shutdown() }
+        try body(address, access, runtime)
+    } catch let exit as ExitCode {
+        throw exit
+    } catch {
+        printError("\(error)")
+        throw ExitCode(1)
+    }
+}
