@@ -9,6 +9,7 @@
 //   3. Device   - ModelessDevice (VFIO and UIO access: regions, config space, DMA, interrupts)
 //   3. Models   - ModelessModels (device models behind the same protocol, for tests)
 //   4. Runtime  - ModelessRuntime (ISR, DPCs, interrupt disable/enable; user mode and kernel emulation)
+//   4. Logical  - ModelessLogical (logical devices: providers, consumers, containers, stacks)
 //   5. Drivers  - ModelessDrivers (edu sample driver)
 //   6. Tools    - the `modeless` command line
 import PackageDescription
@@ -22,6 +23,7 @@ let package = Package(
         .library(name: "ModelessDevice", targets: ["ModelessDevice"]),
         .library(name: "ModelessModels", targets: ["ModelessModels"]),
         .library(name: "ModelessRuntime", targets: ["ModelessRuntime"]),
+        .library(name: "ModelessLogical", targets: ["ModelessLogical"]),
         .library(name: "ModelessDrivers", targets: ["ModelessDrivers"]),
         .executable(name: "modeless", targets: ["modeless"]),
     ],
@@ -77,6 +79,10 @@ let package = Package(
             name: "ModelessRuntime",
             dependencies: ["ModelessDevice", "ModelessSystem", "CModelessShim"]
         ),
+        .target(
+            name: "ModelessLogical",
+            dependencies: ["ModelessSystem"]
+        ),
         // Layer 5: Drivers.
         .target(
             name: "ModelessDrivers",
@@ -111,6 +117,10 @@ let package = Package(
         .testTarget(
             name: "ModelessRuntimeTests",
             dependencies: ["ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessDevice", "ModelessSystem"]
+        ),
+        .testTarget(
+            name: "ModelessLogicalTests",
+            dependencies: ["ModelessLogical", "ModelessSystem", "modeless"]
         ),
         .testTarget(
             name: "ModelessDriverTests",

@@ -44,7 +44,7 @@ public final class ConditionLock: @unchecked Sendable {
     public func signal() { pthread_cond_signal(condition) }
 
     @inline(__always)
-    public func withLock<Result>(_ body: () throws -> Result) rethrows -> Result {
+    public func withLock<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
         lock()
         defer { unlock() }
         return try body()

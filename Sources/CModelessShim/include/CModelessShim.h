@@ -29,6 +29,10 @@ int modeless_thread_id(void);
 /// The CPU the calling thread runs on now (sched_getcpu), or -1 with errno set.
 int modeless_current_cpu(void);
 
+/// The process id and user id of the peer of a connected Unix socket (SO_PEERCRED, whose
+/// struct ucred needs _GNU_SOURCE). Returns 0, or -1 with errno set.
+int modeless_peer_credentials(int fd, int *pid, unsigned int *uid);
+
 // VFIO ioctl request numbers (linux/vfio.h builds them with _IO(), a macro Swift cannot import).
 extern const unsigned long modeless_VFIO_GET_API_VERSION;
 extern const unsigned long modeless_VFIO_CHECK_EXTENSION;

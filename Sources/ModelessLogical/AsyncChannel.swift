@@ -1,0 +1,120 @@
+import ModelessSystem
+
+/// The connection that carries one handle's asynchronous requests, and its wait thread.
+///
+/// This is the seed's asynchronous path between containers: the consumer's request goes to
+/// the provider's container, where a substitute completion handler (the server's reply)
+/// signals this wait thread when the provider's handler is done; the wait thread then calls
+/// the consumer's real completion handler. If the provider's process ends, every request in
+/// flight fails with ``LogicalDeviceError/Kind/providerTerminated``, exactly once.
+final class AsyncChannel: @unchecked Sendable {
+    private struct Pending {
+        let block: ParameterBlock
+        let marshaller: (any RequestMarshaller)?
+        let deliver: @Sendable (Result<ParameterBlock, LogicalDeviceError>) -> Void
+    }
+
+    private let name: LogicalDeviceName
+    private let consumerID: ConsumerID
+    private let socket: UnixSocket
+    private let sendBuffer = MessageBuffer()
+    private let receiveBuffer = MessageBuffer()
+    private let lock = ConditionLock()
+    private var pending: [UInt64: Pending] = [:]
+    private var nextRequest: UInt64 = 1
+    private var terminated = false
+    private var thread: SystemThread?
+
+    init(handle: RemoteHandle, socket: UnixSocket) throws(LogicalDeviceError) {
+        self.name = handle.name
+        self.consumerID = handle.consumerID
+        self.socket = socket
+        let length = sendBuffer.build(WireMessage(kind: .attach, consumerID: consumerID.rawValue), text: "")
+        do {
+            _ = try RemoteHandle.exchange(socket, sendBuffer, length: length, expecting: .attachReply, what: "attach to \(name)")
+            thread = try SystemThread(name: "ld-wait") { [self] in waitForReplies() }
+        } catch let error as LogicalDeviceError {
+            socket.close()
+            throw error
+        } catch {
+            socket.close()
+            throw LogicalDeviceError(.system, "cannot start the completion wait thread: \(error)")
+        }
+    }
+
+    func submit(
+        _ block: ParameterBlock, marshaller: (any RequestMarshaller)?,
+        deliver: @escaping @Sendable (Result<ParameterBlock, LogicalDeviceError>) -> Void
+    ) throws(LogicalDeviceError) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !terminated else { throw providerEnded() }
+        let requestID = nextRequest
+        nextRequest += 1
+        let length = try RemoteHandle.encodeRequest(
+            block, marshaller: marshaller, requestID: requestID, consumerID: consumerID, into: sendBuffer)
+        pending[requestID] = Pending(block: block, marshaller: marshaller, deliver: deliver)
+        do {
+            try socket.send(UnsafeRawBufferPointer(rebasing: sendBuffer.bytes[0..<length]))
+        } catch {
+            // The wait thread fails what is pending when it sees the end; this one was never sent.
+            pending[requestID] = nil
+            if error.errno == .brokenPipe || error.errno == .connectionReset { throw providerEnded() }
+            throw LogicalDeviceError(.system, "request to \(name): \(error)")
+        }
+    }
+
+    private func providerEnded() -> LogicalDeviceError {
+        LogicalDeviceError(.providerTerminated, "the provider of \(name) has ended: the request was not done; reopen the device once it is back")
+    }
+
+    /// Waits until no request is in flight, then ends the connection and the wait thread.
+    func drainAndStop() {
+        lock.withLock { while !pending.isEmpty && !terminated { lock.wait() } }
+        abandon()
+        thread?.join()
+        socket.close()
+    }
+
+    /// Ends the connection; requests in flight fail.
+    func abandon() { socket.shutdown() }
+
+    private func waitForReplies() {
+        while true {
+            let received: Int
+            do { received = try socket.receive(into: receiveBuffer.bytes) } catch { received = 0 }
+            if received == 0 { break }
+            let reply: WireMessage
+            do {
+                reply = try WireMessage.parse(UnsafeRawBufferPointer(receiveBuffer.bytes), length: received)
+            } catch {
+                continue  // not attributable to a request; the provider broke the protocol
+            }
+            guard let entry = lock.withLock({ pending[reply.requestID] }) else { continue }
+            let outcome: Result<ParameterBlock, LogicalDeviceError>
+            if let error = receiveBuffer.error(reply) {
+                entry.block.setStatus(error.kind)
+                outcome = .failure(error)
+            } else {
+                do throws(LogicalDeviceError) {
+                    try RemoteHandle.decodeReply(reply, buffer: receiveBuffer, into: entry.block, marshaller: entry.marshaller)
+                    outcome = .success(entry.block)
+                } catch {
+                    outcome = .failure(error)
+                }
+            }
+            lock.withLock { pending[reply.requestID] = nil }
+            entry.deliver(outcome)
+            lock.withLock { lock.broadcast() }
+        }
+        let failed: [Pending] = lock.withLock {
+            terminated = true
+            defer { pending.removeAll(); lock.broadcast() }
+            return Array(pending.values)
+        }
+        for entry in failed {
+            entry.block.setStatus(.providerTerminated)
+            entry.deliver(.failure(providerEnded()))
+        }
+    }
+}
