@@ -9,6 +9,11 @@ public struct ContainerListing: Sendable, Equatable {
     public struct Device: Sendable, Equatable {
         public var name: String
         public var consumers: Int
+
+        public init(name: String, consumers: Int) {
+            self.name = name
+            self.consumers = consumers
+        }
     }
 
     public var name: String

@@ -11,7 +11,7 @@ import Glibc
 /// connection's peer credentials are checked). When a connection ends for any reason,
 /// including its process dying, the close handler runs for the device it had open.
 final class ContainerServer: @unchecked Sendable {
-    private unowned let container: LogicalContainer
+    private let container: LogicalContainer
     private let listener: UnixSocket
     private let path: String
     private let lock = ConditionLock()

@@ -12,6 +12,8 @@ import Glibc
 /// a container requests are direct calls to the provider's handlers. To another container
 /// they travel over its socket in the ``ContainerDirectory``, and the provider's handlers run
 /// on a thread of the provider's process serving that consumer.
+///
+/// A serving container runs until ``shutdown()``; one that does not serve ends when released.
 public final class LogicalContainer: @unchecked Sendable {
     /// Where the container's providers run.
     public enum Placement: String, Sendable {

@@ -13,7 +13,7 @@ import Glibc
 final class ServerConnection: @unchecked Sendable {
     let socket: UnixSocket
     var thread: SystemThread?
-    private unowned let container: LogicalContainer
+    private let container: LogicalContainer
     private let peer: UnixSocket.PeerCredentials
     private let buffer = MessageBuffer()
     /// The open this connection made, closed when the connection ends.
