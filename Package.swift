@@ -86,7 +86,7 @@ let package = Package(
         // Layer 5: Drivers.
         .target(
             name: "ModelessDrivers",
-            dependencies: ["ModelessRuntime", "ModelessDevice", "ModelessSystem"]
+            dependencies: ["ModelessRuntime", "ModelessLogical", "ModelessDevice", "ModelessSystem"]
         ),
         // Layer 6: Tools.
         .executableTarget(
@@ -97,6 +97,7 @@ let package = Package(
                 "ModelessModels",
                 "ModelessRuntime",
                 "ModelessDrivers",
+                "ModelessLogical",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

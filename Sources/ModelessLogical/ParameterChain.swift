@@ -76,6 +76,11 @@ public final class ParameterChain: @unchecked Sendable {
         return ParameterBlock(chain: self, index: index)
     }
 
+    /// Makes every block unused again, for the chain's next request from the originator.
+    public func reset() {
+        claimedCount = 0
+    }
+
     /// Claims the next unused block, cleared, for a new request; fails when the originator
     /// did not allocate enough blocks for the stack below it.
     public func claimBlock() throws(LogicalDeviceError) -> ParameterBlock {

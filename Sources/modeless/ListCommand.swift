@@ -25,7 +25,7 @@ struct List: ParsableCommand {
 /// Prints any `Encodable` as pretty JSON with sorted keys.
 func printJSON<T: Encodable>(_ value: T) throws(BusError) {
     let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     do {
         printLine(String(decoding: try encoder.encode(value), as: UTF8.self))
     } catch {

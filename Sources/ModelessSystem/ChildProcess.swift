@@ -1,0 +1,101 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A program started in the background, with its output (stdout and stderr) readable line by
+/// line: for supervising driver processes and for tests that kill them.
+public final class ChildProcess: @unchecked Sendable {
+    public let processID: pid_t
+    public let program: String
+    private let output: Int32
+    private var buffered: [UInt8] = []
+    private var exitStatus: Int32?
+    private let lock = ConditionLock()
+
+    /// Starts `program` with `arguments`; `environment` entries are added to this process's.
+    public init(_ program: String, _ arguments: [String], environment: [String: String] = [:]) throws(SystemError) {
+        guard let executable = ProgramRunner.locate(program) else {
+            throw SystemError("find program", program, errno: .noSuchFileOrDirectory)
+        }
+        self.program = executable
+        var pipeEnds: [Int32] = [-1, -1]
+        _ = try systemCall("pipe", program) { pipe(&pipeEnds) }
+        _ = fcntl(pipeEnds[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(pipeEnds[1], F_SETFD, FD_CLOEXEC)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 2)
+
+        var inherited: [String] = []
+        var entry = environ
+        while let variable = entry.pointee {
+            let text = String(cString: variable)
+            if let name = text.split(separator: "=", maxSplits: 1).first, environment[String(name)] == nil { inherited.append(text) }
+            entry += 1
+        }
+        let envp = (inherited + environment.map { "\($0.key)=\($0.value)" }).map { strdup($0) } + [nil]
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let spawnError = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        close(pipeEnds[1])
+        guard spawnError == 0 else {
+            close(pipeEnds[0])
+            throw SystemError("posix_spawn", executable, errno: .init(rawValue: spawnError))
+        }
+        processID = pid
+        output = pipeEnds[0]
+    }
+
+    deinit {
+        if exitStatus == nil {
+            kill(processID, SIGKILL)
+            _ = try? wait()
+        }
+        close(output)
+    }
+
+    /// The next line of output, or nil at its end or after `seconds` without one.
+    public func readLine(timeout seconds: Double = 30) -> String? {
+        let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+        while true {
+            if let newline = buffered.firstIndex(of: 0x0A) {
+                let line = String(decoding: buffered[..<newline], as: UTF8.self)
+                buffered.removeSubrange(...newline)
+                return line
+            }
+            let now = monotonicNanoseconds()
+            guard now < deadline else { return nil }
+            var poller = pollfd(fd: output, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&poller, 1, Int32(min(1000, (deadline - now) / 1_000_000 + 1)))
+            if ready <= 0 { continue }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let count = chunk.withUnsafeMutableBytes { read(output, $0.baseAddress, $0.count) }
+            if count > 0 { buffered += chunk[0..<count] } else if count == 0 || Errno.current != .interrupted {
+                if buffered.isEmpty { return nil }
+                defer { buffered.removeAll() }
+                return String(decoding: buffered, as: UTF8.self)
+            }
+        }
+    }
+
+    /// Sends `signal` (SIGTERM, SIGKILL, ...).
+    public func signal(_ signal: Int32) { kill(processID, signal) }
+
+    /// Waits for the process to end and returns its exit status (128 + signal if killed).
+    @discardableResult
+    public func wait() throws(SystemError) -> Int32 {
+        if let exitStatus { return exitStatus }
+        var status: Int32 = 0
+        _ = try systemCall("waitpid", program) { waitpid(processID, &status, 0) }
+        let result = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        exitStatus = result
+        return result
+    }
+}

@@ -1,0 +1,124 @@
+import ArgumentParser
+import ModelessDrivers
+import ModelessLogical
+import ModelessRuntime
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Provide a logical device from this process until SIGINT or SIGTERM.",
+        discussion: """
+            The process becomes container --container (default: the provider's own name); consumers \
+            anywhere open CONTAINER/DEVICE. `modeless devices` lists what is served.
+            """,
+        subcommands: [ServeMemoryDisk.self, ServePartition.self, ServeNVMe.self])
+}
+
+/// The options every `serve` command shares.
+struct ServeOptions: ParsableArguments {
+    @Option(help: "The container (process namespace) to serve from.")
+    var container: String?
+
+    @Option(help: "The device's name in the container.")
+    var device = "blk0"
+
+    @Flag(help: "Serve from the kernel emulation's container, `kernel`, instead of a user container.")
+    var kernel = false
+
+    /// Starts the container, creates the device from `handlers`, prints where it is, and
+    /// serves until a termination signal.
+    func serve(defaultContainer: String, _ makeHandlers: (LogicalContainer) throws -> LogicalDeviceHandlers) throws {
+        TerminationSignals.block()
+        let logical: LogicalContainer
+        do {
+            logical = kernel
+                ? try LogicalContainer.kernelEmulation()
+                : try LogicalContainer(name: container ?? defaultContainer)
+        } catch {
+            printError("\(error)")
+            throw ExitCode(error.kind == .invalidName ? 64 : 1)
+        }
+        defer { logical.shutdown() }
+        do {
+            let name = try logical.createDevice(device, handlers: try makeHandlers(logical))
+            printLine("serving \(name) (pid \(getpid()))")
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
+        TerminationSignals.wait()
+    }
+}
+
+struct ServeMemoryDisk: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "memory-disk", abstract: "A block device in memory.")
+
+    @OptionGroup var options: ServeOptions
+
+    @Option(help: "Blocks.")
+    var blocks: UInt64 = 2048
+
+    @Option(name: .customLong("block-size"), help: "Bytes per block.")
+    var blockSize = 512
+
+    @Option(name: .customLong("delay-ms"), help: "Milliseconds each request takes (to keep requests in flight).")
+    var delayMs = 0
+
+    func run() throws {
+        let disk = MemoryDiskProvider(blockCount: blocks, blockSize: blockSize, delayNanoseconds: UInt64(delayMs) * 1_000_000)
+        try options.serve(defaultContainer: "memory") { _ in disk.handlers }
+    }
+}
+
+struct ServePartition: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "partition", abstract: "A block service consuming another block device: a window of its blocks.")
+
+    @OptionGroup var options: ServeOptions
+
+    @Option(help: "The block device below, container/device.")
+    var of: String
+
+    @Option(help: "The window's first block on the device below.")
+    var first: UInt64 = 0
+
+    @Option(help: "The window's size in blocks (default: to the end).")
+    var blocks: UInt64?
+
+    func run() throws {
+        try options.serve(defaultContainer: "partition") { container in
+            try PartitionProvider(container: container, lower: of, firstBlock: first, blockCount: blocks).handlers
+        }
+    }
+}
+
+struct ServeNVMe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nvme", abstract: "The NVMe driver as the provider of a logical block device (namespace 1).",
+        discussion: "The controller must be bound to vfio-pci (`modeless bind ADDR`).")
+
+    @OptionGroup var options: ServeOptions
+
+    @Argument(help: "The NVMe controller: 0000:00:06.0, 00:06.0 or 1b36:0010.")
+    var address: String
+
+    @Option(help: "Execution mode: user or kernel-emulation.")
+    var mode: ExecutionMode = .user
+
+    @Option(help: "How completions are noticed: msix, msi, intx or poll.")
+    var irq: NVMeController.Completion = .msix
+
+    func run() throws {
+        TerminationSignals.block()
+        try withBoundDevice(address, mode: mode) { _, access, runtime in
+            let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
+            defer { controller.stop() }
+            let provider = try NVMeBlockProvider(controller: controller)
+            try options.serve(defaultContainer: "nvme") { _ in provider.handlers }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
