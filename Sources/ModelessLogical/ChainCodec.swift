@@ -23,9 +23,26 @@ enum ChainCodec {
 
     /// Decodes a chain that arrived, checking every block. The first block is the request's
     /// own and counts as claimed.
-    static func decode(_ bytes: UnsafeRawBufferPointer) throws(LogicalDeviceError) -> ParameterChain {
-        let (capacities, claimed) = try check(bytes)
-        let chain = try ParameterChain(capacities: capacities)
+    /// `reusing`, a chain decoded before, is filled instead of allocating when it has the same shape.
+    static func decode(_ bytes: UnsafeRawBufferPointer, reusing previous: ParameterChain? = nil) throws(LogicalDeviceError) -> ParameterChain {
+        var sameShape = previous != nil && previous!.storage.count == bytes.count - prefixSize
+        let (count, claimed) = try check(bytes) { index, input, output in
+            if sameShape {
+                sameShape = index < previous!.count && previous!.blockSize(index) == BlockLayout.headerSize + input + output
+            }
+        }
+        let chain: ParameterChain
+        if let previous, sameShape, previous.count == count {
+            chain = previous
+            for index in 0..<chain.count {
+                chain.requestPayloads[index] = nil
+                chain.replyPayloads[index] = nil
+            }
+        } else {
+            var capacities: [ParameterChain.Capacity] = []
+            _ = try check(bytes) { _, input, output in capacities.append(ParameterChain.Capacity(input: input, output: output)) }
+            chain = try ParameterChain(capacities: capacities)
+        }
         UnsafeMutableRawBufferPointer(rebasing: chain.storage[0..<bytes.count - prefixSize])
             .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[prefixSize...]))
         chain.claimedCount = max(1, claimed)
@@ -35,10 +52,13 @@ enum ChainCodec {
     /// Copies blocks that came back from a provider over blocks `first...` of `chain`; they
     /// must have the same shape as the ones sent.
     static func copyBack(_ bytes: UnsafeRawBufferPointer, into chain: ParameterChain, at first: Int) throws(LogicalDeviceError) {
-        let (capacities, claimed) = try check(bytes)
-        guard capacities.count == chain.count - first,
-              capacities.indices.allSatisfy({ chain.blockSize(first + $0) == BlockLayout.headerSize + capacities[$0].input + capacities[$0].output })
-        else { throw WireMessage.malformed("the provider returned parameter blocks of another shape than were sent") }
+        var sameShape = true
+        let (count, claimed) = try check(bytes) { index, input, output in
+            if sameShape {
+                sameShape = first + index < chain.count && chain.blockSize(first + index) == BlockLayout.headerSize + input + output
+            }
+        }
+        guard sameShape, count == chain.count - first else { throw WireMessage.malformed("the provider returned parameter blocks of another shape than were sent") }
         UnsafeMutableRawBufferPointer(rebasing: chain.storage[chain.offsets[first]...])
             .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[prefixSize...]))
         chain.claimedCount = max(chain.claimedCount, first + claimed)
@@ -46,12 +66,15 @@ enum ChainCodec {
 
     /// Walks the blocks, checking that each header's sizes fit, lengths are within
     /// capacities, and the type, name and status are valid.
-    static func check(_ bytes: UnsafeRawBufferPointer) throws(LogicalDeviceError) -> ([ParameterChain.Capacity], Int) {
+    /// Calls `visit` with each block's index and area capacities; returns the block count and
+    /// the number claimed.
+    static func check(
+        _ bytes: UnsafeRawBufferPointer, visit: (Int, Int, Int) -> Void
+    ) throws(LogicalDeviceError) -> (Int, Int) {
         guard bytes.count >= prefixSize else { throw WireMessage.malformed("a parameter chain needs at least \(prefixSize) bytes") }
         let count = Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt16.self)))
         let claimed = Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
         guard count >= 1, claimed <= count else { throw WireMessage.malformed("\(count) blocks with \(claimed) claimed") }
-        var capacities: [ParameterChain.Capacity] = []
         var offset = prefixSize
         for index in 0..<count {
             guard bytes.count - offset >= BlockLayout.headerSize else { throw WireMessage.malformed("block \(index) is cut short") }
@@ -75,10 +98,10 @@ enum ChainCodec {
             guard field(UInt16.self, BlockLayout.nameLength) <= BlockLayout.nameCapacity else {
                 throw WireMessage.malformed("block \(index)'s device name is too long")
             }
-            capacities.append(ParameterChain.Capacity(input: input, output: output))
+            visit(index, input, output)
             offset += BlockLayout.headerSize + input + output
         }
         guard offset == bytes.count else { throw WireMessage.malformed("\(bytes.count - offset) bytes follow the last block") }
-        return (capacities, claimed)
+        return (count, claimed)
     }
 }

@@ -68,10 +68,14 @@ public struct ParameterBlock: @unchecked Sendable {
     }
 
     func setDeviceName(_ name: String) {
-        let bytes = Array(name.utf8.prefix(BlockLayout.nameCapacity))
-        chain.store(UInt16(bytes.count), block: index, at: BlockLayout.nameLength)
         let start = chain.offsets[index] + BlockLayout.name
-        UnsafeMutableRawBufferPointer(rebasing: chain.storage[start..<start + bytes.count]).copyBytes(from: bytes)
+        let destination = UnsafeMutableRawBufferPointer(rebasing: chain.storage[start..<start + BlockLayout.nameCapacity])
+        var length = 0
+        for byte in name.utf8 where length < BlockLayout.nameCapacity {
+            destination[length] = byte
+            length += 1
+        }
+        chain.store(UInt16(length), block: index, at: BlockLayout.nameLength)
     }
 
     /// Resets the header and both areas' lengths (capacities stay).

@@ -20,6 +20,8 @@ final class ServerConnection: @unchecked Sendable {
     private var opened: ConsumerID?
     /// The open this connection carries requests for (its own, or one it attached to).
     private var serving: ConsumerID?
+    /// The last request's chain, reused for the next one of the same shape.
+    private var lastChain: ParameterChain?
 
     init(container: LogicalContainer, socket: UnixSocket, peer: UnixSocket.PeerCredentials) {
         self.container = container
@@ -79,7 +81,8 @@ final class ServerConnection: @unchecked Sendable {
         case .request:
             let consumer = try servedConsumer(message)
             guard let record = container.consumerRecord(consumer) else { throw LogicalDeviceError(.notOpen, "\(consumer) is closed") }
-            let chain = try ChainCodec.decode(UnsafeRawBufferPointer(rebasing: buffer.payload[0..<message.payloadLength]))
+            let chain = try ChainCodec.decode(UnsafeRawBufferPointer(rebasing: buffer.payload[0..<message.payloadLength]), reusing: lastChain)
+            lastChain = chain
             let block = chain[0]
             guard let type = block.requestType else { throw WireMessage.malformed("the request's block has no request type") }
             let marshaller = type == .nonStandard ? container.lock.withLock({ container.marshallers[block.code] }) : nil

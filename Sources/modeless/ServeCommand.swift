@@ -10,7 +10,7 @@ struct Serve: ParsableCommand {
             The process becomes container --container (default: the provider's own name); consumers \
             anywhere open CONTAINER/DEVICE. `modeless devices` lists what is served.
             """,
-        subcommands: [ServeMemoryDisk.self, ServePartition.self, ServeNVMe.self])
+        subcommands: [ServeMemoryDisk.self, ServePartition.self, ServeNVMe.self, ServeBenchPeer.self])
 }
 
 /// The options every `serve` command shares.
