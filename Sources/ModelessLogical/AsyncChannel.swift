@@ -48,7 +48,7 @@ final class AsyncChannel: @unchecked Sendable {
     ) throws(LogicalDeviceError) {
         lock.lock()
         defer { lock.unlock() }
-        guard !terminated else { throw providerEnded() }
+        guard !terminated else { throw .providerTerminated(name) }
         let requestID = nextRequest
         nextRequest += 1
         let length = try RemoteHandle.encodeRequest(
@@ -59,13 +59,9 @@ final class AsyncChannel: @unchecked Sendable {
         } catch {
             // The wait thread fails what is pending when it sees the end; this one was never sent.
             pending[requestID] = nil
-            if error.errno == .brokenPipe || error.errno == .connectionReset { throw providerEnded() }
+            if error.errno == .brokenPipe || error.errno == .connectionReset { throw .providerTerminated(name) }
             throw LogicalDeviceError(.system, "request to \(name): \(error)")
         }
-    }
-
-    private func providerEnded() -> LogicalDeviceError {
-        LogicalDeviceError(.providerTerminated, "the provider of \(name) has ended: the request was not done; reopen the device once it is back")
     }
 
     /// Waits until no request is in flight, then ends the connection and the wait thread.
@@ -90,7 +86,12 @@ final class AsyncChannel: @unchecked Sendable {
             } catch {
                 continue  // not attributable to a request; the provider broke the protocol
             }
-            guard let entry = lock.withLock({ pending[reply.requestID] }) else { continue }
+            let taken: Pending? = lock.withLock {
+                let entry = pending.removeValue(forKey: reply.requestID)
+                if pending.isEmpty { lock.broadcast() }  // a close waiting to drain may go on
+                return entry
+            }
+            guard let entry = taken else { continue }
             let outcome: Result<ParameterBlock, LogicalDeviceError>
             if let error = receiveBuffer.error(reply) {
                 entry.block.setStatus(error.kind)
@@ -103,9 +104,7 @@ final class AsyncChannel: @unchecked Sendable {
                     outcome = .failure(error)
                 }
             }
-            lock.withLock { pending[reply.requestID] = nil }
             entry.deliver(outcome)
-            lock.withLock { lock.broadcast() }
         }
         let failed: [Pending] = lock.withLock {
             terminated = true
@@ -114,7 +113,7 @@ final class AsyncChannel: @unchecked Sendable {
         }
         for entry in failed {
             entry.block.setStatus(.providerTerminated)
-            entry.deliver(.failure(providerEnded()))
+            entry.deliver(.failure(.providerTerminated(name)))
         }
     }
 }

@@ -135,12 +135,7 @@ public final class LogicalContainer: @unchecked Sendable {
     /// Sends the request in `block` (claimed from its chain and filled in) and waits for the
     /// provider to finish it. The block's output then holds the answer; a failure is thrown.
     public func send(_ handle: LogicalDeviceHandle, _ block: ParameterBlock) throws(LogicalDeviceError) {
-        let opened = try lookUp(handle)
-        block.setDeviceName(handle.name.description)
-        guard block.requestType != nil else {
-            throw LogicalDeviceError(.malformedMessage, "set the block's request type before sending it")
-        }
-        switch opened {
+        switch try prepareToSend(block, on: handle) {
         case .local(let device, let consumer):
             if let failure = invoke(device, consumer: consumer, block: block) { throw failure }
         case .remote(let remote):
@@ -156,12 +151,7 @@ public final class LogicalContainer: @unchecked Sendable {
         _ handle: LogicalDeviceHandle, _ block: ParameterBlock, context: Context,
         completion: @escaping @Sendable (Result<ParameterBlock, LogicalDeviceError>, Context) -> Void
     ) throws(LogicalDeviceError) {
-        let opened = try lookUp(handle)
-        block.setDeviceName(handle.name.description)
-        guard block.requestType != nil else {
-            throw LogicalDeviceError(.malformedMessage, "set the block's request type before sending it")
-        }
-        switch opened {
+        switch try prepareToSend(block, on: handle) {
         case .local(let device, let consumer):
             try localWorker().submit {
                 let failure = self.invoke(device, consumer: consumer, block: block)
@@ -211,6 +201,16 @@ public final class LogicalContainer: @unchecked Sendable {
         guard let opened = lock.withLock({ handles[handle.slot] }) else {
             throw LogicalDeviceError(.notOpen, "\(handle) is not open (closed already, or never opened)")
         }
+        return opened
+    }
+
+    /// Checks the handle and the block for either kind of send, and addresses the block.
+    private func prepareToSend(_ block: ParameterBlock, on handle: LogicalDeviceHandle) throws(LogicalDeviceError) -> OpenHandle {
+        let opened = try lookUp(handle)
+        guard block.requestType != nil else {
+            throw LogicalDeviceError(.malformedMessage, "set the block's request type before sending it")
+        }
+        block.setDeviceName(handle.name.description)
         return opened
     }
 

@@ -45,4 +45,9 @@ public struct LogicalDeviceError: Error, Sendable, Equatable, CustomStringConver
     }
 
     public var description: String { message }
+
+    /// A request to `device` that its provider's end left undone.
+    static func providerTerminated(_ device: LogicalDeviceName) -> LogicalDeviceError {
+        LogicalDeviceError(.providerTerminated, "the provider of \(device) has ended: the request was not done; reopen the device once it is back")
+    }
 }

@@ -41,7 +41,7 @@ final class RemoteHandle: @unchecked Sendable {
     func sendSynchronously(_ block: ParameterBlock, marshaller: (any RequestMarshaller)?) throws(LogicalDeviceError) {
         syncLock.lock()
         defer { syncLock.unlock() }
-        guard !terminated else { throw providerEnded() }
+        guard !terminated else { throw .providerTerminated(name) }
         let requestID = nextRequest
         nextRequest += 1
         let length = try Self.encodeRequest(block, marshaller: marshaller, requestID: requestID, consumerID: consumerID, into: buffer)
@@ -92,15 +92,11 @@ final class RemoteHandle: @unchecked Sendable {
     private func asyncChannel() throws(LogicalDeviceError) -> AsyncChannel {
         try channelLock.withLock { () throws(LogicalDeviceError) in
             if let channel { return channel }
-            guard !(syncLock.withLock { terminated }) else { throw providerEnded() }
+            guard !(syncLock.withLock { terminated }) else { throw .providerTerminated(name) }
             let created = try AsyncChannel(handle: self, socket: Self.connect(to: name.container, directory: directory))
             channel = created
             return created
         }
-    }
-
-    func providerEnded() -> LogicalDeviceError {
-        LogicalDeviceError(.providerTerminated, "the provider of \(name) has ended: the request was not done; reopen the device once it is back")
     }
 
     // MARK: Helpers shared with the asynchronous channel

@@ -34,6 +34,15 @@ public enum ProgramRunner {
         return nil
     }
 
+    /// The path of program `name` in the build directory of the running executable (or of the
+    /// running test bundle, `NAME.xctest`): how tests and commands find `modeless` and each other.
+    public static func builtProgram(_ name: String) throws(SystemError) -> String {
+        let running = try FileAccess.readLink("/proc/self/exe")
+        var directory = running.split(separator: "/").dropLast()
+        if directory.last?.hasSuffix(".xctest") == true { directory = directory.dropLast() }
+        return "/" + directory.joined(separator: "/") + "/" + name
+    }
+
     /// Runs `program` with `arguments`, waits for it, and returns its status and output.
     ///
     /// - Throws: ``SystemError`` if the program cannot be found or started.

@@ -35,7 +35,7 @@ struct BenchLogical: ParsableCommand {
         try directory.prepare()
         let peerName = "bench-peer-\(getpid())"
         let rawPath = directory.path + "/\(peerName).raw"
-        let peer = try ChildProcess("/proc/self/exe", ["serve", "bench-peer", "--container", peerName, "--raw-socket", rawPath])
+        let peer = try ChildProcess(try ProgramRunner.builtProgram("modeless"), ["serve", "bench-peer", "--container", peerName, "--raw-socket", rawPath])
         defer {
             peer.signal(SIGTERM)
             _ = try? peer.wait()

@@ -68,10 +68,9 @@ struct BindingIntegrationTests {
 
     @Test func watchSeesBindAndUnbind() throws {
         let edu = try TestBench.edu()
-        let binary = try FileAccess.readLink("/proc/self/exe")
-        let modeless = binary.split(separator: "/").dropLast(binary.contains(".xctest/") ? 2 : 1).joined(separator: "/")
+        let modeless = try ProgramRunner.builtProgram("modeless")
         let script = """
-            out=$(mktemp); m=/\(modeless)/modeless
+            out=$(mktemp); m=\(modeless)
             $m watch --source kernel --count 2 --timeout 120 > "$out" 2>&1 & watcher=$!
             for i in $(seq 600); do grep -q watching "$out" && break; sleep 0.1; done
             $m bind \(edu) --to uio_pci_generic >/dev/null && $m unbind \(edu) >/dev/null

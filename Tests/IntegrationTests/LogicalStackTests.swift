@@ -14,12 +14,7 @@ extension VM {
     /// it and provides its own; this test's process consumes that.
     @Suite("Logical device stack over the NVMe driver")
     struct LogicalStackIntegrationTests {
-        static func modelessPath() throws -> String {
-            let bundle = try FileAccess.readLink("/proc/self/exe")
-            var directory = bundle.split(separator: "/").dropLast()
-            if directory.last?.hasSuffix(".xctest") == true { directory = directory.dropLast() }
-            return "/" + directory.joined(separator: "/") + "/modeless"
-        }
+        static func modelessPath() throws -> String { try ProgramRunner.builtProgram("modeless") }
 
         /// `--kernel` serves the NVMe driver from the kernel emulation's container (in
         /// kernel-emulation mode); otherwise from user container `storage` in user mode.

@@ -11,14 +11,13 @@ struct RefusalIntegrationTests {
     func expectRefused(_ arguments: [String], status: Int32, mentioning text: String,
                        asUser user: Int? = nil) throws {
         let before = try TestBench.bindings()
-        let binary = try FileAccess.readLink("/proc/self/exe")
-        let directory = "/" + binary.split(separator: "/").dropLast(binary.contains(".xctest/") ? 2 : 1).joined(separator: "/")
+        let modeless = try ProgramRunner.builtProgram("modeless")
         let result: ProgramResult
         if let user {
             result = try ProgramRunner.run("setpriv", ["--reuid=\(user)", "--regid=\(user)", "--clear-groups",
-                                                      "\(directory)/modeless"] + arguments)
+                                                      modeless] + arguments)
         } else {
-            result = try ProgramRunner.run("\(directory)/modeless", arguments)
+            result = try ProgramRunner.run(modeless, arguments)
         }
         #expect(result.status == status, "\(arguments): \(result.output)")
         #expect(result.output.contains(text), "\(arguments): \(result.output)")
@@ -74,13 +73,12 @@ struct RefusalIntegrationTests {
         let edu = try TestBench.edu()
         #expect(try TestBench.shell("rmmod uio_pci_generic").status == 0)
         defer { _ = try? TestBench.shell("modprobe uio_pci_generic") }
-        let binary = try FileAccess.readLink("/proc/self/exe")
-        let directory = "/" + binary.split(separator: "/").dropLast(binary.contains(".xctest/") ? 2 : 1).joined(separator: "/")
+        let modeless = try ProgramRunner.builtProgram("modeless")
         let before = try TestBench.bindings()
         let result = try TestBench.shell("""
             mkdir -p /tmp/nomodules && printf '#!/bin/sh\\necho "modprobe: FATAL: Module $1 not found" >&2\\nexit 1\\n' > /tmp/nomodules/modprobe
             chmod +x /tmp/nomodules/modprobe
-            PATH=/tmp/nomodules:$PATH \(directory)/modeless bind \(edu) --to uio_pci_generic
+            PATH=/tmp/nomodules:$PATH \(modeless) bind \(edu) --to uio_pci_generic
             """)
         #expect(result.status == 69, "\(result.output)")
         #expect(result.output.contains("kernel module uio_pci_generic is not available"), "\(result.output)")

@@ -47,10 +47,7 @@ enum TestBench {
 
     /// The `modeless` binary next to this test bundle.
     static func modeless(_ arguments: String...) throws -> ProgramResult {
-        let bundle = try FileAccess.readLink("/proc/self/exe")
-        var directory = bundle.split(separator: "/").dropLast()
-        if directory.last?.hasSuffix(".xctest") == true { directory = directory.dropLast() }
-        return try ProgramRunner.run("/" + directory.joined(separator: "/") + "/modeless", arguments)
+        try ProgramRunner.run(try ProgramRunner.builtProgram("modeless"), arguments)
     }
 
     static func shell(_ script: String) throws -> ProgramResult {

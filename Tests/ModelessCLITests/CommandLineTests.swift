@@ -36,12 +36,7 @@ struct CommandLineErrorTests {
 }
 
 /// The `modeless` binary in the build directory that holds this test bundle.
-func modelessPath() throws -> String {
-    let bundle = try FileAccess.readLink("/proc/self/exe")
-    var directory = bundle.split(separator: "/").dropLast()
-    if directory.last?.hasSuffix(".xctest") == true { directory = directory.dropLast() }
-    return "/" + directory.joined(separator: "/") + "/modeless"
-}
+func modelessPath() throws -> String { try ProgramRunner.builtProgram("modeless") }
 
 @Suite("Command line: discovery on this machine")
 struct DiscoveryTests {

@@ -7,12 +7,7 @@ import Glibc
 #endif
 
 /// The `modeless` binary built next to this test bundle.
-func modelessPath() throws -> String {
-    let bundle = try FileAccess.readLink("/proc/self/exe")
-    var directory = bundle.split(separator: "/").dropLast()
-    if directory.last?.hasSuffix(".xctest") == true { directory = directory.dropLast() }
-    return "/" + directory.joined(separator: "/") + "/modeless"
-}
+func modelessPath() throws -> String { try ProgramRunner.builtProgram("modeless") }
 
 /// Providers and consumers in separate processes, killed with SIGKILL mid-request.
 @Suite("Logical devices: processes that die")
