@@ -10,6 +10,7 @@
 //   3. Models   - ModelessModels (device models behind the same protocol, for tests)
 //   4. Runtime  - ModelessRuntime (ISR, DPCs, interrupt disable/enable; user mode and kernel emulation)
 //   4. Logical  - ModelessLogical (logical devices: providers, consumers, containers, stacks)
+//   4. Supervision - ModelessSupervision (instances as fault domains: supervisor, saved state, failover)
 //   5. Drivers  - ModelessDrivers (edu sample driver)
 //   6. Tools    - the `modeless` command line
 import PackageDescription
@@ -24,6 +25,7 @@ let package = Package(
         .library(name: "ModelessModels", targets: ["ModelessModels"]),
         .library(name: "ModelessRuntime", targets: ["ModelessRuntime"]),
         .library(name: "ModelessLogical", targets: ["ModelessLogical"]),
+        .library(name: "ModelessSupervision", targets: ["ModelessSupervision"]),
         .library(name: "ModelessDrivers", targets: ["ModelessDrivers"]),
         .executable(name: "modeless", targets: ["modeless"]),
     ],
@@ -83,6 +85,10 @@ let package = Package(
             name: "ModelessLogical",
             dependencies: ["ModelessSystem"]
         ),
+        .target(
+            name: "ModelessSupervision",
+            dependencies: ["ModelessLogical", "ModelessSystem"]
+        ),
         // Layer 5: Drivers.
         .target(
             name: "ModelessDrivers",
@@ -98,6 +104,7 @@ let package = Package(
                 "ModelessRuntime",
                 "ModelessDrivers",
                 "ModelessLogical",
+                "ModelessSupervision",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -124,6 +131,10 @@ let package = Package(
             dependencies: ["ModelessLogical", "ModelessSystem", "modeless"]
         ),
         .testTarget(
+            name: "ModelessSupervisionTests",
+            dependencies: ["ModelessSupervision", "ModelessLogical", "ModelessSystem", "modeless"]
+        ),
+        .testTarget(
             name: "ModelessDriverTests",
             dependencies: ["ModelessDrivers", "ModelessRuntime", "ModelessModels", "ModelessDevice", "ModelessSystem"]
         ),
@@ -133,7 +144,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["modeless", "ModelessBus", "ModelessDevice", "ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessLogical"]
+            dependencies: ["modeless", "ModelessBus", "ModelessDevice", "ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessLogical", "ModelessSupervision"]
         ),
     ]
 )

@@ -51,6 +51,14 @@ int modeless_peer_credentials(int fd, int *pid, unsigned int *uid) {
     return 0;
 }
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+int modeless_pidfd_open(int pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
 const unsigned long modeless_VFIO_GET_API_VERSION = VFIO_GET_API_VERSION;
 const unsigned long modeless_VFIO_CHECK_EXTENSION = VFIO_CHECK_EXTENSION;
 const unsigned long modeless_VFIO_SET_IOMMU = VFIO_SET_IOMMU;

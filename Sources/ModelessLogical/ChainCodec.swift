@@ -95,6 +95,9 @@ enum ChainCodec {
             guard status == 0 || LogicalDeviceError.Kind(rawValue: UInt16(status)) != nil else {
                 throw WireMessage.malformed("block \(index) has status \(status)")
             }
+            guard RequestFlags.all.isSuperset(of: RequestFlags(rawValue: UInt16(field(UInt16.self, BlockLayout.flags)))) else {
+                throw WireMessage.malformed("block \(index) has unknown flags")
+            }
             guard field(UInt16.self, BlockLayout.nameLength) <= BlockLayout.nameCapacity else {
                 throw WireMessage.malformed("block \(index)'s device name is too long")
             }

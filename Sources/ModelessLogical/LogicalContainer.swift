@@ -211,6 +211,7 @@ public final class LogicalContainer: @unchecked Sendable {
             throw LogicalDeviceError(.malformedMessage, "set the block's request type before sending it")
         }
         block.setDeviceName(handle.name.description)
+        block.setStatus(nil)
         return opened
     }
 

@@ -21,6 +21,20 @@ public struct ParameterBlock: @unchecked Sendable {
         nonmutating set { chain.store(newValue, block: index, at: BlockLayout.code) }
     }
 
+    /// The originator's identifier for this request, unique among its requests (0: none).
+    /// A provider that keeps a ledger of executed requests uses it to execute a request that
+    /// is sent again, after a failover, only once.
+    public var requestID: UInt64 {
+        get { chain.load(UInt64.self, block: index, at: BlockLayout.requestID) }
+        nonmutating set { chain.store(newValue, block: index, at: BlockLayout.requestID) }
+    }
+
+    /// What the originator says about the request: for example that it is being sent again.
+    public var flags: RequestFlags {
+        get { RequestFlags(rawValue: chain.load(UInt16.self, block: index, at: BlockLayout.flags)) }
+        nonmutating set { chain.store(newValue.rawValue, block: index, at: BlockLayout.flags) }
+    }
+
     /// The device the request was sent to, written by `send`.
     public var deviceName: String {
         let length = min(Int(chain.load(UInt16.self, block: index, at: BlockLayout.nameLength)), BlockLayout.nameCapacity)
@@ -86,6 +100,8 @@ public struct ParameterBlock: @unchecked Sendable {
         chain.store(UInt32(0), block: index, at: BlockLayout.inputLength)
         chain.store(UInt32(0), block: index, at: BlockLayout.outputLength)
         setStatus(nil)
+        flags = []
+        requestID = 0
         requestPayload = nil
         replyPayload = nil
     }

@@ -120,7 +120,9 @@ enum BlockLayout {
     static let inputCapacity = 16  // UInt32
     static let outputCapacity = 20  // UInt32
     static let status = 24  // UInt16: 0, or a LogicalDeviceError.Kind
+    static let flags = 26  // UInt16: RequestFlags
     static let name = 32  // up to nameCapacity bytes of UTF-8
     static let nameCapacity = 2 * LogicalDeviceName.maximumLength + 1
-    static let headerSize = 136
+    static let requestID = 136  // UInt64: the originator's id for the request, 0 for none
+    static let headerSize = 144
 }

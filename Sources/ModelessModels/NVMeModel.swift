@@ -58,7 +58,7 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
 
     private let lock = ConditionLock()
     private var context: ModelContext?
-    private var storage: [UInt8]
+    private let storage: ModelNamespaceStorage
     private var configuration: UInt32 = 0
     private var ready = false
     private var fatal = false
@@ -72,17 +72,25 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
     private var ioCounts: [UInt8: Int] = [:]
     private var interruptMask: UInt32 = 0
 
-    public init(blocks: Int = 8192, serialNumber: String = "model-nvme0") {
+    /// A controller whose namespace of `blocks` 512-byte blocks is in memory or, with
+    /// `backingFile`, in a file that keeps its contents across processes (the file is created
+    /// if missing; an existing one must be exactly that size).
+    public init(blocks: Int = 8192, serialNumber: String = "model-nvme0", backingFile: String? = nil) throws(SystemError) {
         blockCount = blocks
         self.serialNumber = serialNumber
-        storage = [UInt8](repeating: 0, count: blocks * 512)
+        storage = try ModelNamespaceStorage(bytes: blocks * 512, backingFile: backingFile)
+    }
+
+    /// A controller with an in-memory namespace of `blocks` 512-byte blocks.
+    public convenience init(blocks: Int = 8192, serialNumber: String = "model-nvme0") {
+        try! self.init(blocks: blocks, serialNumber: serialNumber, backingFile: nil)
     }
 
     public func connect(_ context: ModelContext) { lock.withLock { self.context = context } }
 
     /// The namespace's bytes, for checking what a driver wrote.
     public func contents(block: Int, count: Int) -> [UInt8] {
-        lock.withLock { Array(storage[block * blockSize..<(block + count) * blockSize]) }
+        lock.withLock { storage.read(at: block * blockSize, count: count * blockSize) }
     }
 
     // MARK: Registers
@@ -248,9 +256,9 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
             let start = lba * blockSize + offset
             if opcode == 0x01 {
                 guard let bytes = context?.dmaRead(address, count: length) else { return (0, Self.dataTransferError) }
-                lock.withLock { storage.replaceSubrange(start..<start + length, with: bytes) }
+                lock.withLock { storage.write(bytes, at: start) }
             } else {
-                let bytes = lock.withLock { Array(storage[start..<start + length]) }
+                let bytes = lock.withLock { storage.read(at: start, count: length) }
                 guard context?.dmaWrite(bytes, to: address) == true else { return (0, Self.dataTransferError) }
             }
             offset += length

@@ -10,6 +10,8 @@ public final class ChildProcess: @unchecked Sendable {
     private let output: Int32
     private var buffered: [UInt8] = []
     private var exitStatus: Int32?
+    /// Whether all of the output has been read: the process, and any it started, closed it.
+    public private(set) var outputEnded = false
     private let lock = ConditionLock()
 
     /// Starts `program` with `arguments`; `environment` entries are added to this process's.
@@ -42,8 +44,21 @@ public final class ChildProcess: @unchecked Sendable {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
+        // The child starts with no signals blocked and default dispositions, whatever this
+        // process (which may block SIGTERM to wait for it) has.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for signal in [SIGINT, SIGTERM, SIGPIPE, SIGHUP] { sigaddset(&defaults, signal) }
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
-        let spawnError = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        let spawnError = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
         close(pipeEnds[1])
         guard spawnError == 0 else {
             close(pipeEnds[0])
@@ -71,13 +86,14 @@ public final class ChildProcess: @unchecked Sendable {
                 return line
             }
             let now = monotonicNanoseconds()
-            guard now < deadline else { return nil }
+            guard now < deadline, !outputEnded else { return nil }
             var poller = pollfd(fd: output, events: Int16(POLLIN), revents: 0)
             let ready = poll(&poller, 1, Int32(min(1000, (deadline - now) / 1_000_000 + 1)))
             if ready <= 0 { continue }
             var chunk = [UInt8](repeating: 0, count: 4096)
             let count = chunk.withUnsafeMutableBytes { read(output, $0.baseAddress, $0.count) }
             if count > 0 { buffered += chunk[0..<count] } else if count == 0 || Errno.current != .interrupted {
+                outputEnded = true
                 if buffered.isEmpty { return nil }
                 defer { buffered.removeAll() }
                 return String(decoding: buffered, as: UTF8.self)

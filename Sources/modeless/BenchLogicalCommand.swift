@@ -55,7 +55,7 @@ struct BenchLogical: ParsableCommand {
         let block = try chain.claimBlock()
         block.requestType = .read
         try block.input.setBytes((0..<payload).map { UInt8($0 & 0xFF) })
-        let messageBytes = 32 + 4 + 136 + 2 * payload  // message header, chain prefix, block header, areas
+        let messageBytes = 32 + 4 + 144 + 2 * payload  // message header, chain prefix, block header, areas
 
         var samples: [String: [Double]] = [:]
         for _ in 0..<rounds {

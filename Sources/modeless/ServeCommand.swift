@@ -1,7 +1,10 @@
 import ArgumentParser
+import ModelessDevice
 import ModelessDrivers
 import ModelessLogical
+import ModelessModels
 import ModelessRuntime
+import ModelessSupervision
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,9 +28,23 @@ struct ServeOptions: ParsableArguments {
     var kernel = false
 
     /// Starts the container, creates the device from `handlers`, prints where it is, and
-    /// serves until a termination signal.
+    /// serves until a termination signal. Started by `modeless supervise`, the process is one
+    /// instance of a service: its requests are recorded in its state file's ledger, and one sent
+    /// again after a failover is answered from a ledger if it was executed.
     func serve(defaultContainer: String, _ makeHandlers: (LogicalContainer) throws -> LogicalDeviceHandlers) throws {
         TerminationSignals.block()
+        let instance: SupervisedInstance?
+        do { instance = try SupervisedInstance.fromEnvironment() } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
+        if let instance {
+            printLine("instance \(instance.name), start \(instance.start), state \(instance.state.path)")
+            if !instance.interruptedRequests.isEmpty {
+                printLine("the previous instance died with \(instance.interruptedRequests.count) request(s) in flight: "
+                          + instance.interruptedRequests.map { String($0, radix: 16) }.joined(separator: " "))
+            }
+        }
         let logical: LogicalContainer
         do {
             logical = kernel
@@ -39,7 +56,8 @@ struct ServeOptions: ParsableArguments {
         }
         defer { logical.shutdown() }
         do {
-            let name = try logical.createDevice(device, handlers: try makeHandlers(logical))
+            let handlers = try makeHandlers(logical)
+            let name = try logical.createDevice(device, handlers: instance?.guarding(handlers) ?? handlers)
             printLine("serving \(name) (pid \(getpid()))")
         } catch {
             printError("\(error)")
@@ -95,12 +113,21 @@ struct ServePartition: ParsableCommand {
 struct ServeNVMe: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nvme", abstract: "The NVMe driver as the provider of a logical block device (namespace 1).",
-        discussion: "The controller must be bound to vfio-pci (`modeless bind ADDR`).")
+        discussion: """
+            The controller must be bound to vfio-pci (`modeless bind ADDR`). With --model FILE the driver \
+            runs on the NVMe device model instead, its namespace kept in FILE so that it outlives the process.
+            """)
 
     @OptionGroup var options: ServeOptions
 
-    @Argument(help: "The NVMe controller: 0000:00:06.0, 00:06.0 or 1b36:0010.")
-    var address: String
+    @Argument(help: "The NVMe controller: 0000:00:06.0, 00:06.0 or 1b36:0010. Omit with --model.")
+    var address: String?
+
+    @Option(help: "Run on the NVMe device model, its namespace in this file (created if missing).")
+    var model: String?
+
+    @Option(name: .customLong("model-blocks"), help: "The model's namespace size in 512-byte blocks.")
+    var modelBlocks = 8192
 
     @Option(help: "Execution mode: user or kernel-emulation.")
     var mode: ExecutionMode = .user
@@ -108,13 +135,45 @@ struct ServeNVMe: ParsableCommand {
     @Option(help: "How completions are noticed: msix, msi, intx or poll.")
     var irq: NVMeController.Completion = .msix
 
+    func validate() throws {
+        if (model == nil) == (address == nil) { throw ValidationError("name an NVMe controller, or pass --model FILE (not both)") }
+    }
+
     func run() throws {
         TerminationSignals.block()
-        try withBoundDevice(address, mode: mode) { _, access, runtime in
+        if let model {
+            try withModeledNVMe(backingFile: model, blocks: modelBlocks) { access, runtime in
+                let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
+                defer { controller.stop() }
+                let provider = try NVMeBlockProvider(controller: controller)
+                try options.serve(defaultContainer: "nvme") { _ in provider.handlers }
+            }
+            return
+        }
+        try withBoundDevice(address!, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
             let provider = try NVMeBlockProvider(controller: controller)
             try options.serve(defaultContainer: "nvme") { _ in provider.handlers }
+        }
+    }
+}
+
+extension ServeNVMe {
+    /// Runs `body` with the NVMe model (its namespace in `backingFile`) and a runtime in this
+    /// command's mode.
+    func withModeledNVMe(backingFile: String, blocks: Int, _ body: (any DeviceAccess, any DriverRuntime) throws -> Void) throws {
+        do {
+            let access = try ModeledDevice(try NVMeModel(blocks: blocks, serialNumber: "model-nvme0", backingFile: backingFile))
+            defer { access.close() }
+            let runtime = try makeRuntime(mode)
+            defer { runtime.shutdown() }
+            try body(access, runtime)
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
         }
     }
 }

@@ -33,6 +33,20 @@ int modeless_current_cpu(void);
 /// struct ucred needs _GNU_SOURCE). Returns 0, or -1 with errno set.
 int modeless_peer_credentials(int fd, int *pid, unsigned int *uid);
 
+/// pidfd_open(2): a file descriptor that becomes readable when process `pid` ends (Linux 5.3;
+/// glibc has no wrapper before 2.36). Returns the descriptor, or -1 with errno set.
+int modeless_pidfd_open(int pid);
+
+/// An 8-byte load with acquire ordering, for memory shared with other processes.
+static inline uint64_t modeless_load_acquire64(const void *address) {
+    return __atomic_load_n((const uint64_t *)address, __ATOMIC_ACQUIRE);
+}
+
+/// An 8-byte store with release ordering: every store before it is visible before it is.
+static inline void modeless_store_release64(void *address, uint64_t value) {
+    __atomic_store_n((uint64_t *)address, value, __ATOMIC_RELEASE);
+}
+
 // VFIO ioctl request numbers (linux/vfio.h builds them with _IO(), a macro Swift cannot import).
 extern const unsigned long modeless_VFIO_GET_API_VERSION;
 extern const unsigned long modeless_VFIO_CHECK_EXTENSION;

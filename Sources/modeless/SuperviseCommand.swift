@@ -1,0 +1,88 @@
+import ArgumentParser
+import Foundation
+import ModelessSupervision
+import ModelessSystem
+
+/// A supervisor configuration file, JSON:
+///
+///     {
+///       "service": "storage",
+///       "instances": 1,
+///       "command": ["modeless", "serve", "nvme", "0000:00:06.0", "--device", "disk"],
+///       "stateDirectory": "/run/modeless/services/storage",
+///       "restartDelaySeconds": 0,
+///       "startAttempts": 5,
+///       "environment": {}
+///     }
+///
+/// Only `service` and `command` are required. A command starting with `modeless` runs this
+/// program.
+struct SupervisorConfigurationFile: Decodable {
+    var service: String
+    var instances: Int?
+    var command: [String]
+    var stateDirectory: String?
+    var restartDelaySeconds: Double?
+    var startAttempts: Int?
+    var environment: [String: String]?
+
+    static func load(_ path: String) throws -> SupervisorConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ValidationError("cannot read the configuration file \(path)")
+        }
+        let file: SupervisorConfigurationFile
+        do { file = try JSONDecoder().decode(SupervisorConfigurationFile.self, from: data) } catch {
+            throw ValidationError("\(path) is not a valid supervisor configuration (see docs/supervision.md): \(describe(error))")
+        }
+        var command = file.command
+        if command.first == "modeless", let this = try? ProgramRunner.builtProgram("modeless") { command[0] = this }
+        let configuration = SupervisorConfiguration(
+            service: file.service, instances: file.instances ?? 1, command: command, stateDirectory: file.stateDirectory,
+            restartDelaySeconds: file.restartDelaySeconds ?? 0, startAttempts: file.startAttempts ?? 5,
+            environment: file.environment ?? [:])
+        do { try configuration.validate() } catch { throw ValidationError("\(path): \(error)") }
+        return configuration
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        switch error as? DecodingError {
+        case .keyNotFound(let key, _): "the key \"\(key.stringValue)\" is missing"
+        case .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
+            (context.codingPath.map(\.stringValue).joined(separator: ".") + " " + context.debugDescription).trimmingCharacters(in: .whitespaces)
+        default: "\(error)"
+        }
+    }
+}
+
+struct Supervise: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a service's provider instances and restart them when they die, until SIGINT or SIGTERM.",
+        discussion: """
+            Each instance is a process and its own fault domain, container SERVICE-N. When one dies \
+            the supervisor logs the cause, removes its socket and starts a replacement that resumes \
+            from its state file; consumers fail over to a surviving or restarted instance. \
+            `modeless status SERVICE` shows the instances. See docs/supervision.md.
+            """)
+
+    @Argument(help: "The configuration file (JSON).")
+    var config: String
+
+    func run() throws {
+        let configuration = try SupervisorConfigurationFile.load(config)
+        TerminationSignals.block()
+        let supervisor: Supervisor
+        do {
+            supervisor = try Supervisor(configuration)
+            supervisor.onEvent = { printLine("[\($0.instance)] \($0.message)") }
+            supervisor.onOutput = { printLine("[\($0)] \($1)") }
+            try supervisor.start()
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
+        printLine("supervising \(configuration.service): \(configuration.instances) instance(s), state in \(configuration.stateDirectory)")
+        TerminationSignals.wait()
+        printLine("stopping \(configuration.service)")
+        supervisor.stop()
+    }
+}
