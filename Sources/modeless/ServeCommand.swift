@@ -13,7 +13,7 @@ struct Serve: ParsableCommand {
             The process becomes container --container (default: the provider's own name); consumers \
             anywhere open CONTAINER/DEVICE. `modeless devices` lists what is served.
             """,
-        subcommands: [ServeMemoryDisk.self, ServePartition.self, ServeNVMe.self, ServeBenchPeer.self])
+        subcommands: [ServeMemoryDisk.self, ServePartition.self, ServeNVMe.self, ServeBlockGateway.self, ServeBenchPeer.self])
 }
 
 /// The options every `serve` command shares.
@@ -21,8 +21,8 @@ struct ServeOptions: ParsableArguments {
     @Option(help: "The container (process namespace) to serve from.")
     var container: String?
 
-    @Option(help: "The device's name in the container.")
-    var device = "blk0"
+    @Option(help: "The device's name in the container (default: blk0, or the provider's own).")
+    var device: String?
 
     @Flag(help: "Serve from the kernel emulation's container, `kernel`, instead of a user container.")
     var kernel = false
@@ -31,7 +31,7 @@ struct ServeOptions: ParsableArguments {
     /// serves until a termination signal. Started by `modeless supervise`, the process is one
     /// instance of a service: its requests are recorded in its state file's ledger, and one sent
     /// again after a failover is answered from a ledger if it was executed.
-    func serve(defaultContainer: String, _ makeHandlers: (LogicalContainer) throws -> LogicalDeviceHandlers) throws {
+    func serve(defaultContainer: String, defaultDevice: String = "blk0", _ makeHandlers: (LogicalContainer) throws -> LogicalDeviceHandlers) throws {
         TerminationSignals.block()
         let instance: SupervisedInstance?
         do { instance = try SupervisedInstance.fromEnvironment() } catch {
@@ -57,7 +57,7 @@ struct ServeOptions: ParsableArguments {
         defer { logical.shutdown() }
         do {
             let handlers = try makeHandlers(logical)
-            let name = try logical.createDevice(device, handlers: instance?.guarding(handlers) ?? handlers)
+            let name = try logical.createDevice(device ?? defaultDevice, handlers: instance?.guarding(handlers) ?? handlers)
             printLine("serving \(name) (pid \(getpid()))")
         } catch {
             printError("\(error)")
