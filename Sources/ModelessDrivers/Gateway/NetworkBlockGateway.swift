@@ -18,6 +18,9 @@ public final class NetworkBlockGateway: @unchecked Sendable {
     public let lower: String
     public let ip: [UInt8]
     public let port: UInt16
+    /// Parameter blocks per request: one for `net0` and one for each level of the stack
+    /// below it (the partition service and the disk under it take two).
+    public let chainBlocks: Int
     private let send: @Sendable ([UInt8]) throws -> Void
     private let lock = ConditionLock()
     private var lowerHandle: LogicalDeviceHandle?
@@ -28,12 +31,13 @@ public final class NetworkBlockGateway: @unchecked Sendable {
     /// consumes `lower`, which it opens now; replies go out through `send` (the NIC driver's
     /// transmit).
     public init(container: LogicalContainer, device: String = "net0", lower: String, ip: [UInt8], port: UInt16 = 7470,
-                send: @escaping @Sendable ([UInt8]) throws -> Void) throws(LogicalDeviceError) {
+                chainBlocks: Int = 4, send: @escaping @Sendable ([UInt8]) throws -> Void) throws(LogicalDeviceError) {
         self.container = container
         self.device = device
         self.lower = lower
         self.ip = ip
         self.port = port
+        self.chainBlocks = max(2, chainBlocks)
         self.send = send
         lowerHandle = try container.open(lower)
     }
@@ -97,8 +101,9 @@ public final class NetworkBlockGateway: @unchecked Sendable {
         guard message.operation == .read || message.data.count == bytes else {
             throw LogicalDeviceError(.requestFailed, "a write of \(message.blockCount) blocks carries \(bytes) bytes, not \(message.data.count)")
         }
-        // Two blocks: the request to net0, and net0's request to the device below.
-        let chain = try ParameterChain(capacities: Array(repeating: .init(input: BlockRequest.dataOffset + bytes, output: bytes), count: 2))
+        // The request to net0, net0's request to the device below, and one for each level under that.
+        let chain = try ParameterChain(capacities: Array(repeating: .init(input: BlockRequest.dataOffset + bytes, output: bytes),
+                                                         count: chainBlocks))
         let block = try chain.claimBlock()
         switch message.operation {
         case .read: try BlockRequest.prepareRead(block, first: message.firstBlock, count: Int(message.blockCount))
