@@ -95,21 +95,25 @@ public final class Supervisor: @unchecked Sendable {
 
     /// Stops every instance (SIGTERM, then SIGKILL after 5 s) and the watch thread. Idempotent.
     public func stop() {
-        let processes: [ChildProcess] = lock.withLock {
-            guard !stopping else { return [] }
-            stopping = true
-            return slots.compactMap(\.process)
+        let alreadyStopping = lock.withLock { () -> Bool in
+            defer { stopping = true }
+            return stopping
         }
+        guard !alreadyStopping else { return }
+        // The watch thread may be starting a replacement: let it finish first, so that every
+        // process it started is in the slots when they are stopped.
         watcher.wake()
         watchThread?.join()
         watchThread = nil
-        for process in processes { process.signal(SIGTERM) }
+        let processes = lock.withLock { slots.compactMap(\.process) }
+        for process in processes where process.exitStatusIfEnded() == nil { process.signal(SIGTERM) }
         let deadline = monotonicNanoseconds() + 5_000_000_000
         for process in processes {
-            while monotonicNanoseconds() < deadline, kill(process.processID, 0) == 0, waitpid(process.processID, nil, WNOHANG) == 0 {
-                usleep(10_000)
+            while process.exitStatusIfEnded() == nil && monotonicNanoseconds() < deadline { usleep(10_000) }
+            if process.exitStatusIfEnded() == nil {
+                process.signal(SIGKILL)
+                _ = try? process.wait()
             }
-            process.signal(SIGKILL)
         }
         let readers: [SystemThread] = lock.withLock {
             defer {
@@ -221,6 +225,7 @@ public final class Supervisor: @unchecked Sendable {
     }
 
     private func restartDue() {
+        guard !lock.withLock({ stopping }) else { return }
         let now = monotonicNanoseconds()
         let due = lock.withLock { slots.indices.filter { slots[$0].restartAt.map { $0 <= now } ?? false } }
         for index in due {

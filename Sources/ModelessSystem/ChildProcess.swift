@@ -104,6 +104,16 @@ public final class ChildProcess: @unchecked Sendable {
     /// Sends `signal` (SIGTERM, SIGKILL, ...).
     public func signal(_ signal: Int32) { kill(processID, signal) }
 
+    /// The exit status if the process has ended (reaping it), or nil if it still runs.
+    public func exitStatusIfEnded() -> Int32? {
+        if let exitStatus { return exitStatus }
+        var status: Int32 = 0
+        guard waitpid(processID, &status, WNOHANG) == processID else { return nil }
+        let result = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        exitStatus = result
+        return result
+    }
+
     /// Waits for the process to end and returns its exit status (128 + signal if killed).
     @discardableResult
     public func wait() throws(SystemError) -> Int32 {
