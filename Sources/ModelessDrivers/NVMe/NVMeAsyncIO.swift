@@ -66,14 +66,15 @@ extension NVMeController {
     }
 
     private func submitTagged(_ command: NVMeCommand, tag: UInt64) throws {
-        _ = try io.submitLock.withLock {
-            try io.submit(command) { identifier in
-                results.withLock {
-                    ioSlots[Int(identifier)] = .tagged
-                    ioTags[Int(identifier)] = tag
-                }
-            }
-        }
+        let queue = io
+        queue.submitLock.lock()
+        defer { queue.submitLock.unlock() }
+        let identifier = try queue.takeIdentifier()
+        results.lock()
+        ioSlots[Int(identifier)] = .tagged
+        ioTags[Int(identifier)] = tag
+        results.unlock()
+        try queue.submit(command, identifier: identifier)
     }
 
     /// Starts reading `blocks` blocks at `lba` into `chunk` of `pool` (page-aligned, at most two
@@ -127,28 +128,39 @@ extension NVMeController {
     /// handlers of closure ones. Returns how many completions it took.
     @discardableResult
     public func pollCompletions(_ visit: (NVMeIOCompletion) -> Void) throws -> Int {
+        let queue = io
         var filed = false
-        let count = try handing.withLock {
-            let count = try io.submitLock.withLock {
-                try results.withLock {
-                    try io.drain { entry in
-                        let identifier = Int(entry.identifier)
-                        if identifier < ioSlots.count, ioSlots[identifier] == .tagged {
-                            ioSlots[identifier] = .synchronous
-                            runningTagged.append(NVMeIOCompletion(tag: ioTags[identifier], entry))
-                            io.releaseIdentifier(entry.identifier)
-                        } else {
-                            file(entry, from: io)
-                            filed = true
-                        }
-                    }
+        handing.lock()
+        defer { handing.unlock() }
+        queue.submitLock.lock()
+        results.lock()
+        let count: Int
+        do {
+            count = try queue.drain { entry in
+                let identifier = Int(entry.identifier)
+                if identifier < ioSlots.count, ioSlots[identifier] == .tagged {
+                    ioSlots[identifier] = .synchronous
+                    runningTagged.append(NVMeIOCompletion(tag: ioTags[identifier], entry))
+                    queue.releaseIdentifier(entry.identifier)
+                } else {
+                    file(entry, from: queue)
+                    filed = true
                 }
             }
-            for index in runningTagged.indices { visit(runningTagged[index]) }
-            runningTagged.removeAll(keepingCapacity: true)
-            return count
+        } catch {
+            results.unlock()
+            queue.submitLock.unlock()
+            throw error
         }
-        if filed { runCompletions() }
+        results.unlock()
+        queue.submitLock.unlock()
+        for index in runningTagged.indices { visit(runningTagged[index]) }
+        runningTagged.removeAll(keepingCapacity: true)
+        if filed {
+            handing.unlock()
+            runCompletions()
+            handing.lock()
+        }
         return count
     }
 }

@@ -43,24 +43,41 @@ final class NVMeQueuePair: @unchecked Sendable {
     /// identifier. Throws when `entries − 1` commands are already in flight. The caller holds
     /// `submitLock`.
     func submit(_ command: NVMeCommand, registered: (UInt16) -> Void = { _ in }) throws -> UInt16 {
-        guard let identifier = identifierLock.withLock({ freeIdentifiers.popLast() }) else {
+        let identifier = try takeIdentifier()
+        registered(identifier)
+        try submit(command, identifier: identifier)
+        return identifier
+    }
+
+    /// Takes a free command identifier; throws when `entries − 1` commands are in flight.
+    func takeIdentifier() throws -> UInt16 {
+        identifierLock.lock()
+        let identifier = freeIdentifiers.popLast()
+        identifierLock.unlock()
+        guard let identifier else {
             throw NVMeController.Failure.badRequest("queue \(self.identifier) already has \(entries - 1) commands in flight, its most")
         }
+        return identifier
+    }
+
+    /// Writes `command` with `identifier` (from ``takeIdentifier()``) at the tail and rings the
+    /// doorbell. The caller holds `submitLock`.
+    func submit(_ command: NVMeCommand, identifier: UInt16) throws {
         var command = command
         command.identifier = identifier
-        registered(identifier)
         let base = tail &* 64
         for index in 0..<16 {
             try submissions.store32(command.dwords[index], at: base + index &* 4)
         }
         tail = tail + 1 == entries ? 0 : tail + 1
         try registers.write32(UInt32(tail), at: submissionDoorbell)
-        return identifier
     }
 
     /// Gives back the identifier of a command whose completion has been dealt with.
     func releaseIdentifier(_ identifier: UInt16) {
-        identifierLock.withLock { freeIdentifiers.append(identifier) }
+        identifierLock.lock()
+        freeIdentifiers.append(identifier)
+        identifierLock.unlock()
     }
 
     /// How many more commands can be submitted now.
