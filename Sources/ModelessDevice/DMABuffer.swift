@@ -71,6 +71,14 @@ public final class DMABuffer: @unchecked Sendable {
         modeless_write_barrier()
     }
 
+    /// The memory behind `count` bytes at `offset`, after the bounds and freed checks; for the
+    /// typed views in this module (``DMABytes``, ``DMAByteWriter``), never handed out.
+    @inline(__always)
+    func pointer(at offset: Int, count: Int) throws(DeviceError) -> UnsafeMutableRawPointer {
+        try checkRange(offset, count)
+        return base + offset
+    }
+
     private func checked<T>(_ offset: Int, _ width: Int, _ access: (UnsafeMutableRawPointer) -> T) throws(DeviceError) -> T {
         try checkRange(offset, width)
         guard offset % width == 0 else {

@@ -1,3 +1,4 @@
+import CModelessShim
 import ModelessBus
 import Synchronization
 
@@ -74,6 +75,30 @@ public final class DMAPool: @unchecked Sendable {
     /// Copies bytes out of a chunk.
     public func read(_ count: Int, from chunk: Chunk, at offset: Int = 0) throws(DeviceError) -> [UInt8] {
         try buffer.read(count, at: try position(chunk, offset, count))
+    }
+
+    /// Lends a read-only view of the first `count` bytes of `chunk` to `body`, after a read
+    /// barrier (so the view sees what the device wrote before it set a status the caller read).
+    /// No copy and no allocation; the view is valid only during the call.
+    @inline(__always)
+    public func withBytes<Result>(of chunk: Chunk, count: Int, _ body: (borrowing DMABytes) -> Result) throws(DeviceError) -> Result {
+        let offset = try position(chunk, 0, count)
+        let start = try buffer.pointer(at: offset, count: count)
+        modeless_read_barrier()
+        return body(DMABytes(base: UnsafeRawPointer(start), count: count))
+    }
+
+    /// Lends a writer over the first `capacity` bytes of `chunk` to `body` (which fills it in
+    /// place), then issues a write barrier so the bytes reach memory before any later doorbell.
+    /// Returns what `body` returned and how many bytes it wrote (``DMAByteWriter/count``).
+    @inline(__always)
+    public func withWriter<Result>(of chunk: Chunk, capacity: Int,
+                                   _ body: (inout DMAByteWriter) -> Result) throws(DeviceError) -> (result: Result, count: Int) {
+        let offset = try position(chunk, 0, capacity)
+        var writer = DMAByteWriter(base: try buffer.pointer(at: offset, count: capacity), capacity: capacity)
+        let result = body(&writer)
+        modeless_write_barrier()
+        return (result, writer.count)
     }
 
     private func position(_ chunk: Chunk, _ offset: Int, _ count: Int) throws(DeviceError) -> Int {

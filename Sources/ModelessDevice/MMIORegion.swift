@@ -25,12 +25,23 @@ public struct MMIORegion: @unchecked Sendable {
     public let size: Int
     public let device: PCIAddress
     let backing: Backing
+    /// The mapping and its lifetime, apart from `backing`, so that the mapped fast path reads
+    /// them without copying the enum (which would retain and release its payload per access).
+    private let mappedBase: UnsafeMutableRawPointer?
+    private let mappedLifetime: MappingLifetime?
 
     init(index: Int, size: Int, device: PCIAddress, backing: Backing) {
         self.index = index
         self.size = size
         self.device = device
         self.backing = backing
+        if case .mapped(let base, let lifetime) = backing {
+            mappedBase = base
+            mappedLifetime = lifetime
+        } else {
+            mappedBase = nil
+            mappedLifetime = nil
+        }
     }
 
     /// A region whose registers are implemented by `registers` (device models, tests).
@@ -73,8 +84,7 @@ public struct MMIORegion: @unchecked Sendable {
 
     private func read(_ offset: Int, _ width: Int) throws(DeviceError) -> UInt64 {
         try check(offset, width)
-        switch backing {
-        case .mapped(let base, let lifetime):
+        if let base = mappedBase, let lifetime = mappedLifetime {
             try lifetime.check(device, index)
             let address = base + offset
             switch width {
@@ -83,17 +93,19 @@ public struct MMIORegion: @unchecked Sendable {
             case 4: return UInt64(modeless_mmio_read32(address))
             default: return modeless_mmio_read64(address)
             }
-        case .file(let file):
-            return try file.read(at: offset, width: width, device: device)
-        case .registers(let registers):
-            return registers.read(at: offset, width: width)
+        }
+        return try withUnmappedBacking { backing throws(DeviceError) in
+            switch backing {
+            case .file(let file): try file.read(at: offset, width: width, device: device)
+            case .registers(let registers): registers.read(at: offset, width: width)
+            case .mapped: 0  // Handled above.
+            }
         }
     }
 
     private func write(_ offset: Int, _ width: Int, _ value: UInt64) throws(DeviceError) {
         try check(offset, width)
-        switch backing {
-        case .mapped(let base, let lifetime):
+        if let base = mappedBase, let lifetime = mappedLifetime {
             try lifetime.check(device, index)
             let address = base + offset
             switch width {
@@ -102,11 +114,23 @@ public struct MMIORegion: @unchecked Sendable {
             case 4: modeless_mmio_write32(address, UInt32(truncatingIfNeeded: value))
             default: modeless_mmio_write64(address, value)
             }
-        case .file(let file):
-            try file.write(value, at: offset, width: width, device: device)
-        case .registers(let registers):
-            registers.write(at: offset, width: width, value: value)
+            return
         }
+        try withUnmappedBacking { backing throws(DeviceError) in
+            switch backing {
+            case .file(let file): try file.write(value, at: offset, width: width, device: device)
+            case .registers(let registers): registers.write(at: offset, width: width, value: value)
+            case .mapped: break  // Handled above.
+            }
+        }
+    }
+}
+
+extension MMIORegion {
+    /// Lends the backing to `body` without copying it.
+    @inline(__always)
+    fileprivate func withUnmappedBacking<Result>(_ body: (borrowing Backing) throws(DeviceError) -> Result) throws(DeviceError) -> Result {
+        try body(backing)
     }
 }
 

@@ -48,6 +48,8 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
 
     /// Frames the driver transmitted, oldest first.
     public var transmitted: [[UInt8]] { lock.withLock { sent } }
+    /// The interrupt causes the driver has unmasked (IMS).
+    public var interruptMask: UInt32 { lock.withLock { registers[R.ims, default: 0] } }
     /// Frames that arrived with no receive descriptor free (or the receiver off).
     public var droppedFrames: Int { lock.withLock { dropped } }
 
@@ -89,7 +91,13 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
             let word = Int(value >> 8 & 0xFF)
             let data: UInt32 = word < 3 ? UInt32(mac[word * 2]) | UInt32(mac[word * 2 + 1]) << 8 : 0xFFFF
             registers[R.eerd] = data << 16 | 1 << 4 | (value & 0xFF00)
-        case R.ims: registers[R.ims, default: 0] |= value
+        case R.ims:
+            // Unmasking a cause that is already pending raises the interrupt, as on hardware.
+            registers[R.ims, default: 0] |= value
+            let raise = registers[R.icr, default: 0] & registers[R.ims, default: 0] != 0
+            lock.unlock()
+            if raise { context?.raiseInterrupt() }
+            return
         case R.imc: registers[R.ims, default: 0] &= ~value
         case R.icr: registers[R.icr, default: 0] &= ~value
         case R.tdt:

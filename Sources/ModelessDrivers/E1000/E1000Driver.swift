@@ -4,60 +4,108 @@ import ModelessSystem
 
 /// A driver for Intel's 82540EM (QEMU's `-device e1000`), once for every mode: reset, the
 /// MAC address from the EEPROM, link up, receive and transmit descriptor rings in DMA memory,
-/// the interrupt cause read in the acknowledge routine, receive processing in a DPC (or a
-/// polling thread), and statistics.
+/// the interrupt cause read in the acknowledge routine, receive processing in a DPC that
+/// polls under load (NAPI style) or in a polling thread, batched send and receive without
+/// per-frame allocation, and statistics.
+///
+/// The datapath (``receiveFrames(budget:_:)``, ``transmitFrames(count:_:)``) hands frames
+/// to and from the caller as views of the DMA buffers themselves: no arrays, no objects and
+/// no reference counting per frame.
 public final class E1000Driver: @unchecked Sendable {
     public enum Failure: Error, CustomStringConvertible {
         case timedOut(String)
         case badFrame(String)
+        case badConfiguration(String)
 
         public var description: String {
             switch self {
             case .timedOut(let what): "timed out: \(what)"
-            case .badFrame(let what): what
+            case .badFrame(let what), .badConfiguration(let what): what
             }
         }
+    }
+
+    /// Who takes received frames off the ring.
+    public enum ReceiveMode: Sendable {
+        /// Interrupts of this kind (the 82540EM offers INTx); receive processing in a DPC,
+        /// which masks receive interrupts and polls while frames keep coming (NAPI style).
+        case interrupts(InterruptKind)
+        /// A thread of the driver's own polls the ring.
+        case pollingThread
+        /// Nothing runs on its own: the caller takes frames with ``receiveFrames(budget:_:)``.
+        case caller
     }
 
     public let device: any DeviceAccess
     public let runtime: any DriverRuntime
     /// The MAC address read from the EEPROM.
     public private(set) var macAddress: [UInt8] = []
-    /// Frames received, handed to this handler from receive processing.
+    /// Received frames, each copied into an array for this handler (convenient, but it
+    /// allocates per frame); used when ``onFrameView`` is nil.
     public var onFrame: (@Sendable ([UInt8]) -> Void)?
+    /// Received frames, each lent to this handler as a view of its DMA buffer (valid only
+    /// during the call; no copy). Takes precedence over ``onFrame``. Runs with the receive
+    /// ring locked: it may send, but must not call ``receiveFrames(budget:_:)``.
+    public var onFrameView: (@Sendable (borrowing DMABytes) -> Void)?
 
-    static let ringSize = 32
+    /// Descriptors per ring.
+    public let ringSize: Int
+    /// The most frames one receive DPC pass takes before it queues itself again.
+    public let receiveBudget: Int
     static let bufferSize = 2048
-    private let registers: MMIORegion
-    private let receiveDescriptors: DMABuffer
-    private let transmitDescriptors: DMABuffer
-    private let receiveBuffers: DMAPool
-    private let transmitBuffers: DMAPool
-    private var receiveNext = 0
-    private var transmitTail = 0
+    /// The largest frame without FCS (the NIC appends it).
+    public static let maximumFrame = 1514
+    /// The smallest frame: an Ethernet header (the NIC pads short frames to 60 bytes).
+    public static let minimumFrame = 14
+    let registers: MMIORegion
+    let receiveDescriptors: DMABuffer
+    let transmitDescriptors: DMABuffer
+    let receiveBuffers: DMAPool
+    let transmitBuffers: DMAPool
+    /// The next receive descriptor to look at. Guarded by `receiveLock`.
+    var receiveNext = 0
+    /// The next free transmit descriptor. Guarded by `transmitLock`.
+    var transmitTail = 0
     /// The oldest descriptor handed to the NIC and not yet seen done: descriptors from here to
     /// the tail are the NIC's. One descriptor always stays unused, because a tail equal to the
-    /// head means an empty ring to the NIC.
-    private var transmitClean = 0
-    private let transmitLock = ConditionLock()
-    private let receiveLock = ConditionLock()
-    private var attachment: InterruptAttachment?
+    /// head means an empty ring to the NIC. Guarded by `transmitLock`.
+    var transmitClean = 0
+    let transmitLock = ConditionLock()
+    let receiveLock = ConditionLock()
+    var attachment: InterruptAttachment?
+    var receiveDPC: DeferredProcedureCall?
     private var poller: SystemThread?
-    private let stopping = ConditionLock()
-    private var isStopping = false
-    private var counters = (framesReceived: 0, framesSent: 0, bytesReceived: 0, bytesSent: 0)
+    let stopping = ConditionLock()
+    var isStopping = false
+    /// Guarded by `receiveLock`.
+    var receiveCounters = (frames: 0, bytes: 0, passes: 0, budgetExhausted: 0)
+    /// Guarded by `transmitLock`.
+    var transmitCounters = (frames: 0, bytes: 0, batches: 0)
 
-    /// Brings the NIC up. `interrupt` is `.msi` or `.intx`, or nil to poll the receive ring.
-    public init(device: any DeviceAccess, runtime: any DriverRuntime, interrupt: InterruptKind?) throws {
+    /// Brings the NIC up with receive processing by interrupts of kind `interrupt` (`.intx`
+    /// on the 82540EM), or by a polling thread when it is nil.
+    public convenience init(device: any DeviceAccess, runtime: any DriverRuntime, interrupt: InterruptKind?) throws {
+        try self.init(device: device, runtime: runtime, receive: interrupt.map { .interrupts($0) } ?? .pollingThread)
+    }
+
+    /// Brings the NIC up. `ringSize` descriptors per ring (a multiple of 8, 8 to 4096);
+    /// `receiveBudget` frames at most per receive DPC pass.
+    public init(device: any DeviceAccess, runtime: any DriverRuntime, receive: ReceiveMode,
+                ringSize: Int = 32, receiveBudget: Int = 64) throws {
+        guard ringSize % 8 == 0, (8...4096).contains(ringSize) else {
+            throw Failure.badConfiguration("a descriptor ring holds a multiple of 8 descriptors from 8 to 4096, not \(ringSize)")
+        }
+        guard receiveBudget > 0 else { throw Failure.badConfiguration("the receive budget must be positive, not \(receiveBudget)") }
         self.device = device
         self.runtime = runtime
+        self.ringSize = ringSize
+        self.receiveBudget = receiveBudget
         registers = try device.region(0)
         try device.config.setCommand([.memorySpace, .busMaster], true)
-        receiveDescriptors = try device.allocateDMA(size: Self.ringSize * 16)
-        transmitDescriptors = try device.allocateDMA(size: Self.ringSize * 16)
-        receiveBuffers = try DMAPool(device: device, chunkSize: Self.bufferSize, count: Self.ringSize)
-        transmitBuffers = try DMAPool(device: device, chunkSize: Self.bufferSize, count: Self.ringSize)
-
+        receiveDescriptors = try device.allocateDMA(size: ringSize * 16)
+        transmitDescriptors = try device.allocateDMA(size: ringSize * 16)
+        receiveBuffers = try DMAPool(device: device, chunkSize: Self.bufferSize, count: ringSize)
+        transmitBuffers = try DMAPool(device: device, chunkSize: Self.bufferSize, count: ringSize)
         try registers.write32(0xFFFF_FFFF, at: E1000Register.interruptMaskClear)
         try registers.write32(try registers.read32(at: E1000Register.control) | E1000Bit.controlReset, at: E1000Register.control)
         try waitUntil("the reset to finish") { try registers.read32(at: E1000Register.control) & E1000Bit.controlReset == 0 }
@@ -77,16 +125,19 @@ public final class E1000Driver: @unchecked Sendable {
 
         // Receive ring: every descriptor owns a buffer; the tail is one behind the head.
         try receiveDescriptors.fill(0)
-        for index in 0..<Self.ringSize {
+        for index in 0..<ringSize {
             try receiveDescriptors.store64(receiveBuffers.chunk(index).deviceAddress, at: index * 16)
         }
         try setRing(receiveDescriptors, base: E1000Register.receiveBaseLow)
         try registers.write32(0, at: E1000Register.receiveHead)
-        try registers.write32(UInt32(Self.ringSize - 1), at: E1000Register.receiveTail)
+        try registers.write32(UInt32(ringSize - 1), at: E1000Register.receiveTail)
         try registers.write32(E1000Bit.receiveEnable | E1000Bit.receiveBroadcastAccept | E1000Bit.receiveStripCRC,
                               at: E1000Register.receiveControl)
-        // Transmit ring: empty (clean index = tail = head).
+        // Transmit ring: empty (clean index = tail = head); every descriptor keeps its own buffer.
         try transmitDescriptors.fill(0)
+        for index in 0..<ringSize {
+            try transmitDescriptors.store64(transmitBuffers.chunk(index).deviceAddress, at: index * 16)
+        }
         try setRing(transmitDescriptors, base: E1000Register.transmitBaseLow)
         try registers.write32(0, at: E1000Register.transmitHead)
         try registers.write32(0, at: E1000Register.transmitTail)
@@ -94,32 +145,24 @@ public final class E1000Driver: @unchecked Sendable {
                               at: E1000Register.transmitControl)
         try registers.write32(10 | 8 << 10 | 6 << 20, at: E1000Register.transmitIPG)
 
-        if let interrupt {
-            let vector = try device.enableInterrupts(interrupt, count: 1)[0]
-            let receive = runtime.makeDPC("e1000 receive") { [unowned self] in self.processReceived() }
-            let registers = self.registers
-            attachment = try runtime.attachInterrupt(vector, name: "e1000", acknowledge: {
-                UInt64((try? registers.read32(at: E1000Register.interruptCause)) ?? 0)  // Reading clears the causes.
-            }) { cause in
-                if UInt32(truncatingIfNeeded: cause) & (E1000Bit.causeReceiveTimer | E1000Bit.causeReceiveLow | E1000Bit.causeReceiveOverrun) != 0 {
-                    receive.queue()
-                }
-            }
-            try registers.write32(E1000Bit.causeReceiveTimer | E1000Bit.causeReceiveLow | E1000Bit.causeReceiveOverrun
-                                  | E1000Bit.causeLinkStatus, at: E1000Register.interruptMaskSet)
-        } else {
+        switch receive {
+        case .interrupts(let kind):
+            try attachReceiveInterrupt(kind)
+        case .pollingThread:
             poller = try SystemThread(name: "e1000 poll") { [unowned self] in
                 while !self.stopping.withLock({ self.isStopping }) {
-                    if self.processReceived() == 0 { usleep(50) }
+                    if self.deliverReceived(budget: self.receiveBudget) == 0 { usleep(50) }
                 }
             }
+        case .caller:
+            break
         }
     }
 
     private func setRing(_ ring: DMABuffer, base: Int) throws {
         try registers.write32(UInt32(truncatingIfNeeded: ring.deviceAddress), at: base)
         try registers.write32(UInt32(truncatingIfNeeded: ring.deviceAddress >> 32), at: base + 4)
-        try registers.write32(UInt32(Self.ringSize * 16), at: base + 8)
+        try registers.write32(UInt32(ringSize * 16), at: base + 8)
     }
 
     private func readEEPROM(_ word: UInt8) throws -> UInt16 {
@@ -132,7 +175,7 @@ public final class E1000Driver: @unchecked Sendable {
         return UInt16(truncatingIfNeeded: value >> 16)
     }
 
-    private func waitUntil(_ what: String, _ condition: () throws -> Bool) throws {
+    func waitUntil(_ what: String, _ condition: () throws -> Bool) throws {
         for _ in 0..<1000 {
             if try condition() { return }
             usleep(1000)
@@ -143,66 +186,17 @@ public final class E1000Driver: @unchecked Sendable {
     /// Whether the link is up (STATUS.LU).
     public var linkUp: Bool { ((try? registers.read32(at: E1000Register.status)) ?? 0) & E1000Bit.statusLinkUp != 0 }
 
-    /// Takes every received frame off the ring, hands each to ``onFrame`` and gives the
-    /// descriptors back. Returns how many frames it took.
-    @discardableResult
-    public func processReceived() -> Int {
-        var frames: [[UInt8]] = []
-        receiveLock.withLock {
-            while let status = try? receiveDescriptors.load8(at: receiveNext * 16 + 12), status & E1000Bit.descriptorDone != 0 {
-                let length = Int((try? receiveDescriptors.load16(at: receiveNext * 16 + 8)) ?? 0)
-                if status & E1000Bit.endOfPacket != 0, let frame = try? receiveBuffers.read(length, from: receiveBuffers.chunk(receiveNext)) {
-                    frames.append(frame)
-                }
-                try? receiveDescriptors.store8(0, at: receiveNext * 16 + 12)
-                try? registers.write32(UInt32(receiveNext), at: E1000Register.receiveTail)
-                receiveNext = (receiveNext + 1) % Self.ringSize
-            }
-        }
-        for frame in frames {
-            transmitLock.withLock {
-                counters.framesReceived += 1
-                counters.bytesReceived += frame.count
-            }
-            onFrame?(frame)
-        }
-        return frames.count
-    }
-
-    /// Sends one Ethernet frame (without FCS; the NIC adds it), waiting for a free descriptor.
-    public func send(_ frame: [UInt8]) throws {
-        guard (14...1514).contains(frame.count) else { throw Failure.badFrame("a frame is 14 to 1514 bytes, not \(frame.count)") }
-        try transmitLock.withLock {
-            try waitUntil("a free transmit descriptor") {
-                try reclaimTransmitted()
-                return (transmitClean - transmitTail - 1 + Self.ringSize) % Self.ringSize > 0
-            }
-            let slot = transmitTail
-            let chunk = transmitBuffers.chunk(slot)
-            try transmitBuffers.write(frame, to: chunk)
-            try transmitDescriptors.store64(chunk.deviceAddress, at: slot * 16)
-            try transmitDescriptors.store16(UInt16(frame.count), at: slot * 16 + 8)
-            try transmitDescriptors.store8(E1000Bit.commandEndOfPacket | E1000Bit.commandInsertFCS | E1000Bit.commandReportStatus,
-                                           at: slot * 16 + 11)
-            try transmitDescriptors.store8(0, at: slot * 16 + 12)
-            transmitTail = (slot + 1) % Self.ringSize
-            try registers.write32(UInt32(transmitTail), at: E1000Register.transmitTail)
-            counters.framesSent += 1
-            counters.bytesSent += frame.count
-        }
-    }
-
-    /// Moves the clean index past descriptors the NIC has finished (DD set). The caller holds `transmitLock`.
-    private func reclaimTransmitted() throws {
-        while transmitClean != transmitTail,
-              try transmitDescriptors.load8(at: transmitClean * 16 + 12) & E1000Bit.descriptorDone != 0 {
-            transmitClean = (transmitClean + 1) % Self.ringSize
-        }
-    }
-
     /// Frames and bytes the driver received and sent.
     public var statistics: (framesReceived: Int, framesSent: Int, bytesReceived: Int, bytesSent: Int) {
-        transmitLock.withLock { counters }
+        let received = receiveLock.withLock { receiveCounters }
+        let sent = transmitLock.withLock { transmitCounters }
+        return (received.frames, sent.frames, received.bytes, sent.bytes)
+    }
+
+    /// How receive processing went: DPC (or polling thread) passes over the ring, and passes
+    /// that used up the budget and so polled again with receive interrupts still masked.
+    public var receivePasses: (passes: Int, budgetExhausted: Int) {
+        receiveLock.withLock { (receiveCounters.passes, receiveCounters.budgetExhausted) }
     }
 
     /// Stops receive processing, masks the NIC's interrupts and disables its receiver and transmitter.

@@ -45,19 +45,37 @@ public final class NVMeController: @unchecked Sendable {
     public let runtime: any DriverRuntime
     public let completion: Completion
     public private(set) var identity: Identity!
-    private let registers: MMIORegion
+    /// Namespace 1's block size and count, as plain values for the I/O path.
+    var namespaceBlockSize = 0
+    var namespaceBlockCount: UInt64 = 0
+    let registers: MMIORegion
     private let doorbellStride: Int
     private let timeoutNanoseconds: UInt64
-    private var admin: NVMeQueuePair!
-    private var io: NVMeQueuePair!
+    let admin: NVMeQueuePair
+    let io: NVMeQueuePair
     private var attachments: [InterruptAttachment] = []
-    /// Completions found by the ISR, by queue and command identifier, handed to waiters.
-    private let results = ConditionLock()
+    /// Guards what follows: completions found by the ISR or a poller, on their way to
+    /// synchronous waiters and asynchronous handlers.
+    let results = ConditionLock()
+    /// Completions of synchronous commands, by queue and command identifier, for their waiters.
     private var finished: [UInt32: NVMeCompletion] = [:]
-    /// Handlers of asynchronous I/O commands, by command identifier; and those whose command
-    /// completed, waiting for the DPC to run them.
-    private var handlers: [UInt16: @Sendable (NVMeCompletion) -> Void] = [:]
-    private var ready: [(@Sendable (NVMeCompletion) -> Void, NVMeCompletion)] = []
+    /// What each I/O command identifier is waiting for (``IOSlot``), and the caller's tag of a
+    /// tagged one: tables of the I/O queue's size, allocated once.
+    var ioSlots: [IOSlot]
+    var ioTags: [UInt64]
+    /// Handlers of asynchronous I/O commands given as closures, by command identifier; and
+    /// those whose command completed, waiting for the DPC to run them.
+    var handlers: [UInt16: @Sendable (NVMeCompletion) -> Void] = [:]
+    var ready: [(@Sendable (NVMeCompletion) -> Void, NVMeCompletion)] = []
+    /// Completions of tagged I/O, waiting for the DPC (or a poller) to hand them to the
+    /// completion handler. Preallocated, and swapped with `runningTagged` so that handing
+    /// them over copies nothing.
+    var readyTagged: [NVMeIOCompletion]
+    var runningTagged: [NVMeIOCompletion]
+    /// The handler tagged I/O completes to, registered once; guarded by `results`.
+    var taggedHandler: (@Sendable (NVMeIOCompletion) -> Void)?
+    /// Held while handlers run, so that completions are handed over one batch at a time, in order.
+    let handing = ConditionLock()
     private var wake: DeferredProcedureCall?
     private let bounce: DMABuffer
     private let prpList: DMABuffer
@@ -82,9 +100,17 @@ public final class NVMeController: @unchecked Sendable {
         bounce = try device.allocateDMA(size: maximumTransfer)
         prpList = try device.allocateDMA(size: 4096)
 
-        try disable()
         admin = try NVMeQueuePair(identifier: 0, entries: min(32, maxEntries), device: device, registers: registers,
                                   doorbellStride: doorbellStride)
+        io = try NVMeQueuePair(identifier: 1, entries: min(64, maxEntries), device: device, registers: registers,
+                               doorbellStride: doorbellStride)
+        ioSlots = [IOSlot](repeating: .synchronous, count: io.entries)
+        ioTags = [UInt64](repeating: 0, count: io.entries)
+        readyTagged = []
+        readyTagged.reserveCapacity(io.entries)
+        runningTagged = []
+        runningTagged.reserveCapacity(io.entries)
+        try disable()
         try registers.write32(UInt32(admin.entries - 1) << 16 | UInt32(admin.entries - 1), at: NVMeRegister.adminQueueAttributes)
         try registers.write64(admin.submissions.deviceAddress, at: NVMeRegister.adminSubmissionQueue)
         try registers.write64(admin.completions.deviceAddress, at: NVMeRegister.adminCompletionQueue)
@@ -97,8 +123,6 @@ public final class NVMeController: @unchecked Sendable {
         let mdts = controller[77]
         if mdts > 0 { maximumTransfer = min(maximumTransfer, 4096 << Int(mdts)) }
         _ = try adminCommand(setNumberOfQueues(), "Set Features (Number of Queues)")
-        io = try NVMeQueuePair(identifier: 1, entries: min(64, maxEntries), device: device, registers: registers,
-                               doorbellStride: doorbellStride)
         var createCompletion = NVMeCommand(opcode: NVMeOpcode.createIOCompletionQueue)
         createCompletion.setPRPs(io.completions.deviceAddress, 0)
         createCompletion.dwords[10] = UInt32(io.entries - 1) << 16 | 1
@@ -120,6 +144,8 @@ public final class NVMeController: @unchecked Sendable {
         func little<T: FixedWidthInteger>(_ bytes: [UInt8], _ offset: Int, _: T.Type) -> T {
             (0..<MemoryLayout<T>.size).reduce(T(0)) { $0 | T(bytes[offset + $1]) << (8 * $1) }
         }
+        namespaceBlockSize = 1 << Int(lbaShift)
+        namespaceBlockCount = little(namespace, 0, UInt64.self)
         identity = Identity(vendorID: little(controller, 0, UInt16.self), serialNumber: text(4..<24),
                             modelNumber: text(24..<64), firmwareRevision: text(64..<72),
                             namespaceCount: little(controller, 516, UInt32.self),
@@ -163,41 +189,59 @@ public final class NVMeController: @unchecked Sendable {
         }
     }
 
-    /// The real ISR: move new completions from the named queues to the waiters' table.
+    /// The real ISR: move new completions from the named queues to their waiters and handlers.
     private func serviceQueues(_ queues: [Int]) {
-        var found: [(UInt16, NVMeCompletion)] = []
-        for queue in queues {
-            guard let pair = queue == 0 ? admin : io else { continue }
-            for entry in (try? pair.drain()) ?? [] { found.append((pair.identifier, entry)) }
-        }
-        guard !found.isEmpty else { return }
-        file(found)
-        wake?.queue()
-    }
-
-    /// Files completions: an asynchronous command's handler is made ready to run; a
-    /// synchronous one's entry goes to the table its waiter looks in.
-    private func file(_ found: [(UInt16, NVMeCompletion)]) {
+        var found = 0
         results.withLock {
-            for (queue, entry) in found {
-                if queue == 1, let handler = handlers.removeValue(forKey: entry.identifier) {
-                    ready.append((handler, entry))
-                } else {
-                    finished[UInt32(queue) << 16 | UInt32(entry.identifier)] = entry
-                }
+            for queue in queues {
+                let pair = queue == 0 ? admin : io
+                found += (try? pair.drain { entry in file(entry, from: pair) }) ?? 0
             }
         }
+        if found > 0 { wake?.queue() }
+    }
+
+    /// Files a completion, with `results` held: a tagged command's goes to the tagged handler's
+    /// queue and a closure command's handler is made ready to run (both give their identifier
+    /// back at once); a synchronous one's entry goes to the table its waiter looks in.
+    func file(_ entry: NVMeCompletion, from queue: NVMeQueuePair) {
+        let identifier = Int(entry.identifier)
+        if queue === io, identifier < ioSlots.count {
+            switch ioSlots[identifier] {
+            case .tagged:
+                readyTagged.append(NVMeIOCompletion(tag: ioTags[identifier], entry))
+                ioSlots[identifier] = .synchronous
+                io.releaseIdentifier(entry.identifier)
+                return
+            case .closure:
+                if let handler = handlers.removeValue(forKey: entry.identifier) { ready.append((handler, entry)) }
+                ioSlots[identifier] = .synchronous
+                io.releaseIdentifier(entry.identifier)
+                return
+            case .synchronous:
+                break
+            }
+        }
+        finished[UInt32(queue.identifier) << 16 | UInt32(entry.identifier)] = entry
     }
 
     /// The DPC (or, when polling, the poller): wake synchronous waiters and run the ready
     /// handlers of asynchronous commands, outside the ISR.
-    private func runCompletions() {
-        let handlers = results.withLock { () -> [(@Sendable (NVMeCompletion) -> Void, NVMeCompletion)] in
-            results.broadcast()
-            defer { ready.removeAll(keepingCapacity: true) }
-            return ready
+    func runCompletions() {
+        handing.withLock {
+            let (handlers, tagged) = results.withLock { () -> ([(@Sendable (NVMeCompletion) -> Void, NVMeCompletion)], (@Sendable (NVMeIOCompletion) -> Void)?) in
+                results.broadcast()
+                swap(&readyTagged, &runningTagged)
+                guard !ready.isEmpty else { return ([], taggedHandler) }
+                defer { ready.removeAll(keepingCapacity: true) }
+                return (ready, taggedHandler)
+            }
+            for (handler, entry) in handlers { handler(entry) }
+            if let tagged {
+                for index in runningTagged.indices { tagged(runningTagged[index]) }
+            }
+            runningTagged.removeAll(keepingCapacity: true)
         }
-        for (handler, entry) in handlers { handler(entry) }
     }
 
     // MARK: Commands
@@ -210,8 +254,7 @@ public final class NVMeController: @unchecked Sendable {
         let deadline = monotonicNanoseconds() + timeout
         while true {
             if completion == .poll {
-                let entries = try queue.submitLock.withLock { try queue.drain() }
-                file(entries.map { (queue.identifier, $0) })
+                try queue.submitLock.withLock { try results.withLock { try queue.drain { file($0, from: queue) } } }
                 runCompletions()
             }
             let done: NVMeCompletion? = results.withLock {
@@ -220,6 +263,7 @@ public final class NVMeController: @unchecked Sendable {
                 return finished.removeValue(forKey: key)
             }
             if let done {
+                queue.releaseIdentifier(identifier)
                 guard done.succeeded else {
                     throw Failure.commandFailed(what, statusType: done.statusType, statusCode: done.statusCode)
                 }
@@ -273,9 +317,7 @@ public final class NVMeController: @unchecked Sendable {
         }
         var command = NVMeCommand(opcode: opcode, namespace: 1)
         try setDataPointer(&command, bytes: bytes)
-        command.dwords[10] = UInt32(truncatingIfNeeded: lba)
-        command.dwords[11] = UInt32(truncatingIfNeeded: lba >> 32)
-        command.dwords[12] = UInt32(blocks - 1)
+        command.setBlocks(lba: lba, count: blocks)
         _ = try execute(command, on: io, opcode == NVMeOpcode.read ? "Read" : "Write")
     }
 
@@ -305,44 +347,6 @@ public final class NVMeController: @unchecked Sendable {
 
     private let ioLock = ConditionLock()
 
-    // MARK: Asynchronous I/O
-
-    /// Starts reading `blocks` blocks at `lba` into `chunk` of `pool` (at most two pages) and
-    /// returns at once; `completion` runs later, from the completion DPC (or from
-    /// ``pollCompletions()`` when polling), with the outcome. Up to the I/O queue's size less
-    /// one may be in flight.
-    public func readAsync(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool,
-                          completion: @escaping @Sendable (Result<Void, Failure>) -> Void) throws {
-        let bytes = blocks * identity.blockSize
-        guard blocks > 0, bytes <= min(pool.chunkSize, 8192), chunk.deviceAddress % 4096 == 0 else {
-            throw Failure.badRequest("an asynchronous read fills one page-aligned chunk of at most two pages")
-        }
-        guard lba + UInt64(blocks) <= identity.blockCount else {
-            throw Failure.badRequest("blocks \(lba)..<\(lba + UInt64(blocks)) are beyond the namespace's \(identity.blockCount)")
-        }
-        var command = NVMeCommand(opcode: NVMeOpcode.read, namespace: 1)
-        command.setPRPs(chunk.deviceAddress, bytes > 4096 ? chunk.deviceAddress + 4096 : 0)
-        command.dwords[10] = UInt32(truncatingIfNeeded: lba)
-        command.dwords[11] = UInt32(truncatingIfNeeded: lba >> 32)
-        command.dwords[12] = UInt32(blocks - 1)
-        let handler: @Sendable (NVMeCompletion) -> Void = { entry in
-            completion(entry.succeeded ? .success(())
-                       : .failure(.commandFailed("Read", statusType: entry.statusType, statusCode: entry.statusCode)))
-        }
-        _ = try io.submitLock.withLock {
-            try io.submit(command) { identifier in results.withLock { handlers[identifier] = handler } }
-        }
-    }
-
-    /// When polling: takes new I/O completions and runs their handlers. Returns how many.
-    @discardableResult
-    public func pollCompletions() throws -> Int {
-        let entries = try io.submitLock.withLock { try io.drain() }
-        file(entries.map { (io.identifier, $0) })
-        runCompletions()
-        return entries.count
-    }
-
     /// The I/O queue's size: at most this many less one commands can be in flight.
     public var queueEntries: Int { io.entries }
 
@@ -355,8 +359,8 @@ public final class NVMeController: @unchecked Sendable {
         attachments.removeAll()
         try? device.disableInterrupts()
         try? disable()
-        admin?.free()
-        io?.free()
+        admin.free()
+        io.free()
         bounce.free()
         prpList.free()
     }

@@ -32,9 +32,10 @@ enum NVMeOpcode {
     static let read: UInt8 = 0x02
 }
 
-/// A 64-byte submission queue entry, as sixteen dwords.
+/// A 64-byte submission queue entry, as sixteen dwords held inline: a fixed-size value, so
+/// building and submitting a command allocates nothing.
 struct NVMeCommand {
-    var dwords = [UInt32](repeating: 0, count: 16)
+    var dwords = InlineArray<16, UInt32>(repeating: 0)
 
     init(opcode: UInt8, namespace: UInt32 = 0) {
         dwords[0] = UInt32(opcode)
@@ -53,6 +54,13 @@ struct NVMeCommand {
         dwords[7] = UInt32(truncatingIfNeeded: first >> 32)
         dwords[8] = UInt32(truncatingIfNeeded: second)
         dwords[9] = UInt32(truncatingIfNeeded: second >> 32)
+    }
+
+    /// Starting LBA (dwords 10–11) and number of blocks, 0-based (dword 12, bits 15:0).
+    mutating func setBlocks(lba: UInt64, count: Int) {
+        dwords[10] = UInt32(truncatingIfNeeded: lba)
+        dwords[11] = UInt32(truncatingIfNeeded: lba >> 32)
+        dwords[12] = UInt32(count - 1)
     }
 }
 

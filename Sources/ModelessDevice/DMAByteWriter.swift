@@ -1,0 +1,61 @@
+/// A bounds-checked writer that fills DMA memory in place, lent to a closure for one call
+/// (``DMAPool/withWriter(of:capacity:_:)``): bytes go straight into the buffer the device will
+/// read, with no intermediate array, allocation or reference counting. It cannot be copied,
+/// so it cannot outlive the call that lent it.
+///
+/// ``count`` is how many bytes have been written from the start (the highest position written
+/// plus one). Writing past ``capacity`` traps, as an array's out-of-range subscript does.
+public struct DMAByteWriter: ~Copyable {
+    private let base: UnsafeMutableRawPointer
+    /// How many bytes may be written.
+    public let capacity: Int
+    /// The length of what was written: one past the highest byte written.
+    public private(set) var count = 0
+
+    init(base: UnsafeMutableRawPointer, capacity: Int) {
+        self.base = base
+        self.capacity = capacity
+    }
+
+    @inline(__always)
+    private mutating func reserve(_ offset: Int, _ width: Int) {
+        precondition(offset >= 0 && offset <= capacity - width,
+                     "DMA writer: \(width) bytes at \(offset) are outside its \(capacity) bytes")
+        count = max(count, offset + width)
+    }
+
+    /// Sets the byte at `offset`.
+    @inline(__always)
+    public mutating func set(_ value: UInt8, at offset: Int) {
+        reserve(offset, 1)
+        base.storeBytes(of: value, toByteOffset: offset, as: UInt8.self)
+    }
+
+    /// Sets a big-endian (network order) 16-bit value at `offset`.
+    @inline(__always)
+    public mutating func setBigEndian16(_ value: UInt16, at offset: Int) {
+        set(UInt8(truncatingIfNeeded: value >> 8), at: offset)
+        set(UInt8(truncatingIfNeeded: value), at: offset + 1)
+    }
+
+    /// Sets a big-endian (network order) 32-bit value at `offset`.
+    @inline(__always)
+    public mutating func setBigEndian32(_ value: UInt32, at offset: Int) {
+        setBigEndian16(UInt16(truncatingIfNeeded: value >> 16), at: offset)
+        setBigEndian16(UInt16(truncatingIfNeeded: value), at: offset + 2)
+    }
+
+    /// Copies `bytes` to `offset`.
+    public mutating func set(_ bytes: [UInt8], at offset: Int) {
+        reserve(offset, bytes.count)
+        bytes.withUnsafeBytes { source in
+            if let start = source.baseAddress { (base + offset).copyMemory(from: start, byteCount: source.count) }
+        }
+    }
+
+    /// Sets `length` bytes from `offset` to `value`.
+    public mutating func fill(_ value: UInt8, at offset: Int, length: Int) {
+        reserve(offset, length)
+        (base + offset).initializeMemory(as: UInt8.self, repeating: value, count: length)
+    }
+}
