@@ -8,6 +8,10 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
 
 int modeless_ioctl_ptr(int fd, unsigned long request, void *argument) {
     return ioctl(fd, request, argument);
@@ -57,6 +61,53 @@ int modeless_peer_credentials(int fd, int *pid, unsigned int *uid) {
 
 int modeless_pidfd_open(int pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int modeless_memfd(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+}
+
+int modeless_seal_size(int fd) {
+    return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+}
+
+int modeless_size_is_sealed(int fd) {
+    int seals = fcntl(fd, F_GET_SEALS);
+    return seals >= 0 && (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) == (F_SEAL_SHRINK | F_SEAL_GROW);
+}
+
+long modeless_send_with_fd(int socket, const void *bytes, unsigned long length, int fd) {
+    struct iovec vector = { .iov_base = (void *)bytes, .iov_len = length };
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int))]; } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message = { .msg_iov = &vector, .msg_iovlen = 1,
+                              .msg_control = control.space, .msg_controllen = sizeof control.space };
+    struct cmsghdr *attached = CMSG_FIRSTHDR(&message);
+    attached->cmsg_level = SOL_SOCKET;
+    attached->cmsg_type = SCM_RIGHTS;
+    attached->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(attached), &fd, sizeof(int));
+    return (long)sendmsg(socket, &message, MSG_NOSIGNAL);
+}
+
+long modeless_receive_with_fd(int socket, void *bytes, unsigned long length, int *fd) {
+    *fd = -1;
+    struct iovec vector = { .iov_base = bytes, .iov_len = length };
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int) * 4)]; } control;
+    struct msghdr message = { .msg_iov = &vector, .msg_iovlen = 1,
+                              .msg_control = control.space, .msg_controllen = sizeof control.space };
+    ssize_t received = recvmsg(socket, &message, MSG_TRUNC | MSG_CMSG_CLOEXEC);
+    if (received < 0) return -1;
+    for (struct cmsghdr *attached = CMSG_FIRSTHDR(&message); attached; attached = CMSG_NXTHDR(&message, attached)) {
+        if (attached->cmsg_level != SOL_SOCKET || attached->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((attached->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < count; i++) {
+            int received_fd;
+            memcpy(&received_fd, CMSG_DATA(attached) + i * sizeof(int), sizeof(int));
+            if (*fd < 0) *fd = received_fd; else close(received_fd);  /* keep one, never leak */
+        }
+    }
+    return (long)received;
 }
 
 const unsigned long modeless_VFIO_GET_API_VERSION = VFIO_GET_API_VERSION;

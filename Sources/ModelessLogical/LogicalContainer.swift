@@ -26,6 +26,8 @@ public final class LogicalContainer: @unchecked Sendable {
     public let name: String
     public let placement: Placement
     public let directory: ContainerDirectory
+    /// How synchronous requests travel to and from other containers.
+    public let transport: RequestTransport
 
     let lock = ConditionLock()
     var devices: [String: ProvidedDevice] = [:]
@@ -41,8 +43,11 @@ public final class LogicalContainer: @unchecked Sendable {
     /// Starts a container. With `serving`, it listens at `directory`'s socket for `name` so
     /// that other processes can open its devices; a running container of the same name is an
     /// error (``LogicalDeviceError/Kind/nameInUse``), a socket left by one that ended is replaced.
+    /// `transport` sets how its synchronous requests to other containers travel and how its
+    /// server waits for requests.
     public init(
-        name: String, placement: Placement = .user, directory: ContainerDirectory = .standard, serving: Bool = true
+        name: String, placement: Placement = .user, directory: ContainerDirectory = .standard, serving: Bool = true,
+        transport: RequestTransport = .standard
     ) throws(LogicalDeviceError) {
         try LogicalDeviceName.validate(name, what: "container")
         if placement == .user && name == LogicalDeviceName.kernelContainer {
@@ -54,12 +59,15 @@ public final class LogicalContainer: @unchecked Sendable {
         self.name = name
         self.placement = placement
         self.directory = directory
+        self.transport = transport
         if serving { server = try ContainerServer(container: self) }
     }
 
     /// The kernel emulation's container, `kernel`.
-    public static func kernelEmulation(directory: ContainerDirectory = .standard) throws(LogicalDeviceError) -> LogicalContainer {
-        try LogicalContainer(name: LogicalDeviceName.kernelContainer, placement: .kernelEmulation, directory: directory)
+    public static func kernelEmulation(
+        directory: ContainerDirectory = .standard, transport: RequestTransport = .standard
+    ) throws(LogicalDeviceError) -> LogicalContainer {
+        try LogicalContainer(name: LogicalDeviceName.kernelContainer, placement: .kernelEmulation, directory: directory, transport: transport)
     }
 
     deinit { shutdown() }
@@ -120,7 +128,7 @@ public final class LogicalContainer: @unchecked Sendable {
             opened = .local(device, id)
             consumer = id
         } else {
-            let remote = try RemoteHandle.open(target, directory: directory)
+            let remote = try RemoteHandle.open(target, directory: directory, transport: transport)
             opened = .remote(remote)
             consumer = remote.consumerID
         }
@@ -130,6 +138,13 @@ public final class LogicalContainer: @unchecked Sendable {
             handles[slot] = opened
             return LogicalDeviceHandle(name: target, consumerID: consumer, slot: slot, owner: ObjectIdentifier(self))
         }
+    }
+
+    /// Whether `handle`'s synchronous requests travel through shared memory (a device in
+    /// another container, with shared memory agreed at open) rather than a socket or a call.
+    public func sharesMemory(_ handle: LogicalDeviceHandle) -> Bool {
+        guard handle.owner == ObjectIdentifier(self), case .remote(let remote)? = lock.withLock({ handles[handle.slot] }) else { return false }
+        return remote.sharesMemory
     }
 
     /// Sends the request in `block` (claimed from its chain and filled in) and waits for the

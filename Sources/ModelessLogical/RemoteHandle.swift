@@ -6,14 +6,17 @@ import Glibc
 
 /// A consumer's open of a device in another container: one connection to that container for
 /// the open, close and synchronous requests (the calling thread writes the request and reads
-/// the answer itself), and a second one, made at the first asynchronous request, whose wait
+/// the answer itself, on the socket or, after the share handshake, through a shared-memory
+/// channel beside it), and a second one, made at the first asynchronous request, whose wait
 /// thread reads answers and calls completion handlers.
 final class RemoteHandle: @unchecked Sendable {
     let name: LogicalDeviceName
     let consumerID: ConsumerID
     private let directory: ContainerDirectory
     private let socket: UnixSocket
-    private let buffer = MessageBuffer()
+    /// Where synchronous requests and the close travel: the socket or a shared channel beside it.
+    private let link: any MessageLink
+    private let buffer: MessageBuffer
     /// Serializes synchronous requests on the connection; guards `terminated` and the counter.
     private let syncLock = ConditionLock()
     private var terminated = false
@@ -21,20 +24,75 @@ final class RemoteHandle: @unchecked Sendable {
     private let channelLock = ConditionLock()
     private var channel: AsyncChannel?
 
-    private init(name: LogicalDeviceName, consumerID: ConsumerID, socket: UnixSocket, directory: ContainerDirectory) {
+    /// Whether synchronous requests travel through shared memory.
+    var sharesMemory: Bool { link is SharedMessageChannel }
+
+    private init(name: LogicalDeviceName, consumerID: ConsumerID, socket: UnixSocket, link: any MessageLink,
+                 buffer: MessageBuffer, directory: ContainerDirectory) {
         self.name = name
         self.consumerID = consumerID
         self.socket = socket
+        self.link = link
+        self.buffer = buffer
         self.directory = directory
     }
 
-    /// Connects to `name`'s container and opens the device there.
-    static func open(_ name: LogicalDeviceName, directory: ContainerDirectory) throws(LogicalDeviceError) -> RemoteHandle {
+    /// Connects to `name`'s container and opens the device there; with shared memory in
+    /// `transport`, moves the connection's synchronous traffic into a shared channel.
+    static func open(_ name: LogicalDeviceName, directory: ContainerDirectory, transport: RequestTransport) throws(LogicalDeviceError) -> RemoteHandle {
         let socket = try connect(to: name.container, directory: directory)
         let buffer = MessageBuffer()
-        let reply = try exchange(
-            socket, buffer, length: buffer.build(WireMessage(kind: .open), text: name.device), expecting: .openReply, what: "open \(name)")
-        return RemoteHandle(name: name, consumerID: ConsumerID(rawValue: reply.consumerID), socket: socket, directory: directory)
+        let reply: WireMessage
+        do {
+            reply = try exchange(
+                socket, buffer, length: buffer.build(WireMessage(kind: .open), text: name.device), expecting: .openReply, what: "open \(name)")
+        } catch {
+            socket.close()
+            throw error
+        }
+        let consumerID = ConsumerID(rawValue: reply.consumerID)
+        var link: any MessageLink = socket
+        if transport.sharedMemory {
+            do {
+                if let channel = try share(socket, buffer, consumerID: consumerID, transport: transport, what: "open \(name)") { link = channel }
+            } catch {
+                socket.close()  // the provider closes the open when the connection ends
+                throw error
+            }
+        }
+        return RemoteHandle(name: name, consumerID: consumerID, socket: socket, link: link, buffer: buffer, directory: directory)
+    }
+
+    /// Offers the provider a shared channel for this connection. Returns it if the provider
+    /// took it, nil if it declined (the connection stays on the socket).
+    private static func share(
+        _ socket: UnixSocket, _ buffer: MessageBuffer, consumerID: ConsumerID, transport: RequestTransport, what: String
+    ) throws(LogicalDeviceError) -> SharedMessageChannel? {
+        let channel: SharedMessageChannel
+        let descriptor: Int32
+        do {
+            (channel, descriptor) = try SharedMessageChannel.create(
+                capacity: WireMessage.maximumSize, socket: socket, spinNanoseconds: transport.spinNanoseconds)
+        } catch {
+            return nil  // no memfd here (or no memory): the socket does the same job
+        }
+        defer { Glibc.close(descriptor) }
+        let length = buffer.build(WireMessage(kind: .share, consumerID: consumerID.rawValue), text: "")
+        do {
+            try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), attaching: descriptor)
+        } catch where error.errno == .brokenPipe || error.errno == .connectionReset {
+            throw LogicalDeviceError(.providerTerminated, "\(what): the provider's container has ended; the call was not done")
+        } catch {
+            throw LogicalDeviceError(.system, "\(what): \(error)")
+        }
+        do {
+            _ = try receiveReply(socket, buffer, expecting: .shareReply, what: what)
+        } catch where error.kind == .providerTerminated || error.kind == .system {
+            throw error
+        } catch {
+            return nil
+        }
+        return channel
     }
 
     /// Sends the request in `block` and waits for the answer, copied back into the chain.
@@ -47,7 +105,7 @@ final class RemoteHandle: @unchecked Sendable {
         let length = try Self.encodeRequest(block, marshaller: marshaller, requestID: requestID, consumerID: consumerID, into: buffer)
         let reply: WireMessage
         do {
-            reply = try Self.exchange(socket, buffer, length: length, expecting: .reply, what: "request to \(name)")
+            reply = try Self.exchange(link, buffer, length: length, expecting: .reply, what: "request to \(name)")
         } catch {
             if error.kind == .providerTerminated { terminated = true }
             throw error
@@ -76,7 +134,7 @@ final class RemoteHandle: @unchecked Sendable {
         guard !terminated else { return }  // the provider is gone, and with it the open
         let length = buffer.build(WireMessage(kind: .close, consumerID: consumerID.rawValue), text: "")
         do {
-            _ = try Self.exchange(socket, buffer, length: length, expecting: .closeReply, what: "close \(name)")
+            _ = try Self.exchange(link, buffer, length: length, expecting: .closeReply, what: "close \(name)")
         } catch where error.kind == .providerTerminated {
             terminated = true
         }
@@ -117,12 +175,25 @@ final class RemoteHandle: @unchecked Sendable {
 
     /// Sends the first `length` bytes of `buffer`, receives the answer into it and checks it.
     static func exchange(
-        _ socket: UnixSocket, _ buffer: MessageBuffer, length: Int, expecting kind: WireMessage.Kind, what: String
+        _ link: any MessageLink, _ buffer: MessageBuffer, length: Int, expecting kind: WireMessage.Kind, what: String
+    ) throws(LogicalDeviceError) -> WireMessage {
+        do {
+            try link.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]))
+        } catch where error.errno == .brokenPipe || error.errno == .connectionReset {
+            throw LogicalDeviceError(.providerTerminated, "\(what): the provider's container has ended; the call was not done")
+        } catch {
+            throw LogicalDeviceError(.system, "\(what): \(error)")
+        }
+        return try receiveReply(link, buffer, expecting: kind, what: what)
+    }
+
+    /// Receives an answer into `buffer` and checks it.
+    static func receiveReply(
+        _ link: any MessageLink, _ buffer: MessageBuffer, expecting kind: WireMessage.Kind, what: String
     ) throws(LogicalDeviceError) -> WireMessage {
         let received: Int
         do {
-            try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]))
-            received = try socket.receive(into: buffer.bytes)
+            received = try link.receive(into: buffer.bytes)
         } catch where error.errno == .brokenPipe || error.errno == .connectionReset {
             received = 0
         } catch {

@@ -7,7 +7,8 @@ import Glibc
 /// One connection from a consumer process, served on its own thread.
 ///
 /// A connection either opens one device (and then carries that open's synchronous requests
-/// and its close), or attaches to an open made on another connection of the same process (and
+/// and its close, on the socket or, once the consumer shares a channel, through shared
+/// memory beside it), or attaches to an open made on another connection of the same process (and
 /// carries its asynchronous requests), or asks for a listing. Every message is validated; a
 /// bad one is answered with an error and the connection goes on.
 final class ServerConnection: @unchecked Sendable {
@@ -16,6 +17,12 @@ final class ServerConnection: @unchecked Sendable {
     private let container: LogicalContainer
     private let peer: UnixSocket.PeerCredentials
     private let buffer = MessageBuffer()
+    /// Where messages come and go: the socket, then a shared channel if the consumer offers one.
+    private var link: any MessageLink
+    /// A descriptor that came with the message being handled (only a share message carries one).
+    private var attached: Int32?
+    /// A channel agreed on in the message being handled, used from the next message on.
+    private var sharedChannel: SharedMessageChannel?
     /// The open this connection made, closed when the connection ends.
     private var opened: ConsumerID?
     /// The open this connection carries requests for (its own, or one it attached to).
@@ -27,16 +34,22 @@ final class ServerConnection: @unchecked Sendable {
         self.container = container
         self.socket = socket
         self.peer = peer
+        link = socket
     }
 
     func serve() {
         defer {
+            if let descriptor = attached { Glibc.close(descriptor) }
             if let opened { container.closeConsumer(opened) }
             socket.close()
         }
         while true {
+            if let descriptor = attached {  // what came with the last message is not kept
+                Glibc.close(descriptor)
+                attached = nil
+            }
             let received: Int
-            do { received = try socket.receive(into: buffer.bytes) } catch {
+            do { received = try receive() } catch {
                 if error.errno == .messageTooLong {
                     if !reply(error: WireMessage.malformed("a message longer than \(WireMessage.maximumSize) bytes")) { return }
                     continue
@@ -55,8 +68,18 @@ final class ServerConnection: @unchecked Sendable {
             } catch {
                 length = buffer.buildError(replyKind(message.kind), requestID: message.requestID, consumerID: message.consumerID, error)
             }
-            do { try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length])) } catch { return }
+            do { try link.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length])) } catch { return }
+            if let sharedChannel {
+                link = sharedChannel  // the reply to the share went on the socket; the rest go here
+                self.sharedChannel = nil
+            }
         }
+    }
+
+    /// Receives the next message, and on the socket any descriptor sent with it.
+    private func receive() throws(SystemError) -> Int {
+        guard link === socket else { return try link.receive(into: buffer.bytes) }
+        return try socket.receive(into: buffer.bytes, descriptor: &attached)
     }
 
     /// Handles one message and builds the answer in the buffer; returns its length.
@@ -106,7 +129,24 @@ final class ServerConnection: @unchecked Sendable {
             return buffer.build(WireMessage(kind: .closeReply, consumerID: consumer.rawValue), text: "")
         case .list:
             return buffer.build(WireMessage(kind: .listReply), text: ContainerListing(container: container).encoded)
-        case .openReply, .closeReply, .reply, .attachReply, .listReply:
+        case .share:
+            let consumer = try servedConsumer(message)
+            guard consumer == opened, link === socket else {
+                throw WireMessage.malformed("only the connection that opened a device may share a channel, once")
+            }
+            guard let descriptor = attached else { throw WireMessage.malformed("a share message must carry the channel's memory") }
+            guard container.transport.sharedMemory else {
+                throw LogicalDeviceError(.requestFailed, "container '\(container.name)' takes requests on its socket only")
+            }
+            do {
+                sharedChannel = try SharedMessageChannel(
+                    joining: descriptor, capacity: WireMessage.maximumSize, socket: socket,
+                    spinNanoseconds: container.transport.spinNanoseconds)
+            } catch {
+                throw WireMessage.malformed("the shared channel was refused: \(error)")
+            }
+            return buffer.build(WireMessage(kind: .shareReply, consumerID: consumer.rawValue), text: "")
+        case .openReply, .closeReply, .reply, .attachReply, .listReply, .shareReply:
             throw WireMessage.malformed("a \(message.kind) message is an answer, not a call")
         }
     }
@@ -124,6 +164,7 @@ final class ServerConnection: @unchecked Sendable {
         case .close: .closeReply
         case .attach: .attachReply
         case .list: .listReply
+        case .share: .shareReply
         default: .reply
         }
     }
@@ -131,7 +172,7 @@ final class ServerConnection: @unchecked Sendable {
     /// Answers a message that could not be parsed; false if the connection is gone.
     private func reply(error: LogicalDeviceError) -> Bool {
         let length = buffer.buildError(.reply, requestID: 0, consumerID: 0, error)
-        do { try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length])) } catch { return false }
+        do { try link.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length])) } catch { return false }
         return true
     }
 }

@@ -6,7 +6,7 @@
 /// and nothing else happens.
 struct WireMessage {
     enum Kind: UInt8 {
-        case open = 1, openReply, close, closeReply, request, reply, attach, attachReply, list, listReply
+        case open = 1, openReply, close, closeReply, request, reply, attach, attachReply, list, listReply, share, shareReply
     }
 
     static let magic: UInt32 = 0x4D4C_444D  // "MLDM"

@@ -21,6 +21,8 @@ final class DPCEngine: @unchecked Sendable {
     let trace: InterruptTrace?
     private(set) var refusals: [String] = []
     private let registry = ConditionLock()
+    /// On an interrupt thread inside ``atInterruptLevel(_:)``: its queue's index plus one.
+    private let interruptLevelQueue = ThreadLocalInteger()
     private var nextIdentifier: Int32 = 0
 
     init(cpus: Int, priority: Int32?, trace: InterruptTrace?) throws(SystemError) {
@@ -43,18 +45,32 @@ final class DPCEngine: @unchecked Sendable {
         return DeferredProcedureCall(name: name, identifier: identifier, engine: self, body: body)
     }
 
-    /// Queues on the calling thread's CPU and wakes that CPU's DPC thread.
+    /// Queues on the calling thread's CPU and wakes that CPU's DPC thread, unless the caller
+    /// is an interrupt thread inside ``atInterruptLevel(_:)``: that thread runs its queue
+    /// itself on the way out, so waking the DPC thread would only cost a context switch.
     func enqueue(_ dpc: DeferredProcedureCall) {
-        let queue = queues[SystemThread.currentCPU % queues.count]
+        let draining = interruptLevelQueue.current
+        let queue = queues[draining > 0 ? draining - 1 : SystemThread.currentCPU % queues.count]
         queue.lock.withLock {
             queue.pending.append(dpc)
-            queue.lock.signal()
+            if draining == 0 { queue.lock.signal() }
         }
     }
 
-    /// Runs every DPC queued for `cpu`, on the calling thread (the wait thread after an ISR).
-    func runQueued(cpu: Int) {
-        let queue = queues[cpu % queues.count]
+    /// Runs `isr` on an interrupt thread, then every DPC queued for the thread's CPU, on the
+    /// same thread, as a kernel runs DPCs on the way out of an interrupt. DPCs the ISR queues
+    /// go to this CPU's queue without waking its DPC thread.
+    func atInterruptLevel(_ isr: () -> Void) {
+        let index = SystemThread.currentCPU % queues.count
+        interruptLevelQueue.set(index + 1)
+        isr()
+        interruptLevelQueue.set(0)
+        runQueued(index)
+    }
+
+    /// Runs every DPC queued for the queue at `index`, on the calling thread.
+    private func runQueued(_ index: Int) {
+        let queue = queues[index]
         while let dpc = queue.lock.withLock({ queue.pending.isEmpty ? nil : queue.pending.removeFirst() }) {
             run(dpc)
         }

@@ -45,25 +45,6 @@ final class InterruptLock: @unchecked Sendable {
     }
 }
 
-/// A per-thread nesting depth, so that disabling interrupts nests on one thread: only the
-/// outermost disable and enable act.
-final class ThreadDepth: @unchecked Sendable {
-    private var key = pthread_key_t()
-
-    init() { pthread_key_create(&key, nil) }
-    deinit { pthread_key_delete(key) }
-
-    /// Adds `delta` to this thread's depth and returns the new depth.
-    func add(_ delta: Int) -> Int {
-        let depth = Int(bitPattern: pthread_getspecific(key)) + delta
-        precondition(depth >= 0, "interrupts enabled more often than disabled on this thread")
-        pthread_setspecific(key, UnsafeRawPointer(bitPattern: depth))
-        return depth
-    }
-
-    var current: Int { Int(bitPattern: pthread_getspecific(key)) }
-}
-
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -16,7 +16,7 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     let trace: InterruptTrace?
     var refusals: [String] { engine.refusals + lines.refusals }
     private let engine: DPCEngine
-    private let depth = ThreadDepth()
+    private let depth = ThreadLocalInteger()
     private let controller = ConditionLock()
     private var maskDepth = 0
     private var inInterrupt = false
@@ -35,8 +35,8 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
         try lines.attach(vector, name: name, role: "irq", acknowledge: acknowledge, isr: isr) { [unowned self] attachment in
             while let count = attachment.nextInterrupts() {
                 self.trace?.record(.notified, attachment.identifier)
-                self.raise(attachment, count)
-                self.engine.runQueued(cpu: SystemThread.currentCPU)  // As on the way out of an interrupt.
+                // DPCs the ISR queues run here on the way out of the interrupt.
+                self.engine.atInterruptLevel { self.raise(attachment, count) }
             }
         }
     }

@@ -18,7 +18,7 @@ final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
     let trace: InterruptTrace?
     var refusals: [String] { engine.refusals + lines.refusals }
     private let lock = InterruptLock()
-    private let depth = ThreadDepth()
+    private let depth = ThreadLocalInteger()
     private let engine: DPCEngine
     private let lines: InterruptLines
 
@@ -44,16 +44,17 @@ final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
             trace?.record(.genericISR, id)
             trace?.record(.dpcA, id)                   // DPC A wakes the wait thread (fused).
             trace?.record(.waitThreadWoken, id)
-            lock.writeLock()
-            trace?.record(.lockTaken, id)
-            trace?.record(.realISREnter, id)
-            attachment.isr(state)
-            trace?.record(.realISRExit, id)
-            lock.writeUnlock()
-            trace?.record(.lockReleased, id)
-            attachment.counted(count)
-            try? attachment.vector.acknowledge()        // Re-enable INTx (nothing for MSI).
-            engine.runQueued(cpu: SystemThread.currentCPU)
+            engine.atInterruptLevel {                   // Then the DPCs the ISR queued, here.
+                lock.writeLock()
+                trace?.record(.lockTaken, id)
+                trace?.record(.realISREnter, id)
+                attachment.isr(state)
+                trace?.record(.realISRExit, id)
+                lock.writeUnlock()
+                trace?.record(.lockReleased, id)
+                attachment.counted(count)
+                try? attachment.vector.acknowledge()    // Re-enable INTx (nothing for MSI).
+            }
         }
     }
 

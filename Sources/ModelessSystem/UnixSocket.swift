@@ -80,6 +80,27 @@ public final class UnixSocket: @unchecked Sendable {
         return length
     }
 
+    /// Sends `bytes` as one message with a copy of descriptor `attached` (`SCM_RIGHTS`); the
+    /// caller keeps its own descriptor and closes it when done.
+    public func send(_ bytes: UnsafeRawBufferPointer, attaching attached: Int32) throws(SystemError) {
+        let sent = try systemCall("sendmsg", path) { modeless_send_with_fd(fd, bytes.baseAddress, UInt(bytes.count), attached) }
+        if sent != bytes.count { throw SystemError("sendmsg", path, errno: .messageTooLong) }
+    }
+
+    /// Receives one message like ``receive(into:)``, and the descriptor sent with it, if any,
+    /// which the caller then owns (close-on-exec; at most one is kept, others are closed).
+    public func receive(into buffer: UnsafeMutableRawBufferPointer, descriptor: inout Int32?) throws(SystemError) -> Int {
+        var received: Int32 = -1
+        let length = try systemCall("recvmsg", path) { modeless_receive_with_fd(fd, buffer.baseAddress, UInt(buffer.count), &received) }
+        descriptor = received >= 0 ? received : nil
+        if length > buffer.count {
+            if received >= 0 { Glibc.close(received) }
+            descriptor = nil
+            throw SystemError("recvmsg", path, errno: .messageTooLong)
+        }
+        return length
+    }
+
     /// The process and user at the other end.
     public func peerCredentials() throws(SystemError) -> PeerCredentials {
         var processID: Int32 = 0

@@ -11,11 +11,13 @@ struct BenchLogical: ParsableCommand {
         commandName: "logical",
         abstract: "Logical-device request costs against baselines in the same run.",
         discussion: """
-            Starts a peer process (`modeless serve bench-peer`) with an echo device and a raw echo \
+            Starts a peer process (`modeless serve bench-peer`) with echo devices and a raw echo \
             socket, then measures, in interleaved rounds: a request to a device in the same container \
-            vs calling its handler directly; a synchronous request to the peer vs a raw Unix-socket \
-            ping-pong of a message of the same size between the same two processes; and asynchronous \
-            requests per second with --depth in flight. Reports the median of each over the rounds.
+            vs calling its handler directly; a synchronous request to the peer, with each transport \
+            (the socket; shared memory without spinning; shared memory with the standard spin), vs a \
+            raw Unix-socket ping-pong of a message of the same size between the same two processes; \
+            and asynchronous requests per second with --depth in flight. Reports the median of each \
+            over the rounds.
             """)
 
     @Option(help: "Requests per measurement.")
@@ -49,6 +51,15 @@ struct BenchLogical: ParsableCommand {
         try local.createDevice("echo", handlers: EchoDevice.handlers)
         let localHandle = try local.open("echo")
         let remoteHandle = try local.open("\(peerName)/echo")
+        let overSocket = try LogicalContainer(name: "bench-\(getpid())-socket", serving: false, transport: .socket)
+        let socketHandle = try overSocket.open("\(peerName)/echo")
+        let withoutSpin = try LogicalContainer(
+            name: "bench-\(getpid())-nospin", serving: false, transport: .init(sharedMemory: true, spin: .zero))
+        let noSpinHandle = try withoutSpin.open("\(peerName)-nospin/echo")
+        guard local.sharesMemory(remoteHandle), withoutSpin.sharesMemory(noSpinHandle), !overSocket.sharesMemory(socketHandle) else {
+            printError("the peer did not take the shared-memory channel")
+            throw ExitCode(1)
+        }
         let raw = try UnixSocket.connect(to: rawPath)
 
         let chain = try ParameterChain(blocks: 1, inputCapacity: payload, outputCapacity: payload)
@@ -62,6 +73,8 @@ struct BenchLogical: ParsableCommand {
             samples["direct", default: []].append(try measure { try EchoDevice.echo(block) })
             samples["local", default: []].append(try measure { try local.send(localHandle, block) })
             samples["raw", default: []].append(try rawPingPong(raw, bytes: messageBytes))
+            samples["socket", default: []].append(try measure { try overSocket.send(socketHandle, block) })
+            samples["nospin", default: []].append(try measure { try withoutSpin.send(noSpinHandle, block) })
             samples["remote", default: []].append(try measure { try local.send(remoteHandle, block) })
             samples["async", default: []].append(try asyncRate(local, remoteHandle))
         }
@@ -72,9 +85,15 @@ struct BenchLogical: ParsableCommand {
         printLine("| direct Swift call of the handler (baseline) | \(format(median["direct"]!)) | 1.00 |")
         printLine("| request to a device in the same container | \(format(median["local"]!)) | \(format(median["local"]! / median["direct"]!, 2)) |")
         printLine("| raw Unix-socket ping-pong, \(messageBytes) bytes (baseline) | \(format(median["raw"]!)) | 1.00 |")
-        printLine("| synchronous request to another process | \(format(median["remote"]!)) | \(format(median["remote"]! / median["raw"]!, 2)) |")
+        printLine("| synchronous request to another process, socket | \(format(median["socket"]!)) | \(format(median["socket"]! / median["raw"]!, 2)) |")
+        printLine("| synchronous request to another process, shared memory, no spin | \(format(median["nospin"]!)) | \(format(median["nospin"]! / median["raw"]!, 2)) |")
+        printLine("| synchronous request to another process, shared memory, \(spinText(local.transport)) spin (standard) | \(format(median["remote"]!)) | \(format(median["remote"]! / median["raw"]!, 2)) |")
         printLine("| asynchronous requests to another process, \(depth) in flight | \(format(median["async"]!)) | \(format(median["async"]! / median["raw"]!, 2)) |")
         printLine("asynchronous: \(format(1e9 / median["async"]!)) requests/s; synchronous: \(format(1e9 / median["remote"]!)) round trips/s")
+        try overSocket.close(socketHandle)
+        try withoutSpin.close(noSpinHandle)
+        overSocket.shutdown()
+        withoutSpin.shutdown()
         try local.close(remoteHandle)
         try local.close(localHandle)
         local.shutdown()
@@ -133,6 +152,10 @@ struct BenchLogical: ParsableCommand {
             if let failure { throw failure }
         }
         return Double(monotonicNanoseconds() - start) / Double(total)
+    }
+
+    private func spinText(_ transport: RequestTransport) -> String {
+        "\(transport.spin.components.attoseconds / 1_000_000_000_000) µs"
     }
 
     private func format(_ value: Double, _ decimals: Int = 0) -> String {

@@ -2,8 +2,10 @@ import ArgumentParser
 import ModelessLogical
 import ModelessSystem
 
-/// The far side of `modeless bench logical`: an `echo` logical device and, in the same
-/// process, a raw socket that answers each message with itself (the baseline).
+/// The far side of `modeless bench logical`: an `echo` logical device in a container with the
+/// standard transport and in a second one (`CONTAINER-nospin`) whose shared-memory waits do
+/// not spin, and, in the same process, a raw socket that answers each message with itself
+/// (the baseline).
 struct ServeBenchPeer: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-peer", abstract: "The peer process of `modeless bench logical` (an echo device and a raw echo socket).",
@@ -20,6 +22,9 @@ struct ServeBenchPeer: ParsableCommand {
         let logical = try LogicalContainer(name: container)
         defer { logical.shutdown() }
         try logical.createDevice("echo", handlers: EchoDevice.handlers)
+        let withoutSpin = try LogicalContainer(name: container + "-nospin", transport: .init(sharedMemory: true, spin: .zero))
+        defer { withoutSpin.shutdown() }
+        try withoutSpin.createDevice("echo", handlers: EchoDevice.handlers)
         let listener = try UnixSocket.listen(at: rawSocket)
         let thread = try SystemThread(name: "raw-echo") {
             guard let connection = try? listener.accept() else { return }

@@ -8,15 +8,26 @@ import Glibc
 
 @Suite("Logical devices between containers")
 struct CrossContainerTests {
-    @Test func openSendCloseThroughTheSocket() throws {
+    static let noSpin = RequestTransport(sharedMemory: true, spin: .zero)
+
+    /// Every pairing of transports: shared memory when both sides take it (spinning or going
+    /// straight to the doorbell), the socket when either side keeps to it.
+    @Test(arguments: [
+        (RequestTransport.standard, RequestTransport.standard, true),
+        (noSpin, noSpin, true),
+        (RequestTransport.socket, RequestTransport.standard, false),
+        (RequestTransport.standard, RequestTransport.socket, false),
+    ])
+    func openSendCloseBetweenContainers(consumerTransport: RequestTransport, providerTransport: RequestTransport, shared: Bool) throws {
         let directory = temporaryContainerDirectory()
-        let provider = try LogicalContainer(name: "storage", directory: directory)
-        let consumer = try LogicalContainer(name: "service", directory: directory)
+        let provider = try LogicalContainer(name: "storage", directory: directory, transport: providerTransport)
+        let consumer = try LogicalContainer(name: "service", directory: directory, transport: consumerTransport)
         let disk = MemoryDiskProvider(blockCount: 16)
         try provider.createDevice("blk0", handlers: disk.handlers)
 
         let handle = try consumer.open("storage/blk0")
         #expect(disk.consumers == [handle.consumerID])
+        #expect(consumer.sharesMemory(handle) == shared)
         let chain = try ParameterChain(blocks: 1, inputCapacity: 16 + 1024, outputCapacity: 1024)
         let write = try chain.claimBlock()
         try BlockRequest.prepareWrite(write, first: 3, data: (0..<1024).map { UInt8($0 % 251) }, blockSize: 512)

@@ -47,6 +47,48 @@ static inline void modeless_store_release64(void *address, uint64_t value) {
     __atomic_store_n((uint64_t *)address, value, __ATOMIC_RELEASE);
 }
 
+/// 4-byte sequentially consistent load, store and exchange, for the flags two processes use
+/// to decide which of them must wake the other (each stores its own, then loads the other's).
+static inline uint32_t modeless_load_seqcst32(const void *address) {
+    return __atomic_load_n((const uint32_t *)address, __ATOMIC_SEQ_CST);
+}
+static inline void modeless_store_seqcst32(void *address, uint32_t value) {
+    __atomic_store_n((uint32_t *)address, value, __ATOMIC_SEQ_CST);
+}
+static inline uint32_t modeless_exchange_seqcst32(void *address, uint32_t value) {
+    return __atomic_exchange_n((uint32_t *)address, value, __ATOMIC_SEQ_CST);
+}
+
+/// Tells the CPU the caller is spinning (x86 `pause`, Arm `yield`).
+static inline void modeless_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/// memfd_create(2) with MFD_CLOEXEC and MFD_ALLOW_SEALING: anonymous memory with a file
+/// descriptor, to map in two processes. Returns the descriptor, or -1 with errno set.
+int modeless_memfd(const char *name);
+
+/// Seals a memfd's size (F_SEAL_SHRINK, F_SEAL_GROW, then F_SEAL_SEAL), so that no holder of
+/// the descriptor can shrink it under another's mapping (which would fault the other process).
+/// Returns 0, or -1 with errno set.
+int modeless_seal_size(int fd);
+
+/// 1 if the file's size is sealed against shrinking and growing, 0 if not.
+int modeless_size_is_sealed(int fd);
+
+/// Sends `length` bytes as one message on a connected socket with `fd` attached
+/// (SCM_RIGHTS), without SIGPIPE. Returns the bytes sent, or -1 with errno set.
+long modeless_send_with_fd(int socket, const void *bytes, unsigned long length, int fd);
+
+/// Receives one message of at most `length` bytes, and the descriptor attached to it, if
+/// any, into `*fd` (else -1; it is made close-on-exec). Returns the length (larger than
+/// `length` if the message was cut), 0 at end of stream, or -1 with errno set.
+long modeless_receive_with_fd(int socket, void *bytes, unsigned long length, int *fd);
+
 // VFIO ioctl request numbers (linux/vfio.h builds them with _IO(), a macro Swift cannot import).
 extern const unsigned long modeless_VFIO_GET_API_VERSION;
 extern const unsigned long modeless_VFIO_CHECK_EXTENSION;

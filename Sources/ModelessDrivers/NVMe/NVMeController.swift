@@ -254,7 +254,7 @@ public final class NVMeController: @unchecked Sendable {
         let deadline = monotonicNanoseconds() + timeout
         while true {
             if completion == .poll {
-                try queue.submitLock.withLock { try results.withLock { try queue.drain { file($0, from: queue) } } }
+                _ = try queue.submitLock.withLock { try results.withLock { try queue.drain { file($0, from: queue) } } }
                 runCompletions()
             }
             let done: NVMeCompletion? = results.withLock {

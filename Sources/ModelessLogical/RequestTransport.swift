@@ -1,0 +1,37 @@
+import ModelessSystem
+
+/// How a container's synchronous requests travel to other containers, and how its server
+/// waits for requests that come to it.
+///
+/// Every connection starts on the container's Unix socket. With ``sharedMemory``, a consumer
+/// then hands the provider a sealed shared-memory mailbox (a ``SharedMessageChannel``) and
+/// the open's synchronous requests, their replies and its close travel there: each side copies
+/// a message in and the other copies it out, and a waiting side spins for up to ``spin``
+/// before sleeping on the socket, where the sender rings a doorbell. The socket still ends
+/// when either process ends, so failure handling is the same. Asynchronous requests always
+/// use a second socket with its own wait thread.
+public struct RequestTransport: Sendable, Equatable {
+    /// Carry synchronous requests through shared memory beside the socket.
+    public var sharedMemory: Bool
+    /// How long a side waiting for a message spins before sleeping (shared memory only).
+    /// Spinning costs a CPU for that long after each message; it is what lets a round trip
+    /// finish without a system call when the other side answers quickly.
+    public var spin: Duration
+
+    public init(sharedMemory: Bool, spin: Duration) {
+        self.sharedMemory = sharedMemory
+        self.spin = spin
+    }
+
+    /// Shared memory, spinning 20 µs before sleeping when there is more than one CPU
+    /// (on one CPU the other side cannot answer while this one spins).
+    public static let standard = RequestTransport(sharedMemory: true, spin: SystemThread.cpuCount > 1 ? .microseconds(20) : .zero)
+
+    /// Messages on the socket only, one `send` and one `recv` each way.
+    public static let socket = RequestTransport(sharedMemory: false, spin: .zero)
+
+    var spinNanoseconds: UInt64 {
+        let (seconds, attoseconds) = spin.components
+        return seconds < 0 || attoseconds < 0 ? 0 : UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+    }
+}

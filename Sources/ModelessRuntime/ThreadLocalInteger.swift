@@ -1,0 +1,29 @@
+/// An integer with a separate value on each thread, zero until the thread sets it: the
+/// nesting depth of disabled interrupts, and which DPC queue an interrupt thread drains.
+final class ThreadLocalInteger: @unchecked Sendable {
+    private var key = pthread_key_t()
+
+    init() { pthread_key_create(&key, nil) }
+    deinit { pthread_key_delete(key) }
+
+    /// This thread's value.
+    var current: Int { Int(bitPattern: pthread_getspecific(key)) }
+
+    /// Sets this thread's value.
+    func set(_ value: Int) {
+        pthread_setspecific(key, UnsafeRawPointer(bitPattern: value))
+    }
+
+    /// Adds `delta` to this thread's value, which must stay at or above zero (so that, as a
+    /// nesting depth, interrupts are not enabled more often than disabled), and returns it.
+    func add(_ delta: Int) -> Int {
+        let value = current + delta
+        precondition(value >= 0, "interrupts enabled more often than disabled on this thread")
+        set(value)
+        return value
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,179 @@
+import CModelessShim
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A two-way message channel between two processes through shared memory, beside the Unix
+/// socket that connects them: each message is copied into a mailbox in a sealed `memfd`
+/// mapping both processes share, and the receiver finds it by a sequence number.
+///
+/// A receiver first spins for up to ``spinNanoseconds`` watching the sequence number (no
+/// system call at all when the answer comes that soon); then it raises a "sleeping" flag and
+/// blocks in `recv` on the socket, and the sender, seeing the flag, rings a one-byte doorbell
+/// message there. Each side stores its own word then reads the other's, with sequentially
+/// consistent ordering, so a doorbell is never lost and never rung twice. Blocking on the
+/// socket keeps the socket's guarantee: when either process ends, the other's receive returns
+/// 0 at once.
+///
+/// Neither side trusts the other with the shared memory: the creator seals the file's size
+/// (a peer cannot shrink it under the other's mapping), the joiner checks the seals and the
+/// size before mapping, a received length is checked against the capacity, and messages are
+/// copied out before anything reads them, so a peer rewriting the mailbox meanwhile changes
+/// nothing already received.
+public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
+    /// The largest message either side can send.
+    public let capacity: Int
+    /// How long a receiver spins before sleeping on the socket; 0 sleeps at once.
+    public let spinNanoseconds: UInt64
+    private let socket: UnixSocket
+    private let base: UnsafeMutableRawPointer
+    private let size: Int
+    private let outbox: UnsafeMutableRawPointer
+    private let inbox: UnsafeMutableRawPointer
+    private var sentSequence: UInt32 = 0
+    private var seenSequence: UInt32 = 0
+    private var doorbell: UInt8 = 0x44  // "D"
+
+    // Layout: a 4 KiB header page, then two mailboxes (the creator sends in the first).
+    // In a mailbox: the sequence number at 0, the receiver's sleeping flag at 64 (its own
+    // cache line), the message length at 128 and the message at 256.
+    private static let magic: UInt64 = 0x3130_4E41_4843_4C4D  // "MLCHAN01"
+    private static let sequenceOffset = 0
+    private static let sleepingOffset = 64
+    private static let lengthOffset = 128
+    private static let messageOffset = 256
+
+    private static func mailboxSize(_ capacity: Int) -> Int { (messageOffset + capacity + 4095) & ~4095 }
+    private static func fileSize(_ capacity: Int) -> Int { 4096 + 2 * mailboxSize(capacity) }
+
+    /// Makes the shared memory for a channel over `socket` whose messages are at most
+    /// `capacity` bytes. Returns the channel and the descriptor to send the peer (with
+    /// ``UnixSocket/send(_:attaching:)``), which the caller closes after sending.
+    public static func create(capacity: Int, socket: UnixSocket, spinNanoseconds: UInt64) throws(SystemError) -> (SharedMessageChannel, descriptor: Int32) {
+        precondition(capacity > 0 && capacity <= Int(UInt32.max) - messageOffset, "a channel's capacity must fit a mailbox")
+        let size = fileSize(capacity)
+        let fd = try systemCall("memfd_create", "message channel") { modeless_memfd("modeless-channel") }
+        do {
+            _ = try systemCall("ftruncate", "message channel") { ftruncate(fd, off_t(size)) }
+            _ = try systemCall("seal", "message channel") { modeless_seal_size(fd) }
+            let base = try map(fd, size: size)
+            base.storeBytes(of: magic.littleEndian, as: UInt64.self)
+            base.storeBytes(of: UInt32(capacity).littleEndian, toByteOffset: 8, as: UInt32.self)
+            let channel = SharedMessageChannel(base: base, size: size, capacity: capacity, creator: true, socket: socket, spinNanoseconds: spinNanoseconds)
+            return (channel, fd)
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+    }
+
+    /// Maps the shared memory a peer made with ``create(capacity:socket:spinNanoseconds:)``
+    /// and sent as `descriptor` (which stays the caller's to close). Refuses, with `EINVAL`,
+    /// memory whose size is not sealed or not that of a channel of `capacity`, or that does
+    /// not start with the channel's header.
+    public convenience init(joining descriptor: Int32, capacity: Int, socket: UnixSocket, spinNanoseconds: UInt64) throws(SystemError) {
+        let size = Self.fileSize(capacity)
+        var status = stat()
+        _ = try systemCall("fstat", "shared message channel") { fstat(descriptor, &status) }
+        guard (status.st_mode & S_IFMT) == S_IFREG, Int(status.st_size) == size, modeless_size_is_sealed(descriptor) == 1 else {
+            throw SystemError("join (the memory is not a size-sealed \(size)-byte channel)", "shared message channel", errno: .invalidArgument)
+        }
+        let base = try Self.map(descriptor, size: size)
+        guard UInt64(littleEndian: base.load(as: UInt64.self)) == Self.magic,
+              UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == UInt32(capacity) else {
+            munmap(base, size)
+            throw SystemError("join (the memory has no channel header of capacity \(capacity))", "shared message channel", errno: .invalidArgument)
+        }
+        self.init(base: base, size: size, capacity: capacity, creator: false, socket: socket, spinNanoseconds: spinNanoseconds)
+    }
+
+    private init(base: UnsafeMutableRawPointer, size: Int, capacity: Int, creator: Bool, socket: UnixSocket, spinNanoseconds: UInt64) {
+        self.base = base
+        self.size = size
+        self.capacity = capacity
+        self.socket = socket
+        self.spinNanoseconds = spinNanoseconds
+        let first = base + 4096
+        let second = first + Self.mailboxSize(capacity)
+        outbox = creator ? first : second
+        inbox = creator ? second : first
+        // Start from what the mailboxes hold now, so a channel joined later does not see old messages.
+        sentSequence = modeless_load_seqcst32(outbox + Self.sequenceOffset)
+        seenSequence = modeless_load_seqcst32(inbox + Self.sequenceOffset)
+    }
+
+    private static func map(_ fd: Int32, size: Int) throws(SystemError) -> UnsafeMutableRawPointer {
+        guard let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), address != MAP_FAILED else {
+            throw SystemError("mmap", "shared message channel", errno: .current)
+        }
+        return address
+    }
+
+    deinit { munmap(base, size) }
+
+    /// Puts `bytes` in the peer's mailbox and rings the doorbell if the peer sleeps. The peer
+    /// must have taken the previous message: the channel carries one message at a time each
+    /// way, as requests and their replies do. Fails with `EMSGSIZE` beyond the capacity, and
+    /// with `EPIPE` when ringing a peer that has ended.
+    public func send(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+        guard bytes.count <= capacity else { throw SystemError("send", "shared message channel", errno: .messageTooLong) }
+        if let source = bytes.baseAddress { (outbox + Self.messageOffset).copyMemory(from: source, byteCount: bytes.count) }
+        (outbox + Self.lengthOffset).storeBytes(of: UInt32(bytes.count), as: UInt32.self)
+        sentSequence &+= 1
+        modeless_store_seqcst32(outbox + Self.sequenceOffset, sentSequence)
+        if modeless_exchange_seqcst32(outbox + Self.sleepingOffset, 0) == 1 {
+            try withUnsafeBytes(of: &doorbell) { (byte) throws(SystemError) in try socket.send(byte) }
+        }
+    }
+
+    /// Waits for the next message and copies it into `buffer`; returns its length, or 0 when
+    /// the peer has ended (or the socket was shut down). A length beyond the capacity or the
+    /// buffer is `EMSGSIZE`; anything but a doorbell on the socket is `EBADMSG`.
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
+        let sequence = inbox + Self.sequenceOffset
+        let sleeping = inbox + Self.sleepingOffset
+        if !arrived(sequence) {
+            spinWhileEmpty(sequence)
+            while !arrived(sequence) {
+                modeless_store_seqcst32(sleeping, 1)
+                if arrived(sequence) {
+                    // Lower the flag; if the sender already took it down, its doorbell is coming.
+                    if modeless_exchange_seqcst32(sleeping, 0) == 0, try !awaitDoorbell() { return 0 }
+                    break
+                }
+                if try !awaitDoorbell() { return 0 }
+            }
+        }
+        seenSequence = modeless_load_seqcst32(sequence)
+        let length = Int((inbox + Self.lengthOffset).load(as: UInt32.self))
+        guard length <= capacity, length <= buffer.count else { throw SystemError("receive", "shared message channel", errno: .messageTooLong) }
+        if let destination = buffer.baseAddress { destination.copyMemory(from: inbox + Self.messageOffset, byteCount: length) }
+        return length
+    }
+
+    @inline(__always)
+    private func arrived(_ sequence: UnsafeMutableRawPointer) -> Bool {
+        modeless_load_seqcst32(sequence) != seenSequence
+    }
+
+    private func spinWhileEmpty(_ sequence: UnsafeMutableRawPointer) {
+        guard spinNanoseconds > 0 else { return }
+        let deadline = monotonicNanoseconds() &+ spinNanoseconds
+        var turns: UInt32 = 0
+        while !arrived(sequence) {
+            modeless_cpu_relax()
+            turns &+= 1
+            if turns & 63 == 0, monotonicNanoseconds() >= deadline { return }
+        }
+    }
+
+    /// Blocks for the doorbell; false when the socket reached its end instead.
+    private func awaitDoorbell() throws(SystemError) -> Bool {
+        var byte: UInt8 = 0
+        let length = try withUnsafeMutableBytes(of: &byte) { (bytes) throws(SystemError) in try socket.receive(into: bytes) }
+        if length == 0 { return false }
+        guard length == 1, byte == doorbell else { throw SystemError("receive", "shared message channel's doorbell", errno: .badMessage) }
+        return true
+    }
+}
