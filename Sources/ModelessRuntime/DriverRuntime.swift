@@ -30,6 +30,12 @@ public protocol DriverRuntime: AnyObject, Sendable {
     /// A DPC running `body`; make it once and queue it as often as needed.
     func makeDPC(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall
 
+    /// Whether the calling thread is running one of this runtime's ISRs or DPCs. Code there
+    /// must not wait for the device: the interrupt it would wait for, or the DPC that would
+    /// complete it, runs on this same thread only after it returns. Drivers check this before
+    /// blocking and refuse with a clear error instead of stalling.
+    var isAtInterruptLevel: Bool { get }
+
     /// Keeps the ISRs from running until the matching ``enableInterrupts()``. Nests.
     func disableInterrupts()
     func enableInterrupts()

@@ -92,6 +92,8 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
         engine.make(name, body)
     }
 
+    var isAtInterruptLevel: Bool { engine.isAtInterruptLevel }
+
     func disableInterrupts() {
         guard depth.add(1) == 1 else { return }
         controller.withLock {
@@ -109,7 +111,7 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
         if maskDepth == 0, !inInterrupt, !latched.isEmpty {
             inInterrupt = true
             controller.unlock()
-            deliverLatched()
+            engine.markingInterruptLevel { deliverLatched() }  // this thread takes the pending interrupt
         } else {
             controller.unlock()
         }

@@ -14,11 +14,11 @@ final class ThreadLocalInteger: @unchecked Sendable {
         pthread_setspecific(key, UnsafeRawPointer(bitPattern: value))
     }
 
-    /// Adds `delta` to this thread's value, which must stay at or above zero (so that, as a
-    /// nesting depth, interrupts are not enabled more often than disabled), and returns it.
+    /// Adds `delta` to this thread's value, which must stay at or above zero (a nesting depth
+    /// is never left more often than entered), and returns it.
     func add(_ delta: Int) -> Int {
         let value = current + delta
-        precondition(value >= 0, "interrupts enabled more often than disabled on this thread")
+        precondition(value >= 0, "a nesting depth was left more often than entered on this thread (interrupts enabled more often than disabled?)")
         set(value)
         return value
     }

@@ -66,6 +66,8 @@ final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
         engine.make(name, body)
     }
 
+    var isAtInterruptLevel: Bool { engine.isAtInterruptLevel }
+
     func disableInterrupts() {
         guard depth.add(1) == 1 else { return }
         lock.readLock()

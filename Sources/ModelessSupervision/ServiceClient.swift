@@ -112,8 +112,10 @@ public final class ServiceClient: @unchecked Sendable {
                     .providerTerminated,
                     "no instance of \(device) (\(instances.joined(separator: ", "))) answered within \(recoverySeconds) s: \(lastError.map { "\($0)" } ?? "")")
             }
+            // Short pauses: a failed attempt costs a few microseconds, while a long pause is
+            // added whole to the recovery time of a replacement that became ready meanwhile.
             usleep(pause)
-            pause = min(pause * 2, 20_000)
+            pause = min(pause * 2, 2000)
         }
     }
 

@@ -2,6 +2,7 @@ import ModelessDevice
 import ModelessDrivers
 import ModelessModels
 import ModelessRuntime
+import ModelessSystem
 import Synchronization
 import Testing
 
@@ -124,6 +125,30 @@ struct NVMeTaggedIOTests {
             #expect(throws: NVMeController.Failure.self) {
                 try controller.submitRead(lba: UInt64(model.blockCount), blocks: 1, into: chunk, of: pool, tag: 1)
             }
+        }
+    }
+    /// A synchronous command from a completion handler would wait for an interrupt that its
+    /// own thread services only afterwards: it is refused at once with an error that says what
+    /// to use instead, and the controller goes on working. Polling has no such wait.
+    @Test(arguments: ExecutionMode.allCases, [NVMeController.Completion.msix, .intx])
+    func aSynchronousCommandFromACompletionHandlerIsRefused(_ mode: ExecutionMode, _ completion: NVMeController.Completion) throws {
+        try withController(mode, completion) { controller, _, pool in
+            let outcome = Mutex<String?>(nil)
+            let chunk = try #require(pool.allocate())
+            try controller.readAsync(lba: 0, blocks: 8, into: chunk, of: pool) { _ in
+                let started = monotonicNanoseconds()
+                do {
+                    _ = try controller.read(lba: 0, blocks: 1)
+                    outcome.withLock { $0 = "the read was not refused" }
+                } catch {
+                    let waited = (monotonicNanoseconds() - started) / 1_000_000
+                    outcome.withLock { $0 = waited < 1000 ? "\(error)" : "refused only after \(waited) ms" }
+                }
+            }
+            try wait(controller) { outcome.withLock { $0 } != nil }
+            let message = try #require(outcome.withLock { $0 })
+            #expect(message.contains("from an ISR or DPC"), "\(message)")
+            #expect(try controller.read(lba: 0, blocks: 1).count == controller.identity!.blockSize)
         }
     }
 }

@@ -247,6 +247,11 @@ public final class NVMeController: @unchecked Sendable {
     // MARK: Commands
 
     private func execute(_ command: NVMeCommand, on queue: NVMeQueuePair, _ what: String) throws -> NVMeCompletion {
+        if completion != .poll, runtime.isAtInterruptLevel {
+            throw Failure.badRequest(
+                "\(what) waits for its completion interrupt, which this thread would service only after the wait: "
+                + "from an ISR or DPC (a completion handler) use readAsync/writeAsync or submitRead/submitWrite")
+        }
         let identifier = try queue.submitLock.withLock { try queue.submit(command) }
         let key = UInt32(queue.identifier) << 16 | UInt32(identifier)
         let timeout = UInt64(commandTimeout.components.seconds) * 1_000_000_000
