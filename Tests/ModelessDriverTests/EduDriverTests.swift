@@ -2,6 +2,7 @@ import ModelessDevice
 import ModelessDrivers
 import ModelessModels
 import ModelessRuntime
+import Synchronization
 import Testing
 
 /// What the self-test must find on any edu, real or modeled, in any mode.
@@ -79,6 +80,31 @@ struct EduDriverTests {
         #expect(driver.interruptCounts.isrCalls >= start + 20, "a level that stays asserted fires after each acknowledge")
         device.faults.stuckInterrupt = false
         driver.stop()
+    }
+    /// A DPC that calls the driver's waiting API would stall the interrupt that ends the wait:
+    /// it is refused at once, and the driver goes on working.
+    @Test(arguments: ExecutionMode.allCases)
+    func waitingFromADPCIsRefused(_ mode: ExecutionMode) throws {
+        let device = try ModeledDevice(EduModel(), dmaAddressBits: 28)
+        defer { device.close() }
+        let runtime = try makeRuntime(mode)
+        defer { runtime.shutdown() }
+        let driver = try EduDriver(device: device, runtime: runtime)
+        defer { driver.stop() }
+        let outcome = Mutex<String?>(nil)
+        let caller = runtime.makeDPC("caller") {
+            do {
+                _ = try driver.factorial(5)
+                outcome.withLock { $0 = "not refused" }
+            } catch {
+                outcome.withLock { $0 = "\(error)" }
+            }
+        }
+        caller.queue()
+        for _ in 0..<5000 where outcome.withLock({ $0 }) == nil { usleep(1000) }
+        let message = try #require(outcome.withLock { $0 })
+        #expect(message.contains("from an ISR or DPC"), "\(message)")
+        #expect(try driver.factorial(5) == 120)
     }
 }
 

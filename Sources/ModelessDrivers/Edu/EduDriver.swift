@@ -77,6 +77,9 @@ public final class EduDriver: @unchecked Sendable {
     }
 
     private func wait(for cause: UInt32, _ what: String, timeoutSeconds: Double = 10) throws {
+        guard !runtime.isAtInterruptLevel else {
+            throw Failure.device("waiting for \(what) from an ISR or DPC would stall the interrupt that ends the wait: call from an ordinary thread")
+        }
         let deadline = monotonicNanoseconds() + UInt64(timeoutSeconds * 1e9)
         try waiters.withLock {
             while completedCauses & cause != cause {
