@@ -21,6 +21,9 @@ import Glibc
 /// size before mapping, a received length is checked against the capacity, and messages are
 /// copied out before anything reads them, so a peer rewriting the mailbox meanwhile changes
 /// nothing already received.
+///
+/// Each end is used by one sending thread and one receiving thread at a time (a request's
+/// caller, or the provider's connection thread, does both in turn).
 public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     /// The largest message either side can send.
     public let capacity: Int
