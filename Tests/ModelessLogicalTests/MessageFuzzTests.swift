@@ -59,7 +59,10 @@ struct MessageFuzzTests {
         return bytes
     }
 
-    @Test func aProviderSurvivesTenThousandMalformedMessages() throws {
+    /// On the socket, and through a shared-memory channel (where the provider copies each
+    /// message out of the mailbox and validates it the same way).
+    @Test(arguments: [false, true])
+    func aProviderSurvivesTenThousandMalformedMessages(throughSharedMemory: Bool) throws {
         let directory = temporaryContainerDirectory()
         let provider = try LogicalContainer(name: "target", directory: directory)
         defer { provider.shutdown() }
@@ -71,6 +74,7 @@ struct MessageFuzzTests {
         var answered = 0
         var connections = 0
         var socket = try UnixSocket.connect(to: directory.socketPath("target"))
+        var link: any MessageLink = socket
         for round in 0..<10_000 {
             if round % 500 == 0 {
                 // A fresh connection that opened the device, so that requests reach the decoder.
@@ -80,14 +84,15 @@ struct MessageFuzzTests {
                 let length = open.build(WireMessage(kind: .open), text: "disk")
                 let reply = try RemoteHandle.exchange(socket, open, length: length, expecting: .openReply, what: "open")
                 connections += 1
+                link = throughSharedMemory ? try Self.share(socket, consumer: reply.consumerID) : socket
                 let seeds = try Self.seeds(consumer: reply.consumerID)
                 random.state &+= UInt64(seeds.count)
                 Self.currentSeeds = seeds
             }
             let message = Self.mutate(Self.currentSeeds[Int(random.next() % UInt64(Self.currentSeeds.count))], &random)
             guard !message.isEmpty else { continue }
-            try message.withUnsafeBytes { try socket.send($0) }
-            let length = try socket.receive(into: answer.bytes)
+            try message.withUnsafeBytes { try link.send($0) }
+            let length = try link.receive(into: answer.bytes)
             #expect(length >= WireMessage.headerSize, "round \(round): every message gets an answer")
             answered += 1
         }
@@ -108,6 +113,17 @@ struct MessageFuzzTests {
     }
 
     nonisolated(unsafe) static var currentSeeds: [[UInt8]] = []
+
+    /// Moves an opened connection into a shared channel, as a consumer does after its open.
+    static func share(_ socket: UnixSocket, consumer: UInt64) throws -> SharedMessageChannel {
+        let (channel, descriptor) = try SharedMessageChannel.create(capacity: WireMessage.maximumSize, socket: socket, spinNanoseconds: 0)
+        defer { close(descriptor) }
+        let buffer = MessageBuffer()
+        let length = buffer.build(WireMessage(kind: .share, consumerID: consumer), text: "")
+        try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), attaching: descriptor)
+        _ = try RemoteHandle.receiveReply(socket, buffer, expecting: .shareReply, what: "share")
+        return channel
+    }
 
     @Test func theChainDecoderRejectsEveryMalformedChain() throws {
         var random = SplitMix(state: 42)
@@ -132,3 +148,7 @@ struct MessageFuzzTests {
         #expect(accepted > 0 && accepted < 50_000)
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif
