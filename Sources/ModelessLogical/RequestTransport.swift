@@ -14,8 +14,9 @@ public struct RequestTransport: Sendable, Equatable {
     /// Carry synchronous requests through shared memory beside the socket.
     public var sharedMemory: Bool
     /// How long a side waiting for a message spins before sleeping (shared memory only).
-    /// Spinning costs a CPU for that long after each message; it is what lets a round trip
-    /// finish without a system call when the other side answers quickly.
+    /// Spinning costs a CPU for up to that long after each message; it is what lets a round
+    /// trip finish without a system call when the other side answers quickly. Waits that
+    /// outlast it shrink the next spins, so an idle connection stops spinning.
     public var spin: Duration
 
     public init(sharedMemory: Bool, spin: Duration) {

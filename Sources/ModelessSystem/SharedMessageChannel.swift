@@ -9,7 +9,10 @@ import Glibc
 /// mapping both processes share, and the receiver finds it by a sequence number.
 ///
 /// A receiver first spins for up to ``spinNanoseconds`` watching the sequence number (no
-/// system call at all when the answer comes that soon); then it raises a "sleeping" flag and
+/// system call at all when the answer comes that soon). The spin adapts, as an adaptive
+/// mutex's does: each wait that outlasts the full spin halves the next spin, down to none, and
+/// a message that arrives within the full spin time restores it, so a connection that sits
+/// idle between messages stops costing CPU. Then the receiver raises a "sleeping" flag and
 /// blocks in `recv` on the socket, and the sender, seeing the flag, rings a one-byte doorbell
 /// message there. Each side stores its own word then reads the other's, with sequentially
 /// consistent ordering, so a doorbell is never lost and never rung twice. Blocking on the
@@ -36,6 +39,12 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     private let inbox: UnsafeMutableRawPointer
     private var sentSequence: UInt32 = 0
     private var seenSequence: UInt32 = 0
+    /// How long the next wait spins: ``spinNanoseconds``, less after waits that outlasted it.
+    private var currentSpin: UInt64
+
+    /// How long this side's next wait will spin before sleeping (for diagnostics and tests;
+    /// read it on the receiving thread).
+    public var nextSpinNanoseconds: UInt64 { currentSpin }
     private var doorbell: UInt8 = 0x44  // "D"
 
     // Layout: a 4 KiB header page, then two mailboxes (the creator sends in the first).
@@ -97,6 +106,7 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         self.capacity = capacity
         self.socket = socket
         self.spinNanoseconds = spinNanoseconds
+        currentSpin = spinNanoseconds
         let first = base + 4096
         let second = first + Self.mailboxSize(capacity)
         outbox = creator ? first : second
@@ -137,16 +147,18 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         let sequence = inbox + Self.sequenceOffset
         let sleeping = inbox + Self.sleepingOffset
         if !arrived(sequence) {
-            spinWhileEmpty(sequence)
-            while !arrived(sequence) {
-                modeless_store_seqcst32(sleeping, 1)
-                if arrived(sequence) {
-                    // Lower the flag; if the sender already took it down, its doorbell is coming.
-                    if modeless_exchange_seqcst32(sleeping, 0) == 0, try !awaitDoorbell() { return 0 }
-                    break
+            let started = spinNanoseconds > 0 ? monotonicNanoseconds() : 0
+            if spinWhileEmpty(sequence) {
+                currentSpin = spinNanoseconds
+            } else {
+                try sleepUntilArrived(sequence, sleeping)
+                if spinNanoseconds > 0 {
+                    // A full spin would have caught it: spin in full again; otherwise spin less.
+                    let halved = currentSpin / 2
+                    currentSpin = monotonicNanoseconds() &- started <= spinNanoseconds ? spinNanoseconds : halved < 1000 ? 0 : halved
                 }
-                if try !awaitDoorbell() { return 0 }
             }
+            if peerEnded { return 0 }
         }
         seenSequence = modeless_load_seqcst32(sequence)
         let length = Int((inbox + Self.lengthOffset).load(as: UInt32.self))
@@ -155,20 +167,42 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         return length
     }
 
+    /// Set when the socket reached its end while this side slept.
+    private var peerEnded = false
+
+    /// Raises the sleeping flag and blocks on the socket until a message has arrived (or the
+    /// socket ends, which sets ``peerEnded``).
+    private func sleepUntilArrived(_ sequence: UnsafeMutableRawPointer, _ sleeping: UnsafeMutableRawPointer) throws(SystemError) {
+        while !arrived(sequence) {
+            modeless_store_seqcst32(sleeping, 1)
+            if arrived(sequence) {
+                // Lower the flag; if the sender already took it down, its doorbell is coming.
+                if modeless_exchange_seqcst32(sleeping, 0) == 0, try !awaitDoorbell() { peerEnded = true }
+                return
+            }
+            if try !awaitDoorbell() {
+                peerEnded = true
+                return
+            }
+        }
+    }
+
     @inline(__always)
     private func arrived(_ sequence: UnsafeMutableRawPointer) -> Bool {
         modeless_load_seqcst32(sequence) != seenSequence
     }
 
-    private func spinWhileEmpty(_ sequence: UnsafeMutableRawPointer) {
-        guard spinNanoseconds > 0 else { return }
-        let deadline = monotonicNanoseconds() &+ spinNanoseconds
+    /// Spins for up to ``currentSpin``; true if a message arrived meanwhile.
+    private func spinWhileEmpty(_ sequence: UnsafeMutableRawPointer) -> Bool {
+        guard currentSpin > 0 else { return false }
+        let deadline = monotonicNanoseconds() &+ currentSpin
         var turns: UInt32 = 0
         while !arrived(sequence) {
             modeless_cpu_relax()
             turns &+= 1
-            if turns & 63 == 0, monotonicNanoseconds() >= deadline { return }
+            if turns & 63 == 0, monotonicNanoseconds() >= deadline { return arrived(sequence) }
         }
+        return true
     }
 
     /// Blocks for the doorbell; false when the socket reached its end instead.

@@ -47,6 +47,47 @@ struct SharedMessageChannelTests {
         #expect(echoed.load(ordering: .relaxed) == 2000)
     }
 
+    /// Waits that outlast the spin shrink it to nothing (an idle connection costs no CPU);
+    /// answers within the spin time bring it back in full.
+    @Test func theSpinAdaptsToHowSoonAnswersCome() throws {
+        let spin: UInt64 = 200_000
+        let (creator, joiner, left, right) = try channelPair(spin: spin)
+        defer { left.close(); right.close() }
+        let delay = Atomic<UInt32>(5000)  // microseconds before each answer
+        let echo = try SystemThread(name: "slow echo") {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+            defer { buffer.deallocate() }
+            while let length = try? joiner.receive(into: buffer), length > 0 {
+                let pause = delay.load(ordering: .relaxed)
+                if pause > 0 { usleep(pause) }
+                guard (try? joiner.send(UnsafeRawBufferPointer(rebasing: buffer[0..<length]))) != nil else { return }
+            }
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+        defer { buffer.deallocate() }
+        func roundTrip() throws {
+            try creator.send(UnsafeRawBufferPointer(rebasing: buffer[0..<8]))
+            #expect(try creator.receive(into: buffer) == 8)
+        }
+        #expect(creator.nextSpinNanoseconds == spin)
+        var spins: [UInt64] = []
+        for _ in 0..<12 {
+            try roundTrip()
+            spins.append(creator.nextSpinNanoseconds)
+        }
+        #expect(spins.first! < spin, "a 5 ms wait shrinks a 200 µs spin: \(spins)")
+        #expect(spins.last == 0, "twelve slow answers leave no spin: \(spins)")
+        delay.store(0, ordering: .relaxed)
+        var restored = false
+        for _ in 0..<200 where !restored {
+            try roundTrip()
+            restored = creator.nextSpinNanoseconds == spin
+        }
+        #expect(restored, "quick answers bring the spin back")
+        left.shutdown()
+        echo.join()
+    }
+
     @Test func aSleepingReceiverSeesThePeerEnd() throws {
         let (_, joiner, left, right) = try channelPair(spin: 0)
         defer { right.close() }
