@@ -76,10 +76,15 @@ public final class EduDriver: @unchecked Sendable {
         }
     }
 
-    private func wait(for cause: UInt32, _ what: String, timeoutSeconds: Double = 10) throws {
+    /// Each operation waits for its interrupt, which an ISR or DPC would hold up by waiting:
+    /// refused there before the device is touched, so the refusal changes nothing.
+    private func refuseToWaitAtInterruptLevel(for what: String) throws {
         guard !runtime.isAtInterruptLevel else {
             throw Failure.device("waiting for \(what) from an ISR or DPC would stall the interrupt that ends the wait: call from an ordinary thread")
         }
+    }
+
+    private func wait(for cause: UInt32, _ what: String, timeoutSeconds: Double = 10) throws {
         let deadline = monotonicNanoseconds() + UInt64(timeoutSeconds * 1e9)
         try waiters.withLock {
             while completedCauses & cause != cause {
@@ -102,6 +107,7 @@ public final class EduDriver: @unchecked Sendable {
 
     /// n! computed by the device (modulo 2^32), completion signalled by interrupt.
     public func factorial(_ n: UInt32) throws -> UInt32 {
+        try refuseToWaitAtInterruptLevel(for: "the factorial of \(n)")
         try registers.write32(EduValue.interruptOnFactorial, at: EduRegister.status)
         try registers.write32(n, at: EduRegister.factorial)
         try wait(for: EduValue.factorialDone, "the factorial of \(n)")
@@ -110,12 +116,14 @@ public final class EduDriver: @unchecked Sendable {
 
     /// Raises an interrupt with `cause` through the device's raise register and waits for it.
     public func raiseInterrupt(_ cause: UInt32 = 0x1000) throws {
+        try refuseToWaitAtInterruptLevel(for: "interrupt 0x\(String(cause, radix: 16))")
         try registers.write32(cause, at: EduRegister.raiseInterrupt)
         try wait(for: cause, "interrupt 0x\(String(cause, radix: 16))")
     }
 
     /// Copies `data` (at most 4 KiB) RAM → device → RAM by DMA and returns what came back.
     public func dmaRoundTrip(_ data: [UInt8]) throws -> [UInt8] {
+        try refuseToWaitAtInterruptLevel(for: "a DMA round trip")
         let source = try device.allocateDMA(size: data.count)
         let destination = try device.allocateDMA(size: data.count)
         defer { source.free(); destination.free() }
