@@ -27,6 +27,8 @@ struct ServeOptions: ParsableArguments {
     @Flag(help: "Serve from the kernel emulation's container, `kernel`, instead of a user container.")
     var kernel = false
 
+    @OptionGroup var transport: TransportOptions
+
     /// Starts the container, creates the device from `handlers`, prints where it is, and
     /// serves until a termination signal. Started by `modeless supervise`, the process is one
     /// instance of a service: its requests are recorded in its state file's ledger, and one sent
@@ -48,8 +50,8 @@ struct ServeOptions: ParsableArguments {
         let logical: LogicalContainer
         do {
             logical = kernel
-                ? try LogicalContainer.kernelEmulation()
-                : try LogicalContainer(name: container ?? defaultContainer)
+                ? try LogicalContainer.kernelEmulation(transport: transport.requestTransport)
+                : try LogicalContainer(name: container ?? defaultContainer, transport: transport.requestTransport)
         } catch {
             printError("\(error)")
             throw ExitCode(error.kind == .invalidName ? 64 : 1)

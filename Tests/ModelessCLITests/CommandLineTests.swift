@@ -21,6 +21,9 @@ struct CommandLineErrorTests {
         (["unbind", "ff:00.0"], 66, "no PCI device at 0000:ff:00.0"),
         (["info", "0000:fe:00.0"], 66, "no PCI device at 0000:fe:00.0"),
         (["bind", "0000:ff:1f.7", "--to", "e1000"], 64, "e1000"),
+        (["serve", "memory-disk", "--spin-microseconds", "200000"], 64, "--spin-microseconds 200000 is outside 0...100000"),
+        (["serve", "memory-disk", "--transport", "socket", "--spin-microseconds", "5"], 64, "applies to --transport shared only"),
+        (["serve", "memory-disk", "--transport", "pigeon"], 64, "'shared' and 'socket'"),
     ] as [([String], Int32, String)])
     func refused(_ arguments: [String], _ status: Int32, _ message: String) throws {
         let result = try ProgramRunner.run(try modelessPath(), arguments)

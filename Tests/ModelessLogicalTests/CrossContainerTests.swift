@@ -63,6 +63,34 @@ struct CrossContainerTests {
         #expect(ContainerRegistry(directory: directory).runningContainers().isEmpty)
     }
 
+    /// `modeless serve --transport` sets what a provider process accepts: a consumer offering
+    /// shared memory gets it from a default provider and the socket from a `socket` one, and
+    /// requests work both ways.
+    @Test(arguments: [([String](), true), (["--transport", "socket"], false), (["--spin-microseconds", "0"], true)])
+    func aServingProcessUsesTheTransportItWasGiven(_ options: [String], _ shared: Bool) throws {
+        let directory = temporaryContainerDirectory()
+        let server = try ChildProcess(
+            try modelessPath(), ["serve", "memory-disk", "--container", "carrier", "--blocks", "8"] + options,
+            environment: ["MODELESS_CONTAINER_DIR": directory.path])
+        defer {
+            server.signal(SIGTERM)
+            _ = try? server.wait()
+        }
+        #expect(server.readLine()?.hasPrefix("serving carrier/blk0") == true)
+        let consumer = try LogicalContainer(name: "client", directory: directory, serving: false)
+        defer { consumer.shutdown() }
+        let handle = try consumer.open("carrier/blk0")
+        #expect(consumer.sharesMemory(handle) == shared)
+        let write = try ParameterChain(blocks: 1, inputCapacity: 16 + 512, outputCapacity: 0).claimBlock()
+        try BlockRequest.prepareWrite(write, first: 2, data: Array(repeating: 0xA5, count: 512), blockSize: 512)
+        try consumer.send(handle, write)
+        let read = try ParameterChain(blocks: 1, inputCapacity: 16, outputCapacity: 512).claimBlock()
+        try BlockRequest.prepareRead(read, first: 2, count: 1)
+        try consumer.send(handle, read)
+        #expect(read.output.bytes == Array(repeating: 0xA5, count: 512))
+        try consumer.close(handle)
+    }
+
     @Test func aSecondContainerOfTheSameNameIsRefused() throws {
         let directory = temporaryContainerDirectory()
         let first = try LogicalContainer(name: "same", directory: directory)
