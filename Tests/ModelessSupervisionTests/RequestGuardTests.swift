@@ -29,6 +29,15 @@ struct RequestGuardTests {
         try SupervisedInstance(name: name, statePath: directory + "/\(name).state", stateDirectory: directory)
     }
 
+    /// Instance `name` serving `disk` as `disk` behind its request guard, in a container of
+    /// the same name, opened once.
+    func guarded(_ name: String, _ disk: CountingDisk) throws -> (SupervisedInstance, LogicalContainer, LogicalDeviceHandle) {
+        let guardian = try instance(name)
+        let container = try LogicalContainer(name: name, directory: ContainerDirectory(path: directory), serving: false)
+        try container.createDevice("disk", handlers: guardian.guarding(disk.handlers))
+        return (guardian, container, try container.open("disk"))
+    }
+
     func send(_ container: LogicalContainer, _ handle: LogicalDeviceHandle, _ type: RequestType, id: UInt64, reissued: Bool) throws -> ParameterBlock {
         let chain = try ParameterChain(capacities: [.init(input: 16, output: 16)])
         let block = try chain.claimBlock()
@@ -40,11 +49,8 @@ struct RequestGuardTests {
     }
 
     @Test func aReissuedWriteRecordedAsDoneIsAnsweredWithoutRunning() throws {
-        let guardian = try instance("svc-0")
         let disk = CountingDisk()
-        let container = try LogicalContainer(name: "svc-0", directory: ContainerDirectory(path: directory), serving: false)
-        try container.createDevice("disk", handlers: guardian.guarding(disk.handlers))
-        let handle = try container.open("disk")
+        let (guardian, container, handle) = try guarded("svc-0", disk)
         _ = try send(container, handle, .write, id: 7, reissued: false)
         _ = try send(container, handle, .write, id: 7, reissued: true)
         #expect(disk.count(.write) == 1, "the write sent again did not run again")
@@ -58,11 +64,8 @@ struct RequestGuardTests {
     }
 
     @Test func aReissuedRequestWithOutputRunsAgain() throws {
-        let guardian = try instance("svc-0")
         let disk = CountingDisk()
-        let container = try LogicalContainer(name: "svc-0", directory: ContainerDirectory(path: directory), serving: false)
-        try container.createDevice("disk", handlers: guardian.guarding(disk.handlers))
-        let handle = try container.open("disk")
+        let (_, container, handle) = try guarded("svc-0", disk)
         _ = try send(container, handle, .read, id: 9, reissued: false)
         let again = try send(container, handle, .read, id: 9, reissued: true)
         #expect(disk.count(.read) == 2, "a reply with output cannot come from the ledger")
@@ -70,12 +73,9 @@ struct RequestGuardTests {
     }
 
     @Test func aRecordedFailureIsAnsweredAsTheSameFailure() throws {
-        let guardian = try instance("svc-0")
         let disk = CountingDisk()
         disk.failWrites = true
-        let container = try LogicalContainer(name: "svc-0", directory: ContainerDirectory(path: directory), serving: false)
-        try container.createDevice("disk", handlers: guardian.guarding(disk.handlers))
-        let handle = try container.open("disk")
+        let (_, container, handle) = try guarded("svc-0", disk)
         #expect(throws: LogicalDeviceError.self) { _ = try send(container, handle, .write, id: 11, reissued: false) }
         disk.failWrites = false
         let error = #expect(throws: LogicalDeviceError.self) { _ = try send(container, handle, .write, id: 11, reissued: true) }
@@ -84,17 +84,11 @@ struct RequestGuardTests {
     }
 
     @Test func aSiblingAnswersFromTheDeadInstancesLedger() throws {
-        let dead = try instance("svc-0")
-        let deadDisk = CountingDisk()
-        let first = try LogicalContainer(name: "svc-0", directory: ContainerDirectory(path: directory), serving: false)
-        try first.createDevice("disk", handlers: dead.guarding(deadDisk.handlers))
-        _ = try send(first, try first.open("disk"), .write, id: 21, reissued: false)
+        let (_, first, deadHandle) = try guarded("svc-0", CountingDisk())
+        _ = try send(first, deadHandle, .write, id: 21, reissued: false)
 
-        let survivor = try instance("svc-1")
         let survivorDisk = CountingDisk()
-        let second = try LogicalContainer(name: "svc-1", directory: ContainerDirectory(path: directory), serving: false)
-        try second.createDevice("disk", handlers: survivor.guarding(survivorDisk.handlers))
-        let handle = try second.open("disk")
+        let (survivor, second, handle) = try guarded("svc-1", survivorDisk)
         _ = try send(second, handle, .write, id: 21, reissued: true)
         _ = try send(second, handle, .write, id: 22, reissued: true)
         #expect(survivorDisk.count(.write) == 1, "21 came from svc-0's ledger; 22 was never recorded, so it ran")
