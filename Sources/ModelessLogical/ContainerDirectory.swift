@@ -32,12 +32,8 @@ public struct ContainerDirectory: Sendable, Equatable {
     /// Creates the directory (and its parents) if needed, and refuses one that another user
     /// owns or that others may enter.
     public func prepare() throws(LogicalDeviceError) {
-        var prefix = ""
-        for component in path.split(separator: "/") {
-            prefix += "/" + component
-            if mkdir(prefix, 0o700) != 0 && Errno.current != .fileExists {
-                throw LogicalDeviceError(.system, "cannot create the container directory \(prefix): \(Errno.current)")
-            }
+        do { try FileAccess.createDirectories(path, mode: 0o700) } catch {
+            throw LogicalDeviceError(.system, "cannot create the container directory: \(error)")
         }
         var status = stat()
         guard lstat(path, &status) == 0 else {

@@ -142,14 +142,8 @@ public final class SupervisedInstance: @unchecked Sendable {
 
     /// The state files (`*.state`) in `directory`.
     public static func stateFiles(in directory: String) -> [String] {
-        guard let handle = opendir(directory) else { return [] }
-        defer { closedir(handle) }
-        var paths: [String] = []
-        while let entry = readdir(handle) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            if name.hasSuffix(".state") { paths.append(directory + "/" + name) }
-        }
-        return paths.sorted()
+        let names = (try? FileAccess.listDirectory(directory)) ?? []
+        return names.filter { $0.hasSuffix(".state") }.map { directory + "/" + $0 }
     }
 }
 

@@ -51,12 +51,8 @@ public final class Supervisor: @unchecked Sendable {
         slots = configuration.instanceNames.map {
             Slot(status: InstanceStatus(name: $0, processID: nil, phase: .stopped, restarts: 0, lastCause: nil))
         }
-        var prefix = ""
-        for component in configuration.stateDirectory.split(separator: "/") {
-            prefix += "/" + component
-            if mkdir(prefix, 0o700) != 0 && Errno.current != .fileExists {
-                throw SupervisionError("cannot create the state directory \(prefix): \(Errno.current)")
-            }
+        do { try FileAccess.createDirectories(configuration.stateDirectory, mode: 0o700) } catch {
+            throw SupervisionError("cannot create the state directory: \(error)")
         }
         if let status = try? SupervisorStatus.read(stateDirectory: configuration.stateDirectory),
            status.supervisorProcessID != getpid(), kill(status.supervisorProcessID, 0) == 0 {

@@ -109,7 +109,7 @@ public final class ChildProcess: @unchecked Sendable {
         if let exitStatus { return exitStatus }
         var status: Int32 = 0
         guard waitpid(processID, &status, WNOHANG) == processID else { return nil }
-        let result = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let result = ModelessSystem.exitStatus(fromWaitStatus: status)
         exitStatus = result
         return result
     }
@@ -120,7 +120,7 @@ public final class ChildProcess: @unchecked Sendable {
         if let exitStatus { return exitStatus }
         var status: Int32 = 0
         _ = try systemCall("waitpid", program) { waitpid(processID, &status, 0) }
-        let result = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let result = ModelessSystem.exitStatus(fromWaitStatus: status)
         exitStatus = result
         return result
     }

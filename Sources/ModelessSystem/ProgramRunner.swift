@@ -85,7 +85,12 @@ public enum ProgramRunner {
 
         var status: Int32 = 0
         _ = try systemCall("waitpid", executable) { waitpid(pid, &status, 0) }
-        let exitStatus = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return ProgramResult(status: exitStatus, output: String(decoding: output, as: UTF8.self))
+        return ProgramResult(status: exitStatus(fromWaitStatus: status), output: String(decoding: output, as: UTF8.self))
     }
+}
+
+/// A process's exit status from the status `waitpid` reported: its exit code, or 128 plus
+/// the signal that killed it, as shells report it.
+func exitStatus(fromWaitStatus status: Int32) -> Int32 {
+    (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
