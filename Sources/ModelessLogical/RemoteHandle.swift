@@ -80,10 +80,8 @@ final class RemoteHandle: @unchecked Sendable {
         let length = buffer.build(WireMessage(kind: .share, consumerID: consumerID.rawValue), text: "")
         do {
             try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), attaching: descriptor)
-        } catch where error.errno == .brokenPipe || error.errno == .connectionReset {
-            throw LogicalDeviceError(.providerTerminated, "\(what): the provider's container has ended; the call was not done")
         } catch {
-            throw LogicalDeviceError(.system, "\(what): \(error)")
+            throw sendFailure(error, what)
         }
         do {
             _ = try receiveReply(socket, buffer, expecting: .shareReply, what: what)
@@ -179,12 +177,18 @@ final class RemoteHandle: @unchecked Sendable {
     ) throws(LogicalDeviceError) -> WireMessage {
         do {
             try link.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]))
-        } catch where error.errno == .brokenPipe || error.errno == .connectionReset {
-            throw LogicalDeviceError(.providerTerminated, "\(what): the provider's container has ended; the call was not done")
         } catch {
-            throw LogicalDeviceError(.system, "\(what): \(error)")
+            throw sendFailure(error, what)
         }
         return try receiveReply(link, buffer, expecting: kind, what: what)
+    }
+
+    /// What a failed send means to the caller: the provider has ended (the peer is gone), or
+    /// something else went wrong.
+    private static func sendFailure(_ error: SystemError, _ what: String) -> LogicalDeviceError {
+        error.errno == .brokenPipe || error.errno == .connectionReset
+            ? LogicalDeviceError(.providerTerminated, "\(what): the provider's container has ended; the call was not done")
+            : LogicalDeviceError(.system, "\(what): \(error)")
     }
 
     /// Receives an answer into `buffer` and checks it.

@@ -31,8 +31,5 @@ public struct RequestTransport: Sendable, Equatable {
     /// Messages on the socket only, one `send` and one `recv` each way.
     public static let socket = RequestTransport(sharedMemory: false, spin: .zero)
 
-    var spinNanoseconds: UInt64 {
-        let (seconds, attoseconds) = spin.components
-        return seconds < 0 || attoseconds < 0 ? 0 : UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
-    }
+    var spinNanoseconds: UInt64 { spin.wholeNanoseconds }
 }

@@ -106,10 +106,8 @@ final class ModelWorker: @unchecked Sendable {
     }
 
     func schedule(after delay: Duration, _ work: @escaping @Sendable () -> Void) {
-        let nanoseconds = UInt64(max(0, delay.components.seconds)) * 1_000_000_000
-            + UInt64(max(0, delay.components.attoseconds / 1_000_000_000))
         lock.withLock {
-            queue.append((monotonicNanoseconds() + nanoseconds, order, work))
+            queue.append((monotonicNanoseconds() + delay.wholeNanoseconds, order, work))
             order += 1
             queue.sort { ($0.deadline, $0.order) < ($1.deadline, $1.order) }
             lock.signal()

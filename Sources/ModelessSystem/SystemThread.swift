@@ -97,6 +97,16 @@ public final class SystemThread: @unchecked Sendable {
     }
 }
 
+extension Duration {
+    /// The duration in whole nanoseconds, 0 if it is negative: for deadlines and waits counted
+    /// against ``monotonicNanoseconds()``.
+    public var wholeNanoseconds: UInt64 {
+        let (seconds, attoseconds) = components
+        guard seconds >= 0, attoseconds >= 0 else { return 0 }
+        return UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+    }
+}
+
 /// Monotonic time in nanoseconds (`CLOCK_MONOTONIC`).
 @inline(__always)
 public func monotonicNanoseconds() -> UInt64 {

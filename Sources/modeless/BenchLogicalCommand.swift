@@ -155,7 +155,7 @@ struct BenchLogical: ParsableCommand {
     }
 
     private func spinText(_ transport: RequestTransport) -> String {
-        "\(transport.spin.components.attoseconds / 1_000_000_000_000) µs"
+        "\(transport.spin.wholeNanoseconds / 1000) µs"
     }
 
     private func format(_ value: Double, _ decimals: Int = 0) -> String {

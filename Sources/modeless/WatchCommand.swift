@@ -27,7 +27,7 @@ struct Watch: ParsableCommand {
                 if let deadline {
                     let left = ContinuousClock.now.duration(to: deadline)
                     if left <= .zero { break }
-                    wait = Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000) + 1
+                    wait = Int32(left.wholeNanoseconds / 1_000_000) + 1
                 }
                 do {
                     if let event = try monitor.next(timeoutMilliseconds: wait) {

@@ -254,9 +254,7 @@ public final class NVMeController: @unchecked Sendable {
         }
         let identifier = try queue.submitLock.withLock { try queue.submit(command) }
         let key = UInt32(queue.identifier) << 16 | UInt32(identifier)
-        let timeout = UInt64(commandTimeout.components.seconds) * 1_000_000_000
-            + UInt64(commandTimeout.components.attoseconds / 1_000_000_000)
-        let deadline = monotonicNanoseconds() + timeout
+        let deadline = monotonicNanoseconds() + commandTimeout.wholeNanoseconds
         while true {
             if completion == .poll {
                 _ = try queue.submitLock.withLock { try results.withLock { try queue.drain { file($0, from: queue) } } }
