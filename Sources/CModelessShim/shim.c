@@ -10,7 +10,6 @@
 #include <sys/socket.h>
 #include <sys/mman.h>
 #include <string.h>
-#include <errno.h>
 #include <fcntl.h>
 
 int modeless_ioctl_ptr(int fd, unsigned long request, void *argument) {

@@ -21,6 +21,7 @@ final class DPCEngine: @unchecked Sendable {
     let trace: InterruptTrace?
     private(set) var refusals: [String] = []
     private let registry = ConditionLock()
+    private var nextIdentifier: Int32 = 0
     /// On an interrupt thread inside ``atInterruptLevel(_:)``: its queue's index plus one.
     private let interruptLevelQueue = ThreadLocalInteger()
     /// Above zero on a thread while it runs an ISR or a DPC.
@@ -29,13 +30,13 @@ final class DPCEngine: @unchecked Sendable {
     /// Whether the calling thread is running an ISR or a DPC.
     var isAtInterruptLevel: Bool { interruptLevel.current > 0 }
 
-    /// Runs `body` marked as interrupt level (an ISR run outside ``atInterruptLevel(_:)``).
+    /// Runs `body` marked as interrupt level: an ISR (inside ``atInterruptLevel(_:)``, or one
+    /// the kernel emulation delivers on an unmasking thread) or a DPC.
     func markingInterruptLevel(_ body: () -> Void) {
         _ = interruptLevel.add(1)
         body()
         _ = interruptLevel.add(-1)
     }
-    private var nextIdentifier: Int32 = 0
 
     init(cpus: Int, priority: Int32?, trace: InterruptTrace?) throws(SystemError) {
         self.trace = trace
@@ -74,12 +75,12 @@ final class DPCEngine: @unchecked Sendable {
     /// go to this CPU's queue without waking its DPC thread.
     func atInterruptLevel(_ isr: () -> Void) {
         let index = SystemThread.currentCPU % queues.count
-        _ = interruptLevel.add(1)
-        interruptLevelQueue.set(index + 1)
-        isr()
-        interruptLevelQueue.set(0)
-        runQueued(index)
-        _ = interruptLevel.add(-1)
+        markingInterruptLevel {
+            interruptLevelQueue.set(index + 1)
+            isr()
+            interruptLevelQueue.set(0)
+            runQueued(index)
+        }
     }
 
     /// Runs every DPC queued for the queue at `index`, on the calling thread.
@@ -93,9 +94,7 @@ final class DPCEngine: @unchecked Sendable {
     private func run(_ dpc: DeferredProcedureCall) {
         dpc.isQueued.store(false, ordering: .releasing)  // It may queue itself again while it runs.
         trace?.record(.dpcStart, dpc.identifier)
-        _ = interruptLevel.add(1)
-        dpc.body()
-        _ = interruptLevel.add(-1)
+        markingInterruptLevel(dpc.body)
         trace?.record(.dpcEnd, dpc.identifier)
     }
 

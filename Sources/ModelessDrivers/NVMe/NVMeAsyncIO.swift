@@ -137,11 +137,8 @@ extension NVMeController {
         let count: Int
         do {
             count = try queue.drain { entry in
-                let identifier = Int(entry.identifier)
-                if identifier < ioSlots.count, ioSlots[identifier] == .tagged {
-                    ioSlots[identifier] = .synchronous
-                    runningTagged.append(NVMeIOCompletion(tag: ioTags[identifier], entry))
-                    queue.releaseIdentifier(entry.identifier)
+                if let tagged = takeTagged(entry, from: queue) {
+                    runningTagged.append(tagged)
                 } else {
                     file(entry, from: queue)
                     filed = true

@@ -205,24 +205,28 @@ public final class NVMeController: @unchecked Sendable {
     /// queue and a closure command's handler is made ready to run (both give their identifier
     /// back at once); a synchronous one's entry goes to the table its waiter looks in.
     func file(_ entry: NVMeCompletion, from queue: NVMeQueuePair) {
+        if let tagged = takeTagged(entry, from: queue) {
+            readyTagged.append(tagged)
+            return
+        }
         let identifier = Int(entry.identifier)
-        if queue === io, identifier < ioSlots.count {
-            switch ioSlots[identifier] {
-            case .tagged:
-                readyTagged.append(NVMeIOCompletion(tag: ioTags[identifier], entry))
-                ioSlots[identifier] = .synchronous
-                io.releaseIdentifier(entry.identifier)
-                return
-            case .closure:
-                if let handler = handlers.removeValue(forKey: entry.identifier) { ready.append((handler, entry)) }
-                ioSlots[identifier] = .synchronous
-                io.releaseIdentifier(entry.identifier)
-                return
-            case .synchronous:
-                break
-            }
+        if queue === io, identifier < ioSlots.count, ioSlots[identifier] == .closure {
+            if let handler = handlers.removeValue(forKey: entry.identifier) { ready.append((handler, entry)) }
+            ioSlots[identifier] = .synchronous
+            io.releaseIdentifier(entry.identifier)
+            return
         }
         finished[UInt32(queue.identifier) << 16 | UInt32(entry.identifier)] = entry
+    }
+
+    /// If `entry` completes a tagged I/O command, frees its identifier and returns its outcome
+    /// with the caller's tag; `results` is held.
+    func takeTagged(_ entry: NVMeCompletion, from queue: NVMeQueuePair) -> NVMeIOCompletion? {
+        let identifier = Int(entry.identifier)
+        guard queue === io, identifier < ioSlots.count, ioSlots[identifier] == .tagged else { return nil }
+        ioSlots[identifier] = .synchronous
+        io.releaseIdentifier(entry.identifier)
+        return NVMeIOCompletion(tag: ioTags[identifier], entry)
     }
 
     /// The DPC (or, when polling, the poller): wake synchronous waiters and run the ready
