@@ -175,6 +175,10 @@ public final class E1000Driver: @unchecked Sendable {
         return UInt16(truncatingIfNeeded: value >> 16)
     }
 
+    /// The descriptor after `slot` in a ring, wrapping to 0.
+    @inline(__always)
+    func ringSlot(after slot: Int) -> Int { slot + 1 == ringSize ? 0 : slot + 1 }
+
     func waitUntil(_ what: String, _ condition: () throws -> Bool) throws {
         for _ in 0..<1000 {
             if try condition() { return }

@@ -30,7 +30,7 @@ extension E1000Driver {
                     bytes += length
                 }
                 try? receiveDescriptors.store8(0, at: offset + 12)
-                receiveNext = slot + 1 == ringSize ? 0 : slot + 1
+                receiveNext = ringSlot(after: slot)
                 taken += 1
             }
             if taken > 0 {

@@ -8,7 +8,7 @@ extension E1000Driver {
     private func freeTransmitDescriptors() throws -> Int {
         while transmitClean != transmitTail,
               try transmitDescriptors.load8(at: transmitClean &* 16 + 12) & E1000Bit.descriptorDone != 0 {
-            transmitClean = transmitClean + 1 == ringSize ? 0 : transmitClean + 1
+            transmitClean = ringSlot(after: transmitClean)
         }
         return (transmitClean - transmitTail - 1 + ringSize) % ringSize
     }
@@ -43,7 +43,7 @@ extension E1000Driver {
                 try transmitDescriptors.store8(E1000Bit.commandEndOfPacket | E1000Bit.commandInsertFCS | E1000Bit.commandReportStatus,
                                                at: offset + 11)
                 try transmitDescriptors.store8(0, at: offset + 12)
-                transmitTail = slot + 1 == ringSize ? 0 : slot + 1
+                transmitTail = ringSlot(after: slot)
                 queued += 1
                 bytes += length
             }
