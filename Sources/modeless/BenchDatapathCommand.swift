@@ -68,14 +68,11 @@ struct BenchDatapath: ParsableCommand {
         let start = monotonicNanoseconds()
         var sent = 0, received = 0, wrong = 0
         let mac = driver.macAddress
+        let broadcast = [UInt8](repeating: 0xFF, count: 6)
         while received < frames {
             if sent < frames && sent - received < 128 {
                 sent += try datapathTransmit(driver, count: min(batch, frames - sent)) { index, frame in
-                    frame.fill(0xFF, at: 0, length: 6)
-                    frame.set(mac, at: 6)
-                    frame.setBigEndian16(0x88B5, at: 12)
-                    frame.setBigEndian32(UInt32(truncatingIfNeeded: sent + index), at: 14)
-                    frame.fill(0, at: 18, length: 42)
+                    fillTestFrame(&frame, to: broadcast, from: mac, sequence: UInt32(truncatingIfNeeded: sent + index))
                 }
             }
             let taken = datapathReceive(driver, budget: batch) { frame in

@@ -59,11 +59,7 @@ struct BenchE1000: ParsableCommand {
             var sent = 0
             while monotonicNanoseconds() < end {
                 let queued = try driver.transmitFrames(count: batch) { _, frame in
-                    frame.set(destination, at: 0)
-                    frame.set(source, at: 6)
-                    frame.setBigEndian16(0x88B5, at: 12)  // IEEE local experimental EtherType
-                    frame.setBigEndian32(sequence, at: 14)
-                    frame.fill(0, at: 18, length: 42)
+                    fillTestFrame(&frame, to: destination, from: source, sequence: sequence)
                     sequence &+= 1
                 }
                 sent += queued
@@ -75,6 +71,17 @@ struct BenchE1000: ParsableCommand {
             printLine("| Modeless e1000, \(mode), batches of \(batch) | \(sent) | \(fixed(elapsed, 2)) | \(Int(Double(sent) / elapsed)) |")
         }
     }
+}
+
+/// Fills a 60-byte test frame in place: destination and source MAC addresses, the IEEE local
+/// experimental EtherType 0x88B5, a big-endian 32-bit sequence number, then zeros.
+@inline(__always)
+func fillTestFrame(_ frame: inout DMAByteWriter, to destination: [UInt8], from source: [UInt8], sequence: UInt32) {
+    frame.set(destination, at: 0)
+    frame.set(source, at: 6)
+    frame.setBigEndian16(0x88B5, at: 12)
+    frame.setBigEndian32(sequence, at: 14)
+    frame.fill(0, at: 18, length: 42)
 }
 
 #if canImport(Glibc)
