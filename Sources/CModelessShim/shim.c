@@ -11,6 +11,9 @@
 #include <sys/mman.h>
 #include <string.h>
 #include <fcntl.h>
+#include <errno.h>
+#include <time.h>
+#include <linux/futex.h>
 
 int modeless_ioctl_ptr(int fd, unsigned long request, void *argument) {
     return ioctl(fd, request, argument);
@@ -60,6 +63,23 @@ int modeless_peer_credentials(int fd, int *pid, unsigned int *uid) {
 
 int modeless_pidfd_open(int pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int modeless_futex_wait(uint32_t *address, uint32_t expected, long long timeout_ns) {
+    struct timespec timeout;
+    struct timespec *limit = NULL;
+    if (timeout_ns >= 0) {
+        timeout.tv_sec = (time_t)(timeout_ns / 1000000000LL);
+        timeout.tv_nsec = (long)(timeout_ns % 1000000000LL);
+        limit = &timeout;
+    }
+    long result = syscall(SYS_futex, address, FUTEX_WAIT_PRIVATE, expected, limit, NULL, 0);
+    if (result == -1 && errno == EAGAIN) return 0;
+    return (int)result;
+}
+
+int modeless_futex_wake(uint32_t *address, int count) {
+    return (int)syscall(SYS_futex, address, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
 }
 
 int modeless_memfd(const char *name) {

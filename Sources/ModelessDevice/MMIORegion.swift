@@ -29,6 +29,8 @@ public struct MMIORegion: @unchecked Sendable {
     /// them without copying the enum (which would retain and release its payload per access).
     private let mappedBase: UnsafeMutableRawPointer?
     private let mappedLifetime: MappingLifetime?
+    /// Failed non-throwing accesses (``load(_:)`` and ``store(_:to:)``), shared by every copy.
+    public let health = RegionHealth()
 
     init(index: Int, size: Int, device: PCIAddress, backing: Backing) {
         self.index = index
@@ -127,6 +129,33 @@ public struct MMIORegion: @unchecked Sendable {
 }
 
 extension MMIORegion {
+    /// The non-throwing access behind ``load(_:)``: all-ones, counted in ``health``, when the
+    /// backend cannot reach the device.
+    @usableFromInline
+    func loadRaw(_ offset: Int, _ width: Int) -> UInt64 {
+        precondition(offset >= 0 && offset <= size - width && offset % width == 0,
+                     "a register access outside BAR\(index) or misaligned (a driver's register table is wrong)")
+        do {
+            return try read(offset, width)
+        } catch {
+            health.record(error.kind == .closed ? .accessAfterRelease(error.message) : .backend(error.message))
+            return width == 8 ? UInt64.max : (1 << (UInt64(width) * 8)) - 1
+        }
+    }
+
+    /// The non-throwing access behind ``store(_:to:)``: dropped, counted in ``health``, when
+    /// the backend cannot reach the device.
+    @usableFromInline
+    func storeRaw(_ offset: Int, _ width: Int, _ value: UInt64) {
+        precondition(offset >= 0 && offset <= size - width && offset % width == 0,
+                     "a register access outside BAR\(index) or misaligned (a driver's register table is wrong)")
+        do {
+            try write(offset, width, value)
+        } catch {
+            health.record(error.kind == .closed ? .accessAfterRelease(error.message) : .backend(error.message))
+        }
+    }
+
     /// Lends the backing to `body` without copying it.
     @inline(__always)
     fileprivate func withUnmappedBacking<Result>(_ body: (borrowing Backing) throws(DeviceError) -> Result) throws(DeviceError) -> Result {

@@ -36,6 +36,14 @@ public protocol DriverRuntime: AnyObject, Sendable {
     /// blocking and refuse with a clear error instead of stalling.
     var isAtInterruptLevel: Bool { get }
 
+    /// Whether interrupts are disabled on the calling thread: between ``disableInterrupts()``
+    /// and ``enableInterrupts()``, with a ``SpinLock`` held, or in an ISR (which runs with
+    /// interrupts disabled, so that it can take the spin locks it shares with other code).
+    var interruptsDisabledOnThisThread: Bool { get }
+
+    /// The verifier checking this runtime's driver, if one was given in ``RuntimeOptions``.
+    var verifier: DriverVerifier? { get }
+
     /// Keeps the ISRs from running until the matching ``enableInterrupts()``. Nests.
     func disableInterrupts()
     func enableInterrupts()
@@ -71,13 +79,16 @@ public struct RuntimeOptions: Sendable {
     public var dpcPriority: Int32?
     /// Record every interrupt's stages.
     public var trace: InterruptTrace?
+    /// Check the driver against the kernel's rules (``DriverVerifier``).
+    public var verifier: DriverVerifier?
 
     public init(cpus: Int = SystemThread.cpuCount, interruptPriority: Int32? = 50, dpcPriority: Int32? = 40,
-                trace: InterruptTrace? = nil) {
+                trace: InterruptTrace? = nil, verifier: DriverVerifier? = nil) {
         self.cpus = max(1, cpus)
         self.interruptPriority = interruptPriority
         self.dpcPriority = dpcPriority
         self.trace = trace
+        self.verifier = verifier
     }
 }
 

@@ -23,7 +23,10 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     private var latched: [(InterruptAttachment, UInt64)] = []
     private let lines: InterruptLines
 
+    private let options: RuntimeOptions
+
     init(options: RuntimeOptions) throws(RuntimeError) {
+        self.options = options
         trace = options.trace
         engine = try DPCEngine.start(options)
         lines = InterruptLines(options: options)
@@ -77,7 +80,10 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
         let state = attachment.acknowledge()
         trace?.record(.genericISR, id)
         trace?.record(.realISREnter, id)
+        let outer = depth.current
+        depth.set(outer + 1)  // The ISR runs with interrupts disabled.
         attachment.isr(state)
+        depth.set(outer)
         trace?.record(.realISRExit, id)
         attachment.counted(count)
         try? attachment.vector.acknowledge()
@@ -93,6 +99,8 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     }
 
     var isAtInterruptLevel: Bool { engine.isAtInterruptLevel }
+    var interruptsDisabledOnThisThread: Bool { depth.current > 0 }
+    var verifier: DriverVerifier? { options.verifier }
 
     func disableInterrupts() {
         guard depth.add(1) == 1 else { return }

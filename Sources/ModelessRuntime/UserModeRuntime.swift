@@ -22,7 +22,10 @@ final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
     private let engine: DPCEngine
     private let lines: InterruptLines
 
+    private let options: RuntimeOptions
+
     init(options: RuntimeOptions) throws(RuntimeError) {
+        self.options = options
         trace = options.trace
         engine = try DPCEngine.start(options)
         lines = InterruptLines(options: options)
@@ -48,7 +51,9 @@ final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
                 lock.writeLock()
                 trace?.record(.lockTaken, id)
                 trace?.record(.realISREnter, id)
+                depth.set(1)                            // The ISR runs with interrupts disabled.
                 attachment.isr(state)
+                depth.set(0)
                 trace?.record(.realISRExit, id)
                 lock.writeUnlock()
                 trace?.record(.lockReleased, id)
@@ -67,6 +72,8 @@ final class UserModeRuntime: DriverRuntime, @unchecked Sendable {
     }
 
     var isAtInterruptLevel: Bool { engine.isAtInterruptLevel }
+    var interruptsDisabledOnThisThread: Bool { depth.current > 0 }
+    var verifier: DriverVerifier? { options.verifier }
 
     func disableInterrupts() {
         guard depth.add(1) == 1 else { return }

@@ -68,6 +68,19 @@ static inline void modeless_cpu_relax(void) {
 #endif
 }
 
+/// futex(2) FUTEX_WAIT_PRIVATE: sleeps while `*address` equals `expected`, at most
+/// `timeout_ns` nanoseconds (negative: no limit). Returns 0 when woken (or when the value had
+/// already changed: EAGAIN), -1 with errno ETIMEDOUT or EINTR otherwise.
+int modeless_futex_wait(uint32_t *address, uint32_t expected, long long timeout_ns);
+
+/// futex(2) FUTEX_WAKE_PRIVATE: wakes up to `count` threads sleeping on `address`.
+int modeless_futex_wake(uint32_t *address, int count);
+
+/// 4-byte atomic add with sequentially consistent ordering; returns the value before.
+static inline uint32_t modeless_fetch_add_seqcst32(void *address, uint32_t value) {
+    return __atomic_fetch_add((uint32_t *)address, value, __ATOMIC_SEQ_CST);
+}
+
 /// memfd_create(2) with MFD_CLOEXEC and MFD_ALLOW_SEALING: anonymous memory with a file
 /// descriptor, to map in two processes. Returns the descriptor, or -1 with errno set.
 int modeless_memfd(const char *name);
