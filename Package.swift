@@ -1,4 +1,4 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
 //
 // Modeless: write a Linux PCI device driver once, run it in user mode (VFIO or UIO)
 // or in the in-tree kernel-mode emulation.
@@ -15,9 +15,11 @@
 //   6. Tools    - the `modeless` command line
 import PackageDescription
 
+// Linux only: VFIO, UIO, eventfd, futex and sysfs have no equivalent elsewhere. Swift 6.2 or later
+// (InlineArray, Span).
+
 let package = Package(
     name: "Modeless",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "ModelessSystem", targets: ["ModelessSystem"]),
         .library(name: "ModelessBus", targets: ["ModelessBus"]),
@@ -98,6 +100,7 @@ let package = Package(
         .executableTarget(
             name: "modeless",
             dependencies: [
+                "ModelessSystem",
                 "ModelessBus",
                 "ModelessDevice",
                 "ModelessModels",

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ModelessSystem
 
 @main
 struct Modeless: ParsableCommand {
@@ -8,7 +9,7 @@ struct Modeless: ParsableCommand {
         discussion: """
             Exit codes: \(ExitStatus.table)
             """,
-        version: "0.1.0",
+        version: ModelessVersion.current,
         subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Supervise.self, Status.self]
     )
 }
