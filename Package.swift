@@ -96,6 +96,11 @@ let package = Package(
             name: "ModelessDrivers",
             dependencies: ["ModelessRuntime", "ModelessLogical", "ModelessDevice", "ModelessSystem"]
         ),
+        // The tutorial's driver (docs/writing-a-driver.md), compiled and tested by CI.
+        .target(
+            name: "ModelessExamples",
+            dependencies: ["ModelessRuntime", "ModelessDevice", "ModelessModels"]
+        ),
         // Layer 6: Tools.
         .executableTarget(
             name: "modeless",
@@ -140,6 +145,10 @@ let package = Package(
         .testTarget(
             name: "ModelessDriverTests",
             dependencies: ["ModelessDrivers", "ModelessRuntime", "ModelessModels", "ModelessDevice", "ModelessSystem"]
+        ),
+        .testTarget(
+            name: "ModelessExamplesTests",
+            dependencies: ["ModelessExamples", "ModelessRuntime", "ModelessDevice", "ModelessModels"]
         ),
         .testTarget(
             name: "ModelessCLITests",
