@@ -80,40 +80,51 @@ final class InstanceLock {
         rmdir(String(path[..<slash]))
     }
 
-    /// Stops what an earlier supervisor's run of the instance left alive, which holds the lock:
-    /// SIGTERM to the processes holding the file, the recorded process group (if one of them
-    /// is still in it) and the recorded cgroup; SIGKILL after `graceSeconds`; and waits until
-    /// the lock is free. Returns the processes it stopped; throws if the lock stays held.
-    func stopSurvivors(graceSeconds: Double) throws(SupervisionError) -> [pid_t] {
-        let record = record()
-        let controlGroup = record?.controlGroup.map(ControlGroup.init(path:))
-        var stopped = Set<pid_t>()
-        func signalSurvivors(_ signal: Int32) {
-            let holders = ProcessTable.holders(of: path)
-            stopped.formUnion(holders)
-            for pid in holders {
-                // The recorded group is signalled only while a holder is in it: the number
-                // cannot have been reused for another group then.
-                if let record, ProcessTable.entry(of: pid)?.processGroup == record.processGroup { kill(-record.processGroup, signal) }
-                kill(pid, signal)
-            }
-            if let controlGroup {
-                stopped.formUnion(controlGroup.processes)
-                controlGroup.signalAll(signal)
-            }
-        }
+    /// Stops what earlier runs of the instances of `locks` left alive, which hold their
+    /// locks: SIGTERM to the processes holding each file, its recorded process group (while
+    /// one of them is still in it) and its recorded cgroup; SIGKILL to what is left after
+    /// `graceSeconds`; and waits until every lock is free (at most 5 s after SIGKILL). Returns
+    /// the processes it signalled, by lock; throws naming those that still hold a lock.
+    static func stopSurvivors(of locks: [InstanceLock], graceSeconds: Double) throws(SupervisionError) -> [[pid_t]] {
+        var stopped = Array(repeating: Set<pid_t>(), count: locks.count)
+        var pending = Set(locks.indices)
         for (signal, seconds) in [(SIGTERM, graceSeconds), (SIGKILL, 5.0)] {
-            signalSurvivors(signal)
+            for index in pending { stopped[index].formUnion(locks[index].signalSurvivors(signal)) }
             let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
-            while monotonicNanoseconds() < deadline {
-                if try tryAcquire() && !(controlGroup?.isPopulated ?? false) {
-                    removeRecordedControlGroup()
-                    return stopped.sorted()
+            while !pending.isEmpty && monotonicNanoseconds() < deadline {
+                for index in pending where try locks[index].tryAcquire() && !locks[index].recordedGroupIsPopulated {
+                    locks[index].removeRecordedControlGroup()
+                    pending.remove(index)
                 }
-                usleep(10_000)
+                if !pending.isEmpty { usleep(10_000) }
             }
+            if pending.isEmpty { return stopped.map { $0.sorted() } }
         }
-        let left = ProcessTable.holders(of: path)
-        throw SupervisionError("processes \(left.map(String.init).joined(separator: ", ")) of an earlier run still hold \(path) after SIGKILL: stop them, then start the supervisor again")
+        let left = pending.sorted().map { "\(locks[$0].path) (pids \(ProcessTable.holders(of: locks[$0].path).map(String.init).joined(separator: ", ")))" }
+        throw SupervisionError("processes of an earlier run still hold \(left.joined(separator: "; ")) after SIGKILL: stop them, then start the supervisor again")
+    }
+
+    /// Whether the recorded run's cgroup still holds processes (which may have closed the
+    /// lock file).
+    var recordedGroupIsPopulated: Bool {
+        record()?.controlGroup.map { ControlGroup(path: $0).isPopulated } ?? false
+    }
+
+    /// Sends `signal` to the processes holding the file, to the recorded process group while
+    /// one of them is in it (the number cannot have been reused for another group then), and
+    /// to the recorded cgroup. Returns the processes signalled.
+    private func signalSurvivors(_ signal: Int32) -> Set<pid_t> {
+        let record = record()
+        var signalled = Set(ProcessTable.holders(of: path))
+        if let record, signalled.contains(where: { ProcessTable.entry(of: $0)?.processGroup == record.processGroup }) {
+            signalled.formUnion(ProcessTable.members(ofGroup: record.processGroup))
+            kill(-record.processGroup, signal)
+        }
+        if let controlGroup = record?.controlGroup.map(ControlGroup.init(path:)) {
+            signalled.formUnion(controlGroup.processes)
+            controlGroup.signalAll(signal)
+        }
+        for pid in signalled { kill(pid, signal) }
+        return signalled
     }
 }

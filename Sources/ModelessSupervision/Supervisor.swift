@@ -233,18 +233,24 @@ public final class Supervisor: @unchecked Sendable {
     /// that no other process serves its name, and starts it.
     private func startEveryInstance() throws(SupervisionError) {
         report(configuration.service, "supervising \(configuration.service) (pid \(getpid())); containment: \(containment)")
+        var held: [Int] = []
         for index in slots.indices {
-            let name = configuration.instanceName(index)
             let instanceLock = slots[index].lock
-            if try instanceLock.tryAcquire() {
+            if try instanceLock.tryAcquire() && !instanceLock.recordedGroupIsPopulated {
                 instanceLock.removeRecordedControlGroup()
             } else {
-                let stopped = try instanceLock.stopSurvivors(graceSeconds: configuration.stopTimeoutSeconds)
-                report(name, "stopped \(stopped.count) process(es) an earlier supervisor's run left (pids \(stopped.map(String.init).joined(separator: ", ")))")
+                held.append(index)
             }
-            guard removeSocketUnlessServed(name) else {
-                throw SupervisionError("\(name) is served by a process this supervisor did not start (\(containers.socketPath(name)) answers): stop it, then start the supervisor again")
+        }
+        if !held.isEmpty {
+            let stopped = try InstanceLock.stopSurvivors(of: held.map { slots[$0].lock }, graceSeconds: configuration.stopTimeoutSeconds)
+            for (index, pids) in zip(held, stopped) {
+                report(configuration.instanceName(index),
+                       "stopped \(pids.count) process(es) an earlier supervisor's run left (pids \(pids.map(String.init).joined(separator: ", ")))")
             }
+        }
+        for name in configuration.instanceNames where !removeSocketUnlessServed(name) {
+            throw SupervisionError("\(name) is served by a process this supervisor did not start (\(containers.socketPath(name)) answers): stop it, then start the supervisor again")
         }
         for index in slots.indices { try launch(index, now: monotonicNanoseconds()) }
     }
@@ -428,6 +434,7 @@ public final class Supervisor: @unchecked Sendable {
 
     /// Stops every run (see ``stop()``), removes the sockets, cgroups and locks.
     private func shutDown() {
+        let began = monotonicNanoseconds()
         let runs = lock.withLock { slots.compactMap(\.run) }
         for run in runs { run.group.signalAll(SIGTERM) }
         let graceEnd = monotonicNanoseconds() + UInt64(configuration.stopTimeoutSeconds * 1e9)
@@ -465,6 +472,9 @@ public final class Supervisor: @unchecked Sendable {
         }
         try? serviceGroup?.remove()
         lock.withLock { lock.broadcast() }
+        let left = all.filter { !$0.group.isEmpty }.map(\.group.processGroup)
+        report(configuration.service, "stopped in \(Double((monotonicNanoseconds() - began) / 1_000_000) / 1000) s"
+               + (left.isEmpty ? "" : "; processes of groups \(left.map(String.init).joined(separator: ", ")) did not end after SIGKILL"))
         writeStatus()
     }
 
