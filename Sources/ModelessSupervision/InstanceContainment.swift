@@ -6,8 +6,9 @@ import Glibc
 
 /// How a service's instances are kept apart and stopped as a whole: each instance leads its
 /// own process group, and where the machine has a writable cgroup v2 hierarchy, each also
-/// runs in its own cgroup, `modeless.SERVICE.PID/INSTANCE` below the supervisor's, which
-/// catches the processes that leave the group (`setsid`, daemons).
+/// runs in its own cgroup, `modeless.SERVICE.PID.N/INSTANCE` below the supervisor's (N counts
+/// the supervisors of this process), which catches the processes that leave the group
+/// (`setsid`, daemons).
 public enum Containment: Sendable, Equatable, CustomStringConvertible {
     /// A cgroup per instance, below `parent`.
     case controlGroup(parent: String)
@@ -37,7 +38,7 @@ public enum Containment: Sendable, Equatable, CustomStringConvertible {
             return (.processGroup(reason: "no cgroup v2 hierarchy is mounted"), nil)
         }
         do {
-            let parent = try own.child("modeless.\(service).\(getpid())")
+            let parent = try own.child("modeless.\(service).\(getpid()).\(SupervisorCount.next())")
             return (.controlGroup(parent: parent.path), parent)
         } catch {
             return (.processGroup(reason: "\(own.path) is not writable (\(error.errno))"), nil)
@@ -63,5 +64,19 @@ struct InstanceGroup {
         // No process at all in the group (not even one waiting to be reaped): nothing to scan.
         if kill(-processGroup, 0) != 0 { return true }
         return ProcessTable.members(ofGroup: processGroup).isEmpty
+    }
+}
+
+/// Numbers the supervisors of this process, so that two of them (a library user's, tests)
+/// never share a cgroup, even for services of the same name.
+enum SupervisorCount {
+    private static let lock = ConditionLock()
+    nonisolated(unsafe) private static var count = 0
+
+    static func next() -> Int {
+        lock.withLock {
+            count += 1
+            return count
+        }
     }
 }

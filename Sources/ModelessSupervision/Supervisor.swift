@@ -217,7 +217,11 @@ public final class Supervisor: @unchecked Sendable {
     private func nextTimeout() -> Int32 {
         let now = monotonicNanoseconds()
         return lock.withLock {
-            if slots.contains(where: { $0.ending != nil }) { return 5 }
+            // Leftovers usually end within milliseconds of SIGKILL; one in uninterruptible
+            // sleep (a device being released) may take longer, and is then checked less often.
+            if let ending = slots.filter({ $0.ending != nil }).map(\.endedAt).max() {
+                return now > ending + 200_000_000 ? 50 : 5
+            }
             var next = now + 1_000_000_000
             for slot in slots {
                 if let at = slot.restartAt { next = min(next, at) }

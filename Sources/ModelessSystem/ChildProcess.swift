@@ -152,11 +152,15 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// The complete lines of output that can be read now without waiting (the output of a
     /// process started with ``Containment`` does not block), and the unfinished last line
-    /// once the output has ended. Never blocks on a process started with containment.
+    /// once the output has ended. Never blocks on a process started with containment, and
+    /// reads at most 64 KiB a call, so that a process that prints without pause cannot keep
+    /// the caller here.
     public func readAvailableLines() -> [String] {
         var lines: [String] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
-        while !outputEnded {
+        var budget = 16
+        while !outputEnded && budget > 0 {
+            budget -= 1
             let count = chunk.withUnsafeMutableBytes { read(output, $0.baseAddress, $0.count) }
             if count > 0 {
                 buffered += chunk[0..<count]
