@@ -9,7 +9,7 @@ import Glibc
 /// runs in its own cgroup, `modeless.SERVICE.PID.N/INSTANCE` below the supervisor's (N counts
 /// the supervisors of this process), which catches the processes that leave the group
 /// (`setsid`, daemons).
-public enum Containment: Sendable, Equatable, CustomStringConvertible {
+public enum InstanceContainment: Sendable, Equatable, CustomStringConvertible {
     /// A cgroup per instance, below `parent`.
     case controlGroup(parent: String)
     /// A process group per instance only; `reason` says why no cgroup is used.
@@ -32,7 +32,7 @@ public enum Containment: Sendable, Equatable, CustomStringConvertible {
 
     /// The cgroup for `service`'s instances if one can be made below this process's cgroup,
     /// else process groups alone, with the reason.
-    static func choose(service: String, useControlGroup: Bool) -> (Containment, ControlGroup?) {
+    static func choose(service: String, useControlGroup: Bool) -> (InstanceContainment, ControlGroup?) {
         guard useControlGroup else { return (.processGroup(reason: "turned off in the configuration"), nil) }
         guard let own = ControlGroup.current() else {
             return (.processGroup(reason: "no cgroup v2 hierarchy is mounted"), nil)

@@ -56,7 +56,7 @@ public struct SupervisorStatus: Sendable, Equatable {
     public var service: String
     public var supervisorProcessID: Int32
     public var instances: [InstanceStatus]
-    /// How the instances are contained: "cgroup" or "process-group" (see ``Containment``).
+    /// How the instances are contained: "cgroup" or "process-group" (see ``InstanceContainment``).
     public var containment: String
     /// The containment in words: the cgroup's path, or why there is none.
     public var containmentDetail: String

@@ -34,7 +34,7 @@ public final class Supervisor: @unchecked Sendable {
     public var onOutput: (@Sendable (String, String) -> Void)?
     /// How the instances are contained: a cgroup each where one could be made, else a
     /// process group each.
-    public let containment: Containment
+    public let containment: InstanceContainment
 
     private let lock = ConditionLock()
     private var slots: [Slot]
@@ -105,7 +105,7 @@ public final class Supervisor: @unchecked Sendable {
             let holder = (try? SupervisorStatus.read(stateDirectory: configuration.stateDirectory)).map { " (pid \($0.supervisorProcessID))" } ?? ""
             throw SupervisionError("a supervisor\(holder) already runs \(configuration.service) in \(configuration.stateDirectory): stop it first")
         }
-        (containment, serviceGroup) = Containment.choose(service: configuration.service, useControlGroup: configuration.useControlGroup)
+        (containment, serviceGroup) = InstanceContainment.choose(service: configuration.service, useControlGroup: configuration.useControlGroup)
         slots = configuration.instanceNames.map {
             Slot(status: InstanceStatus(name: $0, processID: nil, phase: .stopped, restarts: 0, lastCause: nil),
                  lock: InstanceLock(path: configuration.stateDirectory + "/" + $0 + ".lock"), policy: RestartPolicy(configuration))
@@ -269,8 +269,18 @@ public final class Supervisor: @unchecked Sendable {
         environment["MODELESS_SERVICE_STATE_DIR"] = configuration.stateDirectory
         environment["MODELESS_CONTAINER_DIR"] = containers.path
         let (instanceLock, existingGroup) = lock.withLock { (slots[index].lock, slots[index].controlGroup) }
-        let controlGroup = existingGroup ?? (try? serviceGroup?.child(name))
-        let procs = controlGroup.flatMap { try? $0.openProcs() }
+        var controlGroup = existingGroup
+        var procs: Int32?
+        if let serviceGroup {
+            do throws(SystemError) {
+                let group: ControlGroup
+                if let existingGroup { group = existingGroup } else { group = try serviceGroup.child(name) }
+                controlGroup = group
+                procs = try group.openProcs()
+            } catch {
+                report(name, "cannot use its cgroup (\(error)): this run is contained by its process group alone")
+            }
+        }
         defer { if let procs { close(procs) } }
         let process: ChildProcess
         do {

@@ -181,9 +181,6 @@ public final class ChildProcess: @unchecked Sendable {
         return lines
     }
 
-    /// Sends `signal` to the process's whole group if it leads one, else to the process.
-    public func signalGroup(_ signal: Int32) { kill(processGroup.map { -$0 } ?? processID, signal) }
-
     /// Sends `signal` (SIGTERM, SIGKILL, ...).
     public func signal(_ signal: Int32) { kill(processID, signal) }
 
