@@ -156,6 +156,24 @@ struct SupervisorAbuseTests {
         #expect(eventually(seconds: 5) { processesOfService(state).isEmpty })
     }
 
+    /// Instances that print their `serving` line the moment they start are all seen serving:
+    /// the line is read by the thread that started the instance, after it recorded the start.
+    @Test func aServingLinePrintedAtOnceIsNeverMissed() throws {
+        let supervisor = try Supervisor(shell("echo \"serving $2\"; exec sleep 300") { $0.instances = 8 }, containers: containers)
+        try supervisor.start()
+        defer { supervisor.stop() }
+        #expect(supervisor.waitUntilServing(seconds: 20), "\(supervisor.instances.map { "\($0.name) \($0.phase)" })")
+    }
+
+    /// A configuration key the supervisor does not know is refused, naming it.
+    @Test func anUnknownConfigurationKeyIsRefused() throws {
+        let file = root + "/typo.json"
+        try FileAccess.replaceFile(file, with: Array(#"{"service": "svc", "command": ["/bin/true"], "startLimitBurts": 3}"#.utf8))
+        let result = try ProgramRunner.run(try modelessPath(), ["supervise", file])
+        #expect(result.status == 64)
+        #expect(result.output.contains("unknown key(s) startLimitBurts"), "\(result.output)")
+    }
+
     /// A name already served by a process the supervisor did not start is not taken over:
     /// the supervisor refuses to start, and leaves the socket alone.
     @Test func aNameServedByAnotherProcessIsRefused() throws {
