@@ -172,6 +172,7 @@ int modeless_spawn_instance(const char *path, char *const argv[], char *const en
         }
         int null = open("/dev/null", O_RDONLY);
         if (!failure && (null < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)) failure = errno;
+        if (null > 2) close(null);
         if (!failure && keep >= 0 && fcntl(keep, F_SETFD, 0) != 0) failure = errno;
         if (!failure) {
             execve(path, argv, envp);

@@ -79,6 +79,8 @@ public final class Supervisor: @unchecked Sendable {
         var endingReported = false
         var restartAt: UInt64?
         var controlGroup: ControlGroup?
+        /// Set when starting the instance in its cgroup failed: its runs use the process group alone.
+        var cgroupUnusable = false
     }
 
     /// Checks the configuration, prepares the state directory (mode 0700) and takes the
@@ -268,10 +270,10 @@ public final class Supervisor: @unchecked Sendable {
         environment["MODELESS_INSTANCE_STATE"] = statePath(of: name)
         environment["MODELESS_SERVICE_STATE_DIR"] = configuration.stateDirectory
         environment["MODELESS_CONTAINER_DIR"] = containers.path
-        let (instanceLock, existingGroup) = lock.withLock { (slots[index].lock, slots[index].controlGroup) }
+        let (instanceLock, existingGroup, cgroupUnusable) = lock.withLock { (slots[index].lock, slots[index].controlGroup, slots[index].cgroupUnusable) }
         var controlGroup = existingGroup
         var procs: Int32?
-        if let serviceGroup {
+        if let serviceGroup, !cgroupUnusable {
             do throws(SystemError) {
                 let group: ControlGroup
                 if let existingGroup { group = existingGroup } else { group = try serviceGroup.child(name) }
@@ -282,13 +284,27 @@ public final class Supervisor: @unchecked Sendable {
             }
         }
         defer { if let procs { close(procs) } }
+        func spawn(cgroupProcs: Int32?) throws(SystemError) -> ChildProcess {
+            try ChildProcess(configuration.command[0], Array(configuration.command.dropFirst()) + ["--container", name],
+                             environment: environment,
+                             containment: .init(deathSignal: SIGKILL, cgroupProcs: cgroupProcs, inherited: instanceLock.descriptor))
+        }
         let process: ChildProcess
         do {
-            process = try ChildProcess(configuration.command[0], Array(configuration.command.dropFirst()) + ["--container", name],
-                                       environment: environment,
-                                       containment: .init(deathSignal: SIGKILL, cgroupProcs: procs, inherited: instanceLock.descriptor))
+            process = try spawn(cgroupProcs: procs)
         } catch {
-            throw SupervisionError("cannot start \(name) (\(configuration.command.joined(separator: " "))): \(error)")
+            // Joining the cgroup can fail where creating it did not (a hierarchy whose
+            // controllers forbid processes there): then the process group alone contains it.
+            guard procs != nil, let retried = try? spawn(cgroupProcs: nil) else {
+                throw SupervisionError("cannot start \(name) (\(configuration.command.joined(separator: " "))): \(error)")
+            }
+            report(name, "cannot start it in its cgroup (\(error)): it is contained by its process group alone")
+            if let procs { close(procs) }
+            procs = nil
+            try? controlGroup?.remove()
+            controlGroup = nil
+            lock.withLock { slots[index].cgroupUnusable = true }
+            process = retried
         }
         let run = Run(process: process, group: InstanceGroup(processGroup: process.processID, controlGroup: procs == nil ? nil : controlGroup),
                       startedAt: now)
