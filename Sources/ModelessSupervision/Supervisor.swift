@@ -40,6 +40,7 @@ public final class Supervisor: @unchecked Sendable {
     private var slots: [Slot]
     private let watcher: ProcessExitWatcher
     private var watchThread: SystemThread?
+    private var watchThreadID: pthread_t?
     private var stopping = false
     private var startup: StartupState = .notStarted
     private let containers: ContainerDirectory
@@ -116,7 +117,7 @@ public final class Supervisor: @unchecked Sendable {
 
     deinit {
         stop()
-        if supervisorLock >= 0 { close(supervisorLock) }
+        releaseSupervisorLock()
     }
 
     /// The path of instance `name`'s state file.
@@ -177,15 +178,26 @@ public final class Supervisor: @unchecked Sendable {
         }
         guard !alreadyStopping else { return }
         watcher.wake()
+        // Called from an event or output callback, on the supervisor's thread itself: that
+        // thread stops everything when the callback returns; it cannot wait for itself.
+        if let watchThreadID = lock.withLock({ watchThreadID }), pthread_equal(watchThreadID, pthread_self()) != 0 { return }
         watchThread?.join()
         watchThread = nil
-        if supervisorLock >= 0 { close(supervisorLock) }
-        supervisorLock = -1
+        releaseSupervisorLock()
+    }
+
+    /// Lets another supervisor run the service.
+    private func releaseSupervisorLock() {
+        lock.withLock {
+            if supervisorLock >= 0 { close(supervisorLock) }
+            supervisorLock = -1
+        }
     }
 
     // MARK: The supervisor's thread
 
     private func watch() {
+        lock.withLock { watchThreadID = pthread_self() }
         do throws(SupervisionError) {
             try startEveryInstance()
             lock.withLock {
@@ -506,6 +518,7 @@ public final class Supervisor: @unchecked Sendable {
         report(configuration.service, "stopped in \(Double((monotonicNanoseconds() - began) / 1_000_000) / 1000) s"
                + (left.isEmpty ? "" : "; processes of groups \(left.map(String.init).joined(separator: ", ")) did not end after SIGKILL"))
         writeStatus()
+        releaseSupervisorLock()
     }
 
     /// Removes instance `name`'s socket unless a process still listens there; true if no

@@ -165,6 +165,19 @@ struct SupervisorAbuseTests {
         #expect(supervisor.waitUntilServing(seconds: 20), "\(supervisor.instances.map { "\($0.name) \($0.phase)" })")
     }
 
+    /// `stop()` called from an event callback, on the supervisor's own thread, does not wait
+    /// for that thread: the thread stops everything when the callback returns.
+    @Test func stopFromAnEventCallbackStopsEverything() throws {
+        let supervisor = try Supervisor(shell("echo \"serving $2\"; exec sleep 300"), containers: containers)
+        supervisor.onEvent = { [unowned supervisor] event in if event.message == "serving" { supervisor.stop() } }
+        try supervisor.start()
+        #expect(eventually(seconds: 10) { supervisor.instances[0].phase == .stopped && processesOfService(state).isEmpty },
+                "\(supervisor.instances.map(\.phase)) \(processesOfService(state))")
+        // The lock is released: another supervisor may run the service.
+        #expect(eventually(seconds: 5) { (try? Supervisor(shell("exit 0"), containers: containers)) != nil })
+        supervisor.stop()
+    }
+
     /// A configuration key the supervisor does not know is refused, naming it.
     @Test func anUnknownConfigurationKeyIsRefused() throws {
         let file = root + "/typo.json"
