@@ -183,6 +183,8 @@ public final class Supervisor: @unchecked Sendable {
         if let watchThreadID = lock.withLock({ watchThreadID }), pthread_equal(watchThreadID, pthread_self()) != 0 { return }
         watchThread?.join()
         watchThread = nil
+        // A supervisor that never started made its service's cgroup all the same.
+        try? serviceGroup?.remove()
         releaseSupervisorLock()
     }
 

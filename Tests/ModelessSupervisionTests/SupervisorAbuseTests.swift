@@ -178,6 +178,15 @@ struct SupervisorAbuseTests {
         supervisor.stop()
     }
 
+    /// A supervisor that is never started leaves no cgroup behind, and lets the next one run.
+    @Test func aSupervisorNeverStartedLeavesNothing() throws {
+        var supervisor: Supervisor? = try Supervisor(shell("exit 0"), containers: containers)
+        let containment = try #require(supervisor?.containment)
+        supervisor = nil
+        if case .controlGroup(let parent) = containment { #expect(!FileAccess.exists(parent)) }
+        #expect((try? Supervisor(shell("exit 0"), containers: containers)) != nil)
+    }
+
     /// A configuration key the supervisor does not know is refused, naming it.
     @Test func anUnknownConfigurationKeyIsRefused() throws {
         let file = root + "/typo.json"
