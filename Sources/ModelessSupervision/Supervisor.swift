@@ -432,7 +432,7 @@ public final class Supervisor: @unchecked Sendable {
                 if reportNow { report(name, "waiting for the processes its last run left (group \(run.group.processGroup)) to end") }
                 continue
             }
-            _ = run.process.readAvailableLines()
+            forwardOutput(of: run)
             if !removeSocketUnlessServed(name) {
                 report(name, "\(containers.socketPath(name)) still answers after the instance's processes ended: left in place")
             }
