@@ -144,3 +144,75 @@ const unsigned long modeless_VFIO_DEVICE_RESET = VFIO_DEVICE_RESET;
 const unsigned long modeless_VFIO_IOMMU_GET_INFO = VFIO_IOMMU_GET_INFO;
 const unsigned long modeless_VFIO_IOMMU_MAP_DMA = VFIO_IOMMU_MAP_DMA;
 const unsigned long modeless_VFIO_IOMMU_UNMAP_DMA = VFIO_IOMMU_UNMAP_DMA;
+
+#include <errno.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+/// A descriptor at 3 or above (a copy, close-on-exec), so that dup2 onto 0-2 cannot clobber it.
+static int modeless_above_standard(int fd) {
+    return fd >= 0 && fd < 3 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : fd;
+}
+
+int modeless_spawn_instance(const char *path, char *const argv[], char *const envp[],
+                            int output_fd, int keep_fd, int cgroup_procs_fd, int death_signal) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) return -1;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        int saved = errno;
+        close(report[0]);
+        close(report[1]);
+        errno = saved;
+        return -1;
+    }
+    if (pid == 0) {
+        // Only async-signal-safe calls from here to execve.
+        int failure = 0;
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        for (int signal = 1; signal < NSIG; signal++) {
+            if (signal != SIGKILL && signal != SIGSTOP) sigaction(signal, &dfl, NULL);
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int out = modeless_above_standard(output_fd);
+        int keep = modeless_above_standard(keep_fd);
+        int procs = modeless_above_standard(cgroup_procs_fd);
+        int reporter = modeless_above_standard(report[1]);
+        if (setpgid(0, 0) != 0) failure = errno;
+        if (!failure && procs >= 0 && write(procs, "0", 1) != 1) failure = errno;
+        if (!failure && death_signal > 0) {
+            if (prctl(PR_SET_PDEATHSIG, death_signal) != 0) failure = errno;
+            else if (getppid() != parent) _exit(127);
+        }
+        int null = open("/dev/null", O_RDONLY);
+        if (!failure && (null < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)) failure = errno;
+        if (null > 2) close(null);
+        if (!failure && keep >= 0 && fcntl(keep, F_SETFD, 0) != 0) failure = errno;
+        if (!failure) {
+            execve(path, argv, envp);
+            failure = errno;
+        }
+        while (write(reporter, &failure, sizeof failure) < 0 && errno == EINTR) {}
+        _exit(127);
+    }
+    close(report[1]);
+    // Both sides set the group, so it is in place whichever runs first.
+    setpgid(pid, pid);
+    int failure = 0;
+    ssize_t count;
+    do { count = read(report[0], &failure, sizeof failure); } while (count < 0 && errno == EINTR);
+    close(report[0]);
+    if (count == (ssize_t)sizeof failure) {
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        errno = failure;
+        return -1;
+    }
+    return pid;
+}

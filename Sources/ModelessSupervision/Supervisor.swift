@@ -7,10 +7,16 @@ import Glibc
 
 /// Runs a service's instances, each a provider process and its own fault domain, and keeps
 /// them running: it watches every instance through a pidfd; when one dies it logs the cause,
-/// cleans up what the instance left (its socket; the kernel has already released its VFIO
-/// device, IOMMU mappings and eventfds with its file descriptors), and starts a replacement
-/// under the same name, which resumes from the dead instance's state file. Consumers notice
-/// the death through their connections and fail over (``ServiceClient``).
+/// stops what the instance left (the rest of its process group and cgroup), removes its
+/// socket once nothing serves it (the kernel has already released its VFIO device, IOMMU
+/// mappings and eventfds with its file descriptors), and starts a replacement under the same
+/// name, which resumes from the dead instance's state file. Consumers notice the death
+/// through their connections and fail over (``ServiceClient``).
+///
+/// One thread, started by ``start()``, does all of it: it starts every instance (so that
+/// their death signal, which the kernel ties to the thread that started them, fires only when
+/// the supervisor ends), reads their output without blocking, notices deaths and start
+/// timeouts, restarts, and stops everything on ``stop()``.
 ///
 /// Usable as a library, or through `modeless supervise CONFIG`.
 public final class Supervisor: @unchecked Sendable {
@@ -22,55 +28,127 @@ public final class Supervisor: @unchecked Sendable {
 
     public let configuration: SupervisorConfiguration
     /// Called for every event (start, serving, death with its cause, restart), on the
-    /// supervisor's threads. The events also go to `supervisor.log` in the state directory.
+    /// supervisor's thread. The events also go to `supervisor.log` in the state directory.
     public var onEvent: (@Sendable (Event) -> Void)?
-    /// Called with every line an instance prints.
+    /// Called with every line an instance prints, on the supervisor's thread.
     public var onOutput: (@Sendable (String, String) -> Void)?
+    /// How the instances are contained: a cgroup each where one could be made, else a
+    /// process group each.
+    public let containment: InstanceContainment
 
     private let lock = ConditionLock()
     private var slots: [Slot]
     private let watcher: ProcessExitWatcher
     private var watchThread: SystemThread?
+    private var watchThreadID: pthread_t?
     private var stopping = false
+    private var startup: StartupState = .notStarted
     private let containers: ContainerDirectory
+    private let serviceGroup: ControlGroup?
+    private var supervisorLock: Int32
+
+    private enum StartupState {
+        case notStarted, running, done, failed(SupervisionError)
+    }
+
+    /// One run of an instance: its process and the group of processes it may have started.
+    private final class Run {
+        let process: ChildProcess
+        let group: InstanceGroup
+        let startedAt: UInt64
+        var served = false
+        /// Set when the supervisor ended the run itself (start timeout), for its cause.
+        var stoppedBecause: String?
+
+        init(process: ChildProcess, group: InstanceGroup, startedAt: UInt64) {
+            self.process = process
+            self.group = group
+            self.startedAt = startedAt
+        }
+    }
 
     private struct Slot {
         var status: InstanceStatus
-        var process: ChildProcess?
-        var reader: SystemThread?
-        var failedStarts = 0
+        let lock: InstanceLock
+        var policy: RestartPolicy
+        /// The running process, if any.
+        var run: Run?
+        /// A run that ended whose other processes are being stopped; the socket is removed
+        /// and the replacement started only once none is left.
+        var ending: Run?
+        var endedAt: UInt64 = 0
+        var endingReported = false
         var restartAt: UInt64?
+        var controlGroup: ControlGroup?
+        /// Set when starting the instance in its cgroup failed: its runs use the process group alone.
+        var cgroupUnusable = false
     }
 
-    /// Checks the configuration and prepares the state directory (mode 0700).
+    /// Checks the configuration, prepares the state directory (mode 0700) and takes the
+    /// service's supervisor lock (`supervisor.lock`), so that one supervisor runs a service.
     public init(_ configuration: SupervisorConfiguration, containers: ContainerDirectory = .standard) throws(SupervisionError) {
         try configuration.validate()
         self.configuration = configuration
         self.containers = containers
         do { watcher = try ProcessExitWatcher() } catch { throw SupervisionError("cannot watch processes: \(error)") }
-        slots = configuration.instanceNames.map {
-            Slot(status: InstanceStatus(name: $0, processID: nil, phase: .stopped, restarts: 0, lastCause: nil))
-        }
         do { try FileAccess.createDirectories(configuration.stateDirectory, mode: 0o700) } catch {
             throw SupervisionError("cannot create the state directory: \(error)")
         }
-        if let status = try? SupervisorStatus.read(stateDirectory: configuration.stateDirectory),
-           status.supervisorProcessID != getpid(), kill(status.supervisorProcessID, 0) == 0 {
-            throw SupervisionError("a supervisor (pid \(status.supervisorProcessID)) already runs \(configuration.service) in \(configuration.stateDirectory): stop it first")
+        let lockPath = configuration.stateDirectory + "/supervisor.lock"
+        supervisorLock = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard supervisorLock >= 0 else { throw SupervisionError("cannot open \(lockPath): \(Errno.current)") }
+        // `modeless status` takes the lock shared for an instant to see whether it is held.
+        var locked = flock(supervisorLock, LOCK_EX | LOCK_NB) == 0
+        for _ in 0..<10 where !locked {
+            usleep(10_000)
+            locked = flock(supervisorLock, LOCK_EX | LOCK_NB) == 0
+        }
+        guard locked else {
+            close(supervisorLock)
+            let holder = (try? SupervisorStatus.read(stateDirectory: configuration.stateDirectory)).map { " (pid \($0.supervisorProcessID))" } ?? ""
+            throw SupervisionError("a supervisor\(holder) already runs \(configuration.service) in \(configuration.stateDirectory): stop it first")
+        }
+        (containment, serviceGroup) = InstanceContainment.choose(service: configuration.service, useControlGroup: configuration.useControlGroup)
+        slots = configuration.instanceNames.map {
+            Slot(status: InstanceStatus(name: $0, processID: nil, phase: .stopped, restarts: 0, lastCause: nil),
+                 lock: InstanceLock(path: configuration.stateDirectory + "/" + $0 + ".lock"), policy: RestartPolicy(configuration))
         }
     }
 
-    deinit { stop() }
+    deinit {
+        stop()
+        releaseSupervisorLock()
+    }
 
     /// The path of instance `name`'s state file.
     public func statePath(of name: String) -> String { configuration.stateDirectory + "/" + name + ".state" }
 
-    /// Starts every instance and the watch thread.
+    /// Starts the supervisor's thread, which stops whatever an earlier supervisor's instances
+    /// left running (see docs/supervision.md) and starts every instance. Throws if an instance
+    /// cannot be started, or its name is served by a process this supervisor did not start.
     public func start() throws(SupervisionError) {
-        for index in slots.indices { try launch(index) }
+        let first = lock.withLock { () -> Bool in
+            guard case .notStarted = startup, !stopping else { return false }
+            startup = .running
+            return true
+        }
+        guard first else { throw SupervisionError("this supervisor was already started") }
         do {
             watchThread = try SystemThread(name: "supervisor") { [unowned self] in self.watch() }
-        } catch { throw SupervisionError("cannot start the watch thread: \(error)") }
+        } catch {
+            lock.withLock { startup = .notStarted }
+            throw SupervisionError("cannot start the supervisor's thread: \(error)")
+        }
+        let failure = lock.withLock { () -> SupervisionError? in
+            while case .running = startup { lock.wait() }
+            if case .failed(let error) = startup { return error }
+            return nil
+        }
+        if let failure {
+            watchThread?.join()
+            watchThread = nil
+            throw failure
+        }
     }
 
     /// The instances now.
@@ -89,65 +167,172 @@ public final class Supervisor: @unchecked Sendable {
         }
     }
 
-    /// Stops every instance (SIGTERM, then SIGKILL after 5 s) and the watch thread. Idempotent.
+    /// Stops every instance: SIGTERM to all of its processes, SIGKILL to those left after
+    /// `stopTimeoutSeconds` or once the instance's main process has ended, and waits until
+    /// none is left (or 5 s after SIGKILL). Then removes their sockets and cgroups and
+    /// releases the state directory. Never waits on an instance's output. Idempotent.
     public func stop() {
         let alreadyStopping = lock.withLock { () -> Bool in
             defer { stopping = true }
             return stopping
         }
         guard !alreadyStopping else { return }
-        // The watch thread may be starting a replacement: let it finish first, so that every
-        // process it started is in the slots when they are stopped.
         watcher.wake()
+        // Called from an event or output callback, on the supervisor's thread itself: that
+        // thread stops everything when the callback returns; it cannot wait for itself.
+        if let watchThreadID = lock.withLock({ watchThreadID }), pthread_equal(watchThreadID, pthread_self()) != 0 { return }
         watchThread?.join()
         watchThread = nil
-        let processes = lock.withLock { slots.compactMap(\.process) }
-        for process in processes where process.exitStatusIfEnded() == nil { process.signal(SIGTERM) }
-        let deadline = monotonicNanoseconds() + 5_000_000_000
-        for process in processes {
-            while process.exitStatusIfEnded() == nil && monotonicNanoseconds() < deadline { usleep(10_000) }
-            if process.exitStatusIfEnded() == nil {
-                process.signal(SIGKILL)
-                _ = try? process.wait()
-            }
-        }
-        let readers: [SystemThread] = lock.withLock {
-            defer {
-                for index in slots.indices {
-                    slots[index].status.phase = .stopped
-                    slots[index].status.processID = nil
-                    slots[index].process = nil
-                    slots[index].reader = nil
-                }
-            }
-            return slots.compactMap(\.reader)
-        }
-        for reader in readers { reader.join() }
-        writeStatus()
+        // A supervisor that never started made its service's cgroup all the same.
+        try? serviceGroup?.remove()
+        releaseSupervisorLock()
     }
 
-    // MARK: Running instances
+    /// Lets another supervisor run the service.
+    private func releaseSupervisorLock() {
+        lock.withLock {
+            if supervisorLock >= 0 { close(supervisorLock) }
+            supervisorLock = -1
+        }
+    }
 
-    private func launch(_ index: Int) throws(SupervisionError) {
+    // MARK: The supervisor's thread
+
+    private func watch() {
+        lock.withLock { watchThreadID = pthread_self() }
+        do throws(SupervisionError) {
+            try startEveryInstance()
+            lock.withLock {
+                startup = .done
+                lock.broadcast()
+            }
+        } catch {
+            shutDown()
+            lock.withLock {
+                startup = .failed(error)
+                lock.broadcast()
+            }
+            return
+        }
+        while !lock.withLock({ stopping }) {
+            let runs = lock.withLock { slots.compactMap(\.run) }
+            let (ended, readable) = watcher.waitForEvents(timeoutMilliseconds: nextTimeout(),
+                                                          readable: runs.filter { !$0.process.outputEnded }.map(\.process.outputDescriptor))
+            for run in runs where readable.contains(run.process.outputDescriptor) { forwardOutput(of: run) }
+            for pid in ended { handleExit(of: pid) }
+            let now = monotonicNanoseconds()
+            enforceStartTimeouts(now: now)
+            finishEndings(now: now)
+            restartDue(now: now)
+        }
+        shutDown()
+    }
+
+    /// How long the thread may wait for the next event: briefly while an ended run's
+    /// processes are being stopped, else until the next restart or start deadline (at most 1 s).
+    private func nextTimeout() -> Int32 {
+        let now = monotonicNanoseconds()
+        return lock.withLock {
+            // Leftovers usually end within milliseconds of SIGKILL; one in uninterruptible
+            // sleep (a device being released) may take longer, and is then checked less often.
+            if let ending = slots.filter({ $0.ending != nil }).map(\.endedAt).max() {
+                return now > ending + 200_000_000 ? 50 : 5
+            }
+            var next = now + 1_000_000_000
+            for slot in slots {
+                if let at = slot.restartAt { next = min(next, at) }
+                if let run = slot.run, !run.served, run.stoppedBecause == nil {
+                    next = min(next, run.startedAt + UInt64(configuration.startTimeoutSeconds * 1e9))
+                }
+            }
+            return Int32(min(1000, max(1, (next > now ? next - now : 0) / 1_000_000 + 1)))
+        }
+    }
+
+    /// Takes every instance's lock (stopping what an earlier supervisor's runs left), checks
+    /// that no other process serves its name, and starts it.
+    private func startEveryInstance() throws(SupervisionError) {
+        report(configuration.service, "supervising \(configuration.service) (pid \(getpid())); containment: \(containment)")
+        var held: [Int] = []
+        for index in slots.indices {
+            let instanceLock = slots[index].lock
+            if try instanceLock.tryAcquire() && !instanceLock.recordedGroupIsPopulated {
+                instanceLock.removeRecordedControlGroup()
+            } else {
+                held.append(index)
+            }
+        }
+        if !held.isEmpty {
+            let stopped = try InstanceLock.stopSurvivors(of: held.map { slots[$0].lock }, graceSeconds: configuration.stopTimeoutSeconds)
+            for (index, pids) in zip(held, stopped) {
+                report(configuration.instanceName(index),
+                       "stopped \(pids.count) process(es) an earlier supervisor's run left (pids \(pids.map(String.init).joined(separator: ", ")))")
+            }
+        }
+        for name in configuration.instanceNames where !removeSocketUnlessServed(name) {
+            throw SupervisionError("\(name) is served by a process this supervisor did not start (\(containers.socketPath(name)) answers): stop it, then start the supervisor again")
+        }
+        for index in slots.indices { try launch(index, now: monotonicNanoseconds()) }
+    }
+
+    /// Starts instance `index`: in its own process group (and cgroup), with the death signal
+    /// tied to this thread, holding the instance's lock file.
+    private func launch(_ index: Int, now: UInt64) throws(SupervisionError) {
         let name = configuration.instanceName(index)
         var environment = configuration.environment
         environment["MODELESS_INSTANCE"] = name
         environment["MODELESS_INSTANCE_STATE"] = statePath(of: name)
         environment["MODELESS_SERVICE_STATE_DIR"] = configuration.stateDirectory
         environment["MODELESS_CONTAINER_DIR"] = containers.path
+        let (instanceLock, existingGroup, cgroupUnusable) = lock.withLock { (slots[index].lock, slots[index].controlGroup, slots[index].cgroupUnusable) }
+        var controlGroup = existingGroup
+        var procs: Int32?
+        if let serviceGroup, !cgroupUnusable {
+            do throws(SystemError) {
+                let group: ControlGroup
+                if let existingGroup { group = existingGroup } else { group = try serviceGroup.child(name) }
+                controlGroup = group
+                procs = try group.openProcs()
+            } catch {
+                report(name, "cannot use its cgroup (\(error)): this run is contained by its process group alone")
+            }
+        }
+        defer { if let procs { close(procs) } }
+        func spawn(cgroupProcs: Int32?) throws(SystemError) -> ChildProcess {
+            try ChildProcess(configuration.command[0], Array(configuration.command.dropFirst()) + ["--container", name],
+                             environment: environment,
+                             containment: .init(deathSignal: SIGKILL, cgroupProcs: cgroupProcs, inherited: instanceLock.descriptor))
+        }
         let process: ChildProcess
         do {
-            process = try ChildProcess(configuration.command[0], Array(configuration.command.dropFirst()) + ["--container", name],
-                                       environment: environment)
-            try watcher.watch(process.processID)
+            process = try spawn(cgroupProcs: procs)
         } catch {
-            throw SupervisionError("cannot start \(name) (\(configuration.command.joined(separator: " "))): \(error)")
+            // Joining the cgroup can fail where creating it did not (a hierarchy whose
+            // controllers forbid processes there): then the process group alone contains it.
+            guard procs != nil, let retried = try? spawn(cgroupProcs: nil) else {
+                throw SupervisionError("cannot start \(name) (\(configuration.command.joined(separator: " "))): \(error)")
+            }
+            report(name, "cannot start it in its cgroup (\(error)): it is contained by its process group alone")
+            if let procs { close(procs) }
+            procs = nil
+            try? controlGroup?.remove()
+            controlGroup = nil
+            lock.withLock { slots[index].cgroupUnusable = true }
+            process = retried
         }
-        let reader = try? SystemThread(name: "out \(name)") { [unowned self] in self.forwardOutput(of: process, index: index) }
+        let run = Run(process: process, group: InstanceGroup(processGroup: process.processID, controlGroup: procs == nil ? nil : controlGroup),
+                      startedAt: now)
+        do { try watcher.watch(process.processID) } catch {
+            run.group.signalAll(SIGKILL)
+            _ = try? process.wait()
+            throw SupervisionError("cannot watch \(name) (pid \(process.processID)): \(error)")
+        }
+        instanceLock.write(.init(processID: process.processID, processGroup: process.processID, controlGroup: run.group.controlGroup?.path))
         lock.withLock {
-            slots[index].process = process
-            slots[index].reader = reader
+            slots[index].controlGroup = controlGroup
+            slots[index].run = run
             slots[index].restartAt = nil
+            slots[index].policy.started(at: now)
             slots[index].status.processID = process.processID
             slots[index].status.phase = .starting
         }
@@ -155,92 +340,201 @@ public final class Supervisor: @unchecked Sendable {
         writeStatus()
     }
 
-    /// Forwards an instance's output, noticing the line that says it serves.
-    private func forwardOutput(of process: ChildProcess, index: Int) {
+    /// Forwards the lines `run` has printed, noticing the one that says it serves.
+    private func forwardOutput(of run: Run) {
+        guard let index = lock.withLock({ slots.firstIndex { $0.run === run || $0.ending === run } }) else { return }
         let name = configuration.instanceName(index)
-        while true {
-            guard let line = process.readLine(timeout: 1) else {
-                if process.outputEnded { return }
-                continue
-            }
+        for line in run.process.readAvailableLines() {
             onOutput?(name, line)
-            if line.hasPrefix("serving ") {
-                let changed = lock.withLock { () -> Bool in
-                    guard slots[index].process === process, slots[index].status.phase == .starting else { return false }
-                    slots[index].status.phase = .serving
-                    slots[index].failedStarts = 0
-                    lock.broadcast()
-                    return true
-                }
-                if changed {
-                    report(name, "serving")
-                    writeStatus()
-                }
+            guard line.hasPrefix("serving ") else { continue }
+            let changed = lock.withLock { () -> Bool in
+                guard slots[index].run === run, slots[index].status.phase == .starting else { return false }
+                run.served = true
+                slots[index].status.phase = .serving
+                lock.broadcast()
+                return true
             }
-        }
-    }
-
-    private func watch() {
-        while !lock.withLock({ stopping }) {
-            let ended = watcher.waitForExits(timeoutMilliseconds: 100)
-            for pid in ended { handleExit(of: pid) }
-            restartDue()
+            if changed {
+                report(name, "serving")
+                writeStatus()
+            }
         }
     }
 
     private func handleExit(of pid: pid_t) {
-        guard let index = lock.withLock({ slots.firstIndex { $0.process?.processID == pid } }) else { return }
+        guard let index = lock.withLock({ slots.firstIndex { $0.run?.process.processID == pid } }),
+              let run = lock.withLock({ slots[index].run }) else { return }
         let name = configuration.instanceName(index)
-        let process = lock.withLock { slots[index].process! }
-        let cause = Self.describe(exitStatus: (try? process.wait()) ?? -1)
-        // The dead instance's socket would make consumers' opens fail with "connection
-        // refused" until the replacement replaces it; remove it now.
-        unlink(containers.socketPath(name))
-        let (phase, delay): (InstanceStatus.Phase, Double) = lock.withLock {
-            let diedBeforeServing = slots[index].status.phase == .starting
-            slots[index].failedStarts = diedBeforeServing ? slots[index].failedStarts + 1 : 0
+        forwardOutput(of: run)
+        let exit = Self.describe(exitStatus: run.process.exitStatusIfEnded() ?? ((try? run.process.wait()) ?? -1))
+        // Whatever else the instance started goes with it, before a replacement can start.
+        run.group.signalAll(SIGKILL)
+        let now = monotonicNanoseconds()
+        let cause = run.stoppedBecause.map { "\($0) (\(exit))" } ?? exit
+        let (delay, refusal): (Double, String?) = lock.withLock {
+            let delay = slots[index].policy.ended(startedAt: run.startedAt, at: now, served: run.served)
+            let refusal = slots[index].policy.refusal(at: now + UInt64(delay * 1e9))
+            slots[index].run = nil
+            slots[index].ending = run
+            slots[index].endedAt = now
+            slots[index].endingReported = false
             slots[index].status.lastCause = cause
             slots[index].status.processID = nil
-            let failedStarts = slots[index].failedStarts
-            if failedStarts >= configuration.startAttempts {
+            if let refusal {
                 slots[index].status.phase = .failed
-                return (.failed, 0)
+                slots[index].status.failure = refusal
+            } else {
+                slots[index].status.phase = .restarting
+                slots[index].restartAt = now + UInt64(delay * 1e9)
             }
-            // Back off when it keeps dying before it serves: 0.1 s, 0.2 s, 0.4 s, ...
-            let delay = failedStarts == 0 ? configuration.restartDelaySeconds : 0.1 * Double(1 << (failedStarts - 1))
-            slots[index].status.phase = .restarting
-            slots[index].restartAt = monotonicNanoseconds() + UInt64(delay * 1e9)
-            return (.restarting, delay)
+            lock.broadcast()
+            return (delay, refusal)
         }
-        if phase == .failed {
-            report(name, "died (\(cause)) \(configuration.startAttempts) times before serving: giving up on it")
+        if let refusal {
+            report(name, "died (\(cause)); giving up on it: \(refusal)")
         } else {
-            report(name, "died (\(cause)); removed its socket; restarting" + (delay > 0 ? " in \(delay) s" : ""))
+            report(name, "died (\(cause)); restarting" + (delay > 0 ? " in \(delay) s" : ""))
         }
+        finishEndings(now: now)
         writeStatus()
     }
 
-    private func restartDue() {
-        guard !lock.withLock({ stopping }) else { return }
-        let now = monotonicNanoseconds()
-        let due = lock.withLock { slots.indices.filter { slots[$0].restartAt.map { $0 <= now } ?? false } }
-        for index in due {
-            let reader = lock.withLock { () -> SystemThread? in
-                slots[index].status.restarts += 1
-                slots[index].restartAt = nil
-                defer { slots[index].reader = nil }
-                return slots[index].reader
-            }
-            reader?.join()
-            do { try launch(index) } catch {
-                report(configuration.instanceName(index), "\(error)")
-                lock.withLock {
-                    slots[index].failedStarts += 1
-                    slots[index].status.phase = slots[index].failedStarts >= configuration.startAttempts ? .failed : .restarting
-                    if slots[index].status.phase == .restarting { slots[index].restartAt = monotonicNanoseconds() + 1_000_000_000 }
-                }
+    /// Kills the runs that have not served within the start timeout; their death then counts
+    /// as a failed start.
+    private func enforceStartTimeouts(now: UInt64) {
+        let limit = UInt64(configuration.startTimeoutSeconds * 1e9)
+        let late = lock.withLock { () -> [(Int, Run)] in
+            slots.indices.compactMap { index in
+                guard let run = slots[index].run, !run.served, run.stoppedBecause == nil, now - run.startedAt >= limit else { return nil }
+                run.stoppedBecause = "did not report serving within \(RestartPolicy.seconds(configuration.startTimeoutSeconds)) s (startTimeoutSeconds)"
+                return (index, run)
             }
         }
+        for (index, run) in late {
+            report(configuration.instanceName(index), "\(run.stoppedBecause!): stopping it")
+            run.group.signalAll(SIGKILL)
+        }
+    }
+
+    /// For every ended run: once none of its processes is left, removes its socket (unless
+    /// something still answers there) and lets the replacement start.
+    private func finishEndings(now: UInt64) {
+        let endings = lock.withLock { slots.indices.compactMap { index in slots[index].ending.map { (index, $0) } } }
+        for (index, run) in endings {
+            let name = configuration.instanceName(index)
+            guard run.group.isEmpty else {
+                run.group.signalAll(SIGKILL)
+                let reportNow = lock.withLock { () -> Bool in
+                    guard !slots[index].endingReported, now > slots[index].endedAt + 1_000_000_000 else { return false }
+                    slots[index].endingReported = true
+                    return true
+                }
+                if reportNow { report(name, "waiting for the processes its last run left (group \(run.group.processGroup)) to end") }
+                continue
+            }
+            forwardOutput(of: run)
+            if !removeSocketUnlessServed(name) {
+                report(name, "\(containers.socketPath(name)) still answers after the instance's processes ended: left in place")
+            }
+            lock.withLock { slots[index].ending = nil }
+        }
+    }
+
+    private func restartDue(now: UInt64) {
+        let due = lock.withLock {
+            slots.indices.filter { slots[$0].ending == nil && slots[$0].restartAt.map { $0 <= now } == true }
+        }
+        for index in due {
+            let name = configuration.instanceName(index)
+            if let refusal = lock.withLock({ slots[index].policy.refusal(at: now) }) {
+                lock.withLock {
+                    slots[index].restartAt = nil
+                    slots[index].status.phase = .failed
+                    slots[index].status.failure = refusal
+                    lock.broadcast()
+                }
+                report(name, "giving up on it: \(refusal)")
+                writeStatus()
+                continue
+            }
+            lock.withLock { slots[index].status.restarts += 1 }
+            do { try launch(index, now: now) } catch {
+                report(name, "\(error)")
+                lock.withLock {
+                    slots[index].policy.couldNotStart()
+                    if let refusal = slots[index].policy.refusal(at: now) {
+                        slots[index].restartAt = nil
+                        slots[index].status.phase = .failed
+                        slots[index].status.failure = refusal
+                    } else {
+                        slots[index].restartAt = now + 1_000_000_000
+                    }
+                    lock.broadcast()
+                }
+                writeStatus()
+            }
+        }
+    }
+
+    /// Stops every run (see ``stop()``), removes the sockets, cgroups and locks.
+    private func shutDown() {
+        let began = monotonicNanoseconds()
+        let runs = lock.withLock { slots.compactMap(\.run) }
+        for run in runs { run.group.signalAll(SIGTERM) }
+        let graceEnd = monotonicNanoseconds() + UInt64(configuration.stopTimeoutSeconds * 1e9)
+        var alive = runs
+        while !alive.isEmpty && monotonicNanoseconds() < graceEnd {
+            let (_, readable) = watcher.waitForEvents(timeoutMilliseconds: 10, readable: alive.filter { !$0.process.outputEnded }.map(\.process.outputDescriptor))
+            for run in alive where readable.contains(run.process.outputDescriptor) { forwardOutput(of: run) }
+            alive.removeAll { $0.process.exitStatusIfEnded() != nil }
+        }
+        let all = runs + lock.withLock { slots.compactMap(\.ending) }
+        for run in all { run.group.signalAll(SIGKILL) }
+        let killEnd = monotonicNanoseconds() + 5_000_000_000
+        for run in all {
+            while run.process.exitStatusIfEnded() == nil && monotonicNanoseconds() < killEnd { usleep(2_000) }
+            while !run.group.isEmpty && monotonicNanoseconds() < killEnd {
+                run.group.signalAll(SIGKILL)
+                usleep(2_000)
+            }
+            forwardOutput(of: run)
+            watcher.forget(run.process.processID)
+        }
+        for index in slots.indices {
+            let name = configuration.instanceName(index)
+            _ = removeSocketUnlessServed(name)
+            let (instanceLock, controlGroup) = lock.withLock { () -> (InstanceLock, ControlGroup?) in
+                slots[index].run = nil
+                slots[index].ending = nil
+                slots[index].restartAt = nil
+                slots[index].status.processID = nil
+                if slots[index].status.phase != .failed { slots[index].status.phase = .stopped }
+                return (slots[index].lock, slots[index].controlGroup)
+            }
+            try? controlGroup?.remove()
+            instanceLock.release()
+        }
+        try? serviceGroup?.remove()
+        lock.withLock { lock.broadcast() }
+        let left = all.filter { !$0.group.isEmpty }.map(\.group.processGroup)
+        report(configuration.service, "stopped in \(Double((monotonicNanoseconds() - began) / 1_000_000) / 1000) s"
+               + (left.isEmpty ? "" : "; processes of groups \(left.map(String.init).joined(separator: ", ")) did not end after SIGKILL"))
+        writeStatus()
+        releaseSupervisorLock()
+    }
+
+    /// Removes instance `name`'s socket unless a process still listens there; true if no
+    /// socket is left.
+    private func removeSocketUnlessServed(_ name: String) -> Bool {
+        let path = containers.socketPath(name)
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return true }
+        if let probe = try? UnixSocket.connect(to: path) {
+            probe.close()
+            return false
+        }
+        unlink(path)
+        return true
     }
 
     // MARK: Reporting
@@ -256,7 +550,12 @@ public final class Supervisor: @unchecked Sendable {
     }
 
     private func writeStatus() {
-        let status = SupervisorStatus(service: configuration.service, supervisorProcessID: getpid(), instances: instances)
+        let detail: String = switch containment {
+        case .controlGroup(let parent): parent
+        case .processGroup(let reason): reason
+        }
+        let status = SupervisorStatus(service: configuration.service, supervisorProcessID: getpid(), instances: instances,
+                                      containment: containment.kind, containmentDetail: detail)
         try? FileAccess.replaceFile(configuration.stateDirectory + "/" + SupervisorStatus.fileName,
                                     with: Array(status.encoded.utf8), mode: 0o600)
     }

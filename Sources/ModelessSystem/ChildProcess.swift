@@ -1,3 +1,5 @@
+import CModelessShim
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,9 +15,32 @@ public final class ChildProcess: @unchecked Sendable {
     /// Whether all of the output has been read: the process, and any it started, closed it.
     public private(set) var outputEnded = false
     private let lock = ConditionLock()
+    /// The process group the process leads, if it was started in its own (``Containment``).
+    public let processGroup: pid_t?
+
+    /// How a supervised process is kept apart and tied to its supervisor.
+    public struct Containment: Sendable {
+        /// The signal the process gets when the thread that started it ends
+        /// (`PR_SET_PDEATHSIG`), or nil for none.
+        public var deathSignal: Int32?
+        /// An open `cgroup.procs` of the cgroup v2 group to start the process in, or nil.
+        public var cgroupProcs: Int32?
+        /// A descriptor the process inherits (across its exec), or nil.
+        public var inherited: Int32?
+
+        public init(deathSignal: Int32? = SIGKILL, cgroupProcs: Int32? = nil, inherited: Int32? = nil) {
+            self.deathSignal = deathSignal
+            self.cgroupProcs = cgroupProcs
+            self.inherited = inherited
+        }
+    }
 
     /// Starts `program` with `arguments`; `environment` entries are added to this process's.
-    public init(_ program: String, _ arguments: [String], environment: [String: String] = [:]) throws(SystemError) {
+    /// With `containment`, the process leads its own process group, and is started in the
+    /// given cgroup, with the given death signal and inherited descriptor; its output is
+    /// then also readable without blocking (``readAvailableLines()``).
+    public init(_ program: String, _ arguments: [String], environment: [String: String] = [:],
+                containment: Containment? = nil) throws(SystemError) {
         guard let executable = ProgramRunner.locate(program) else {
             throw SystemError("find program", program, errno: .noSuchFileOrDirectory)
         }
@@ -24,6 +49,27 @@ public final class ChildProcess: @unchecked Sendable {
         _ = try systemCall("pipe", program) { pipe(&pipeEnds) }
         _ = fcntl(pipeEnds[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(pipeEnds[1], F_SETFD, FD_CLOEXEC)
+        let envp = Self.environment(adding: environment)
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        if let containment {
+            let pid = modeless_spawn_instance(executable, argv, envp, pipeEnds[1], containment.inherited ?? -1,
+                                              containment.cgroupProcs ?? -1, containment.deathSignal ?? 0)
+            let spawnErrno = Errno.current
+            close(pipeEnds[1])
+            guard pid > 0 else {
+                close(pipeEnds[0])
+                throw SystemError("start", executable, errno: spawnErrno)
+            }
+            _ = fcntl(pipeEnds[0], F_SETFL, fcntl(pipeEnds[0], F_GETFL) | O_NONBLOCK)
+            processID = pid
+            processGroup = pid
+            output = pipeEnds[0]
+            return
+        }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -31,19 +77,6 @@ public final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
         posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 2)
 
-        var inherited: [String] = []
-        var entry = environ
-        while let variable = entry.pointee {
-            let text = String(cString: variable)
-            if let name = text.split(separator: "=", maxSplits: 1).first, environment[String(name)] == nil { inherited.append(text) }
-            entry += 1
-        }
-        let envp = (inherited + environment.map { "\($0.key)=\($0.value)" }).map { strdup($0) } + [nil]
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
-        }
         // The child starts with no signals blocked and default dispositions, whatever this
         // process (which may block SIGTERM to wait for it) has.
         var attributes = posix_spawnattr_t()
@@ -65,7 +98,20 @@ public final class ChildProcess: @unchecked Sendable {
             throw SystemError("posix_spawn", executable, errno: .init(rawValue: spawnError))
         }
         processID = pid
+        processGroup = nil
         output = pipeEnds[0]
+    }
+
+    /// This process's environment with `environment`'s entries added or replaced, for execve.
+    private static func environment(adding environment: [String: String]) -> [UnsafeMutablePointer<CChar>?] {
+        var inherited: [String] = []
+        var entry = environ
+        while let variable = entry.pointee {
+            let text = String(cString: variable)
+            if let name = text.split(separator: "=", maxSplits: 1).first, environment[String(name)] == nil { inherited.append(text) }
+            entry += 1
+        }
+        return (inherited + environment.map { "\($0.key)=\($0.value)" }).map { strdup($0) } + [nil]
     }
 
     deinit {
@@ -92,13 +138,47 @@ public final class ChildProcess: @unchecked Sendable {
             if ready <= 0 { continue }
             var chunk = [UInt8](repeating: 0, count: 4096)
             let count = chunk.withUnsafeMutableBytes { read(output, $0.baseAddress, $0.count) }
-            if count > 0 { buffered += chunk[0..<count] } else if count == 0 || Errno.current != .interrupted {
+            if count > 0 { buffered += chunk[0..<count] } else if count == 0 || ![.interrupted, .wouldBlock].contains(Errno.current) {
                 outputEnded = true
                 if buffered.isEmpty { return nil }
                 defer { buffered.removeAll() }
                 return String(decoding: buffered, as: UTF8.self)
             }
         }
+    }
+
+    /// The read end of the output pipe, to poll for ``readAvailableLines()``.
+    public var outputDescriptor: Int32 { output }
+
+    /// The complete lines of output that can be read now without waiting (the output of a
+    /// process started with ``Containment`` does not block), and the unfinished last line
+    /// once the output has ended. Never blocks on a process started with containment, and
+    /// reads at most 64 KiB a call, so that a process that prints without pause cannot keep
+    /// the caller here.
+    public func readAvailableLines() -> [String] {
+        var lines: [String] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        var budget = 16
+        while !outputEnded && budget > 0 {
+            budget -= 1
+            let count = chunk.withUnsafeMutableBytes { read(output, $0.baseAddress, $0.count) }
+            if count > 0 {
+                buffered += chunk[0..<count]
+                continue
+            }
+            if count < 0 && Errno.current == .interrupted { continue }
+            if count < 0 && Errno.current == .wouldBlock { break }
+            outputEnded = true
+        }
+        while let newline = buffered.firstIndex(of: 0x0A) {
+            lines.append(String(decoding: buffered[..<newline], as: UTF8.self))
+            buffered.removeSubrange(...newline)
+        }
+        if outputEnded && !buffered.isEmpty {
+            lines.append(String(decoding: buffered, as: UTF8.self))
+            buffered.removeAll()
+        }
+        return lines
     }
 
     /// Sends `signal` (SIGTERM, SIGKILL, ...).

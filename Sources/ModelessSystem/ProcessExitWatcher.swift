@@ -43,21 +43,29 @@ public final class ProcessExitWatcher: @unchecked Sendable {
     /// (-1: no timeout). Returns the processes that ended; they are no longer watched (reap
     /// children with `waitpid` to learn their status).
     public func waitForExits(timeoutMilliseconds: Int32 = -1) -> [pid_t] {
+        waitForEvents(timeoutMilliseconds: timeoutMilliseconds, readable: []).ended
+    }
+
+    /// As ``waitForExits(timeoutMilliseconds:)``, and also returns when one of `descriptors`
+    /// is readable (or at its end): the processes that ended and the descriptors readable.
+    public func waitForEvents(timeoutMilliseconds: Int32, readable descriptors: [Int32]) -> (ended: [pid_t], readable: [Int32]) {
         let snapshot = lock.withLock { watched }
-        var descriptors = [pollfd(fd: waker.fd, events: Int16(POLLIN), revents: 0)]
+        var polled = [pollfd(fd: waker.fd, events: Int16(POLLIN), revents: 0)]
         var owners: [pid_t] = []
         for (pid, fd) in snapshot {
-            descriptors.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+            polled.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
             owners.append(pid)
         }
-        let ready = poll(&descriptors, nfds_t(descriptors.count), timeoutMilliseconds)
-        guard ready > 0 else { return [] }
-        if descriptors[0].revents != 0 { _ = try? waker.wait() }
+        for fd in descriptors { polled.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+        let ready = poll(&polled, nfds_t(polled.count), timeoutMilliseconds)
+        guard ready > 0 else { return ([], []) }
+        if polled[0].revents != 0 { _ = try? waker.wait() }
         var ended: [pid_t] = []
-        for (index, pid) in owners.enumerated() where descriptors[index + 1].revents != 0 {
+        for (index, pid) in owners.enumerated() where polled[index + 1].revents != 0 {
             ended.append(pid)
             forget(pid)
         }
-        return ended
+        let readable = descriptors.indices.filter { polled[1 + owners.count + $0].revents != 0 }.map { descriptors[$0] }
+        return (ended, readable)
     }
 }

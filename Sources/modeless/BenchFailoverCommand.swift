@@ -45,7 +45,11 @@ struct BenchFailover: ParsableCommand {
     }
 
     func run() throws {
-        let configuration = try SupervisorConfigurationFile.load(config)
+        var configuration = try SupervisorConfigurationFile.load(config)
+        // The kills are the bench's own, not a crash loop: no start limit, and no back-off for
+        // instances that had served.
+        configuration.startLimitBurst = 0
+        configuration.startLimitIntervalSeconds = 0
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(configuration)

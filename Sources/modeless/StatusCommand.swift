@@ -29,12 +29,18 @@ struct Status: ParsableCommand {
         var executed: UInt64
         var replayed: UInt64
         var lastCause: String?
+        /// Why the instance was given up on (phase "failed").
+        var failure: String?
     }
 
     struct Report: Encodable {
         var service: String
         var supervisorPid: Int32
         var supervisorRunning: Bool
+        /// "cgroup" or "process-group".
+        var containment: String
+        /// The services' cgroup, or why none is used.
+        var containmentDetail: String
         var instances: [Row]
     }
 
@@ -47,7 +53,7 @@ struct Status: ParsableCommand {
         }
         let rows = status.instances.map { instance -> Row in
             var row = Row(instance: instance.name, pid: instance.processID, phase: instance.phase.rawValue, restarts: instance.restarts,
-                          starts: 0, inFlight: 0, executed: 0, replayed: 0, lastCause: instance.lastCause)
+                          starts: 0, inFlight: 0, executed: 0, replayed: 0, lastCause: instance.lastCause, failure: instance.failure)
             if let state = try? InstanceStateFile(path: directory + "/" + instance.name + ".state", readOnly: true) {
                 defer { state.close() }
                 row.starts = state.starts
@@ -59,12 +65,18 @@ struct Status: ParsableCommand {
             return row
         }
         let report = Report(service: status.service, supervisorPid: status.supervisorProcessID,
-                            supervisorRunning: kill(status.supervisorProcessID, 0) == 0, instances: rows)
+                            supervisorRunning: supervisorRuns(directory), containment: status.containment,
+                            containmentDetail: status.containmentDetail, instances: rows)
         if json {
             try printJSON(report)
             return
         }
         printLine("service \(report.service): supervisor pid \(report.supervisorPid)\(report.supervisorRunning ? "" : " (not running)")")
+        switch report.containment {
+        case "cgroup": printLine("containment: a cgroup v2 group and a process group per instance, in \(report.containmentDetail)")
+        case "process-group": printLine("containment: a process group per instance (no cgroup: \(report.containmentDetail))")
+        default: break
+        }
         let header = ["instance", "pid", "phase", "restarts", "starts", "in flight", "executed", "replayed", "last cause"]
         let table = rows.map { row in
             [row.instance, row.pid.map(String.init) ?? "-", row.phase, String(row.restarts), String(row.starts),
@@ -74,6 +86,17 @@ struct Status: ParsableCommand {
         for line in [header] + table {
             printLine(line.indices.map { $0 == line.count - 1 ? line[$0] : line[$0].padded(widths[$0]) }.joined(separator: "  "))
         }
+        for row in rows where row.phase == "failed" {
+            printLine("\(row.instance) failed: \(row.failure ?? "given up on"); it is not restarted until the supervisor is (fix the cause first; see `supervisor.log` in \(directory))")
+        }
+    }
+
+    /// Whether the service's supervisor runs: it holds `supervisor.lock` while it does.
+    private func supervisorRuns(_ directory: String) -> Bool {
+        let fd = open(directory + "/supervisor.lock", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return flock(fd, LOCK_SH | LOCK_NB) != 0
     }
 }
 

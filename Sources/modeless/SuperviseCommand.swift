@@ -11,7 +11,13 @@ import ModelessSystem
 ///       "command": ["modeless", "serve", "nvme", "0000:00:06.0", "--device", "disk"],
 ///       "stateDirectory": "/run/modeless/services/storage",
 ///       "restartDelaySeconds": 0,
+///       "restartMaxDelaySeconds": 5,
 ///       "startAttempts": 5,
+///       "startLimitBurst": 5,
+///       "startLimitIntervalSeconds": 10,
+///       "startTimeoutSeconds": 60,
+///       "stopTimeoutSeconds": 5,
+///       "cgroup": true,
 ///       "environment": {}
 ///     }
 ///
@@ -23,8 +29,22 @@ struct SupervisorConfigurationFile: Decodable {
     var command: [String]
     var stateDirectory: String?
     var restartDelaySeconds: Double?
+    var restartMaxDelaySeconds: Double?
     var startAttempts: Int?
+    var startLimitBurst: Int?
+    var startLimitIntervalSeconds: Double?
+    var startTimeoutSeconds: Double?
+    var stopTimeoutSeconds: Double?
+    var cgroup: Bool?
     var environment: [String: String]?
+
+    private enum CodingKeys: String, CodingKey, CaseIterable {
+        case service, instances, command, stateDirectory, restartDelaySeconds, restartMaxDelaySeconds, startAttempts
+        case startLimitBurst, startLimitIntervalSeconds, startTimeoutSeconds, stopTimeoutSeconds, cgroup, environment
+    }
+
+    /// The keys of a configuration file, to name a misspelt one.
+    static let keys = CodingKeys.allCases.map(\.rawValue)
 
     static func load(_ path: String) throws -> SupervisorConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -34,11 +54,25 @@ struct SupervisorConfigurationFile: Decodable {
         do { file = try JSONDecoder().decode(SupervisorConfigurationFile.self, from: data) } catch {
             throw ValidationError("\(path) is not a valid supervisor configuration (see docs/supervision.md): \(describe(error))")
         }
+        if let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            let unknown = object.keys.filter { !keys.contains($0) }.sorted()
+            guard unknown.isEmpty else {
+                throw ValidationError("\(path): unknown key(s) \(unknown.joined(separator: ", ")); the keys are \(keys.joined(separator: ", ")) (see docs/supervision.md)")
+            }
+        }
         var command = file.command
         if command.first == "modeless", let this = try? ProgramRunner.builtProgram("modeless") { command[0] = this }
+        let defaults = SupervisorConfiguration(service: file.service, command: command)
         let configuration = SupervisorConfiguration(
             service: file.service, instances: file.instances ?? 1, command: command, stateDirectory: file.stateDirectory,
-            restartDelaySeconds: file.restartDelaySeconds ?? 0, startAttempts: file.startAttempts ?? 5,
+            restartDelaySeconds: file.restartDelaySeconds ?? defaults.restartDelaySeconds,
+            restartMaxDelaySeconds: file.restartMaxDelaySeconds ?? defaults.restartMaxDelaySeconds,
+            startAttempts: file.startAttempts ?? defaults.startAttempts,
+            startLimitBurst: file.startLimitBurst ?? defaults.startLimitBurst,
+            startLimitIntervalSeconds: file.startLimitIntervalSeconds ?? defaults.startLimitIntervalSeconds,
+            startTimeoutSeconds: file.startTimeoutSeconds ?? defaults.startTimeoutSeconds,
+            stopTimeoutSeconds: file.stopTimeoutSeconds ?? defaults.stopTimeoutSeconds,
+            useControlGroup: file.cgroup ?? defaults.useControlGroup,
             environment: file.environment ?? [:])
         do { try configuration.validate() } catch { throw ValidationError("\(path): \(error)") }
         return configuration
@@ -80,7 +114,7 @@ struct Supervise: ParsableCommand {
             printError("\(error)")
             throw ExitCode(1)
         }
-        printLine("supervising \(configuration.service): \(configuration.instances) instance(s), state in \(configuration.stateDirectory)")
+        printLine("supervising \(configuration.service): \(configuration.instances) instance(s), state in \(configuration.stateDirectory), containment: \(supervisor.containment)")
         TerminationSignals.wait()
         printLine("stopping \(configuration.service)")
         supervisor.stop()

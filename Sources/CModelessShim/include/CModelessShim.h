@@ -137,4 +137,15 @@ static inline void modeless_write_barrier(void) { __atomic_thread_fence(__ATOMIC
 /// Orders a status read from DMA memory before the reads that depend on it (load-load).
 static inline void modeless_read_barrier(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 
+/// Starts a supervised instance: fork(2), then in the child, before execve(2): default
+/// signal dispositions and an empty signal mask; its own process group (setpgid); the cgroup
+/// whose `cgroup.procs` is open as `cgroup_procs_fd` (if >= 0) by writing "0" to it;
+/// PR_SET_PDEATHSIG with `death_signal` (if > 0), leaving at once if the parent is already
+/// gone; /dev/null as standard input and `output_fd` as standard output and error;
+/// `keep_fd` (if >= 0) kept open across the exec. The death signal fires when the *thread*
+/// that called this ends, so call it from a thread that lives as long as its instances.
+/// Returns the child's pid, or -1 with errno set (also when the exec failed in the child).
+int modeless_spawn_instance(const char *path, char *const argv[], char *const envp[],
+                            int output_fd, int keep_fd, int cgroup_procs_fd, int death_signal);
+
 #endif
