@@ -169,7 +169,7 @@ final class ContainerServer: @unchecked Sendable {
                 return
             case .serve(let event):
                 if event.token == Token.listener {
-                    acceptConnection()
+                    acceptConnection(scratch: scratch)
                 } else {
                     serveConnection(event.token, scratch: scratch)
                 }
@@ -199,9 +199,10 @@ final class ContainerServer: @unchecked Sendable {
         }
     }
 
-    /// Accepts one connection and adds it to the poll; the listener is rearmed first, so that
-    /// other threads accept the next ones meanwhile.
-    private func acceptConnection() {
+    /// Accepts one connection, answers what it has sent already (its first message is usually
+    /// on its way with the connection), and adds it to the poll. The listener is rearmed first,
+    /// so that other threads accept the next connections meanwhile.
+    private func acceptConnection(scratch: ServingScratch) {
         let accepted: Result<UnixSocket, SystemError>
         do { accepted = .success(try listener.accept()) } catch { accepted = .failure(error) }
         rearmListener()
@@ -222,6 +223,10 @@ final class ContainerServer: @unchecked Sendable {
         }
         guard let connection else {
             socket.close()
+            return
+        }
+        guard connection.serveArrived(with: scratch, woken: false) == .idle else {
+            end(connection)
             return
         }
         do { try events.add(socket.fd, token: connection.token, [.readable, .oneShot]) } catch {
