@@ -192,7 +192,8 @@ final class ContainerServer: @unchecked Sendable {
             }
             waitingThreads -= 1
             if waitingThreads == 0 && threads.count < Self.maximumThreads {
-                // Could not start one: the threads there are serve the rest as they come free.
+                // Keep one thread waiting. If none can be started, the threads there are serve
+                // the rest as they come free.
                 do { try startThread() } catch {}
             }
             return .serve(event)
