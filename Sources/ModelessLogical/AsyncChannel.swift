@@ -19,7 +19,11 @@ final class AsyncChannel: @unchecked Sendable {
     private let socket: UnixSocket
     private let sendBuffer = MessageBuffer()
     private let receiveBuffer = MessageBuffer()
+    /// Guards `pending`, the counter and `terminated`; never held while sending, so that the
+    /// wait thread can take answers off the socket while a send waits for room on it.
     private let lock = ConditionLock()
+    /// Serializes sends (and the send buffer).
+    private let sendLock = ConditionLock()
     private var pending: [UInt64: Pending] = [:]
     private var nextRequest: UInt64 = 1
     private var terminated = false
@@ -46,19 +50,32 @@ final class AsyncChannel: @unchecked Sendable {
         _ block: ParameterBlock, marshaller: (any RequestMarshaller)?,
         deliver: @escaping @Sendable (Result<ParameterBlock, LogicalDeviceError>) -> Void
     ) throws(LogicalDeviceError) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !terminated else { throw .providerTerminated(name) }
-        let requestID = nextRequest
-        nextRequest += 1
+        sendLock.lock()
+        defer { sendLock.unlock() }
+        let requestID: UInt64 = try lock.withLock { () throws(LogicalDeviceError) in
+            guard !terminated else { throw .providerTerminated(name) }
+            defer { nextRequest += 1 }
+            return nextRequest
+        }
         let length = try RemoteHandle.encodeRequest(
             block, marshaller: marshaller, requestID: requestID, consumerID: consumerID, into: sendBuffer)
-        pending[requestID] = Pending(block: block, marshaller: marshaller, deliver: deliver)
+        try lock.withLock { () throws(LogicalDeviceError) in
+            guard !terminated else { throw .providerTerminated(name) }  // the wait thread has failed what was pending
+            pending[requestID] = Pending(block: block, marshaller: marshaller, deliver: deliver)
+        }
         do {
+            // A provider busy answering earlier requests may leave no room for this one until
+            // the wait thread has read some answers: it can, since no lock it needs is held.
             try socket.send(UnsafeRawBufferPointer(rebasing: sendBuffer.bytes[0..<length]))
         } catch {
-            // The wait thread fails what is pending when it sees the end; this one was never sent.
-            pending[requestID] = nil
+            // Never sent. If the wait thread has failed it already (the provider ended), its
+            // completion ran and this is not an error of the send; otherwise nothing will run it.
+            let unsent = lock.withLock {
+                let removed = pending.removeValue(forKey: requestID) != nil
+                if pending.isEmpty { lock.broadcast() }
+                return removed
+            }
+            guard unsent else { return }
             if error.errno == .brokenPipe || error.errno == .connectionReset { throw .providerTerminated(name) }
             throw LogicalDeviceError(.system, "request to \(name): \(error)")
         }

@@ -4,32 +4,84 @@ import ModelessSystem
 import Glibc
 #endif
 
-/// Listens at a container's socket and serves each connection from another process on its
-/// own thread: opens, closes, requests, and listings.
+/// Listens at a container's socket and serves the connections from other processes with a
+/// small pool of threads that wait together on one `epoll`: opens, closes, requests, listings.
+///
+/// Every connection is registered one-shot, so the thread that the kernel hands it to owns it:
+/// that thread answers every message that has arrived (spinning briefly for the next one on a
+/// shared channel, as a blocked reader would), then rearms it and waits again. A connection
+/// between messages costs its socket, its shared channel's mapping and a small record, and no
+/// thread; a connection that ends is taken out of the poll and released at once, with the close
+/// handler run for the device it had open.
+///
+/// The pool keeps one thread waiting whenever it can: the thread that takes the last waiting
+/// place starts another, up to ``maximumThreads``, so a handler that blocks (on a slow device
+/// or on a request to another container) holds up only its own connection. Threads left
+/// waiting with nothing to do for ``idleMilliseconds`` end, down to one.
 ///
 /// Only processes of the same user get in (the directory is 0700, the socket 0600, and every
-/// connection's peer credentials are checked). When a connection ends for any reason,
-/// including its process dying, the close handler runs for the device it had open.
+/// connection's peer credentials are checked).
 final class ContainerServer: @unchecked Sendable {
+    /// The most threads serving one container's connections at once; beyond that, connections
+    /// with messages wait for a thread to come free.
+    static let maximumThreads = 256
+    /// How long a spare thread waits for work before it ends.
+    static let idleMilliseconds: Int32 = 1000
+
+    /// Tokens of the poll's descriptors that are not connections.
+    private enum Token {
+        static let stop: UInt64 = 0
+        static let listener: UInt64 = 1
+        static let firstConnection: UInt64 = 2
+    }
+
+    /// What a thread does after a wait.
+    private enum Next {
+        case serve(EventPoll.Event)
+        case waitAgain
+        case end(joining: SystemThread?)
+    }
+
     private let container: LogicalContainer
     private let listener: UnixSocket
     private let path: String
+    private let events: EventPoll
+    /// Signalled once, by ``stop()``; left readable, so that every waiting thread wakes.
+    private let stopSignal: EventNotifier
     private let lock = ConditionLock()
-    private var connections: [ObjectIdentifier: ServerConnection] = [:]
+    private var connections: [UInt64: ServerConnection] = [:]
+    private var nextToken = Token.firstConnection
     private var stopping = false
-    private var acceptThread: SystemThread?
+    private var threads: [Int: SystemThread] = [:]
+    private var nextThread = 0
+    private var waitingThreads = 0
+    /// The thread that ended last, joined by the next to end (or by ``stop()``).
+    private var ended: SystemThread?
 
     init(container: LogicalContainer) throws(LogicalDeviceError) {
         self.container = container
         try container.directory.prepare()
+        Self.raiseDescriptorLimit()
         path = container.directory.socketPath(container.name)
         listener = try Self.bind(path, container: container)
         do {
-            acceptThread = try SystemThread(name: "ld-accept") { [self] in acceptConnections() }
+            events = try EventPoll()
+            stopSignal = try EventNotifier()
         } catch {
             listener.close()
             unlink(path)
-            throw LogicalDeviceError(.system, "cannot start container \(container.name)'s accept thread: \(error)")
+            throw LogicalDeviceError(.system, "cannot start container \(container.name)'s server: \(error)")
+        }
+        do {
+            try events.add(stopSignal.fd, token: Token.stop, .readable)
+            try events.add(listener.fd, token: Token.listener, [.readable, .oneShot])
+            try lock.withLock { () throws(SystemError) in try startThread() }
+        } catch {
+            events.close()
+            stopSignal.close()
+            listener.close()
+            unlink(path)
+            throw LogicalDeviceError(.system, "cannot start container \(container.name)'s server: \(error)")
         }
     }
 
@@ -51,50 +103,168 @@ final class ContainerServer: @unchecked Sendable {
         }
     }
 
-    /// Stops accepting, ends every connection (their consumers see the provider end), waits
-    /// for the threads and removes the socket.
+    /// Every connection holds a descriptor: a serving process may open as many as its hard
+    /// limit allows (the soft limit is often 1024). Done once per process.
+    private static let raiseDescriptorLimitOnce: Void = {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)  // refused: the soft limit stays, and serving goes on
+    }()
+
+    private static func raiseDescriptorLimit() { _ = raiseDescriptorLimitOnce }
+
+    /// Stops accepting, ends every connection (their consumers see the provider end, and the
+    /// close handler runs for each open), waits for every thread and removes the socket.
     func stop() {
-        let open: [ServerConnection] = lock.withLock {
+        let running: [SystemThread]? = lock.withLock {
+            guard !stopping else { return nil }
             stopping = true
-            return Array(connections.values)
+            // Wakes threads blocked on a consumer; each then leaves its connection to us.
+            for connection in connections.values { connection.socket.shutdown() }
+            var running = Array(threads.values)
+            if let ended { running.append(ended) }
+            threads.removeAll()
+            ended = nil
+            return running
         }
-        // Wake the accept thread with a connection of our own; it sees `stopping` and ends.
-        (try? UnixSocket.connect(to: path))?.close()
-        acceptThread?.join()
+        guard let running else { return }
+        do { try stopSignal.signal() } catch {
+            preconditionFailure("cannot signal the container server's threads to stop: \(error)")
+        }
+        for thread in running { thread.join() }
         listener.close()
         unlink(path)
-        for connection in open { connection.socket.shutdown() }
-        for connection in open { connection.thread?.join() }
+        let remaining: [ServerConnection] = lock.withLock {
+            defer { connections.removeAll() }
+            return Array(connections.values)
+        }
+        for connection in remaining { connection.finish() }
+        events.close()
+        stopSignal.close()
     }
 
-    private func acceptConnections() {
-        let ownUser = getuid()
+    /// Starts a thread that waits in the poll. The lock is held.
+    private func startThread() throws(SystemError) {
+        let number = nextThread
+        threads[number] = try SystemThread(name: "ld-serve") { [self] in serve(thread: number) }
+        nextThread += 1
+        waitingThreads += 1
+    }
+
+    /// One thread of the pool: waits for a ready descriptor, serves it, and again.
+    private func serve(thread number: Int) {
+        let scratch = ServingScratch()
         while true {
-            let socket: UnixSocket
-            do { socket = try listener.accept() } catch {
-                if lock.withLock({ stopping }) { return }
-                usleep(10_000)  // EMFILE and the like: back off rather than spin
-                continue
+            var event: EventPoll.Event?
+            do { event = try events.wait(timeoutMilliseconds: Self.idleMilliseconds) } catch {
+                usleep(10_000)  // not expected (the poll outlives its threads): back off rather than spin
+                event = nil
             }
-            if lock.withLock({ stopping }) {
-                socket.close()
+            switch next(after: event, thread: number) {
+            case .waitAgain:
+                continue
+            case .end(let previous):
+                previous?.join()
                 return
-            }
-            guard let peer = try? socket.peerCredentials(), peer.userID == ownUser else {
-                socket.close()  // another user: the directory's permissions should already stop this
-                continue
-            }
-            let connection = ServerConnection(container: container, socket: socket, peer: peer)
-            lock.withLock { connections[ObjectIdentifier(connection)] = connection }
-            do {
-                connection.thread = try SystemThread(name: "ld-serve") { [self] in
-                    connection.serve()
-                    lock.withLock { connections[ObjectIdentifier(connection)] = nil }
+            case .serve(let event):
+                if event.token == Token.listener {
+                    acceptConnection(scratch: scratch)
+                } else {
+                    serveConnection(event.token, scratch: scratch)
                 }
-            } catch {
-                lock.withLock { connections[ObjectIdentifier(connection)] = nil }
-                socket.close()
+                lock.withLock { waitingThreads += 1 }
             }
         }
+    }
+
+    /// Decides, under the lock, what a thread does after a wait that returned `event`.
+    private func next(after event: EventPoll.Event?, thread number: Int) -> Next {
+        lock.withLock {
+            if stopping { return .end(joining: nil) }  // stop() joins every thread
+            guard let event, event.token != Token.stop else {
+                guard waitingThreads > 1 else { return .waitAgain }
+                // A spare with nothing to do ends; the last one to end joins this one.
+                waitingThreads -= 1
+                let previous = ended
+                ended = threads.removeValue(forKey: number)
+                return .end(joining: previous)
+            }
+            waitingThreads -= 1
+            if waitingThreads == 0 && threads.count < Self.maximumThreads {
+                // Keep one thread waiting. If none can be started, the threads there are serve
+                // the rest as they come free.
+                do { try startThread() } catch {}
+            }
+            return .serve(event)
+        }
+    }
+
+    /// Accepts one connection, answers what it has sent already (its first message is usually
+    /// on its way with the connection), and adds it to the poll. The listener is rearmed first,
+    /// so that other threads accept the next connections meanwhile.
+    private func acceptConnection(scratch: ServingScratch) {
+        let accepted: Result<UnixSocket, SystemError>
+        do { accepted = .success(try listener.accept()) } catch { accepted = .failure(error) }
+        rearmListener()
+        guard case .success(let socket) = accepted else {
+            usleep(10_000)  // EMFILE and the like: back off rather than spin
+            return
+        }
+        guard let peer = try? socket.peerCredentials(), peer.userID == getuid() else {
+            socket.close()  // another user: the directory's permissions should already stop this
+            return
+        }
+        let connection: ServerConnection? = lock.withLock {
+            guard !stopping else { return nil }
+            let connection = ServerConnection(container: container, socket: socket, peer: peer, token: nextToken)
+            nextToken += 1
+            connections[connection.token] = connection
+            return connection
+        }
+        guard let connection else {
+            socket.close()
+            return
+        }
+        guard connection.serveArrived(with: scratch, woken: false) == .idle else {
+            end(connection)
+            return
+        }
+        do { try events.add(socket.fd, token: connection.token, [.readable, .oneShot]) } catch {
+            end(connection)  // no room in the poll (ENOMEM, ENOSPC): the consumer sees the provider end
+        }
+    }
+
+    /// Arms the listening socket again; waits for memory the kernel lacks rather than stop accepting.
+    private func rearmListener() {
+        while true {
+            do {
+                try events.rearm(listener.fd, token: Token.listener, [.readable, .oneShot])
+                return
+            } catch where error.errno == .noMemory {
+                usleep(10_000)
+            } catch {
+                preconditionFailure("cannot rearm container \(container.name)'s listening socket: \(error)")
+            }
+        }
+    }
+
+    /// Answers what has arrived on connection `token`, then rearms it, or ends it.
+    private func serveConnection(_ token: UInt64, scratch: ServingScratch) {
+        guard let connection = lock.withLock({ connections[token] }) else { return }
+        switch connection.serveArrived(with: scratch, woken: true) {
+        case .idle:
+            do { try events.rearm(connection.socket.fd, token: token, [.readable, .oneShot]) } catch { end(connection) }
+        case .ended:
+            end(connection)
+        }
+    }
+
+    /// Takes a connection out of the table and the poll and releases it, unless ``stop()``
+    /// has taken it already.
+    private func end(_ connection: ServerConnection) {
+        guard lock.withLock({ connections.removeValue(forKey: connection.token) }) != nil else { return }
+        events.remove(connection.socket.fd)
+        connection.finish()
     }
 }

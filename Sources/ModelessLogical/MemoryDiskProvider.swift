@@ -6,7 +6,8 @@ import Glibc
 
 /// A logical block device backed by memory: the simplest provider, for trying stacks and for
 /// consumers' tests. Optionally slow (`delayNanoseconds` per request) to keep requests in
-/// flight. Tracks each consumer's requests in progress, and counts opens and closes.
+/// flight. Tracks the consumers that have it open, and counts closes (keeping only the most
+/// recent, so that a disk serving for months holds no more than a few KiB of them).
 public final class MemoryDiskProvider: @unchecked Sendable {
     public let blockSize: Int
     public let blockCount: UInt64
@@ -15,6 +16,10 @@ public final class MemoryDiskProvider: @unchecked Sendable {
     private let delayNanoseconds: UInt64
     private var openConsumers: Set<ConsumerID> = []
     private var closedConsumers: [ConsumerID] = []
+    private var closeCount = 0
+    private var unmatchedCloseCount = 0
+    /// How many of the latest closes ``closes`` keeps.
+    public static let recentCloses = 4096
     private var requestsServed = 0
 
     public init(blockCount: UInt64, blockSize: Int = 512, delayNanoseconds: UInt64 = 0) {
@@ -30,8 +35,10 @@ public final class MemoryDiskProvider: @unchecked Sendable {
             open: { consumer in self.lock.withLock { _ = self.openConsumers.insert(consumer) } },
             close: { consumer in
                 self.lock.withLock {
-                    self.openConsumers.remove(consumer)
+                    if self.openConsumers.remove(consumer) == nil { self.unmatchedCloseCount += 1 }
+                    if self.closedConsumers.count == Self.recentCloses { self.closedConsumers.removeFirst(Self.recentCloses / 2) }
                     self.closedConsumers.append(consumer)
+                    self.closeCount += 1
                 }
             },
             request: { context in try self.handle(context.block) })
@@ -39,8 +46,14 @@ public final class MemoryDiskProvider: @unchecked Sendable {
 
     /// Consumers that have the disk open.
     public var consumers: Set<ConsumerID> { lock.withLock { openConsumers } }
-    /// Every close handler call so far, in order (a consumer twice would be a bug).
+    /// The latest close handler calls, in order: all of them up to ``recentCloses``, and at
+    /// least the last half of that many after (a consumer twice would be a bug).
     public var closes: [ConsumerID] { lock.withLock { closedConsumers } }
+    /// Close handler calls so far.
+    public var closeTotal: Int { lock.withLock { closeCount } }
+    /// Close handler calls for a consumer that did not have the disk open (a second close of
+    /// one, say): 0 unless the framework has a bug.
+    public var unmatchedCloses: Int { lock.withLock { unmatchedCloseCount } }
     /// Requests answered so far.
     public var served: Int { lock.withLock { requestsServed } }
 

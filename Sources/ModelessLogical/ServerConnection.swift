@@ -4,21 +4,33 @@ import ModelessSystem
 import Glibc
 #endif
 
-/// One connection from a consumer process, served on its own thread.
+/// One connection from a consumer process, served by whichever of its container's server
+/// threads finds it ready (see ``ContainerServer``), one at a time.
 ///
 /// A connection either opens one device (and then carries that open's synchronous requests
 /// and its close, on the socket or, once the consumer shares a channel, through shared
 /// memory beside it), or attaches to an open made on another connection of the same process (and
 /// carries its asynchronous requests), or asks for a listing. Every message is validated; a
 /// bad one is answered with an error and the connection goes on.
+///
+/// Between messages a connection holds only its socket, its shared channel's mapping, and
+/// what it has open: no thread and no buffer. ``finish()`` releases all of it.
 final class ServerConnection: @unchecked Sendable {
+    /// What ``serveArrived(with:woken:)`` left the connection as.
+    enum Progress {
+        /// Every message that had arrived is answered: wait until the socket is readable.
+        case idle
+        /// The consumer has gone (or broke the connection): ``finish()`` it.
+        case ended
+    }
+
     let socket: UnixSocket
-    var thread: SystemThread?
+    /// The connection's key in its server's event poll; never reused.
+    let token: UInt64
     private let container: LogicalContainer
     private let peer: UnixSocket.PeerCredentials
-    private let buffer = MessageBuffer()
-    /// Where messages come and go: the socket, then a shared channel if the consumer offers one.
-    private var link: any MessageLink
+    /// Where messages come and go once the consumer shared one; nil while on the socket.
+    private var channel: SharedMessageChannel?
     /// A descriptor that came with the message being handled (only a share message carries one).
     private var attached: Int32?
     /// A channel agreed on in the message being handled, used from the next message on.
@@ -27,39 +39,56 @@ final class ServerConnection: @unchecked Sendable {
     private var opened: ConsumerID?
     /// The open this connection carries requests for (its own, or one it attached to).
     private var serving: ConsumerID?
-    /// The last request's chain, reused for the next one of the same shape.
-    private var lastChain: ParameterChain?
+    /// The buffer and chain of the thread serving the connection now.
+    private var scratch: ServingScratch!
 
-    init(container: LogicalContainer, socket: UnixSocket, peer: UnixSocket.PeerCredentials) {
+    init(container: LogicalContainer, socket: UnixSocket, peer: UnixSocket.PeerCredentials, token: UInt64) {
         self.container = container
         self.socket = socket
         self.peer = peer
-        link = socket
+        self.token = token
     }
 
-    func serve() {
-        defer {
-            if let descriptor = attached { Glibc.close(descriptor) }
-            if let opened { container.closeConsumer(opened) }
-            socket.close()
+    private var link: any MessageLink { channel ?? socket }
+    private var buffer: MessageBuffer { scratch.buffer }
+
+    /// Answers every message that has arrived, using the serving thread's `scratch`. `woken`
+    /// says the event poll found the socket readable (a message, a doorbell or the end).
+    /// Returns without waiting for more: `.idle` when no message is left (the caller rearms
+    /// the socket in its poll), `.ended` when the connection is over.
+    func serveArrived(with scratch: ServingScratch, woken: Bool) -> Progress {
+        self.scratch = scratch
+        defer { self.scratch = nil }
+        if woken, let channel {
+            do {
+                guard try channel.takeDoorbell() else { return .ended }
+            } catch {
+                return .ended  // the consumer broke the channel's protocol on the socket
+            }
         }
+        var fresh = woken  // nothing was taken since the wake-up
         while true {
             if let descriptor = attached {  // what came with the last message is not kept
                 Glibc.close(descriptor)
                 attached = nil
             }
             let received: Int
-            do { received = try receive() } catch {
+            do {
+                guard let next = try receive(fresh: fresh) else { return .idle }
+                received = next
+            } catch {
                 if error.errno == .messageTooLong {
-                    if !reply(error: WireMessage.malformed("a message longer than \(WireMessage.maximumSize) bytes")) { return }
+                    if !reply(error: WireMessage.malformed("a message longer than \(WireMessage.maximumSize) bytes")) { return .ended }
+                    fresh = false
                     continue
                 }
-                return
+                return .ended
             }
-            if received == 0 { return }
+            fresh = false
+            if received == 0 { return .ended }
             let message: WireMessage
             do { message = try WireMessage.parse(UnsafeRawBufferPointer(buffer.bytes), length: received) } catch {
-                if !reply(error: error) { return }
+                if !reply(error: error) { return .ended }
                 continue
             }
             let length: Int
@@ -68,17 +97,36 @@ final class ServerConnection: @unchecked Sendable {
             } catch {
                 length = buffer.buildError(replyKind(message.kind), requestID: message.requestID, consumerID: message.consumerID, error)
             }
-            do { try link.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length])) } catch { return }
+            do { try link.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length])) } catch { return .ended }
             if let sharedChannel {
-                link = sharedChannel  // the reply to the share went on the socket; the rest go here
+                channel = sharedChannel  // the reply to the share went on the socket; the rest go here
                 self.sharedChannel = nil
             }
         }
     }
 
-    /// Receives the next message, and on the socket any descriptor sent with it.
-    private func receive() throws(SystemError) -> Int {
-        guard link === socket else { return try link.receive(into: buffer.bytes) }
+    /// Ends the connection: the close handler runs for the device it opened, if still open,
+    /// and its socket, shared channel and any descriptor received with a message are released.
+    /// Called once, by whoever takes the connection out of its server's table.
+    func finish() {
+        if let descriptor = attached {
+            Glibc.close(descriptor)
+            attached = nil
+        }
+        if let opened { container.closeConsumer(opened) }
+        opened = nil
+        serving = nil
+        channel = nil
+        sharedChannel = nil
+        socket.close()
+    }
+
+    /// The next message if one has arrived (waiting only for a shared channel's spin), and on
+    /// the socket any descriptor sent with it; nil if none has. After a wake-up (`fresh`) a
+    /// socket is known to be readable and a shared channel does not spin.
+    private func receive(fresh: Bool) throws(SystemError) -> Int? {
+        if let channel { return try channel.receiveIfArrived(into: buffer.bytes, spinning: !fresh) }
+        guard fresh || socket.hasInput else { return nil }
         return try socket.receive(into: buffer.bytes, descriptor: &attached)
     }
 
@@ -104,8 +152,8 @@ final class ServerConnection: @unchecked Sendable {
         case .request:
             let consumer = try servedConsumer(message)
             guard let record = container.consumerRecord(consumer) else { throw LogicalDeviceError(.notOpen, "\(consumer) is closed") }
-            let chain = try ChainCodec.decode(UnsafeRawBufferPointer(rebasing: buffer.payload[0..<message.payloadLength]), reusing: lastChain)
-            lastChain = chain
+            let chain = try ChainCodec.decode(UnsafeRawBufferPointer(rebasing: buffer.payload[0..<message.payloadLength]), reusing: scratch.lastChain)
+            scratch.lastChain = chain
             let block = chain[0]
             guard let type = block.requestType else { throw WireMessage.malformed("the request's block has no request type") }
             let marshaller = type == .nonStandard ? container.lock.withLock({ container.marshallers[block.code] }) : nil
@@ -131,7 +179,7 @@ final class ServerConnection: @unchecked Sendable {
             return buffer.build(WireMessage(kind: .listReply), text: ContainerListing(container: container).encoded)
         case .share:
             let consumer = try servedConsumer(message)
-            guard consumer == opened, link === socket else {
+            guard consumer == opened, channel == nil, sharedChannel == nil else {
                 throw WireMessage.malformed("only the connection that opened a device may share a channel, once")
             }
             guard let descriptor = attached else { throw WireMessage.malformed("a share message must carry the channel's memory") }
@@ -175,4 +223,12 @@ final class ServerConnection: @unchecked Sendable {
         do { try link.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length])) } catch { return false }
         return true
     }
+}
+
+/// What a thread serving connections reuses from one message to the next, whichever
+/// connection it serves: the message buffer and the last request's chain.
+final class ServingScratch {
+    let buffer = MessageBuffer()
+    /// The last request's chain, reused for the next one of the same shape.
+    var lastChain: ParameterChain?
 }

@@ -26,7 +26,9 @@ import Glibc
 /// nothing already received.
 ///
 /// Each end is used by one sending thread and one receiving thread at a time (a request's
-/// caller, or the provider's connection thread, does both in turn).
+/// caller, or the provider's thread serving the connection, does both in turn). A receiver
+/// either blocks in ``receive(into:)`` or, to wait for many channels with one `epoll`, takes
+/// messages with ``receiveIfArrived(into:spinning:)``.
 public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     /// The largest message either side can send.
     public let capacity: Int
@@ -165,6 +167,72 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         guard length <= capacity, length <= buffer.count else { throw SystemError("receive", "shared message channel", errno: .messageTooLong) }
         if let destination = buffer.baseAddress { destination.copyMemory(from: inbox + Self.messageOffset, byteCount: length) }
         return length
+    }
+
+    // MARK: Waiting in an event loop
+
+    /// When the wait this side is sleeping through began (0: not sleeping), for the spin's
+    /// adaptation in ``receiveIfArrived(into:spinning:)``.
+    private var sleepStarted: UInt64 = 0
+    /// Whether ``receiveIfArrived(into:spinning:)`` left this side's sleeping flag up.
+    private var flagRaised = false
+
+    /// Takes the next message without blocking, for a receiver that waits for many channels
+    /// at once (on their sockets, with an ``EventPoll``) instead of in ``receive(into:)``.
+    /// Copies the message into `buffer` and returns its length; if none has arrived, and none
+    /// arrives while it spins (only with `spinning`), raises this side's sleeping flag and
+    /// returns nil. After nil the caller waits until the socket is readable, calls
+    /// ``takeDoorbell()``, then calls this again: a sender that finds the flag up rings the
+    /// doorbell, so no message goes unnoticed. A doorbell can come with no message behind it
+    /// (the flag was lowered as the sender took it down); this then returns nil again.
+    /// Errors are those of ``receive(into:)``. Use one way of receiving per end.
+    public func receiveIfArrived(into buffer: UnsafeMutableRawBufferPointer, spinning: Bool) throws(SystemError) -> Int? {
+        let sequence = inbox + Self.sequenceOffset
+        let sleeping = inbox + Self.sleepingOffset
+        if !arrived(sequence) {
+            let started = sleepStarted != 0 ? sleepStarted : spinNanoseconds > 0 ? monotonicNanoseconds() : 1
+            if spinning && spinWhileEmpty(sequence) {
+                currentSpin = spinNanoseconds
+            } else {
+                modeless_store_seqcst32(sleeping, 1)
+                flagRaised = true
+                if !arrived(sequence) {
+                    sleepStarted = started
+                    return nil
+                }
+            }
+        }
+        if flagRaised {
+            // If the sender took the flag down first, its doorbell comes anyway: a wake-up to spare.
+            _ = modeless_exchange_seqcst32(sleeping, 0)
+            flagRaised = false
+        }
+        if sleepStarted != 0 {
+            if spinNanoseconds > 0 {
+                // As in receive(into:): a full spin would have caught it, spin in full again; otherwise less.
+                let halved = currentSpin / 2
+                currentSpin = monotonicNanoseconds() &- sleepStarted <= spinNanoseconds ? spinNanoseconds : halved < 1000 ? 0 : halved
+            }
+            sleepStarted = 0
+        }
+        seenSequence = modeless_load_seqcst32(sequence)
+        let length = Int((inbox + Self.lengthOffset).load(as: UInt32.self))
+        guard length <= capacity, length <= buffer.count else { throw SystemError("receive", "shared message channel", errno: .messageTooLong) }
+        if let destination = buffer.baseAddress { destination.copyMemory(from: inbox + Self.messageOffset, byteCount: length) }
+        return length
+    }
+
+    /// Takes a doorbell waiting on the socket, without blocking, for a receiver that
+    /// ``receiveIfArrived(into:spinning:)`` left asleep and whose socket became readable.
+    /// False when the socket has reached its end (the peer ended, or the socket was shut down);
+    /// true otherwise, also when no doorbell was waiting. Anything but a doorbell is `EBADMSG`.
+    public func takeDoorbell() throws(SystemError) -> Bool {
+        var byte: UInt8 = 0
+        let length = try withUnsafeMutableBytes(of: &byte) { (bytes) throws(SystemError) in try socket.receiveIfReady(into: bytes) }
+        guard let length else { return true }
+        if length == 0 { return false }
+        guard length == 1, byte == doorbell else { throw SystemError("receive", "shared message channel's doorbell", errno: .badMessage) }
+        return true
     }
 
     /// Set when the socket reached its end while this side slept.

@@ -80,6 +80,26 @@ public final class UnixSocket: @unchecked Sendable {
         return length
     }
 
+    /// Receives one message like ``receive(into:)`` if one is waiting, without blocking
+    /// (`MSG_DONTWAIT`): nil if none is, 0 at end of stream.
+    public func receiveIfReady(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int? {
+        let length: Int
+        do {
+            length = try systemCall("recv", path) { recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_TRUNC) | Int32(MSG_DONTWAIT)) }
+        } catch where error.errno == .resourceTemporarilyUnavailable {
+            return nil
+        }
+        if length > buffer.count { throw SystemError("recv", path, errno: .messageTooLong) }
+        return length
+    }
+
+    /// Whether a receive would return at once: a message is waiting, or the connection has
+    /// ended (`poll` without waiting).
+    public var hasInput: Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, 0) > 0
+    }
+
     /// Sends `bytes` as one message with a copy of descriptor `attached` (`SCM_RIGHTS`); the
     /// caller keeps its own descriptor and closes it when done.
     public func send(_ bytes: UnsafeRawBufferPointer, attaching attached: Int32) throws(SystemError) {

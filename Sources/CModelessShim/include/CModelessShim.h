@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <linux/vfio.h>
+#include <sys/epoll.h>  // not in Swift's Glibc module; EventPoll wraps it
 
 /// ioctl(2) with one pointer argument; the C function is variadic, which Swift cannot call.
 int modeless_ioctl_ptr(int fd, unsigned long request, void *argument);
