@@ -24,6 +24,11 @@ struct CommandLineErrorTests {
         (["serve", "memory-disk", "--spin-microseconds", "200000"], 64, "--spin-microseconds 200000 is outside 0...100000"),
         (["serve", "memory-disk", "--transport", "socket", "--spin-microseconds", "5"], 64, "applies to --transport shared only"),
         (["serve", "memory-disk", "--transport", "pigeon"], 64, "'shared' and 'socket'"),
+        // Writes to a device's media need --destructive; refused before the device is looked up.
+        (["run", "nvme", "0000:ff:1f.7", "--verify-mib", "8"], 64, "add --destructive"),
+        (["run", "nvme", "0000:ff:1f.7", "--verify-mib=-1", "--destructive"], 64, "--verify-mib -1 is negative"),
+        (["run", "nvme", "0000:ff:1f.7"], 66, "no PCI device at 0000:ff:1f.7"),
+        (["bench", "failover", "--config", "/nonexistent/storage.json"], 64, "add --destructive"),
     ] as [([String], Int32, String)])
     func refused(_ arguments: [String], _ status: Int32, _ message: String) throws {
         let result = try ProgramRunner.run(try modelessPath(), arguments)
