@@ -110,3 +110,22 @@ struct DiscoveryTests {
         for device in devices { #expect(table.output.contains(device.address)) }
     }
 }
+
+@Suite("Command line: bind refuses platform infrastructure")
+struct InfrastructureRefusalTests {
+    /// Every bridge, system peripheral, memory controller or processor on this machine is
+    /// refused with exit code 78 naming its class. `--dry-run`, so that even a regression
+    /// could not rebind anything of this machine.
+    @Test func everyInfrastructureFunctionIsRefused() throws {
+        let listed = try modeless("list", "--json")
+        let devices = try JSONDecoder().decode([DiscoveryTests.ListedDevice].self, from: Data(listed.output.utf8))
+        let infrastructure = devices.filter { ["05", "06", "08", "0b"].contains($0.classCode.prefix(2)) }
+        try #require(!infrastructure.isEmpty, "this machine has no bridge or system peripheral to try")
+        for device in infrastructure {
+            let result = try modeless("bind", device.address, "--dry-run")
+            #expect(result.status == 78, "\(device.address): \(result.output)")
+            #expect(result.output.contains("\(device.address) is a") && result.output.contains("(class 0x\(device.classCode.prefix(4)))"),
+                    "\(result.output)")
+        }
+    }
+}
