@@ -2,10 +2,12 @@
 /// binding one to a user-mode driver can cut off every device behind a bridge, or the
 /// platform's interrupts, timers, IOMMU or memory. ``PCIBinder`` refuses them unless forced.
 ///
-/// Neither dpdk-devbind nor SPDK's setup.sh has such a list (they bind what they are told, or
-/// only the classes and ids they know); these are the base classes whose functions no user-mode
-/// driver should take by accident. Functions of class 08 80 include DMA engines (Intel I/OAT,
-/// DSA) that DPDK does drive from user space: they need `--force`.
+/// dpdk-devbind and SPDK's setup.sh handle only the classes and ids they know (network, crypto,
+/// Intel's co-processors, and by id a few DMA engines, event units and non-transparent
+/// bridges) rather than refusing a list; these are the base classes whose functions no
+/// user-mode driver should take by accident. Co-processors (class 0b 40: accelerators such as
+/// Intel QuickAssist, which DPDK drives) are not refused. Functions of class 08 80 include DMA
+/// engines (Intel I/OAT, DSA) that DPDK drives too: they need `--force`.
 public enum InfrastructureClass: UInt8, Sendable, CaseIterable {
     /// 0x05: RAM, flash and CXL memory controllers.
     case memoryController = 0x05
@@ -14,12 +16,17 @@ public enum InfrastructureClass: UInt8, Sendable, CaseIterable {
     /// 0x08: interrupt controllers, DMA controllers, timers, RTCs, hot-plug controllers,
     /// SD host controllers, IOMMUs, root complex event collectors, other system peripherals.
     case systemPeripheral = 0x08
-    /// 0x0b: processors and co-processors.
+    /// 0x0b: processors (386 to MIPS, other), but not co-processors (0b 40).
     case processor = 0x0b
+
+    /// The subclass of base class 0x0b that is an accelerator, not a processor.
+    static let coProcessorSubclass: UInt8 = 0x40
 
     /// The class of a 24-bit class code, or `nil` for a device class Modeless binds freely.
     public init?(classCode: UInt32) {
-        self.init(rawValue: UInt8(truncatingIfNeeded: classCode >> 16))
+        let base = UInt8(truncatingIfNeeded: classCode >> 16), subclass = UInt8(truncatingIfNeeded: classCode >> 8)
+        if base == Self.processor.rawValue && subclass == Self.coProcessorSubclass { return nil }
+        self.init(rawValue: base)
     }
 
     /// A name for the base class when pci.ids has none for the subclass.

@@ -77,7 +77,8 @@ func safetyKernel() throws -> SimulatedPCIKernel {
             .init(address: "0000:00:02.0", vendor: 0x8086, device: 0x2931, classCode: 0x080600, iommuGroup: 2),
             .init(address: "0000:00:03.0", vendor: 0x1234, device: 0x11e8, iommuGroup: 3),
             .init(address: "0000:00:04.0", vendor: 0x8086, device: 0x0b00, classCode: 0x050000, iommuGroup: 4),
-            .init(address: "0000:00:05.0", vendor: 0x8086, device: 0x0b40, classCode: 0x0b4000, iommuGroup: 5),
+            .init(address: "0000:00:05.0", vendor: 0x8086, device: 0x0b00, classCode: 0x0b0000, iommuGroup: 5),
+            .init(address: "0000:00:07.0", vendor: 0x8086, device: 0x37c8, classCode: 0x0b4000, iommuGroup: 7),
             .init(address: "0000:00:06.0", vendor: 0x1b36, device: 0x0010, classCode: 0x010802, driver: "nvme",
                   iommuGroup: 6, mountedBlock: ("nvme0n1", nil)),
         ],
@@ -148,7 +149,7 @@ struct BindSafetyTests {
         ("00:01.0", "0000:00:01.0 is a PCI bridge (class 0x0604)"),
         ("00:02.0", "0000:00:02.0 is an IOMMU (class 0x0806)"),
         ("00:04.0", "0000:00:04.0 is a RAM memory (class 0x0500)"),
-        ("00:05.0", "(class 0x0b40)"),
+        ("00:05.0", "0000:00:05.0 is a 386 (class 0x0b00)"),
     ])
     func infrastructureIsRefusedNamingItsClass(_ address: String, _ message: String) throws {
         let kernel = try safetyKernel()
@@ -158,6 +159,12 @@ struct BindSafetyTests {
     @Test func forceBindsInfrastructure() throws {
         let kernel = try safetyKernel()
         #expect(try kernel.binder.bind(selector("00:00.0"), to: .vfioPCI, force: true).device.driver == "vfio-pci")
+    }
+
+    /// A co-processor (an accelerator such as QuickAssist, class 0b 40) is a device to drive.
+    @Test func aCoProcessorBindsWithoutForce() throws {
+        let kernel = try safetyKernel()
+        #expect(try kernel.binder.bind(selector("00:07.0"), to: .vfioPCI).device.driver == "vfio-pci")
     }
 
     // MARK: Processes holding the device
