@@ -98,7 +98,7 @@ extension RunNVMe {
             if readTo != nil { copy += bytes }
         }
         let elapsed = monotonicNanoseconds() - start
-        printLine("read check: \(readMiB) MiB from block 0 (blocks 0-\(total / blockSize - 1)), sha256 \(digest.hexDigest()), \(fixed(Double(elapsed) / 1e6, 1)) ms, nothing written")
+        printLine("read check: \(readMiB) MiB from block 0 (blocks 0-\(total / blockSize - 1)), sha256 \(digest.hexDigest()), \(fixed(Double(elapsed) / 1e6, 1)) ms, \(writeMiB > 0 ? "before any write" : "nothing written")")
         if let readTo {
             try FileAccess.replaceFile(readTo, with: copy)
             printLine("read:       \(readMiB) MiB from block 0 into \(readTo)")
