@@ -28,7 +28,7 @@ extension VM {
                 defer { _ = try? binder.unbind(.address(nvme)) }
                 let run = try TestBench.modeless("run", "nvme", nvme.description)
                 #expect(run.status == 0, "\(run.output)")
-                #expect(run.output.contains("read check: 1 MiB from block 0"), "\(run.output)")
+                #expect(run.output.contains("read check: 1 MiB from block 0") && run.output.contains("nothing written"), "\(run.output)")
                 #expect(run.output.contains("sha256 \(firstMiB)"), "the driver's read of the first MiB differs from the kernel's: \(run.output)")
                 #expect(!run.output.contains("verify:") && !run.output.contains("--destructive:"), "\(run.output)")
 
@@ -50,6 +50,7 @@ extension VM {
                 let verified = lines.firstIndex { $0.hasPrefix("verify:") && $0.hasSuffix("identical") }
                 #expect(notice != nil && verified != nil && notice! < verified!, "\(run.output)")
                 #expect(run.output.contains("LBA 0-4095 (4096 blocks, 2097152 bytes)"), "\(run.output)")
+                #expect(run.output.contains("before any write"), "\(run.output)")
             }
             namespace = try KernelNVMe.namespace(of: nvme)
             #expect(try KernelNVMe.sha256(namespace, countMiB: 2) != firstTwoMiB, "--destructive did not change the range it named")
