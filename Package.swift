@@ -4,7 +4,7 @@
 // or in the in-tree kernel-mode emulation.
 //
 // Targets follow the layers in docs/architecture.md; each depends only on layers below it.
-//   1. System   - CModelessShim, CLibPCI, CLibUdev, ModelessSystem
+//   1. System   - CModelessShim, CLibPCI, CLibUdev, CLibBlkid, ModelessSystem
 //   2. Bus      - ModelessBus (PCI discovery, binding, udev events)
 //   3. Device   - ModelessDevice (VFIO and UIO access: regions, config space, DMA, interrupts)
 //   3. Models   - ModelessModels (device models behind the same protocol, for tests)
@@ -52,6 +52,11 @@ let package = Package(
             pkgConfig: "libudev",
             providers: [.apt(["libudev-dev"])]
         ),
+        .systemLibrary(
+            name: "CLibBlkid",
+            pkgConfig: "blkid",
+            providers: [.apt(["libblkid-dev"])]
+        ),
         .target(
             name: "ModelessSystem",
             dependencies: [
@@ -66,6 +71,7 @@ let package = Package(
                 "ModelessSystem",
                 "CLibPCI",
                 "CLibUdev",
+                "CLibBlkid",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

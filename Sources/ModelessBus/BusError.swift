@@ -27,6 +27,15 @@ public struct BusError: Error, Sendable, Equatable, CustomStringConvertible {
         case notBound
         /// The kernel did not complete the change; the previous state was restored.
         case kernelRefused
+        /// The function is platform infrastructure (a bridge, a system peripheral such as an
+        /// IOMMU or timer, a memory controller, a processor), not a device to drive.
+        case infrastructureDevice
+        /// A block device of the function carries a partition table or a file system, RAID,
+        /// LVM or other signature: data a user-mode driver could overwrite.
+        case holdsData
+        /// A process has the function's user-mode node open (`/dev/vfio/GROUP`, `/dev/uioN`),
+        /// so moving it would wait for that process to let go.
+        case heldByProcess
         /// A system call failed in a way not covered above.
         case systemFailure
     }

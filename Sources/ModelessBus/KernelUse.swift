@@ -48,8 +48,9 @@ struct KernelUseScanner {
         swapDevices = Set(swaps.compactMap { $0.split(separator: " ").first?.split(separator: "/").last.map(String.init) })
     }
 
-    /// Walks real directories (not symbolic links) below `devicePath`, at most six levels deep,
-    /// and reports each directory whose `subsystem` is `net` or `block`.
+    /// Walks real directories (not symbolic links) below `devicePath`, at most twelve levels deep
+    /// (deep enough for a disk behind a USB host controller and a hub), and reports each
+    /// directory whose `subsystem` is `net` or `block`.
     func scan(devicePath: String) -> [KernelUse] {
         var uses: [KernelUse] = []
         walk(devicePath, depth: 0, into: &uses)
@@ -57,7 +58,7 @@ struct KernelUseScanner {
     }
 
     private func walk(_ path: String, depth: Int, into uses: inout [KernelUse]) {
-        guard depth <= 6, let names = try? FileAccess.listDirectory(path) else { return }
+        guard depth <= 12, let names = try? FileAccess.listDirectory(path) else { return }
         for name in names {
             let child = "\(path)/\(name)"
             guard isRealDirectory(child) else { continue }

@@ -36,8 +36,15 @@ public struct PCIBinder: Sendable {
 
     /// Binds the device a selector names to `driver`.
     ///
+    /// Refused, before anything changes: platform infrastructure (``InfrastructureClass``), a
+    /// device the kernel is using, a device whose block devices hold a partition table or a
+    /// file system, RAID or LVM signature (``BlockSignature``), and a device a process holds
+    /// through its user-mode node (``NodeHolder``). `force` overrides the first three; nothing
+    /// overrides the last, since the kernel's unbind would wait for that process without end.
+    ///
     /// - Parameters:
-    ///   - force: bind even if the kernel is using the device (an interface up, a disk mounted).
+    ///   - force: bind even if the device is infrastructure, is in use by the kernel (an
+    ///     interface up, a disk mounted) or holds data.
     ///   - dryRun: check everything and report the steps without changing anything.
     public func bind(_ selector: DeviceSelector, to driver: UserModeDriver,
                      force: Bool = false, dryRun: Bool = false) throws(BusError) -> Report {
@@ -45,13 +52,16 @@ public struct PCIBinder: Sendable {
         if device.driver == driver.rawValue {
             return Report(device: device, steps: [], alreadyDone: true, node: bus.userModeNode(of: device))
         }
+        if !force { try checkNotInfrastructure(device) }
         try checkPermission(device)
         if driver == .vfioPCI { try checkIOMMU(device) }
+        try checkNotHeld(device)
         if device.isActiveInKernel && !force {
             let uses = device.kernelUses.filter(\.isActive).map(\.description).joined(separator: "; ")
             throw BusError(.deviceInUse, "\(device.address) is in use by the kernel: \(uses)",
                            remedy: "stop using it first (ip link set IFACE down, umount), or pass --force if you are sure")
         }
+        if !force { try checkHoldsNoData(device) }
 
         var steps: [String] = []
         if !bus.isDriverRegistered(driver.rawValue) {
@@ -78,6 +88,9 @@ public struct PCIBinder: Sendable {
 
     /// Gives a device back to the driver it had before Modeless bound it (or, if Modeless
     /// has no record, releases it from its user-mode driver and lets the kernel choose).
+    ///
+    /// Refused, before anything changes, while a process holds the device through its
+    /// user-mode node.
     public func unbind(_ selector: DeviceSelector, dryRun: Bool = false) throws(BusError) -> Report {
         let device = try bus.resolve(selector)
         let record = try store.record(for: device.address)
@@ -93,6 +106,7 @@ public struct PCIBinder: Sendable {
             return Report(device: device, steps: [], alreadyDone: true, node: nil)
         }
         try checkPermission(device)
+        try checkNotHeld(device)
         var steps: [String] = []
         if let target, !bus.isDriverRegistered(target) {
             steps.append("load kernel module \(target)")
@@ -107,6 +121,43 @@ public struct PCIBinder: Sendable {
     }
 
     // MARK: Checks
+
+    private func checkNotInfrastructure(_ device: PCIDevice) throws(BusError) {
+        guard let role = device.infrastructureRole else { return }
+        throw BusError(.infrastructureDevice,
+                       "\(device.address) is \(role) (class 0x\(hex(device.classAndSubclass, width: 4))): part of the platform, not a device to drive; taking it from its driver can cut off the devices behind it or the machine's interrupts, timers, IOMMU or memory",
+                       remedy: "bind the device you mean (`modeless list` shows them), or pass --force if you really mean \(device.address)")
+    }
+
+    /// Refuses while a process has the device's user-mode node open: the kernel's unbind from
+    /// vfio-pci would block until that process lets go, and one from uio_pci_generic would pull
+    /// the device from under it.
+    private func checkNotHeld(_ device: PCIDevice) throws(BusError) {
+        let holders = bus.holders(of: device)
+        guard !holders.isEmpty else { return }
+        let pids = Set(holders.map(\.pid)).sorted().map(String.init).joined(separator: " ")
+        throw BusError(.heldByProcess,
+                       "\(device.address) is held by a process: \(holders.map(\.description).joined(separator: "; ")); moving it now would wait until the process lets go",
+                       remedy: "stop the process first (kill \(pids)), then try again; --force does not override this")
+    }
+
+    /// Refuses when a block device of the function carries a partition table or a file system,
+    /// RAID, LVM or other signature, or cannot be read to tell.
+    private func checkHoldsNoData(_ device: PCIDevice) throws(BusError) {
+        var found: [String] = []
+        for case .blockDevice(let name, _, _, _) in device.kernelUses {
+            let path = "\(bus.devRoot)/\(name)"
+            do throws(SystemError) {
+                if let signature = try BlockSignature.probe(path) { found.append("\(name) holds \(signature)") }
+            } catch {
+                throw BusError(.systemFailure, "cannot tell whether \(name) of \(device.address) holds data: \(error)",
+                               remedy: "run as root so that \(path) can be read, or bind with --force to take it without looking")
+            }
+        }
+        guard !found.isEmpty else { return }
+        throw BusError(.holdsData, "\(device.address): \(found.joined(separator: "; "))",
+                       remedy: "a user-mode driver may overwrite it: copy off what you need and wipe it (wipefs -a), or bind with --force to take it anyway")
+    }
 
     private func checkPermission(_ device: PCIDevice) throws(BusError) {
         let attribute = "\(bus.path(of: device.address))/driver_override"

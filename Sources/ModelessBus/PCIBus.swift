@@ -2,16 +2,19 @@ import ModelessSystem
 
 /// The PCI functions the kernel knows, read from sysfs, with names from libpci's ID database.
 ///
-/// `sysfsRoot` and `procRoot` are `/sys` and `/proc` on a real system; tests point them at a
-/// directory tree that stands in for the kernel.
+/// `sysfsRoot`, `procRoot` and `devRoot` are `/sys`, `/proc` and `/dev` on a real system; tests
+/// point them at a directory tree that stands in for the kernel.
 public struct PCIBus: Sendable {
     public let sysfsRoot: String
     public let procRoot: String
+    /// Where block device nodes are found by name (`/dev/nvme0n1`), to probe them for data.
+    public let devRoot: String
     public let names: PCINames
 
-    public init(sysfsRoot: String = "/sys", procRoot: String = "/proc", names: PCINames = .shared) {
+    public init(sysfsRoot: String = "/sys", procRoot: String = "/proc", devRoot: String = "/dev", names: PCINames = .shared) {
         self.sysfsRoot = sysfsRoot
         self.procRoot = procRoot
+        self.devRoot = devRoot
         self.names = names
     }
 
@@ -89,6 +92,25 @@ public struct PCIBus: Sendable {
         default:
             return nil
         }
+    }
+
+    /// Every character device through which a user-mode driver's user holds the function:
+    /// the VFIO group (`/dev/vfio/GROUP`) and VFIO device (`/dev/vfio/devices/vfioN`) nodes under
+    /// vfio-pci, the UIO node (`/dev/uioN`) under uio_pci_generic. Empty on any other driver.
+    public func userModeNodes(of device: PCIDevice) -> [String] {
+        var nodes = userModeNode(of: device).map { [$0] } ?? []
+        if device.driver == UserModeDriver.vfioPCI.rawValue {
+            let devices = (try? FileAccess.listDirectory("\(path(of: device.address))/vfio-dev")) ?? []
+            nodes += devices.sorted().map { "/dev/vfio/devices/\($0)" }
+        }
+        return nodes
+    }
+
+    /// The processes that have one of the function's user-mode nodes open (``userModeNodes(of:)``),
+    /// from the open files in `procRoot`.
+    public func holders(of device: PCIDevice) -> [NodeHolder] {
+        let nodes = userModeNodes(of: device)
+        return nodes.isEmpty ? [] : NodeHolderScanner(procRoot: procRoot).holders(of: Set(nodes))
     }
 
     private func read(_ address: PCIAddress, scanner: KernelUseScanner) throws(BusError) -> PCIDevice {

@@ -17,7 +17,8 @@ struct BenchFailover: ParsableCommand {
             the instance the client uses is killed --kills times at random points. Checks that every write \
             is acknowledged once, every read-back and a final read of every block match, and no request \
             hangs; reports each kill's recovery time (from the kill to the answer to the request sent again). \
-            Exits 1 if any check fails.
+            Exits 1 if any check fails. The workload overwrites blocks 0 to --blocks - 1 of the device, so \
+            the command refuses to start without --destructive.
             """)
 
     @Option(help: "The supervisor configuration (JSON) of the block service.")
@@ -32,6 +33,9 @@ struct BenchFailover: ParsableCommand {
     @Option(help: "How many distinct blocks the workload writes (from block 0).")
     var blocks = 256
 
+    @Flag(help: "Allow the workload to overwrite blocks 0 to --blocks - 1 of the service's device, destroying what was there.")
+    var destructive = false
+
     @Option(name: .customLong("max-delay-ms"), help: "Each kill comes at a random time up to this long after the previous recovery.")
     var maxDelayMs = 200
 
@@ -41,6 +45,12 @@ struct BenchFailover: ParsableCommand {
     func validate() throws {
         guard kills >= 1, blocks >= 1, maxDelayMs >= 0, recoveryTimeout > 0 else {
             throw ValidationError("--kills and --blocks must be at least 1, --max-delay-ms at least 0, --recovery-timeout positive")
+        }
+        guard destructive else {
+            throw ValidationError("""
+                bench failover writes over blocks 0-\(blocks - 1) of device \(device) of the service in \(config), \
+                destroying what is there; add --destructive to allow it
+                """)
         }
     }
 
@@ -76,6 +86,7 @@ struct BenchFailover: ParsableCommand {
             throw ExitCode(1)
         }
         printLine("\(configuration.service): \(configuration.instances) instance(s) serving; \(kills) kills under write-then-verify on \(blocks) blocks of \(workload.blockSize) bytes")
+        printLine("--destructive: overwriting device \(device) of service \(configuration.service), blocks 0-\(blocks - 1) (\(blocks * workload.blockSize) bytes)")
         workload.start()
 
         var recoveries: [UInt64] = []

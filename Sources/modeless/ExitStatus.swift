@@ -20,6 +20,9 @@ enum ExitStatus {
         case .deviceInUse: 75
         case .kernelRefused: 76
         case .notPermitted: 77
+        case .infrastructureDevice: 78
+        case .holdsData: 79
+        case .heldByProcess: 80
         }
     }
 
@@ -28,7 +31,9 @@ enum ExitStatus {
         65 vendor:device id matches several devices; 66 no such device; \
         67 device not bound to a user-mode driver; 69 kernel module not available; \
         70 no IOMMU for vfio-pci; 71 IOMMU group not viable; 75 device in use by the kernel; \
-        76 kernel refused the change (previous state restored); 77 not permitted.
+        76 kernel refused the change (previous state restored); 77 not permitted; \
+        78 platform infrastructure (bridge, system peripheral); 79 the device's block devices hold data; \
+        80 a process holds the device.
         """
 
     /// Prints the error for a person and exits with its code.

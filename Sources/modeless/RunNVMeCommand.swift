@@ -10,8 +10,17 @@ extension NVMeController.Completion: ExpressibleByArgument {}
 struct RunNVMe: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nvme",
-        abstract: "Run the NVMe driver: print Identify data, then write, read back and verify a random pattern.",
-        discussion: "The controller must be bound to vfio-pci (`modeless bind ADDR`). The pattern overwrites the start of namespace 1.")
+        abstract: "Run the NVMe driver: print Identify data and check that namespace 1 reads (read-only unless --destructive).",
+        discussion: """
+            The controller must be bound to vfio-pci (`modeless bind ADDR`). By default nothing is written: \
+            the driver reads the first --read-mib MiB of namespace 1 and prints their SHA-256 (compare it with \
+            `head -c N /dev/nvme0n1 | sha256sum` under the kernel's driver). With --destructive it then writes a \
+            pseudo-random pattern over the first --verify-mib MiB (default 8), reads it back and verifies it, \
+            overwriting what was there; it names the blocks before it writes.
+            """)
+
+    /// MiB the write/read/verify pass covers when --destructive is given without --verify-mib.
+    static let defaultVerifyMiB = 8
 
     @Argument(help: "The NVMe controller: 0000:00:06.0, 00:06.0 or 1b36:0010.")
     var device: String
@@ -22,68 +31,107 @@ struct RunNVMe: ParsableCommand {
     @Option(help: "How completions are noticed: msix, msi, intx or poll.")
     var irq: NVMeController.Completion = .msix
 
-    @Option(name: .customLong("verify-mib"), help: "MiB to write, read back and verify (0 to skip).")
-    var verifyMiB = 8
+    @Flag(help: "Allow writing to the namespace: write, read back and verify a pattern over its first --verify-mib MiB, destroying what was there.")
+    var destructive = false
 
-    @Option(name: .customLong("read-to"), help: "Before the verify pass, copy the namespace's first --read-mib MiB to this file.")
+    @Option(name: .customLong("verify-mib"), help: "MiB to write, read back and verify from block 0 (needs --destructive; default 8 with it, 0 skips the pass).")
+    var verifyMiB: Int?
+
+    @Option(name: .customLong("read-mib"), help: "MiB to read from block 0 for the read-only check (0 skips it).")
+    var readMiB = 1
+
+    @Option(name: .customLong("read-to"), help: "Also write the bytes the read-only check read to this file.")
     var readTo: String?
 
-    @Option(name: .customLong("read-mib"), help: "MiB to copy with --read-to.")
-    var readMiB = 16
+    func validate() throws {
+        if let verifyMiB, verifyMiB < 0 { throw ValidationError("--verify-mib \(verifyMiB) is negative; give the MiB to write and verify, or 0") }
+        if let verifyMiB, verifyMiB > 0, !destructive {
+            throw ValidationError("""
+                --verify-mib \(verifyMiB) writes over the first \(verifyMiB) MiB of namespace 1, destroying what is there; \
+                add --destructive to allow it (without it, run nvme only reads)
+                """)
+        }
+        if readMiB < 0 { throw ValidationError("--read-mib \(readMiB) is negative") }
+        if readTo != nil && readMiB == 0 { throw ValidationError("--read-to needs --read-mib of at least 1") }
+    }
+
+    /// MiB the write/read/verify pass covers: 0 unless --destructive.
+    var writeMiB: Int { destructive ? verifyMiB ?? Self.defaultVerifyMiB : 0 }
 
     func run() throws {
         try withBoundDevice(device, mode: mode) { address, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
             let identity = controller.identity!
+            let namespaceBytes = identity.blockCount * UInt64(identity.blockSize)
             printLine("nvme on \(access.backendName) \(address), \(runtime.mode) mode, \(irq) completions")
             printLine("model:      \(identity.modelNumber)")
             printLine("serial:     \(identity.serialNumber)")
             printLine("firmware:   \(identity.firmwareRevision)")
             printLine("namespaces: \(identity.namespaceCount)")
-            printLine("namespace 1: \(identity.blockCount) blocks of \(identity.blockSize) bytes (\((identity.blockCount * UInt64(identity.blockSize)) >> 20) MiB)")
+            printLine("namespace 1: \(identity.blockCount) blocks of \(identity.blockSize) bytes (\(namespaceBytes >> 20) MiB)")
             printLine("max transfer: \(controller.maximumTransfer / 1024) KiB per command")
-            if let readTo { try copyOut(controller, to: readTo) }
-            guard verifyMiB > 0 else { return }
-            let total = verifyMiB << 20
-            let chunk = controller.maximumTransfer
-            let blocksPerChunk = chunk / identity.blockSize
-            var generator = PatternGenerator(seed: 0x5eed)
-            let start = monotonicNanoseconds()
-            for offset in stride(from: 0, to: total, by: chunk) {
-                try controller.write(lba: UInt64(offset / identity.blockSize), generator.bytes(chunk))
+            for (option, mib) in [("--read-mib", readMiB), ("--verify-mib", writeMiB)] where UInt64(mib) << 20 > namespaceBytes {
+                printError("\(option) \(mib) is larger than namespace 1 (\(namespaceBytes >> 20) MiB); nothing was read or written")
+                throw ExitCode(64)
             }
-            try controller.flush()
-            let written = monotonicNanoseconds()
-            generator = PatternGenerator(seed: 0x5eed)
-            for offset in stride(from: 0, to: total, by: chunk) {
-                let back = try controller.read(lba: UInt64(offset / identity.blockSize), blocks: blocksPerChunk)
-                guard back == generator.bytes(chunk) else {
-                    printError("verify failed in the \(chunk)-byte chunk at offset \(offset)")
-                    throw ExitCode(1)
-                }
-            }
-            let read = monotonicNanoseconds()
-            func rate(_ nanoseconds: UInt64) -> String { fixed(Double(total) / 1_048_576 / (Double(nanoseconds) / 1e9), 1) }
-            printLine("verify:     \(verifyMiB) MiB written (\(rate(written - start)) MiB/s), read back (\(rate(read - written)) MiB/s), identical")
-            printLine("ISR:        \(controller.isrCalls) calls")
+            if readMiB > 0 { try readCheck(controller) }
+            if writeMiB > 0 { try writeReadVerify(controller, serial: identity.serialNumber) }
         }
     }
 }
 
 extension RunNVMe {
-    /// Reads the first `readMiB` MiB of namespace 1 into the file `path`.
-    func copyOut(_ controller: NVMeController, to path: String) throws {
+    /// Reads the first `readMiB` MiB of namespace 1, prints their SHA-256, and with --read-to
+    /// writes them to that file. Writes nothing to the device.
+    func readCheck(_ controller: NVMeController) throws {
         let total = readMiB << 20
         let chunk = controller.maximumTransfer
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(total)
+        let blockSize = controller.identity.blockSize
+        var digest = SHA256()
+        var copy: [UInt8] = []
+        if readTo != nil { copy.reserveCapacity(total) }
+        let start = monotonicNanoseconds()
         for offset in stride(from: 0, to: total, by: chunk) {
-            let blocks = min(chunk, total - offset) / controller.identity.blockSize
-            bytes += try controller.read(lba: UInt64(offset / controller.identity.blockSize), blocks: blocks)
+            let bytes = try controller.read(lba: UInt64(offset / blockSize), blocks: min(chunk, total - offset) / blockSize)
+            digest.update(bytes)
+            if readTo != nil { copy += bytes }
         }
-        try FileAccess.replaceFile(path, with: bytes)
-        printLine("read:       \(readMiB) MiB from block 0 into \(path)")
+        let elapsed = monotonicNanoseconds() - start
+        printLine("read check: \(readMiB) MiB from block 0 (blocks 0-\(total / blockSize - 1)), sha256 \(digest.hexDigest()), \(fixed(Double(elapsed) / 1e6, 1)) ms, \(writeMiB > 0 ? "before any write" : "nothing written")")
+        if let readTo {
+            try FileAccess.replaceFile(readTo, with: copy)
+            printLine("read:       \(readMiB) MiB from block 0 into \(readTo)")
+        }
+    }
+
+    /// Writes a pseudo-random pattern over the first `writeMiB` MiB of namespace 1, flushes,
+    /// reads it back and compares. Names what it overwrites before the first write.
+    func writeReadVerify(_ controller: NVMeController, serial: String) throws {
+        let total = writeMiB << 20
+        let chunk = controller.maximumTransfer
+        let blockSize = controller.identity.blockSize
+        printLine("--destructive: overwriting namespace 1 of controller \(serial), LBA 0-\(total / blockSize - 1) (\(total / blockSize) blocks, \(total) bytes)")
+        var generator = PatternGenerator(seed: 0x5eed)
+        let start = monotonicNanoseconds()
+        for offset in stride(from: 0, to: total, by: chunk) {
+            try controller.write(lba: UInt64(offset / blockSize), generator.bytes(min(chunk, total - offset)))
+        }
+        try controller.flush()
+        let written = monotonicNanoseconds()
+        generator = PatternGenerator(seed: 0x5eed)
+        for offset in stride(from: 0, to: total, by: chunk) {
+            let length = min(chunk, total - offset)
+            let back = try controller.read(lba: UInt64(offset / blockSize), blocks: length / blockSize)
+            guard back == generator.bytes(length) else {
+                printError("verify failed in the \(length)-byte chunk at offset \(offset)")
+                throw ExitCode(1)
+            }
+        }
+        let read = monotonicNanoseconds()
+        func rate(_ nanoseconds: UInt64) -> String { fixed(Double(total) / 1_048_576 / (Double(nanoseconds) / 1e9), 1) }
+        printLine("verify:     \(writeMiB) MiB written (\(rate(written - start)) MiB/s), read back (\(rate(read - written)) MiB/s), identical")
+        printLine("ISR:        \(controller.isrCalls) calls")
     }
 }
 

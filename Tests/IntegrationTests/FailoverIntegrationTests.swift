@@ -28,7 +28,7 @@ extension VM {
                 """.utf8))
             let run = try ChildProcess(
                 try ProgramRunner.builtProgram("modeless"),
-                ["bench", "failover", "--config", config, "--device", "disk", "--kills", "100", "--blocks", "1024", "--max-delay-ms", "100"],
+                ["bench", "failover", "--config", config, "--device", "disk", "--destructive", "--kills", "100", "--blocks", "1024", "--max-delay-ms", "100"],
                 environment: ["MODELESS_CONTAINER_DIR": root + "/containers"])
             var output: [String] = []
             while let line = run.readLine(timeout: 900) {

@@ -5,7 +5,8 @@ import Synchronization
 
 /// A stand-in for the kernel's PCI core: a sysfs tree in a temporary directory whose writes
 /// to `driver_override`, `bind`, `unbind` and `drivers_probe` behave as Linux's do, and a
-/// `modprobe` that registers drivers. Failures can be injected per attribute.
+/// `modprobe` that registers drivers. Failures can be injected per attribute. Beside it, a
+/// `/proc` with processes and their open files, and a `/dev` whose block devices are files.
 final class SimulatedPCIKernel: PCIKernelControl, @unchecked Sendable {
     struct Device {
         var address: String
@@ -22,6 +23,7 @@ final class SimulatedPCIKernel: PCIKernelControl, @unchecked Sendable {
     var sysfs: String { "\(root)/sys" }
     var proc: String { "\(root)/proc" }
     var state: String { "\(root)/state" }
+    var dev: String { "\(root)/dev" }
 
     /// Which devices each driver claims through its id table (driver_override aside).
     let idTables: [String: Set<UInt32>]
@@ -32,7 +34,7 @@ final class SimulatedPCIKernel: PCIKernelControl, @unchecked Sendable {
     private let log = Mutex<[String]>([])
     var writable = true
 
-    var bus: PCIBus { PCIBus(sysfsRoot: sysfs, procRoot: proc) }
+    var bus: PCIBus { PCIBus(sysfsRoot: sysfs, procRoot: proc, devRoot: dev) }
     var binder: PCIBinder { PCIBinder(bus: bus, kernel: self, store: BindingStore(directory: state)) }
     var writes: [String] { log.withLock { $0 } }
 
@@ -46,6 +48,7 @@ final class SimulatedPCIKernel: PCIKernelControl, @unchecked Sendable {
         try FileAccess.createDirectories("\(sysfs)/bus/pci/devices")
         try FileAccess.createDirectories("\(sysfs)/kernel/iommu_groups")
         try FileAccess.createDirectories("\(proc)/self")
+        try FileAccess.createDirectories(dev)
         try FileAccess.replaceFile("\(sysfs)/bus/pci/drivers_probe", with: [])
         for driver in registeredDrivers { try FileAccess.createDirectories("\(sysfs)/bus/pci/drivers/\(driver)") }
         var mountinfo = "22 1 254:0 / / rw - ext4 /dev/vda rw\n"
@@ -88,6 +91,15 @@ final class SimulatedPCIKernel: PCIKernelControl, @unchecked Sendable {
 
     deinit {
         _ = try? ProgramRunner.run("rm", ["-rf", root])
+    }
+
+    /// Adds a process `pid` named `command` with `nodes` open (links in `proc/PID/fd`, as the
+    /// kernel shows them: `/dev/vfio/3`).
+    func addProcess(_ pid: Int32, command: String, holding nodes: [String]) throws {
+        try FileAccess.createDirectories("\(proc)/\(pid)/fd")
+        try FileAccess.replaceFile("\(proc)/\(pid)/comm", with: Array("\(command)\n".utf8))
+        symlink("/dev/null", "\(proc)/\(pid)/fd/0")
+        for (index, node) in nodes.enumerated() { symlink(node, "\(proc)/\(pid)/fd/\(index + 3)") }
     }
 
     /// Makes the next write to a path ending in `suffix` fail with `errno`.
@@ -134,6 +146,7 @@ final class SimulatedPCIKernel: PCIKernelControl, @unchecked Sendable {
                 throw SystemError("write", path, errno: Errno(rawValue: ENODEV))
             }
             unlink("\(devices)/\(value)/driver")
+            if driver == "uio_pci_generic" { _ = try? ProgramRunner.run("rm", ["-rf", "\(devices)/\(value)/uio"]) }
         } else if path.hasSuffix("/bind") {
             let driver = String(path.split(separator: "/").dropLast().last!)
             guard FileAccess.isDirectory("\(sysfs)/bus/pci/drivers/\(driver)") else {
@@ -161,6 +174,7 @@ final class SimulatedPCIKernel: PCIKernelControl, @unchecked Sendable {
             throw SystemError("write", "\(driver)/bind", errno: Errno(rawValue: ENODEV))
         }
         symlink("../../drivers/\(driver)", "\(directory)/driver")
+        if driver == "uio_pci_generic" { try FileAccess.createDirectories("\(directory)/uio/uio0") }
     }
 
     /// The kernel's rule: with driver_override set, only that driver matches; else the id tables.

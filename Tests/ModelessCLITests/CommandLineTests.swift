@@ -24,6 +24,11 @@ struct CommandLineErrorTests {
         (["serve", "memory-disk", "--spin-microseconds", "200000"], 64, "--spin-microseconds 200000 is outside 0...100000"),
         (["serve", "memory-disk", "--transport", "socket", "--spin-microseconds", "5"], 64, "applies to --transport shared only"),
         (["serve", "memory-disk", "--transport", "pigeon"], 64, "'shared' and 'socket'"),
+        // Writes to a device's media need --destructive; refused before the device is looked up.
+        (["run", "nvme", "0000:ff:1f.7", "--verify-mib", "8"], 64, "add --destructive"),
+        (["run", "nvme", "0000:ff:1f.7", "--verify-mib=-1", "--destructive"], 64, "--verify-mib -1 is negative"),
+        (["run", "nvme", "0000:ff:1f.7"], 66, "no PCI device at 0000:ff:1f.7"),
+        (["bench", "failover", "--config", "/nonexistent/storage.json"], 64, "add --destructive"),
     ] as [([String], Int32, String)])
     func refused(_ arguments: [String], _ status: Int32, _ message: String) throws {
         let result = try ProgramRunner.run(try modelessPath(), arguments)
@@ -103,5 +108,24 @@ struct DiscoveryTests {
         let devices = try JSONDecoder().decode([ListedDevice].self, from: Data(listed.output.utf8))
         #expect(table.status == 0)
         for device in devices { #expect(table.output.contains(device.address)) }
+    }
+}
+
+@Suite("Command line: bind refuses platform infrastructure")
+struct InfrastructureRefusalTests {
+    /// Every bridge, system peripheral, memory controller or processor on this machine is
+    /// refused with exit code 78 naming its class. `--dry-run`, so that even a regression
+    /// could not rebind anything of this machine.
+    @Test func everyInfrastructureFunctionIsRefused() throws {
+        let listed = try modeless("list", "--json")
+        let devices = try JSONDecoder().decode([DiscoveryTests.ListedDevice].self, from: Data(listed.output.utf8))
+        let infrastructure = devices.filter { ["05", "06", "08", "0b"].contains($0.classCode.prefix(2)) && !$0.classCode.hasPrefix("0b40") }
+        try #require(!infrastructure.isEmpty, "this machine has no bridge or system peripheral to try")
+        for device in infrastructure {
+            let result = try modeless("bind", device.address, "--dry-run")
+            #expect(result.status == 78, "\(device.address): \(result.output)")
+            #expect(result.output.contains("\(device.address) is a") && result.output.contains("(class 0x\(device.classCode.prefix(4)))"),
+                    "\(result.output)")
+        }
     }
 }

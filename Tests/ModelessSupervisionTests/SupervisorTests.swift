@@ -123,7 +123,7 @@ struct SupervisorTests {
         try FileAccess.replaceFile(config, with: Array("""
             {"service": "svc", "instances": \(instances), "stateDirectory": "\(root)/state", "command": \(command)}
             """.utf8))
-        let run = try ChildProcess(try modelessPath(), ["bench", "failover", "--config", config, "--device", "disk", "--kills", "100",
+        let run = try ChildProcess(try modelessPath(), ["bench", "failover", "--config", config, "--device", "disk", "--destructive", "--kills", "100",
                                                         "--blocks", "512", "--max-delay-ms", "30"],
                                    environment: ["MODELESS_CONTAINER_DIR": containers.path])
         var output: [String] = []

@@ -1,0 +1,2 @@
+// libblkid (util-linux) as Swift sees it: partition table and file system signatures.
+#include <blkid.h>
