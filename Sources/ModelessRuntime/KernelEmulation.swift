@@ -11,12 +11,12 @@ import Synchronization
 /// masking thread waits for an ISR in progress to finish, and interrupts that arrive while
 /// masked are latched and delivered when the last mask is lifted, on the unmasking thread,
 /// as a pending interrupt fires when a CPU re-enables them. DPCs run from per-CPU queues.
-final class KernelEmulation: DriverRuntime, @unchecked Sendable {
+final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     let mode = ExecutionMode.kernelEmulation
     let trace: InterruptTrace?
     var refusals: [String] { engine.refusals + lines.refusals }
     private let engine: DPCEngine
-    private let depth = ThreadLocalInteger()
+    let depth = InterruptDepth()
     private let controller = ConditionLock()
     private var maskDepth = 0
     private var inInterrupt = false
@@ -28,8 +28,9 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     init(options: RuntimeOptions) throws(RuntimeError) {
         self.options = options
         trace = options.trace
-        engine = try DPCEngine.start(options)
+        engine = try DPCEngine.start(options, depth: depth)
         lines = InterruptLines(options: options)
+        engine.owner = self
     }
 
     func attachInterrupt(_ vector: InterruptVector, name: String,
@@ -77,16 +78,25 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     private func deliver(_ attachment: InterruptAttachment, _ count: UInt64) {
         let id = attachment.identifier
         trace?.record(.lockTaken, id)
+        let context = engine.context.enter(attachment)
         let state = attachment.acknowledge()
         trace?.record(.genericISR, id)
         trace?.record(.realISREnter, id)
-        let outer = depth.current
-        depth.set(outer + 1)  // The ISR runs with interrupts disabled.
-        attachment.isr(state)
-        depth.set(outer)
+        let saved = depth.enterISR()  // The ISR runs with interrupts disabled.
+        if let verifier = options.verifier {
+            let held = verifier.heldCount
+            attachment.isr(state)
+            let leaked = depth.leaveISR(saved)
+            verifier.checkReturn(of: "ISR \"\(attachment.name)\"", site: nil, heldBefore: held, leakedDisables: leaked,
+                                 context: .isr(attachment.name))
+        } else {
+            attachment.isr(state)
+            _ = depth.leaveISR(saved)
+        }
+        engine.context.restore(context)
         trace?.record(.realISRExit, id)
         attachment.counted(count)
-        try? attachment.vector.acknowledge()
+        attachment.unmask()
         trace?.record(.lockReleased, id)
     }
 
@@ -99,11 +109,12 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     }
 
     var isAtInterruptLevel: Bool { engine.isAtInterruptLevel }
-    var interruptsDisabledOnThisThread: Bool { depth.current > 0 }
+    var interruptsDisabledOnThisThread: Bool { depth.isDisabled }
     var verifier: DriverVerifier? { options.verifier }
+    var currentContext: ExecutionContext { engine.context.current }
 
     func disableInterrupts() {
-        guard depth.add(1) == 1 else { return }
+        guard depth.disable() else { return }
         controller.withLock {
             while inInterrupt { controller.wait() }
             maskDepth += 1
@@ -112,7 +123,13 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     }
 
     func enableInterrupts() {
-        guard depth.add(-1) == 0 else { return }
+        switch depth.enable() {
+        case .nested: return
+        case .outermost: break
+        case .unbalanced:
+            refuseUnbalancedEnable(options.verifier, engine.context)
+            return
+        }
         trace?.record(.interruptsEnabled, -1)
         controller.lock()
         maskDepth -= 1

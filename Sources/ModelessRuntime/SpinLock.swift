@@ -40,10 +40,41 @@ public final class SpinLock<State>: @unchecked Sendable {
         return try body(&state)
     }
 
+    /// Runs `body` with the lock held but interrupts left as they are (the kernel's
+    /// `spin_lock_bh` in spirit): for state shared only by DPCs and ordinary threads, never by
+    /// an ISR. If an ISR ever takes a lock of this class, the verifier reports it
+    /// (``DriverVerifier/Rule/irqUnsafeLock``): the ISR could interrupt this holder and spin
+    /// forever. Do not sleep or wait while holding it.
+    @inlinable
+    public func withLockInterruptsEnabled<Result>(function: StaticString = #function,
+                                                  _ body: (inout State) throws -> Result) rethrows -> Result {
+        acquireKeepingInterrupts(function)
+        defer { releaseKeepingInterrupts(function) }
+        return try body(&state)
+    }
+
     @usableFromInline
     func acquire(_ function: StaticString) {
         runtime.disableInterrupts()
-        runtime.verifier?.willAcquire(identity, at: function, in: runtime)
+        runtime.verifier?.willAcquire(identity, at: function, interruptsEnabled: false, in: runtime)
+        spin()
+    }
+
+    @usableFromInline
+    func acquireKeepingInterrupts(_ function: StaticString) {
+        if let verifier = runtime.verifier {
+            verifier.willAcquire(identity, at: function, interruptsEnabled: !runtime.interruptsDisabledOnThisThread, in: runtime)
+        }
+        spin()
+    }
+
+    @usableFromInline
+    func releaseKeepingInterrupts(_ function: StaticString) {
+        word.store(false, ordering: .releasing)
+        runtime.verifier?.didRelease(identity, at: function, in: runtime)
+    }
+
+    private func spin() {
         var spins = 0
         while !word.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
             repeat {
@@ -94,7 +125,7 @@ public final class PassiveLock<State>: @unchecked Sendable {
     func checkAcquire(_ function: StaticString) {
         guard let verifier = runtime.verifier else { return }
         verifier.willSleep(.passiveLock(name), at: function, in: runtime)
-        verifier.willAcquire(identity, at: function, in: runtime)
+        verifier.willAcquire(identity, at: function, interruptsEnabled: !runtime.interruptsDisabledOnThisThread, in: runtime)
     }
 
     @usableFromInline

@@ -19,6 +19,8 @@ struct RunNVMe: ParsableCommand {
     @Option(help: "Execution mode: user or kernel-emulation.")
     var mode: ExecutionMode = .user
 
+    @OptionGroup var verification: VerifyOption
+
     @Option(help: "How completions are noticed: msix, msi, intx or poll.")
     var irq: NVMeController.Completion = .msix
 
@@ -32,7 +34,8 @@ struct RunNVMe: ParsableCommand {
     var readMiB = 16
 
     func run() throws {
-        try withBoundDevice(device, mode: mode) { address, access, runtime in
+        let verifier = verification.makeVerifier()
+        try withBoundDevice(device, mode: mode, verifier: verifier) { address, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
             let identity = controller.identity!
@@ -68,6 +71,7 @@ struct RunNVMe: ParsableCommand {
             printLine("verify:     \(verifyMiB) MiB written (\(rate(written - start)) MiB/s), read back (\(rate(read - written)) MiB/s), identical")
             printLine("ISR:        \(controller.isrCalls) calls")
         }
+        try verification.finish(verifier)
     }
 }
 
