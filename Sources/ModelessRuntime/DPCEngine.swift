@@ -17,28 +17,44 @@ final class DPCEngine: @unchecked Sendable {
         let lock = ConditionLock()
         /// Slot numbers of queued DPCs, oldest at `head`; guarded by `lock`.
         private let ring = UnsafeMutablePointer<Int32>.allocate(capacity: DPCEngine.capacity)
-        private var head = 0
-        private(set) var count = 0
-        var stopping = false
+        /// Head, count and the stopping flag, behind a pointer so that queuing and running
+        /// make no exclusivity checks (class properties would each cost a `swift_beginAccess`).
+        private let indices = UnsafeMutablePointer<Int>.allocate(capacity: 3)
         var thread: SystemThread?
 
-        init(cpu: Int) { self.cpu = cpu }
-        deinit { ring.deallocate() }
+        init(cpu: Int) {
+            self.cpu = cpu
+            indices.initialize(repeating: 0, count: 3)
+        }
+
+        deinit {
+            ring.deallocate()
+            indices.deallocate()
+        }
+
+        /// How many slots are queued; the lock must be held.
+        var count: Int { indices[1] }
+
+        /// Set when the DPC thread must end once the ring is empty; the lock must be held.
+        var stopping: Bool {
+            get { indices[2] != 0 }
+            set { indices[2] = newValue ? 1 : 0 }
+        }
 
         /// Appends a slot; the lock must be held.
         @inline(__always)
         func push(_ slot: Int32) {
-            ring[(head + count) % DPCEngine.capacity] = slot
-            count += 1
+            ring[(indices[0] + indices[1]) % DPCEngine.capacity] = slot
+            indices[1] += 1
         }
 
         /// Takes the oldest slot; the lock must be held.
         @inline(__always)
         func pop() -> Int32? {
-            guard count > 0 else { return nil }
-            let slot = ring[head]
-            head = (head + 1) % DPCEngine.capacity
-            count -= 1
+            guard indices[1] > 0 else { return nil }
+            let slot = ring[indices[0]]
+            indices[0] = (indices[0] + 1) % DPCEngine.capacity
+            indices[1] -= 1
             return slot
         }
     }

@@ -12,6 +12,9 @@ final class InterruptLines: @unchecked Sendable {
         self.options = options
     }
 
+    /// How many vectors are attached.
+    var count: Int { state.withLock { $0.attached.count } }
+
     /// Scheduling requests the system refused for these threads.
     var refusals: [String] { state.withLock { $0.refusals } }
 

@@ -18,9 +18,16 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     private let engine: DPCEngine
     let depth = InterruptDepth()
     private let controller = ConditionLock()
-    private var maskDepth = 0
-    private var inInterrupt = false
-    private var latched: [(InterruptAttachment, UInt64)] = []
+    /// Guarded by `controller`.
+    private let state = ControllerState()
+    private var maskDepth: Int {
+        get { state.maskDepth }
+        set { state.maskDepth = newValue }
+    }
+    private var inInterrupt: Bool {
+        get { state.inInterrupt }
+        set { state.inInterrupt = newValue }
+    }
     private let lines: InterruptLines
 
     private let options: RuntimeOptions
@@ -36,12 +43,21 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     func attachInterrupt(_ vector: InterruptVector, name: String,
                          acknowledge: @escaping @Sendable () -> UInt64,
                          isr: @escaping @Sendable (UInt64) -> Void) throws(RuntimeError) -> InterruptAttachment {
-        try lines.attach(vector, name: name, role: "irq", acknowledge: acknowledge, isr: isr) { [unowned self] attachment in
-            while let count = attachment.nextInterrupts() {
-                self.trace?.record(.notified, attachment.identifier)
-                // DPCs the ISR queues run here on the way out of the interrupt.
-                self.engine.atInterruptLevel { self.raise(attachment, count) }
-            }
+        guard lines.count < ControllerState.capacity else {
+            throw RuntimeError("cannot attach \(name): the emulated interrupt controller has \(ControllerState.capacity) lines, all attached; detach one first")
+        }
+        return try lines.attach(vector, name: name, role: "irq", acknowledge: acknowledge, isr: isr) { [unowned self] attachment in
+            self.serveInterruptLine(attachment)
+        }
+    }
+
+    /// An interrupt line's thread. Never inlined: scripts/bench/retain-release counts inside it.
+    @inline(never)
+    private func serveInterruptLine(_ attachment: InterruptAttachment) {
+        while let count = attachment.nextInterrupts() {
+            trace?.record(.notified, attachment.identifier)
+            // DPCs the ISR queues run here on the way out of the interrupt.
+            engine.atInterruptLevel { raise(attachment, count) }
         }
     }
 
@@ -50,7 +66,7 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     private func raise(_ attachment: InterruptAttachment, _ count: UInt64) {
         controller.lock()
         if maskDepth > 0 || inInterrupt {
-            latched.append((attachment, count))
+            state.latch(attachment, count)
             controller.unlock()
             trace?.record(.latched, attachment.identifier)
             return
@@ -64,10 +80,9 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     /// Runs latched interrupts until none is left; the caller holds interrupt level (inInterrupt).
     private func deliverLatched() {
         controller.lock()
-        while maskDepth == 0, !latched.isEmpty {
-            let (attachment, count) = latched.removeFirst()
+        while maskDepth == 0, let (line, count) = state.takeLatched() {
             controller.unlock()
-            deliver(attachment, count)
+            line._withUnsafeGuaranteedRef { deliver($0, count) }
             controller.lock()
         }
         inInterrupt = false
@@ -102,6 +117,7 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
 
     func detachInterrupt(_ attachment: InterruptAttachment) {
         lines.detach(attachment)
+        controller.withLock { state.forget(attachment) }
     }
 
     func makeDPC(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall {
@@ -133,7 +149,7 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
         trace?.record(.interruptsEnabled, -1)
         controller.lock()
         maskDepth -= 1
-        if maskDepth == 0, !inInterrupt, !latched.isEmpty {
+        if maskDepth == 0, !inInterrupt, state.hasLatched {
             inInterrupt = true
             controller.unlock()
             engine.markingInterruptLevel { deliverLatched() }  // this thread takes the pending interrupt
@@ -144,6 +160,7 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
 
     func shutdown() {
         lines.detachAll()
+        controller.withLock { while state.takeLatched() != nil {} }  // Their lines are detached.
         engine.shutdown()
     }
 }

@@ -21,13 +21,21 @@ public final class SpinLock<State>: @unchecked Sendable {
     @usableFromInline let runtime: any DriverRuntime
     @usableFromInline let identity: LockIdentity
     @usableFromInline let word = Atomic<Bool>(false)
-    @usableFromInline var state: State
+    /// The guarded state, behind a pointer: the lock is what keeps accesses exclusive, so a
+    /// class property's dynamic exclusivity check (`swift_beginAccess`) would only cost time.
+    @usableFromInline let state: UnsafeMutablePointer<State>
 
     init(name: String, state: State, runtime: any DriverRuntime) {
         self.name = name
-        self.state = state
+        self.state = .allocate(capacity: 1)
+        self.state.initialize(to: state)
         self.runtime = runtime
         identity = LockIdentity(name: name, kind: .spin)
+    }
+
+    deinit {
+        state.deinitialize(count: 1)
+        state.deallocate()
     }
 
     /// Runs `body` with interrupts disabled and the lock held, on the guarded state.
@@ -37,7 +45,7 @@ public final class SpinLock<State>: @unchecked Sendable {
                                  _ body: (inout State) throws -> Result) rethrows -> Result {
         acquire(function)
         defer { release(function) }
-        return try body(&state)
+        return try body(&state.pointee)
     }
 
     /// Runs `body` with the lock held but interrupts left as they are (the kernel's
@@ -50,7 +58,7 @@ public final class SpinLock<State>: @unchecked Sendable {
                                                   _ body: (inout State) throws -> Result) rethrows -> Result {
         acquireKeepingInterrupts(function)
         defer { releaseKeepingInterrupts(function) }
-        return try body(&state)
+        return try body(&state.pointee)
     }
 
     @usableFromInline
@@ -103,13 +111,20 @@ public final class PassiveLock<State>: @unchecked Sendable {
     @usableFromInline let runtime: any DriverRuntime
     @usableFromInline let identity: LockIdentity
     @usableFromInline let mutex: Mutex<Void> = Mutex(())
-    @usableFromInline var state: State
+    /// The guarded state, behind a pointer (see ``SpinLock``).
+    @usableFromInline let state: UnsafeMutablePointer<State>
 
     init(name: String, state: State, runtime: any DriverRuntime) {
         self.name = name
-        self.state = state
+        self.state = .allocate(capacity: 1)
+        self.state.initialize(to: state)
         self.runtime = runtime
         identity = LockIdentity(name: name, kind: .passive)
+    }
+
+    deinit {
+        state.deinitialize(count: 1)
+        state.deallocate()
     }
 
     /// Runs `body` with the lock held, on the guarded state; may sleep until the lock is free.
@@ -118,7 +133,7 @@ public final class PassiveLock<State>: @unchecked Sendable {
                                  _ body: (inout State) throws -> Result) rethrows -> Result {
         checkAcquire(function)
         defer { checkRelease(function) }
-        return try mutex.withLock { _ in try body(&state) }
+        return try mutex.withLock { _ in try body(&state.pointee) }
     }
 
     @usableFromInline

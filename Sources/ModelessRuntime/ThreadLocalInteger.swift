@@ -1,9 +1,14 @@
 /// An integer with a separate value on each thread, zero until the thread sets it: the
 /// nesting depth of disabled interrupts, and which DPC queue an interrupt thread drains.
 final class ThreadLocalInteger: @unchecked Sendable {
-    private var key = pthread_key_t()
+    /// A `let`, so that reading it needs no exclusivity check.
+    private let key: pthread_key_t
 
-    init() { pthread_key_create(&key, nil) }
+    init() {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        self.key = key
+    }
     deinit { pthread_key_delete(key) }
 
     /// This thread's value.

@@ -37,11 +37,13 @@ final class UserModeRuntime: CheckedRuntime, @unchecked Sendable {
                          acknowledge: @escaping @Sendable () -> UInt64,
                          isr: @escaping @Sendable (UInt64) -> Void) throws(RuntimeError) -> InterruptAttachment {
         try lines.attach(vector, name: name, role: "wait", acknowledge: acknowledge, isr: isr) { [unowned self] attachment in
-            self.waitThread(attachment)
+            self.serveInterrupts(attachment)
         }
     }
 
-    private func waitThread(_ attachment: InterruptAttachment) {
+    /// The wait thread's loop. Never inlined: scripts/bench/retain-release counts inside it.
+    @inline(never)
+    private func serveInterrupts(_ attachment: InterruptAttachment) {
         let id = attachment.identifier
         while let count = attachment.nextInterrupts() {
             trace?.record(.notified, id)
