@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ModelessSystem
 import Synchronization
 
@@ -12,25 +15,43 @@ final class DPCEngine: @unchecked Sendable {
     /// How many DPCs one runtime can make.
     static let capacity = 1024
 
-    final class CPUQueue: @unchecked Sendable {
+    /// One CPU's queue: a ring of slot numbers under a pthread mutex, with a condition its DPC
+    /// thread sleeps on. Raw pointers only, so that queuing and running retain nothing and make
+    /// no exclusivity checks.
+    struct CPUQueue: @unchecked Sendable {
         let cpu: Int
-        let lock = ConditionLock()
-        /// Slot numbers of queued DPCs, oldest at `head`; guarded by `lock`.
-        private let ring = UnsafeMutablePointer<Int32>.allocate(capacity: DPCEngine.capacity)
-        /// Head, count and the stopping flag, behind a pointer so that queuing and running
-        /// make no exclusivity checks (class properties would each cost a `swift_beginAccess`).
-        private let indices = UnsafeMutablePointer<Int>.allocate(capacity: 3)
-        var thread: SystemThread?
+        private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+        private let condition: UnsafeMutablePointer<pthread_cond_t>
+        private let ring: UnsafeMutablePointer<Int32>
+        /// Head, count and the stopping flag.
+        private let indices: UnsafeMutablePointer<Int>
 
         init(cpu: Int) {
             self.cpu = cpu
+            mutex = .allocate(capacity: 1)
+            pthread_mutex_init(mutex, nil)
+            condition = .allocate(capacity: 1)
+            pthread_cond_init(condition, nil)
+            ring = .allocate(capacity: DPCEngine.capacity)
+            indices = .allocate(capacity: 3)
             indices.initialize(repeating: 0, count: 3)
         }
 
-        deinit {
+        /// Frees the queue; its thread has ended.
+        func destroy() {
+            pthread_cond_destroy(condition)
+            pthread_mutex_destroy(mutex)
+            condition.deallocate()
+            mutex.deallocate()
             ring.deallocate()
             indices.deallocate()
         }
+
+        @inline(__always) func lock() { pthread_mutex_lock(mutex) }
+        @inline(__always) func unlock() { pthread_mutex_unlock(mutex) }
+        @inline(__always) func wait() { pthread_cond_wait(condition, mutex) }
+        @inline(__always) func signal() { pthread_cond_signal(condition) }
+        @inline(__always) func broadcast() { pthread_cond_broadcast(condition) }
 
         /// How many slots are queued; the lock must be held.
         var count: Int { indices[1] }
@@ -38,7 +59,7 @@ final class DPCEngine: @unchecked Sendable {
         /// Set when the DPC thread must end once the ring is empty; the lock must be held.
         var stopping: Bool {
             get { indices[2] != 0 }
-            set { indices[2] = newValue ? 1 : 0 }
+            nonmutating set { indices[2] = newValue ? 1 : 0 }
         }
 
         /// Appends a slot; the lock must be held.
@@ -59,11 +80,15 @@ final class DPCEngine: @unchecked Sendable {
         }
     }
 
-    let queues: [CPUQueue]
+    /// One queue per CPU, `queueCount` of them.
+    private let queues: UnsafeMutablePointer<CPUQueue>
+    private let queueCount: Int
+    private var threads: [SystemThread] = []
+    private let keys: ThreadLocalKeys
     let trace: InterruptTrace?
     let verifier: DriverVerifier?
     /// What each thread runs (passive, an ISR, a DPC), for the verifier's reports.
-    let context = ContextWord()
+    let context: ContextWord
     /// The runtime's interrupt-disable depth, checked when a DPC returns under the verifier.
     let depth: InterruptDepth
     /// The runtime, to undo what a DPC leaked (only under the verifier).
@@ -76,9 +101,9 @@ final class DPCEngine: @unchecked Sendable {
     /// Set by ``shutdown()``: queuing is refused from then on.
     let isShutDown = Atomic<Bool>(false)
     /// On an interrupt thread inside ``atInterruptLevel(_:)``: its queue's index plus one.
-    private let interruptLevelQueue = ThreadLocalInteger()
+    private let interruptLevelQueue: ThreadLocalInteger
     /// Above zero on a thread while it runs an ISR or a DPC.
-    private let interruptLevel = ThreadLocalInteger()
+    private let interruptLevel: ThreadLocalInteger
 
     /// Whether the calling thread is running an ISR or a DPC.
     var isAtInterruptLevel: Bool { interruptLevel.current > 0 }
@@ -91,21 +116,38 @@ final class DPCEngine: @unchecked Sendable {
         _ = interruptLevel.add(-1)
     }
 
-    init(cpus: Int, priority: Int32?, trace: InterruptTrace?, verifier: DriverVerifier?, depth: InterruptDepth) throws(SystemError) {
+    init(cpus: Int, priority: Int32?, trace: InterruptTrace?, verifier: DriverVerifier?, depth: InterruptDepth,
+         keys: ThreadLocalKeys) throws(SystemError) {
         self.trace = trace
         self.verifier = verifier
         self.depth = depth
-        queues = (0..<cpus).map(CPUQueue.init)
-        for queue in queues {
-            let thread = try SystemThread(name: "dpc/\(queue.cpu)", placement: .init(cpu: queue.cpu, realtimePriority: priority)) {
-                [unowned self] in self.drain(queue)
+        self.keys = keys
+        context = ContextWord(keys)
+        interruptLevelQueue = keys.make()
+        interruptLevel = keys.make()
+        queueCount = cpus
+        queues = .allocate(capacity: cpus)
+        for cpu in 0..<cpus { (queues + cpu).initialize(to: CPUQueue(cpu: cpu)) }
+        do {
+            for cpu in 0..<cpus {
+                let queue = queues[cpu]
+                let thread = try SystemThread(name: "dpc/\(cpu)", placement: .init(cpu: cpu, realtimePriority: priority)) {
+                    [unowned self] in self.drain(queue)
+                }
+                threads.append(thread)
+                refusals += thread.outcome.refusals.map { "DPC thread \(cpu): \($0)" }
             }
-            queue.thread = thread
-            refusals += thread.outcome.refusals.map { "DPC thread \(queue.cpu): \($0)" }
+        } catch {
+            stopThreads()
+            throw error
         }
     }
 
-    deinit { table.deallocate() }
+    deinit {
+        for cpu in 0..<queueCount { queues[cpu].destroy() }
+        queues.deallocate()
+        table.deallocate()
+    }
 
     func make(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall {
         registry.withLock {
@@ -123,33 +165,41 @@ final class DPCEngine: @unchecked Sendable {
     /// itself on the way out, so waking the DPC thread would only cost a context switch.
     func enqueue(_ dpc: DeferredProcedureCall) {
         let draining = interruptLevelQueue.current
-        let queue = queues[draining > 0 ? draining - 1 : SystemThread.currentCPU % queues.count]
-        queue.lock.lock()
+        let queue = queues[draining > 0 ? draining - 1 : SystemThread.currentCPU % queueCount]
+        queue.lock()
         queue.push(dpc.identifier)
-        if draining == 0 { queue.lock.signal() }
-        queue.lock.unlock()
+        if draining == 0 { queue.signal() }
+        queue.unlock()
     }
 
-    /// Runs `isr` on an interrupt thread, then every DPC queued for the thread's CPU, on the
-    /// same thread, as a kernel runs DPCs on the way out of an interrupt. DPCs the ISR queues
-    /// go to this CPU's queue without waking its DPC thread.
-    func atInterruptLevel(_ isr: () -> Void) {
-        let index = SystemThread.currentCPU % queues.count
-        markingInterruptLevel {
-            interruptLevelQueue.set(index + 1)
-            isr()
-            interruptLevelQueue.set(0)
-            runQueued(index)
-        }
+    /// Enters interrupt level on an interrupt thread, for an ISR: DPCs the ISR queues go to this
+    /// CPU's queue without waking its DPC thread. Returns the queue to hand to
+    /// ``leaveInterruptLevel(_:)``. (A pair of calls rather than a closure, which would retain
+    /// what it captures on every interrupt.)
+    @inline(__always)
+    func enterInterruptLevel() -> Int {
+        let index = SystemThread.currentCPU % queueCount
+        _ = interruptLevel.add(1)
+        interruptLevelQueue.set(index + 1)
+        return index
+    }
+
+    /// Runs every DPC queued for the interrupt's CPU, on the same thread, as a kernel runs DPCs
+    /// on the way out of an interrupt, then leaves interrupt level.
+    @inline(__always)
+    func leaveInterruptLevel(_ index: Int) {
+        interruptLevelQueue.set(0)
+        runQueued(index)
+        _ = interruptLevel.add(-1)
     }
 
     /// Runs every DPC queued for the queue at `index`, on the calling thread.
     private func runQueued(_ index: Int) {
         let queue = queues[index]
         while true {
-            queue.lock.lock()
+            queue.lock()
             let slot = queue.pop()
-            queue.lock.unlock()
+            queue.unlock()
             guard let slot else { return }
             run(slot)
         }
@@ -186,26 +236,33 @@ final class DPCEngine: @unchecked Sendable {
 
     private func drain(_ queue: CPUQueue) {
         while true {
-            queue.lock.lock()
-            while queue.count == 0 && !queue.stopping { queue.lock.wait() }
+            queue.lock()
+            while queue.count == 0 && !queue.stopping { queue.wait() }
             let slot = queue.pop()
-            queue.lock.unlock()
+            queue.unlock()
             guard let slot else { return }
             run(slot)
         }
+    }
+
+    /// Ends the DPC threads, each after its queue is empty.
+    private func stopThreads() {
+        for cpu in 0..<queueCount {
+            let queue = queues[cpu]
+            queue.lock()
+            queue.stopping = true
+            queue.broadcast()
+            queue.unlock()
+        }
+        threads.forEach { $0.join() }
+        threads.removeAll()
     }
 
     /// Refuses queuing from now on, stops the DPC threads (each after its queue is empty) and
     /// releases the table.
     func shutdown() {
         guard !isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        for queue in queues {
-            queue.lock.withLock {
-                queue.stopping = true
-                queue.lock.broadcast()
-            }
-        }
-        for queue in queues { queue.thread?.join() }
+        stopThreads()
         registry.withLock {
             for slot in 0..<made { table[slot].release() }
             made = 0

@@ -156,7 +156,9 @@ public final class DriverVerifier: @unchecked Sendable {
 
     /// `what` (an ISR, a DPC, an entry point) returned: reports the interrupt disables and the
     /// locks it left behind, and forgets those locks so that later checks are not confused.
-    func checkReturn(of what: String, site: String?, heldBefore: Int, leakedDisables: Int, context: ExecutionContext) {
+    func checkReturn(of what: @autoclosure () -> String, site: @autoclosure () -> String?, heldBefore: Int, leakedDisables: Int,
+                     context: @autoclosure () -> ExecutionContext) {
+        if leakedDisables == 0 && heldCount == heldBefore { return }  // The usual case, allocation-free.
         let leaked: [Held] = held.value.map { Array($0.dropFirst(heldBefore)) } ?? []
         if !leaked.isEmpty { held.update { $0.removeLast(leaked.count) } }
         guard leakedDisables > 0 || !leaked.isEmpty else { return }
@@ -168,8 +170,8 @@ public final class DriverVerifier: @unchecked Sendable {
             problems.append("\(leaked.map { $0.lock.description }.joined(separator: ", ")) held")
         }
         report(Report(rule: .leakedOnReturn, locks: leaked.map(\.lock.name),
-                      sites: (site.map { [$0] } ?? []) + leaked.map { "\($0.site)" }, context: context.description,
-                      detail: "\(what) returned with \(problems.joined(separator: " and "))"))
+                      sites: (site().map { [$0] } ?? []) + leaked.map { "\($0.site)" }, context: context().description,
+                      detail: "\(what()) returned with \(problems.joined(separator: " and "))"))
     }
 
     /// An enable without a matching disable, which the runtime ignored.

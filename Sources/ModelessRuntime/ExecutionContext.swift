@@ -30,8 +30,11 @@ public enum ExecutionContext: Sendable, Hashable, CustomStringConvertible {
 /// or retaining: zero at passive level, else the running attachment's or DPC's address with a
 /// tag in its low bits (objects are at least 8-byte aligned). Read back only on the same thread
 /// while that ISR or DPC runs, when the object is certainly alive.
-final class ContextWord: @unchecked Sendable {
-    private let word = ThreadLocalInteger()
+struct ContextWord: @unchecked Sendable {
+    private let word: ThreadLocalInteger
+
+    init(_ keys: ThreadLocalKeys) { word = keys.make() }
+
     private static let isrTag = 1
     private static let dpcTag = 2
     private static let tagMask = 7

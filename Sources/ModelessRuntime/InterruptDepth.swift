@@ -4,8 +4,11 @@
 ///
 /// Only the outermost disable and enable act on the runtime's interrupt state; an enable that
 /// would go below the floor is unbalanced, which the runtime refuses.
-final class InterruptDepth: @unchecked Sendable {
-    private let word = ThreadLocalInteger()
+struct InterruptDepth: @unchecked Sendable {
+    private let word: ThreadLocalInteger
+
+    init(_ keys: ThreadLocalKeys) { word = keys.make() }
+
     private static let countMask = (1 << 32) - 1
 
     /// What an enable did.

@@ -57,10 +57,10 @@ final class InterruptLines: @unchecked Sendable {
 
 extension DPCEngine {
     /// The DPC threads for a runtime started with `options`.
-    static func start(_ options: RuntimeOptions, depth: InterruptDepth) throws(RuntimeError) -> DPCEngine {
+    static func start(_ options: RuntimeOptions, depth: InterruptDepth, keys: ThreadLocalKeys) throws(RuntimeError) -> DPCEngine {
         do {
             return try DPCEngine(cpus: options.cpus, priority: options.dpcPriority, trace: options.trace,
-                                 verifier: options.verifier, depth: depth)
+                                 verifier: options.verifier, depth: depth, keys: keys)
         } catch {
             throw RuntimeError("cannot start DPC threads: \(error)")
         }

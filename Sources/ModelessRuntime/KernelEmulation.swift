@@ -16,7 +16,8 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     let trace: InterruptTrace?
     var refusals: [String] { engine.refusals + lines.refusals }
     private let engine: DPCEngine
-    let depth = InterruptDepth()
+    private let keys = ThreadLocalKeys()
+    let depth: InterruptDepth
     private let controller = ConditionLock()
     /// Guarded by `controller`.
     private let state = ControllerState()
@@ -35,7 +36,8 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     init(options: RuntimeOptions) throws(RuntimeError) {
         self.options = options
         trace = options.trace
-        engine = try DPCEngine.start(options, depth: depth)
+        depth = InterruptDepth(keys)
+        engine = try DPCEngine.start(options, depth: depth, keys: keys)
         lines = InterruptLines(options: options)
         engine.owner = self
     }
@@ -56,8 +58,9 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     private func serveInterruptLine(_ attachment: InterruptAttachment) {
         while let count = attachment.nextInterrupts() {
             trace?.record(.notified, attachment.identifier)
-            // DPCs the ISR queues run here on the way out of the interrupt.
-            engine.atInterruptLevel { raise(attachment, count) }
+            let level = engine.enterInterruptLevel()
+            raise(attachment, count)
+            engine.leaveInterruptLevel(level)  // DPCs the ISR queued run here, on the way out.
         }
     }
 

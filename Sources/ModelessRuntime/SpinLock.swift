@@ -19,6 +19,8 @@ public final class SpinLock<State>: @unchecked Sendable {
     /// The lock's class name, for the verifier's reports.
     public let name: String
     @usableFromInline let runtime: any DriverRuntime
+    /// The runtime's verifier, read once: asking the runtime each time would retain it.
+    @usableFromInline let verifier: DriverVerifier?
     @usableFromInline let identity: LockIdentity
     @usableFromInline let word = Atomic<Bool>(false)
     /// The guarded state, behind a pointer: the lock is what keeps accesses exclusive, so a
@@ -30,6 +32,7 @@ public final class SpinLock<State>: @unchecked Sendable {
         self.state = .allocate(capacity: 1)
         self.state.initialize(to: state)
         self.runtime = runtime
+        verifier = runtime.verifier
         identity = LockIdentity(name: name, kind: .spin)
     }
 
@@ -64,13 +67,13 @@ public final class SpinLock<State>: @unchecked Sendable {
     @usableFromInline
     func acquire(_ function: StaticString) {
         runtime.disableInterrupts()
-        runtime.verifier?.willAcquire(identity, at: function, interruptsEnabled: false, in: runtime)
+        verifier?.willAcquire(identity, at: function, interruptsEnabled: false, in: runtime)
         spin()
     }
 
     @usableFromInline
     func acquireKeepingInterrupts(_ function: StaticString) {
-        if let verifier = runtime.verifier {
+        if let verifier {
             verifier.willAcquire(identity, at: function, interruptsEnabled: !runtime.interruptsDisabledOnThisThread, in: runtime)
         }
         spin()
@@ -79,7 +82,7 @@ public final class SpinLock<State>: @unchecked Sendable {
     @usableFromInline
     func releaseKeepingInterrupts(_ function: StaticString) {
         word.store(false, ordering: .releasing)
-        runtime.verifier?.didRelease(identity, at: function, in: runtime)
+        verifier?.didRelease(identity, at: function, in: runtime)
     }
 
     private func spin() {
@@ -95,7 +98,7 @@ public final class SpinLock<State>: @unchecked Sendable {
     @usableFromInline
     func release(_ function: StaticString) {
         word.store(false, ordering: .releasing)
-        runtime.verifier?.didRelease(identity, at: function, in: runtime)
+        verifier?.didRelease(identity, at: function, in: runtime)
         runtime.enableInterrupts()
     }
 }
@@ -109,6 +112,8 @@ public final class PassiveLock<State>: @unchecked Sendable {
     /// The lock's class name, for the verifier's reports.
     public let name: String
     @usableFromInline let runtime: any DriverRuntime
+    /// The runtime's verifier, read once: asking the runtime each time would retain it.
+    @usableFromInline let verifier: DriverVerifier?
     @usableFromInline let identity: LockIdentity
     @usableFromInline let mutex: Mutex<Void> = Mutex(())
     /// The guarded state, behind a pointer (see ``SpinLock``).
@@ -119,6 +124,7 @@ public final class PassiveLock<State>: @unchecked Sendable {
         self.state = .allocate(capacity: 1)
         self.state.initialize(to: state)
         self.runtime = runtime
+        verifier = runtime.verifier
         identity = LockIdentity(name: name, kind: .passive)
     }
 
@@ -138,14 +144,14 @@ public final class PassiveLock<State>: @unchecked Sendable {
 
     @usableFromInline
     func checkAcquire(_ function: StaticString) {
-        guard let verifier = runtime.verifier else { return }
+        guard let verifier else { return }
         verifier.willSleep(.passiveLock(name), at: function, in: runtime)
         verifier.willAcquire(identity, at: function, interruptsEnabled: !runtime.interruptsDisabledOnThisThread, in: runtime)
     }
 
     @usableFromInline
     func checkRelease(_ function: StaticString) {
-        runtime.verifier?.didRelease(identity, at: function, in: runtime)
+        verifier?.didRelease(identity, at: function, in: runtime)
     }
 }
 

@@ -19,7 +19,8 @@ final class UserModeRuntime: CheckedRuntime, @unchecked Sendable {
     let trace: InterruptTrace?
     var refusals: [String] { engine.refusals + lines.refusals }
     private let lock = InterruptLock()
-    let depth = InterruptDepth()
+    private let keys = ThreadLocalKeys()
+    let depth: InterruptDepth
     private let engine: DPCEngine
     private let lines: InterruptLines
 
@@ -28,7 +29,8 @@ final class UserModeRuntime: CheckedRuntime, @unchecked Sendable {
     init(options: RuntimeOptions) throws(RuntimeError) {
         self.options = options
         trace = options.trace
-        engine = try DPCEngine.start(options, depth: depth)
+        depth = InterruptDepth(keys)
+        engine = try DPCEngine.start(options, depth: depth, keys: keys)
         lines = InterruptLines(options: options)
         engine.owner = self
     }
@@ -50,18 +52,18 @@ final class UserModeRuntime: CheckedRuntime, @unchecked Sendable {
             let context = engine.context.enter(attachment)
             let state = attachment.acknowledge()       // Generic ISR: acknowledge, save the state;
             trace?.record(.genericISRFused, id)        // DPC A and the wake-up are this same thread.
-            engine.atInterruptLevel {                   // Then the DPCs the ISR queued, here.
-                lock.writeLock()
-                trace?.record(.lockTaken, id)
-                trace?.record(.realISREnter, id)
-                runISR(attachment, state)
-                trace?.record(.realISRExit, id)
-                lock.writeUnlock()
-                trace?.record(.lockReleased, id)
-                attachment.counted(count)
-                attachment.unmask()                     // Re-enable INTx (nothing for MSI).
-                engine.context.restore(context)
-            }
+            let level = engine.enterInterruptLevel()
+            lock.writeLock()
+            trace?.record(.lockTaken, id)
+            trace?.record(.realISREnter, id)
+            runISR(attachment, state)
+            trace?.record(.realISRExit, id)
+            lock.writeUnlock()
+            trace?.record(.lockReleased, id)
+            attachment.counted(count)
+            attachment.unmask()                         // Re-enable INTx (nothing for MSI).
+            engine.context.restore(context)
+            engine.leaveInterruptLevel(level)           // Then the DPCs the ISR queued, here.
         }
     }
 
