@@ -68,6 +68,12 @@ public final class InterruptAttachment: @unchecked Sendable {
         interruptsCount.wrappingAdd(Int(interrupts), ordering: .relaxed)
     }
 
+    /// Records a failure the driver found while serving this vector (say, its device stopped
+    /// answering: registers read all-ones), in ``failures`` and ``lastError``, as the runtime
+    /// records a failed wait or unmask. Allocation-free only on the way out: call it once per
+    /// fault, not per interrupt.
+    public func recordFailure(_ description: String) { fail(description) }
+
     /// Records a failure; off the fast path.
     @inline(never)
     func fail(_ what: String) {
