@@ -100,7 +100,7 @@ final class DPCEngine: @unchecked Sendable {
     private var made = 0
     /// Set by ``shutdown()``: queuing is refused from then on.
     let isShutDown = Atomic<Bool>(false)
-    /// On an interrupt thread inside ``atInterruptLevel(_:)``: its queue's index plus one.
+    /// On an interrupt thread inside ``enterInterruptLevel()``: its queue's index plus one.
     private let interruptLevelQueue: ThreadLocalInteger
     /// Above zero on a thread while it runs an ISR or a DPC.
     private let interruptLevel: ThreadLocalInteger
@@ -108,7 +108,7 @@ final class DPCEngine: @unchecked Sendable {
     /// Whether the calling thread is running an ISR or a DPC.
     var isAtInterruptLevel: Bool { interruptLevel.current > 0 }
 
-    /// Runs `body` marked as interrupt level: an ISR (inside ``atInterruptLevel(_:)``, or one
+    /// Runs `body` marked as interrupt level: an ISR (inside ``enterInterruptLevel()``, or one
     /// the kernel emulation delivers on an unmasking thread) or a DPC.
     func markingInterruptLevel(_ body: () -> Void) {
         _ = interruptLevel.add(1)
@@ -161,7 +161,7 @@ final class DPCEngine: @unchecked Sendable {
     }
 
     /// Queues on the calling thread's CPU and wakes that CPU's DPC thread, unless the caller
-    /// is an interrupt thread inside ``atInterruptLevel(_:)``: that thread runs its queue
+    /// is an interrupt thread inside ``enterInterruptLevel()``: that thread runs its queue
     /// itself on the way out, so waking the DPC thread would only cost a context switch.
     func enqueue(_ dpc: DeferredProcedureCall) {
         let draining = interruptLevelQueue.current
