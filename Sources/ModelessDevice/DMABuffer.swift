@@ -14,6 +14,9 @@ public final class DMABuffer: @unchecked Sendable {
     public let device: PCIAddress
     let base: UnsafeMutableRawPointer
     private var release: ((DMABuffer) -> Void)?
+    /// Accesses refused because the buffer was freed (or its device closed), for a runtime's
+    /// verifier (``RegionHealth/addObserver(_:)``).
+    public let health = RegionHealth()
 
     /// Memory at `base` that the device reaches at `deviceAddress`; `release` frees it. For
     /// backends outside this module (device models).
@@ -88,7 +91,11 @@ public final class DMABuffer: @unchecked Sendable {
     }
 
     private func checkRange(_ offset: Int, _ count: Int) throws(DeviceError) {
-        guard !isFreed else { throw DeviceError(.closed, device, "DMA buffer at 0x\(String(deviceAddress, radix: 16)) was freed") }
+        guard !isFreed else {
+            let error = DeviceError(.closed, device, "DMA buffer at 0x\(String(deviceAddress, radix: 16)) was freed")
+            health.record(.accessAfterRelease(error.message))
+            throw error
+        }
         guard offset >= 0, count >= 0, offset <= size - count else {
             throw DeviceError(.outOfRange, device, "DMA buffer: \(count) bytes at \(offset) are outside its \(size) bytes")
         }

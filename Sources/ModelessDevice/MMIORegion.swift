@@ -96,6 +96,7 @@ public struct MMIORegion: @unchecked Sendable {
             default: return modeless_mmio_read64(address)
             }
         }
+        try checkNotReleased()
         return try withUnmappedBacking { backing throws(DeviceError) in
             switch backing {
             case .file(let file): try file.read(at: offset, width: width, device: device)
@@ -118,6 +119,7 @@ public struct MMIORegion: @unchecked Sendable {
             }
             return
         }
+        try checkNotReleased()
         try withUnmappedBacking { backing throws(DeviceError) in
             switch backing {
             case .file(let file): try file.write(value, at: offset, width: width, device: device)
@@ -132,13 +134,13 @@ extension MMIORegion {
     /// The non-throwing access behind ``load(_:)``: all-ones, counted in ``health``, when the
     /// backend cannot reach the device.
     @usableFromInline
-    func loadRaw(_ offset: Int, _ width: Int) -> UInt64 {
+    func loadRaw(_ offset: Int, _ width: Int, _ function: StaticString) -> UInt64 {
         precondition(offset >= 0 && offset <= size - width && offset % width == 0,
                      "a register access outside BAR\(index) or misaligned (a driver's register table is wrong)")
         do {
             return try read(offset, width)
         } catch {
-            health.record(error.kind == .closed ? .accessAfterRelease(error.message) : .backend(error.message))
+            health.record(error.kind == .closed ? .accessAfterRelease(error.message) : .backend(error.message), at: function)
             return width == 8 ? UInt64.max : (1 << (UInt64(width) * 8)) - 1
         }
     }
@@ -146,14 +148,19 @@ extension MMIORegion {
     /// The non-throwing access behind ``store(_:to:)``: dropped, counted in ``health``, when
     /// the backend cannot reach the device.
     @usableFromInline
-    func storeRaw(_ offset: Int, _ width: Int, _ value: UInt64) {
+    func storeRaw(_ offset: Int, _ width: Int, _ value: UInt64, _ function: StaticString) {
         precondition(offset >= 0 && offset <= size - width && offset % width == 0,
                      "a register access outside BAR\(index) or misaligned (a driver's register table is wrong)")
         do {
             try write(offset, width, value)
         } catch {
-            health.record(error.kind == .closed ? .accessAfterRelease(error.message) : .backend(error.message))
+            health.record(error.kind == .closed ? .accessAfterRelease(error.message) : .backend(error.message), at: function)
         }
+    }
+
+    /// Refuses an access to a region marked released (``RegionHealth/markReleased(_:)``).
+    private func checkNotReleased() throws(DeviceError) {
+        if let reason = health.releasedReason { throw DeviceError(.closed, device, "BAR\(index) was released: \(reason)") }
     }
 
     /// Lends the backing to `body` without copying it.

@@ -48,6 +48,9 @@ public final class RegionHealth: @unchecked Sendable {
     private let faults = Atomic<Int>(0)
     private let first = Mutex<Fault?>(nil)
     private let observer = Mutex<(@Sendable (Fault) -> Void)?>(nil)
+    private let observers = Mutex<[@Sendable (Fault, StaticString?) -> Void]>([])
+    private let released = Atomic<Bool>(false)
+    private let releaseReason = Mutex<String>("")
 
     public init() {}
 
@@ -62,10 +65,31 @@ public final class RegionHealth: @unchecked Sendable {
         observer.withLock { $0 = observe }
     }
 
-    func record(_ fault: Fault) {
+    /// Also calls `observe` for each failed access from now on, with the function that made
+    /// the access when it is known (a runtime's verifier); kept beside the observer that
+    /// ``observe(_:)`` sets, which does not replace it.
+    public func addObserver(_ observe: @escaping @Sendable (Fault, StaticString?) -> Void) {
+        observers.withLock { $0.append(observe) }
+    }
+
+    /// Marks the region released (its device closed), for backends whose accesses would
+    /// otherwise still succeed (software registers): from now on every access fails as
+    /// ``Fault/accessAfterRelease(_:)``, naming `reason`.
+    public func markReleased(_ reason: String) {
+        releaseReason.withLock { $0 = reason }
+        released.store(true, ordering: .releasing)
+    }
+
+    /// Why the region was released, if ``markReleased(_:)`` was called.
+    public var releasedReason: String? {
+        released.load(ordering: .acquiring) ? releaseReason.withLock { $0 } : nil
+    }
+
+    func record(_ fault: Fault, at site: StaticString? = nil) {
         faults.wrappingAdd(1, ordering: .relaxed)
         first.withLock { if $0 == nil { $0 = fault } }
         observer.withLock { $0 }?(fault)
+        for observe in observers.withLock({ $0 }) { observe(fault, site) }
     }
 }
 
@@ -73,15 +97,17 @@ extension MMIORegion {
     /// Reads `register`. Never throws: an access the backend cannot make (the region was
     /// released, an I/O-port read failed) reads as all-ones and is counted in ``health``.
     /// A register outside the region is a programming error and traps.
+    /// `function` names the caller in a fault's report (``RegionHealth/addObserver(_:)``).
     @inlinable
-    public func load<Value>(_ register: Register<Value>) -> Value {
-        Value(truncatingIfNeeded: loadRaw(register.offset, MemoryLayout<Value>.size))
+    public func load<Value>(_ register: Register<Value>, function: StaticString = #function) -> Value {
+        Value(truncatingIfNeeded: loadRaw(register.offset, MemoryLayout<Value>.size, function))
     }
 
     /// Writes `value` to `register`. Never throws: a write the backend cannot make is dropped
     /// and counted in ``health``. A register outside the region is a programming error and traps.
+    /// `function` names the caller in a fault's report (``RegionHealth/addObserver(_:)``).
     @inlinable
-    public func store<Value>(_ value: Value, to register: Register<Value>) {
-        storeRaw(register.offset, MemoryLayout<Value>.size, UInt64(truncatingIfNeeded: value))
+    public func store<Value>(_ value: Value, to register: Register<Value>, function: StaticString = #function) {
+        storeRaw(register.offset, MemoryLayout<Value>.size, UInt64(truncatingIfNeeded: value), function)
     }
 }

@@ -164,6 +164,7 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
         let wasOpen = lock.withLock { () -> Bool in defer { isOpen = false }; return isOpen }
         guard wasOpen else { return }
         try? disableInterrupts()
+        for region in regions.values { region.health.markReleased("the device was closed") }
         worker.stop()
     }
 }

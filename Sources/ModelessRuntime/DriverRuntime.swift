@@ -44,6 +44,9 @@ public protocol DriverRuntime: AnyObject, Sendable {
     /// The verifier checking this runtime's driver, if one was given in ``RuntimeOptions``.
     var verifier: DriverVerifier? { get }
 
+    /// What the calling thread is running: passive-level code, a DPC or an ISR, by name.
+    var currentContext: ExecutionContext { get }
+
     /// Keeps the ISRs from running until the matching ``enableInterrupts()``. Nests.
     func disableInterrupts()
     func enableInterrupts()
@@ -59,6 +62,57 @@ extension DriverRuntime {
         disableInterrupts()
         defer { enableInterrupts() }
         return try body()
+    }
+}
+
+/// What the runtimes share with the verifier's checks.
+protocol CheckedRuntime: DriverRuntime {
+    var depth: InterruptDepth { get }
+}
+
+extension DriverRuntime {
+    /// Runs `body` as the driver entry point `name` (start, stop, a submission call): under the
+    /// verifier, returning with interrupts still disabled or a lock still held is reported
+    /// (``DriverVerifier/Rule/leakedOnReturn``) and the disables are undone. Without a
+    /// verifier it only calls `body`.
+    public func entryPoint<Result>(_ name: String, function: StaticString = #function,
+                                   _ body: () throws -> Result) rethrows -> Result {
+        guard let verifier, let checked = self as? any CheckedRuntime else { return try body() }
+        let held = verifier.heldCount
+        let disables = checked.depth.count
+        defer {
+            let leaked = checked.depth.count - disables
+            verifier.checkReturn(of: "entry point \"\(name)\"", site: "\(function)", heldBefore: held,
+                                 leakedDisables: max(0, leaked), context: currentContext)
+            if leaked > 0 { for _ in 0..<leaked { enableInterrupts() } }
+        }
+        return try body()
+    }
+
+    /// Under the verifier, reports every access to `device`'s registers after the device was
+    /// closed or its regions released (``DriverVerifier/Rule/accessAfterRelease``). Call it
+    /// once, when the driver starts; without a verifier it does nothing.
+    public func watch(_ device: any DeviceAccess) {
+        guard let verifier else { return }
+        let address = device.address
+        for (index, region) in device.regions.sorted(by: { $0.key < $1.key }) {
+            region.health.addObserver { [weak self] fault, site in
+                guard case .accessAfterRelease(let what) = fault else { return }
+                verifier.accessAfterRelease("BAR\(index) of \(address)", fault: what, site: site.map { "\($0)" },
+                                            context: self?.currentContext ?? .passive)
+            }
+        }
+    }
+
+    /// Under the verifier, reports every access to `buffer` after it was freed or its device
+    /// closed (``DriverVerifier/Rule/accessAfterRelease``). Without a verifier it does nothing.
+    public func watch(_ buffer: DMABuffer, name: String) {
+        guard let verifier else { return }
+        buffer.health.addObserver { [weak self] fault, site in
+            guard case .accessAfterRelease(let what) = fault else { return }
+            verifier.accessAfterRelease("DMA buffer \"\(name)\"", fault: what, site: site.map { "\($0)" },
+                                        context: self?.currentContext ?? .passive)
+        }
     }
 }
 
@@ -97,91 +151,6 @@ public func makeRuntime(_ mode: ExecutionMode, options: RuntimeOptions = Runtime
     switch mode {
     case .user: try UserModeRuntime(options: options)
     case .kernelEmulation: try KernelEmulation(options: options)
-    }
-}
-
-/// An attached interrupt vector and what happened on it.
-public final class InterruptAttachment: @unchecked Sendable {
-    public let name: String
-    public let identifier: Int32
-    /// The CPU its wait (or interrupt) thread is pinned to.
-    public let cpu: Int
-    let vector: InterruptVector
-    let acknowledge: @Sendable () -> UInt64
-    let isr: @Sendable (UInt64) -> Void
-    let stop: EventNotifier
-    /// The wait thread's own duplicate of an eventfd vector's descriptor: it stays valid even
-    /// if the device closes its eventfd first, and detaching wakes the thread through it.
-    let ownEventfd: Int32
-    var thread: SystemThread?
-    private let notificationsCount = Atomic<Int>(0)
-    private let interruptsCount = Atomic<Int>(0)
-
-    init(name: String, identifier: Int32, cpu: Int, vector: InterruptVector,
-         acknowledge: @escaping @Sendable () -> UInt64, isr: @escaping @Sendable (UInt64) -> Void) throws(SystemError) {
-        self.name = name
-        self.identifier = identifier
-        self.cpu = cpu
-        self.vector = vector
-        self.acknowledge = acknowledge
-        self.isr = isr
-        stop = try EventNotifier()
-        ownEventfd = vector.deliversOnEventfd ? try systemCall("dup", "interrupt eventfd") { fcntl(vector.fd, F_DUPFD_CLOEXEC, 0) } : -1
-    }
-
-    /// How many times the ISR ran.
-    public var isrCalls: Int { notificationsCount.load(ordering: .relaxed) }
-    /// How many interrupts were counted (several arriving before the ISR ran are coalesced
-    /// into one call, and counted here).
-    public var interrupts: Int { interruptsCount.load(ordering: .relaxed) }
-
-    func counted(_ interrupts: UInt64) {
-        notificationsCount.wrappingAdd(1, ordering: .relaxed)
-        interruptsCount.wrappingAdd(Int(interrupts), ordering: .relaxed)
-    }
-
-    private let stopping = Atomic<Bool>(false)
-
-    /// Waits for the vector or the stop signal; returns the interrupt count, or nil to stop.
-    ///
-    /// An eventfd vector (VFIO, models) is waited on with a single blocking `read`, as a bare
-    /// eventfd waiter would, and stopped by a write to it; others (UIO) are polled together
-    /// with a stop eventfd.
-    func nextInterrupts() -> UInt64? {
-        if ownEventfd >= 0 {
-            var count: UInt64 = 0
-            while true {
-                let result = read(ownEventfd, &count, 8)
-                if result == 8 { break }
-                if result < 0 && Errno.current == .interrupted { continue }
-                return nil
-            }
-            return stopping.load(ordering: .acquiring) ? nil : count
-        }
-        var descriptors = [pollfd(fd: vector.fd, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)]
-        while true {
-            let ready = poll(&descriptors, 2, -1)
-            if ready < 0 && Errno.current == .interrupted { continue }
-            guard ready > 0, descriptors[1].revents == 0 else { return nil }
-            if descriptors[0].revents & Int16(POLLIN) == 0 { return nil }
-            return (try? vector.wait()) ?? nil
-        }
-    }
-
-    /// Stops the thread and waits for it.
-    func detach() {
-        guard let thread else { return }
-        stopping.store(true, ordering: .releasing)
-        if ownEventfd >= 0 {
-            var one: UInt64 = 1
-            _ = write(ownEventfd, &one, 8)
-        }
-        try? stop.signal()
-        thread.join()
-        self.thread = nil
-        if ownEventfd >= 0 { close(ownEventfd) }
-        stop.close()
     }
 }
 

@@ -12,6 +12,9 @@ final class InterruptLines: @unchecked Sendable {
         self.options = options
     }
 
+    /// How many vectors are attached.
+    var count: Int { state.withLock { $0.attached.count } }
+
     /// Scheduling requests the system refused for these threads.
     var refusals: [String] { state.withLock { $0.refusals } }
 
@@ -54,9 +57,10 @@ final class InterruptLines: @unchecked Sendable {
 
 extension DPCEngine {
     /// The DPC threads for a runtime started with `options`.
-    static func start(_ options: RuntimeOptions) throws(RuntimeError) -> DPCEngine {
+    static func start(_ options: RuntimeOptions, depth: InterruptDepth, keys: ThreadLocalKeys) throws(RuntimeError) -> DPCEngine {
         do {
-            return try DPCEngine(cpus: options.cpus, priority: options.dpcPriority, trace: options.trace)
+            return try DPCEngine(cpus: options.cpus, priority: options.dpcPriority, trace: options.trace,
+                                 verifier: options.verifier, depth: depth, keys: keys)
         } catch {
             throw RuntimeError("cannot start DPC threads: \(error)")
         }

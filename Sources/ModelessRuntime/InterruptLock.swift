@@ -8,10 +8,32 @@ import ModelessSystem
 /// writer, a writer when there are neither readers nor writers. Waiting writers hold off new
 /// readers, so a stream of disable/enable calls cannot starve interrupts.
 final class InterruptLock: @unchecked Sendable {
+    private struct Counters {
+        var readers = 0
+        var writers = 0
+        var waitingWriters = 0
+    }
+
     private let lock = ConditionLock()
-    private var readers = 0
-    private var writers = 0
-    private var waitingWriters = 0
+    /// Guarded by `lock`; behind a pointer so that the interrupt path makes no exclusivity
+    /// checks (class properties would each cost a `swift_beginAccess`).
+    private let counters = UnsafeMutablePointer<Counters>.allocate(capacity: 1)
+
+    init() { counters.initialize(to: Counters()) }
+    deinit { counters.deallocate() }
+
+    private var readers: Int {
+        get { counters.pointee.readers }
+        set { counters.pointee.readers = newValue }
+    }
+    private var writers: Int {
+        get { counters.pointee.writers }
+        set { counters.pointee.writers = newValue }
+    }
+    private var waitingWriters: Int {
+        get { counters.pointee.waitingWriters }
+        set { counters.pointee.waitingWriters = newValue }
+    }
 
     func readLock() {
         lock.withLock {

@@ -12,9 +12,10 @@ public final class InterruptTrace: @unchecked Sendable {
         case notified
         /// The generic ISR ran the driver's acknowledge routine and saved the device state.
         case genericISR
-        /// DPC A, which wakes the wait thread (user mode).
+        /// DPC A, which wakes the wait thread: a stage of the seed's pipeline that the
+        /// in-process runtimes never run separately (see ``genericISRFused``), so never recorded.
         case dpcA
-        /// The wait thread resumed.
+        /// The wait thread resumed after DPC A woke it: never recorded, as ``dpcA``.
         case waitThreadWoken
         /// The interrupt lock's write side was taken (user mode) or the controller entered
         /// interrupt level (kernel emulation).
@@ -30,6 +31,10 @@ public final class InterruptTrace: @unchecked Sendable {
         case interruptsEnabled
         /// An interrupt was held by the masked controller, to be delivered on enable.
         case latched
+        /// User mode: the generic ISR ran the driver's acknowledge routine and saved the device
+        /// state on the wait thread itself, which is already awake: the seed's generic ISR,
+        /// DPC A and wait-thread wake-up are one stage on one thread, recorded once.
+        case genericISRFused
 
         public var description: String {
             switch self {
@@ -46,6 +51,7 @@ public final class InterruptTrace: @unchecked Sendable {
             case .interruptsDisabled: "interrupts disabled"
             case .interruptsEnabled: "interrupts enabled"
             case .latched: "latched"
+            case .genericISRFused: "generic ISR + DPC A + wait thread woken (one thread)"
             }
         }
     }

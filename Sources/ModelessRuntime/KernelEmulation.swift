@@ -11,16 +11,24 @@ import Synchronization
 /// masking thread waits for an ISR in progress to finish, and interrupts that arrive while
 /// masked are latched and delivered when the last mask is lifted, on the unmasking thread,
 /// as a pending interrupt fires when a CPU re-enables them. DPCs run from per-CPU queues.
-final class KernelEmulation: DriverRuntime, @unchecked Sendable {
+final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     let mode = ExecutionMode.kernelEmulation
     let trace: InterruptTrace?
     var refusals: [String] { engine.refusals + lines.refusals }
     private let engine: DPCEngine
-    private let depth = ThreadLocalInteger()
+    private let keys = ThreadLocalKeys()
+    let depth: InterruptDepth
     private let controller = ConditionLock()
-    private var maskDepth = 0
-    private var inInterrupt = false
-    private var latched: [(InterruptAttachment, UInt64)] = []
+    /// Guarded by `controller`.
+    private let state = ControllerState()
+    private var maskDepth: Int {
+        get { state.maskDepth }
+        set { state.maskDepth = newValue }
+    }
+    private var inInterrupt: Bool {
+        get { state.inInterrupt }
+        set { state.inInterrupt = newValue }
+    }
     private let lines: InterruptLines
 
     private let options: RuntimeOptions
@@ -28,19 +36,31 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     init(options: RuntimeOptions) throws(RuntimeError) {
         self.options = options
         trace = options.trace
-        engine = try DPCEngine.start(options)
+        depth = InterruptDepth(keys)
+        engine = try DPCEngine.start(options, depth: depth, keys: keys)
         lines = InterruptLines(options: options)
+        engine.owner = self
     }
 
     func attachInterrupt(_ vector: InterruptVector, name: String,
                          acknowledge: @escaping @Sendable () -> UInt64,
                          isr: @escaping @Sendable (UInt64) -> Void) throws(RuntimeError) -> InterruptAttachment {
-        try lines.attach(vector, name: name, role: "irq", acknowledge: acknowledge, isr: isr) { [unowned self] attachment in
-            while let count = attachment.nextInterrupts() {
-                self.trace?.record(.notified, attachment.identifier)
-                // DPCs the ISR queues run here on the way out of the interrupt.
-                self.engine.atInterruptLevel { self.raise(attachment, count) }
-            }
+        guard lines.count < ControllerState.capacity else {
+            throw RuntimeError("cannot attach \(name): the emulated interrupt controller has \(ControllerState.capacity) lines, all attached; detach one first")
+        }
+        return try lines.attach(vector, name: name, role: "irq", acknowledge: acknowledge, isr: isr) { [unowned self] attachment in
+            self.serveInterruptLine(attachment)
+        }
+    }
+
+    /// An interrupt line's thread. Never inlined: scripts/bench/retain-release counts inside it.
+    @inline(never)
+    private func serveInterruptLine(_ attachment: InterruptAttachment) {
+        while let count = attachment.nextInterrupts() {
+            trace?.record(.notified, attachment.identifier)
+            let level = engine.enterInterruptLevel()
+            raise(attachment, count)
+            engine.leaveInterruptLevel(level)  // DPCs the ISR queued run here, on the way out.
         }
     }
 
@@ -49,7 +69,7 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     private func raise(_ attachment: InterruptAttachment, _ count: UInt64) {
         controller.lock()
         if maskDepth > 0 || inInterrupt {
-            latched.append((attachment, count))
+            state.latch(attachment, count)
             controller.unlock()
             trace?.record(.latched, attachment.identifier)
             return
@@ -63,10 +83,9 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     /// Runs latched interrupts until none is left; the caller holds interrupt level (inInterrupt).
     private func deliverLatched() {
         controller.lock()
-        while maskDepth == 0, !latched.isEmpty {
-            let (attachment, count) = latched.removeFirst()
+        while maskDepth == 0, let (line, count) = state.takeLatched() {
             controller.unlock()
-            deliver(attachment, count)
+            line._withUnsafeGuaranteedRef { deliver($0, count) }
             controller.lock()
         }
         inInterrupt = false
@@ -77,21 +96,31 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     private func deliver(_ attachment: InterruptAttachment, _ count: UInt64) {
         let id = attachment.identifier
         trace?.record(.lockTaken, id)
+        let context = engine.context.enter(attachment)
         let state = attachment.acknowledge()
         trace?.record(.genericISR, id)
         trace?.record(.realISREnter, id)
-        let outer = depth.current
-        depth.set(outer + 1)  // The ISR runs with interrupts disabled.
-        attachment.isr(state)
-        depth.set(outer)
+        let saved = depth.enterISR()  // The ISR runs with interrupts disabled.
+        if let verifier = options.verifier {
+            let held = verifier.heldCount
+            attachment.isr(state)
+            let leaked = depth.leaveISR(saved)
+            verifier.checkReturn(of: "ISR \"\(attachment.name)\"", site: nil, heldBefore: held, leakedDisables: leaked,
+                                 context: .isr(attachment.name))
+        } else {
+            attachment.isr(state)
+            _ = depth.leaveISR(saved)
+        }
+        engine.context.restore(context)
         trace?.record(.realISRExit, id)
         attachment.counted(count)
-        try? attachment.vector.acknowledge()
+        attachment.unmask()
         trace?.record(.lockReleased, id)
     }
 
     func detachInterrupt(_ attachment: InterruptAttachment) {
         lines.detach(attachment)
+        controller.withLock { state.forget(attachment) }
     }
 
     func makeDPC(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall {
@@ -99,11 +128,12 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     }
 
     var isAtInterruptLevel: Bool { engine.isAtInterruptLevel }
-    var interruptsDisabledOnThisThread: Bool { depth.current > 0 }
+    var interruptsDisabledOnThisThread: Bool { depth.isDisabled }
     var verifier: DriverVerifier? { options.verifier }
+    var currentContext: ExecutionContext { engine.context.current }
 
     func disableInterrupts() {
-        guard depth.add(1) == 1 else { return }
+        guard depth.disable() else { return }
         controller.withLock {
             while inInterrupt { controller.wait() }
             maskDepth += 1
@@ -112,11 +142,17 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
     }
 
     func enableInterrupts() {
-        guard depth.add(-1) == 0 else { return }
+        switch depth.enable() {
+        case .nested: return
+        case .outermost: break
+        case .unbalanced:
+            refuseUnbalancedEnable(options.verifier, engine.context)
+            return
+        }
         trace?.record(.interruptsEnabled, -1)
         controller.lock()
         maskDepth -= 1
-        if maskDepth == 0, !inInterrupt, !latched.isEmpty {
+        if maskDepth == 0, !inInterrupt, state.hasLatched {
             inInterrupt = true
             controller.unlock()
             engine.markingInterruptLevel { deliverLatched() }  // this thread takes the pending interrupt
@@ -127,6 +163,7 @@ final class KernelEmulation: DriverRuntime, @unchecked Sendable {
 
     func shutdown() {
         lines.detachAll()
+        controller.withLock { while state.takeLatched() != nil {} }  // Their lines are detached.
         engine.shutdown()
     }
 }

@@ -19,15 +19,26 @@ public final class SpinLock<State>: @unchecked Sendable {
     /// The lock's class name, for the verifier's reports.
     public let name: String
     @usableFromInline let runtime: any DriverRuntime
+    /// The runtime's verifier, read once: asking the runtime each time would retain it.
+    @usableFromInline let verifier: DriverVerifier?
     @usableFromInline let identity: LockIdentity
     @usableFromInline let word = Atomic<Bool>(false)
-    @usableFromInline var state: State
+    /// The guarded state, behind a pointer: the lock is what keeps accesses exclusive, so a
+    /// class property's dynamic exclusivity check (`swift_beginAccess`) would only cost time.
+    @usableFromInline let state: UnsafeMutablePointer<State>
 
     init(name: String, state: State, runtime: any DriverRuntime) {
         self.name = name
-        self.state = state
+        self.state = .allocate(capacity: 1)
+        self.state.initialize(to: state)
         self.runtime = runtime
+        verifier = runtime.verifier
         identity = LockIdentity(name: name, kind: .spin)
+    }
+
+    deinit {
+        state.deinitialize(count: 1)
+        state.deallocate()
     }
 
     /// Runs `body` with interrupts disabled and the lock held, on the guarded state.
@@ -37,13 +48,44 @@ public final class SpinLock<State>: @unchecked Sendable {
                                  _ body: (inout State) throws -> Result) rethrows -> Result {
         acquire(function)
         defer { release(function) }
-        return try body(&state)
+        return try body(&state.pointee)
+    }
+
+    /// Runs `body` with the lock held but interrupts left as they are (the kernel's
+    /// `spin_lock_bh` in spirit): for state shared only by DPCs and ordinary threads, never by
+    /// an ISR. If an ISR ever takes a lock of this class, the verifier reports it
+    /// (``DriverVerifier/Rule/irqUnsafeLock``): the ISR could interrupt this holder and spin
+    /// forever. Do not sleep or wait while holding it.
+    @inlinable
+    public func withLockInterruptsEnabled<Result>(function: StaticString = #function,
+                                                  _ body: (inout State) throws -> Result) rethrows -> Result {
+        acquireKeepingInterrupts(function)
+        defer { releaseKeepingInterrupts(function) }
+        return try body(&state.pointee)
     }
 
     @usableFromInline
     func acquire(_ function: StaticString) {
         runtime.disableInterrupts()
-        runtime.verifier?.willAcquire(identity, at: function, in: runtime)
+        verifier?.willAcquire(identity, at: function, interruptsEnabled: false, in: runtime)
+        spin()
+    }
+
+    @usableFromInline
+    func acquireKeepingInterrupts(_ function: StaticString) {
+        if let verifier {
+            verifier.willAcquire(identity, at: function, interruptsEnabled: !runtime.interruptsDisabledOnThisThread, in: runtime)
+        }
+        spin()
+    }
+
+    @usableFromInline
+    func releaseKeepingInterrupts(_ function: StaticString) {
+        word.store(false, ordering: .releasing)
+        verifier?.didRelease(identity, at: function, in: runtime)
+    }
+
+    private func spin() {
         var spins = 0
         while !word.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
             repeat {
@@ -56,7 +98,7 @@ public final class SpinLock<State>: @unchecked Sendable {
     @usableFromInline
     func release(_ function: StaticString) {
         word.store(false, ordering: .releasing)
-        runtime.verifier?.didRelease(identity, at: function, in: runtime)
+        verifier?.didRelease(identity, at: function, in: runtime)
         runtime.enableInterrupts()
     }
 }
@@ -70,15 +112,25 @@ public final class PassiveLock<State>: @unchecked Sendable {
     /// The lock's class name, for the verifier's reports.
     public let name: String
     @usableFromInline let runtime: any DriverRuntime
+    /// The runtime's verifier, read once: asking the runtime each time would retain it.
+    @usableFromInline let verifier: DriverVerifier?
     @usableFromInline let identity: LockIdentity
     @usableFromInline let mutex: Mutex<Void> = Mutex(())
-    @usableFromInline var state: State
+    /// The guarded state, behind a pointer (see ``SpinLock``).
+    @usableFromInline let state: UnsafeMutablePointer<State>
 
     init(name: String, state: State, runtime: any DriverRuntime) {
         self.name = name
-        self.state = state
+        self.state = .allocate(capacity: 1)
+        self.state.initialize(to: state)
         self.runtime = runtime
+        verifier = runtime.verifier
         identity = LockIdentity(name: name, kind: .passive)
+    }
+
+    deinit {
+        state.deinitialize(count: 1)
+        state.deallocate()
     }
 
     /// Runs `body` with the lock held, on the guarded state; may sleep until the lock is free.
@@ -87,19 +139,19 @@ public final class PassiveLock<State>: @unchecked Sendable {
                                  _ body: (inout State) throws -> Result) rethrows -> Result {
         checkAcquire(function)
         defer { checkRelease(function) }
-        return try mutex.withLock { _ in try body(&state) }
+        return try mutex.withLock { _ in try body(&state.pointee) }
     }
 
     @usableFromInline
     func checkAcquire(_ function: StaticString) {
-        guard let verifier = runtime.verifier else { return }
+        guard let verifier else { return }
         verifier.willSleep(.passiveLock(name), at: function, in: runtime)
-        verifier.willAcquire(identity, at: function, in: runtime)
+        verifier.willAcquire(identity, at: function, interruptsEnabled: !runtime.interruptsDisabledOnThisThread, in: runtime)
     }
 
     @usableFromInline
     func checkRelease(_ function: StaticString) {
-        runtime.verifier?.didRelease(identity, at: function, in: runtime)
+        verifier?.didRelease(identity, at: function, in: runtime)
     }
 }
 

@@ -6,12 +6,14 @@ import Glibc
 /// verifier's per-thread bookkeeping (off the fast path: only a verified runtime uses it).
 final class ThreadLocalBox<Value>: @unchecked Sendable {
     private final class Slot { var value: Value; init(_ value: Value) { self.value = value } }
-    private var key = pthread_key_t()
+    private let key: pthread_key_t
 
     init() {
+        var key = pthread_key_t()
         pthread_key_create(&key) { pointer in
             if let pointer { Unmanaged<AnyObject>.fromOpaque(pointer).release() }
         }
+        self.key = key
     }
 
     deinit { pthread_key_delete(key) }

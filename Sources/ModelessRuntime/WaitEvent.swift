@@ -17,12 +17,15 @@ import ModelessSystem
 public final class WaitEvent: @unchecked Sendable {
     public let name: String
     let runtime: any DriverRuntime
+    /// The runtime's verifier, read once: asking the runtime each time would retain it.
+    let verifier: DriverVerifier?
     /// The generation (a futex word) and how many threads sleep on it.
     private let words = UnsafeMutablePointer<UInt32>.allocate(capacity: 2)
 
     init(name: String, runtime: any DriverRuntime) {
         self.name = name
         self.runtime = runtime
+        verifier = runtime.verifier
         words.initialize(repeating: 0, count: 2)
     }
 
@@ -38,7 +41,7 @@ public final class WaitEvent: @unchecked Sendable {
     /// Waits at passive level until `condition` is true or `timeout` passes; returns whether
     /// the condition was true. `condition` runs on this thread after each signal.
     public func wait(timeout: Duration, function: StaticString = #function, until condition: () throws -> Bool) rethrows -> Bool {
-        runtime.verifier?.willSleep(.waitEvent(name), at: function, in: runtime)
+        verifier?.willSleep(.waitEvent(name), at: function, in: runtime)
         let deadline = monotonicNanoseconds() + timeout.wholeNanoseconds
         while true {
             let generation = modeless_load_seqcst32(words)

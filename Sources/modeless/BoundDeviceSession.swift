@@ -8,13 +8,13 @@ import ModelessRuntime
 /// in `mode`, run `body`, and release everything. A bad name exits with its documented code;
 /// any other failure prints what went wrong and exits with 1.
 func withBoundDevice(_ text: String, mode: ExecutionMode, options: DeviceOpener.Options = .init(),
-                     _ body: (PCIAddress, any DeviceAccess, any DriverRuntime) throws -> Void) throws {
+                     verifier: DriverVerifier? = nil, _ body: (PCIAddress, any DeviceAccess, any DriverRuntime) throws -> Void) throws {
     let address: PCIAddress
     do { address = try PCIBus().resolve(try DeviceSelector(parsing: text)).address } catch { throw ExitStatus.fail(error) }
     do {
         let access = try DeviceOpener.open(address, options: options)
         defer { access.close() }
-        let runtime = try makeRuntime(mode)
+        let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
         defer { runtime.shutdown() }
         try body(address, access, runtime)
     } catch let exit as ExitCode {

@@ -41,6 +41,8 @@ struct RunEdu: ParsableCommand {
     @Flag(help: "Do not ask for real-time (SCHED_FIFO) priorities.")
     var noRealtime = false
 
+    @OptionGroup var verification: VerifyOption
+
     func validate() throws {
         if model == (device != nil) {
             throw ValidationError("name an edu device, or pass --model (not both)")
@@ -48,6 +50,12 @@ struct RunEdu: ParsableCommand {
     }
 
     func run() throws {
+        let verifier = verification.makeVerifier()
+        try run(verifier: verifier)  // The driver stopped and the runtime shut down: every report is in.
+        try verification.finish(verifier)
+    }
+
+    private func run(verifier: DriverVerifier?) throws {
         let access: any DeviceAccess
         do {
             if model {
@@ -69,7 +77,8 @@ struct RunEdu: ParsableCommand {
         defer { access.close() }
 
         let traceRecords = trace ? InterruptTrace() : nil
-        let options = RuntimeOptions(interruptPriority: noRealtime ? nil : 50, dpcPriority: noRealtime ? nil : 40, trace: traceRecords)
+        let options = RuntimeOptions(interruptPriority: noRealtime ? nil : 50, dpcPriority: noRealtime ? nil : 40, trace: traceRecords,
+                                     verifier: verifier)
         let runtime: any DriverRuntime
         do { runtime = try makeRuntime(mode, options: options) } catch {
             printError(error.description)

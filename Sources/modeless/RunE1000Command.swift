@@ -29,6 +29,8 @@ struct RunE1000: ParsableCommand {
     @Option(help: "Execution mode: user or kernel-emulation.")
     var mode: ExecutionMode = .user
 
+    @OptionGroup var verification: VerifyOption
+
     @Option(help: "Interrupts: intx (the 82540EM's only kind in QEMU), msi, or poll (no interrupts).")
     var irq: String = "intx"
 
@@ -48,7 +50,8 @@ struct RunE1000: ParsableCommand {
         case "poll": interrupt = nil
         default: throw ValidationError("--irq must be msi, intx or poll, not \(irq)")
         }
-        try withBoundDevice(device, mode: mode, options: .init(allowUnisolatedDMA: allowUnisolatedDMA)) { pci, access, runtime in
+        let verifier = verification.makeVerifier()
+        try withBoundDevice(device, mode: mode, options: .init(allowUnisolatedDMA: allowUnisolatedDMA), verifier: verifier) { pci, access, runtime in
             let driver = try E1000Driver(device: access, runtime: runtime, interrupt: interrupt)
             defer { driver.stop() }
             let responder = EchoResponder(mac: driver.macAddress, ip: address) { try driver.send($0) }
@@ -70,6 +73,7 @@ struct RunE1000: ParsableCommand {
             printLine("frames:     \(stats.framesReceived) received (\(stats.bytesReceived) bytes), \(stats.framesSent) sent (\(stats.bytesSent) bytes)")
             if failed { throw ExitCode(1) }
         }
+        try verification.finish(verifier)
     }
 }
 

@@ -28,6 +28,8 @@ struct RunNVMe: ParsableCommand {
     @Option(help: "Execution mode: user or kernel-emulation.")
     var mode: ExecutionMode = .user
 
+    @OptionGroup var verification: VerifyOption
+
     @Option(help: "How completions are noticed: msix, msi, intx or poll.")
     var irq: NVMeController.Completion = .msix
 
@@ -59,7 +61,8 @@ struct RunNVMe: ParsableCommand {
     var writeMiB: Int { destructive ? verifyMiB ?? Self.defaultVerifyMiB : 0 }
 
     func run() throws {
-        try withBoundDevice(device, mode: mode) { address, access, runtime in
+        let verifier = verification.makeVerifier()
+        try withBoundDevice(device, mode: mode, verifier: verifier) { address, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
             let identity = controller.identity!
@@ -78,6 +81,7 @@ struct RunNVMe: ParsableCommand {
             if readMiB > 0 { try readCheck(controller) }
             if writeMiB > 0 { try writeReadVerify(controller, serial: identity.serialNumber) }
         }
+        try verification.finish(verifier)
     }
 }
 

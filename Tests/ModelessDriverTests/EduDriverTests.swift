@@ -37,7 +37,7 @@ struct EduDriverTests {
         let records = trace.snapshot()
         let interruptStages = records.filter { $0.subject == 0 && $0.stage != .dpcStart && $0.stage != .dpcEnd }
         let expected: [InterruptTrace.Stage] = mode == .user
-            ? [.notified, .genericISR, .dpcA, .waitThreadWoken, .lockTaken, .realISREnter, .realISRExit, .lockReleased]
+            ? [.notified, .genericISRFused, .lockTaken, .realISREnter, .realISRExit, .lockReleased]
             : [.notified, .lockTaken, .genericISR, .realISREnter, .realISRExit, .lockReleased]
         // Every interrupt goes through the stages in order, on one thread.
         var index = 0

@@ -12,7 +12,8 @@ struct InterruptLevelTests {
     @Test(arguments: ExecutionMode.allCases)
     func isrsAndDPCsRunAtInterruptLevelAndNothingElseDoes(_ mode: ExecutionMode) throws {
         let device = try ModeledDevice(InterruptSourceModel())
-        let runtime = try makeRuntime(mode)
+        let verifier = DriverVerifier()
+        let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
         defer { runtime.shutdown(); device.close() }
         let isrLevels = Mutex<[Bool]>([])
         let dpcLevels = Mutex<[Bool]>([])
@@ -51,5 +52,6 @@ struct InterruptLevelTests {
         #expect(dpcLevels.withLock { $0 } == Array(repeating: true, count: 21))
         // Disabling interrupts is not interrupt level: the thread may still wait.
         runtime.withInterruptsDisabled { #expect(!runtime.isAtInterruptLevel) }
+        #expect(verifier.reports.isEmpty, "\(verifier.reports)")
     }
 }

@@ -22,7 +22,8 @@ struct InterruptPropertyTests {
     func aMillionInterruptsNeverOverlapDisabledSectionsAndNoneIsLost(_ mode: ExecutionMode) throws {
         let total = 1_000_000
         let device = try ModeledDevice(InterruptSourceModel())
-        let runtime = try makeRuntime(mode)
+        let verifier = DriverVerifier()
+        let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
         defer { runtime.shutdown(); device.close() }
         let shared = Shared()
         let vector = try device.enableInterrupts(.msi, count: 1)[0]
@@ -74,12 +75,14 @@ struct InterruptPropertyTests {
         if runtime.refusals.isEmpty {
             #expect(shared.dpcWrongCPU.load(ordering: .relaxed) == 0, "DPCs run on the CPU that queued them")
         }
+        #expect(verifier.reports.isEmpty, "\(verifier.reports)")
     }
 
     @Test(arguments: ExecutionMode.allCases)
     func nestedDisablesHoldInterruptsUntilTheOutermostEnable(_ mode: ExecutionMode) throws {
         let device = try ModeledDevice(InterruptSourceModel())
-        let runtime = try makeRuntime(mode)
+        let verifier = DriverVerifier()
+        let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
         defer { runtime.shutdown(); device.close() }
         let vector = try device.enableInterrupts(.msi, count: 1)[0]
         let calls = Atomic<Int>(0)
@@ -96,11 +99,13 @@ struct InterruptPropertyTests {
         runtime.enableInterrupts()
         for _ in 0..<2000 where calls.load(ordering: .relaxed) == 0 { usleep(5000) }
         #expect(calls.load(ordering: .relaxed) == 1)
+        #expect(verifier.reports.isEmpty, "\(verifier.reports)")
     }
 
     @Test(arguments: ExecutionMode.allCases)
     func aDPCQueuedTwiceBeforeItRunsRunsOnce(_ mode: ExecutionMode) throws {
-        let runtime = try makeRuntime(mode)
+        let verifier = DriverVerifier()
+        let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
         defer { runtime.shutdown() }
         let runs = Atomic<Int>(0)
         let gate = ConditionLock()
@@ -118,6 +123,7 @@ struct InterruptPropertyTests {
         for _ in 0..<2000 where runs.load(ordering: .relaxed) == 0 { usleep(5000) }
         usleep(20_000)
         #expect(runs.load(ordering: .relaxed) == 1)
+        #expect(verifier.reports.isEmpty, "\(verifier.reports)")
     }
 }
 

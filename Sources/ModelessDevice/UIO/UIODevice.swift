@@ -36,6 +36,8 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
     let system: any SystemCalls
     let uioFD: Int32
     let hasINTx: Bool
+    /// The UIO node's event counter in sysfs: interrupts since the driver was bound.
+    private let eventPath: String
     private let resetPath: String
     private let lifetime = MappingLifetime()
     private let descriptors: [Int32]
@@ -47,7 +49,9 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
         var isOpen = true
         var buffers: [UInt64: DMARecord] = [:]
         var interruptsEnabled = false
-        var lastCount: UInt32 = 0
+        /// The interrupt counter of the vector handed out, invalidated when interrupts are
+        /// disabled or the device closed.
+        var counter: UIOInterruptCounter?
     }
 
     /// Opens the function at `address`, which must be bound to uio_pci_generic.
@@ -65,6 +69,7 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
                               "is bound to \(device.driver ?? "no driver"), not uio_pci_generic: run `sudo modeless bind \(address) --to uio_pci_generic`")
         }
         node = "/dev/\(uio)"
+        eventPath = "\(directory)/uio/\(uio)/event"
         hasINTx = device.interrupts.intxPin != 0
         resetPath = "\(directory)/reset"
 
@@ -118,36 +123,47 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
             throw DeviceError(.unsupported, address,
                               "UIO delivers only INTx (1 vector)\(hasINTx ? "" : ", and this device has no INTx pin"); bind to vfio-pci for MSI or MSI-X")
         }
+        // The node counts every interrupt since the bind, earlier runs' included: count from now.
+        let start: UInt32
+        do {
+            let text = try FileAccess.readText(eventPath)
+            guard let value = text.split(whereSeparator: \.isWhitespace).first.flatMap({ UInt32($0) }) else {
+                throw DeviceError(.unsupported, address, "\(eventPath) holds \"\(text)\", not an interrupt count")
+            }
+            start = value
+        } catch let error as DeviceError {
+            throw error
+        } catch {
+            throw DeviceError(.system, address, "cannot read the interrupt count at \(eventPath): \(error)")
+        }
+        let counter = UIOInterruptCounter(fd: uioFD, node: node, address: address, system: system, start: start)
+        state.withLock {
+            $0.counter?.invalidate()
+            $0.counter = counter
+        }
         try config.setINTxDisabled(false)
         state.withLock { $0.interruptsEnabled = true }
         return [InterruptVector(
             kind: .intx, index: 0, fd: uioFD, device: address,
-            wait: { [weak self, address] () throws(DeviceError) -> UInt64 in
-                guard let self else { throw DeviceError(.closed, address, "the device was closed") }
-                return try self.waitForInterrupt()
-            },
-            acknowledge: { [weak self] () throws(DeviceError) in
+            wait: { () throws(DeviceError) -> UInt64 in try counter.wait() },
+            acknowledge: { [config] () throws(DeviceError) in
                 // uio_pci_generic masked INTx by setting the command register's INTx-disable bit.
-                try self?.config.setINTxDisabled(false)
+                try counter.checkValid()
+                try config.setINTxDisabled(false)
             },
             trigger: nil)]
     }
 
-    /// Reads `/dev/uioN`: blocks until an interrupt, returns how many arrived since the last read.
-    private func waitForInterrupt() throws(DeviceError) -> UInt64 {
-        var total: UInt32 = 0
-        do throws(SystemError) {
-            _ = try system.checked("read", node) { withUnsafeMutableBytes(of: &total) { system.read(uioFD, $0.baseAddress!, 4) } }
-        } catch { throw DeviceError(error, address) }
-        return state.withLock { state in
-            defer { state.lastCount = total }
-            return UInt64(total &- state.lastCount)
-        }
-    }
-
     public func disableInterrupts() throws(DeviceError) {
         try checkOpen()
-        guard state.withLock({ state in defer { state.interruptsEnabled = false }; return state.interruptsEnabled }) else { return }
+        guard state.withLock({ state in
+            defer {
+                state.interruptsEnabled = false
+                state.counter?.invalidate()
+                state.counter = nil
+            }
+            return state.interruptsEnabled
+        }) else { return }
         try config.setINTxDisabled(true)
     }
 
@@ -165,6 +181,7 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
         let wasOpen = state.withLock { state in defer { state.isOpen = false }; return state.isOpen }
         guard wasOpen else { return }
         if state.withLock({ $0.interruptsEnabled }) { try? config.setINTxDisabled(true) }
+        state.withLock { $0.counter?.invalidate() }
         let buffers = state.withLock { state in defer { state.buffers.removeAll() }; return state.buffers }
         for record in buffers.values {
             record.buffer?.invalidate()
@@ -173,5 +190,56 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
         lifetime.end()
         for (base, size) in barMappings { _ = system.munmap(base, size) }
         for fd in descriptors.reversed() { _ = system.close(fd) }
+    }
+}
+
+/// `/dev/uioN`'s interrupt count, read by the one wait thread: how many interrupts arrived
+/// since the last read, counted from the node's count when interrupts were enabled (the node
+/// counts from the bind, so a fresh run would otherwise take earlier runs' interrupts as its
+/// own). Reading allocates nothing and retains nothing unless it fails.
+final class UIOInterruptCounter: @unchecked Sendable {
+    private let fd: Int32
+    private let node: String
+    private let address: PCIAddress
+    private let system: any SystemCalls
+    /// The count last read; only the wait thread touches it (behind a pointer: no exclusivity check).
+    private let last = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    private let valid = Atomic<Bool>(true)
+
+    init(fd: Int32, node: String, address: PCIAddress, system: any SystemCalls, start: UInt32) {
+        self.fd = fd
+        self.node = node
+        self.address = address
+        self.system = system
+        last.initialize(to: start)
+    }
+
+    deinit { last.deallocate() }
+
+    /// Interrupts were disabled or the device closed: the descriptor may be reused.
+    func invalidate() { valid.store(false, ordering: .releasing) }
+
+    func checkValid() throws(DeviceError) {
+        guard valid.load(ordering: .acquiring) else {
+            throw DeviceError(.closed, address, "interrupts were disabled or the device closed")
+        }
+    }
+
+    /// Blocks until an interrupt; returns how many arrived since the last read.
+    func wait() throws(DeviceError) -> UInt64 {
+        try checkValid()
+        var total: UInt32 = 0
+        while true {
+            let result = withUnsafeMutableBytes(of: &total) { system.read(fd, $0.baseAddress!, 4) }
+            if result == 4 { break }
+            guard result < 0 else {
+                throw DeviceError(.system, address, "read \(node): \(result) bytes instead of a 4-byte interrupt count")
+            }
+            let error = system.lastError()
+            if error == .interrupted { continue }
+            throw DeviceError(SystemError("read", node, errno: error), address)
+        }
+        defer { last.pointee = total }
+        return UInt64(total &- last.pointee)
     }
 }

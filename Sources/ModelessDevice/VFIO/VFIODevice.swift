@@ -43,6 +43,8 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         var allocator: IOVAAllocator
         var buffers: [UInt64: DMARecord] = [:]
         var interrupts: (kind: InterruptKind, notifiers: [EventNotifier])?
+        /// INTx's unmask request, built when INTx was enabled; invalidated when it is disabled.
+        var intxUnmask: INTxUnmaskRequest?
     }
 
     /// VFIO's fixed region and interrupt indexes for PCI devices (linux/vfio.h).

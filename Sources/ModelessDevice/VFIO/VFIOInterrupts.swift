@@ -1,3 +1,4 @@
+import Synchronization
 import CModelessShim
 import ModelessBus
 import ModelessSystem
@@ -19,20 +20,18 @@ extension VFIODevice {
             notifiers.forEach { $0.close() }
             throw DeviceError(error, address)
         }
-        state.withLock { $0.interrupts = (kind, notifiers) }
+        let unmask = kind == .intx ? INTxUnmaskRequest(deviceFD: deviceFD, system: system, address: address) : nil
+        state.withLock {
+            $0.interrupts = (kind, notifiers)
+            $0.intxUnmask = unmask
+        }
         return notifiers.enumerated().map { index, notifier in
             InterruptVector(
                 kind: kind, index: index, fd: notifier.fd, deliversOnEventfd: true, device: address,
                 wait: { [address] () throws(DeviceError) -> UInt64 in
                     do throws(SystemError) { return try notifier.wait() } catch { throw DeviceError(error, address) }
                 },
-                acknowledge: { [weak self, address] () throws(DeviceError) in
-                    guard kind == .intx, let self else { return }
-                    do throws(SystemError) {
-                        try self.setIRQs(.intx, flags: UInt32(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK),
-                                         start: 0, count: 1, fds: [])
-                    } catch { throw DeviceError(error, address) }
-                },
+                acknowledge: { () throws(DeviceError) in try unmask?.send() },
                 trigger: { [weak self, address] () throws(DeviceError) in
                     guard let self else { throw DeviceError(.closed, address, "the device was closed") }
                     do throws(SystemError) {
@@ -49,7 +48,14 @@ extension VFIODevice {
     }
 
     func disableInterruptsUnchecked() throws(SystemError) {
-        guard let enabled = state.withLock({ state in defer { state.interrupts = nil }; return state.interrupts }) else { return }
+        guard let enabled = state.withLock({ state in
+            defer {
+                state.interrupts = nil
+                state.intxUnmask?.invalidate()
+                state.intxUnmask = nil
+            }
+            return state.interrupts
+        }) else { return }
         defer { enabled.notifiers.forEach { $0.close() } }
         try setIRQs(enabled.kind, flags: UInt32(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER), start: 0, count: 0, fds: [])
     }
@@ -69,6 +75,49 @@ extension VFIODevice {
                 for (index, fd) in fds.enumerated() { raw.storeBytes(of: fd, toByteOffset: header + 4 * index, as: Int32.self) }
                 return system.ioctl(deviceFD, modeless_VFIO_DEVICE_SET_IRQS, raw.baseAddress)
             }
+        }
+    }
+}
+
+/// The `VFIO_DEVICE_SET_IRQS` request that unmasks INTx after each interrupt, built once when
+/// INTx is enabled: unmasking then allocates nothing, builds no string and retains nothing
+/// unless it fails.
+final class INTxUnmaskRequest: @unchecked Sendable {
+    private let request: UnsafeMutableRawPointer
+    private let deviceFD: Int32
+    private let system: any SystemCalls
+    private let address: PCIAddress
+    private let valid = Atomic<Bool>(true)
+
+    init(deviceFD: Int32, system: any SystemCalls, address: PCIAddress) {
+        self.deviceFD = deviceFD
+        self.system = system
+        self.address = address
+        let size = MemoryLayout<vfio_irq_set>.size
+        request = .allocate(byteCount: size, alignment: MemoryLayout<vfio_irq_set>.alignment)
+        request.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        request.storeBytes(of: UInt32(size), toByteOffset: 0, as: UInt32.self)  // argsz
+        request.storeBytes(of: UInt32(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK), toByteOffset: 4, as: UInt32.self)
+        request.storeBytes(of: VFIODevice.irqIndex(.intx), toByteOffset: 8, as: UInt32.self)
+        request.storeBytes(of: UInt32(0), toByteOffset: 12, as: UInt32.self)  // start
+        request.storeBytes(of: UInt32(1), toByteOffset: 16, as: UInt32.self)  // count
+    }
+
+    deinit { request.deallocate() }
+
+    /// Refuses later unmasks: INTx was disabled or the device closed (its descriptor may be
+    /// reused by then).
+    func invalidate() { valid.store(false, ordering: .releasing) }
+
+    /// Unmasks INTx.
+    func send() throws(DeviceError) {
+        guard valid.load(ordering: .acquiring) else {
+            throw DeviceError(.closed, address, "INTx was disabled or the device closed before the unmask")
+        }
+        while system.ioctl(deviceFD, modeless_VFIO_DEVICE_SET_IRQS, request) == -1 {
+            let error = system.lastError()
+            if error == .interrupted { continue }
+            throw DeviceError(SystemError("VFIO_DEVICE_SET_IRQS", "\(address) unmask INTx", errno: error), address)
         }
     }
 }
