@@ -248,3 +248,69 @@ extension VM {
         }
     }
 }
+
+extension VM {
+    /// A driver killed at any point (mid-DMA, with an interrupt pending, during start) leaves
+    /// the device for the next run, which must pass all the same: `modeless run edu` is killed
+    /// with SIGKILL `MODELESS_EDU_KILLS` times per backend (default 8), each kill followed by a
+    /// full run that must report the DMA round trip identical.
+    @Suite("edu driver killed and run again")
+    struct EduKillTests {
+        static var kills: Int {
+            getenv("MODELESS_EDU_KILLS").flatMap { Int(String(cString: $0)) } ?? 8
+        }
+
+        @Test(arguments: [(UserModeDriver.vfioPCI, InterruptKind.msi), (.vfioPCI, .intx), (.uioPCIGeneric, .intx)])
+        func theNextRunPassesAfterEveryKill(_ binding: (UserModeDriver, InterruptKind)) throws {
+            let (driver, kind) = binding
+            let edu = try TestBench.edu()
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(edu), to: driver)
+            defer { _ = try? binder.unbind(.address(edu)) }
+            let modeless = try ProgramRunner.builtProgram("modeless")
+            func arguments(_ round: Int) -> [String] {
+                ["run", "edu", edu.description, "--irq", kind.rawValue,
+                 "--mode", round % 2 == 0 ? "user" : "kernel-emulation"]
+                    + (driver == .uioPCIGeneric ? ["--allow-unisolated-dma"] : [])
+            }
+            /// Runs to the end; returns how long it took after its first line, in nanoseconds.
+            func fullRun(_ round: Int, after what: String) throws -> UInt64 {
+                let child = try ChildProcess(modeless, arguments(round))
+                var lines: [String] = []
+                let first = child.readLine(timeout: 60)
+                let started = monotonicNanoseconds()
+                lines += first.map { [$0] } ?? []
+                while let line = child.readLine(timeout: 60) { lines.append(line) }
+                let status = try child.wait()
+                let output = lines.joined(separator: "\n")
+                #expect(status == 0 && output.contains("identical") && output.contains("11 interrupts"),
+                        "\(driver) \(kind) run after \(what): exit \(status)\n\(output)")
+                return monotonicNanoseconds() - started
+            }
+            let runTime = try fullRun(0, after: "nothing")
+            var generator = SystemRandomNumberGenerator()
+            var killedMidRun = 0
+            for round in 1...Self.kills {
+                let child = try ChildProcess(modeless, arguments(round))
+                _ = child.readLine(timeout: 60)  // the driver starts after this line
+                // A third anywhere in the run, a third in its first half (factorials and raised
+                // interrupts), a third in its last part (the DMA round trip, 2 × 100 ms).
+                let span: ClosedRange<Double> = switch round % 3 {
+                case 0: 0...1
+                case 1: 0...0.5
+                default: 0.55...1
+                }
+                let delay = UInt64(Double(runTime) * Double.random(in: span, using: &generator))
+                usleep(UInt32(delay / 1000))
+                let endedFirst = child.exitStatusIfEnded() != nil
+                child.signal(SIGKILL)
+                let status = try child.wait()
+                if !endedFirst && status == 128 + SIGKILL { killedMidRun += 1 }
+                while child.readLine(timeout: 1) != nil {}
+                _ = try fullRun(round + 1, after: "a kill \(delay / 1_000_000) ms into run \(round)")
+            }
+            print("edu kill test, \(driver) \(kind): \(Self.kills) kills (\(killedMidRun) mid-run), every next run passed; a run took \(runTime / 1_000_000) ms")
+            #expect(killedMidRun >= Self.kills / 2, "most kills landed while the driver ran")
+        }
+    }
+}
