@@ -252,12 +252,12 @@ extension VM {
 extension VM {
     /// A driver killed at any point (mid-DMA, with an interrupt pending, during start) leaves
     /// the device for the next run, which must pass all the same: `modeless run edu` is killed
-    /// with SIGKILL `MODELESS_EDU_KILLS` times per backend (default 8), each kill followed by a
+    /// with SIGKILL `MODELESS_EDU_KILLS` times per backend (default 6: about 2.5 minutes in all in the emulated guest), each kill followed by a
     /// full run that must report the DMA round trip identical.
     @Suite("edu driver killed and run again")
     struct EduKillTests {
         static var kills: Int {
-            getenv("MODELESS_EDU_KILLS").flatMap { Int(String(cString: $0)) } ?? 8
+            getenv("MODELESS_EDU_KILLS").flatMap { Int(String(cString: $0)) } ?? 6
         }
 
         @Test(arguments: [(UserModeDriver.vfioPCI, InterruptKind.msi), (.vfioPCI, .intx), (.uioPCIGeneric, .intx)])
@@ -283,8 +283,12 @@ extension VM {
                 while let line = child.readLine(timeout: 60) { lines.append(line) }
                 let status = try child.wait()
                 let output = lines.joined(separator: "\n")
-                #expect(status == 0 && output.contains("identical") && output.contains("11 interrupts"),
-                        "\(driver) \(kind) run after \(what): exit \(status)\n\(output)")
+                #expect(status == 0 && output.contains("identical"), "\(driver) \(kind) run after \(what): exit \(status)\n\(output)")
+                // VFIO counts this run's interrupts; UIO's counter runs from the bind, so a
+                // new process's first read counts its predecessors' interrupts too.
+                if driver == .vfioPCI {
+                    #expect(output.contains("for 11 interrupts"), "only this run's own interrupts, after \(what):\n\(output)")
+                }
                 return monotonicNanoseconds() - started
             }
             let runTime = try fullRun(0, after: "nothing")
