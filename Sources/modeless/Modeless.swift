@@ -9,7 +9,8 @@ struct Modeless: ParsableCommand {
             Exit codes: \(ExitStatus.table)
             """,
         version: "0.1.0",
-        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Supervise.self, Status.self, Drivers.self]
+        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Supervise.self, Status.self]
+            + [Drivers.self]
     )
 
     /// Parses the command line and runs the command; a driver's `run` command first has the
