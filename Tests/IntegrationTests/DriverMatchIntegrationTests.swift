@@ -23,6 +23,9 @@ extension VM {
         @Test func everyDriverRefusesEveryOtherSampleDevice() throws {
             let modeless = try ProgramRunner.builtProgram("modeless")
             let before = try TestBench.bindings()
+            let start = monotonicNanoseconds()
+            _ = try ProgramRunner.run(modeless, ["--version"])
+            print("modeless --version (process start alone) took \((monotonicNanoseconds() - start) / 1_000_000) ms")
             for driver in Self.drivers {
                 for sample in try Self.samples() where sample.owner != driver.name {
                     let started = monotonicNanoseconds()
