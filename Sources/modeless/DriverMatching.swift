@@ -35,12 +35,12 @@ extension PCIIdentity {
 
     /// The ids of the function `selector` names, from the kernel's copies in sysfs (`vendor`,
     /// `device`, `subsystem_vendor`, `subsystem_device`, `class`): no configuration-space read
-    /// reaches the device, and no name database is loaded. Errors are those of
-    /// ``PCIBus/resolve(_:)``, with the same kinds and messages.
-    static func named(by selector: DeviceSelector, on bus: PCIBus = PCIBus()) throws(BusError) -> (PCIAddress, PCIIdentity) {
+    /// reaches the device, and libpci's name database, which ``PCIBus`` opens, is not needed.
+    /// Errors are those of ``PCIBus/resolve(_:)``, with the same kinds and messages.
+    static func named(by selector: DeviceSelector, in devices: String = "/sys/bus/pci/devices") throws(BusError) -> (PCIAddress, PCIIdentity) {
         func identity(at address: PCIAddress) -> PCIIdentity? {
             func number(_ attribute: String) -> UInt32? {
-                FileAccess.readTextIfPresent("\(bus.path(of: address))/\(attribute)").flatMap { UInt32($0.dropFirst(2), radix: 16) }
+                FileAccess.readTextIfPresent("\(devices)/\(address)/\(attribute)").flatMap { UInt32($0.dropFirst(2), radix: 16) }
             }
             guard let vendor = number("vendor"), let device = number("device") else { return nil }
             return PCIIdentity(vendor: UInt16(truncatingIfNeeded: vendor), device: UInt16(truncatingIfNeeded: device),
@@ -55,7 +55,11 @@ extension PCIIdentity {
             }
             return (address, found)
         case .ids(let vendor, let device):
-            let matches = try bus.addresses().compactMap { address in identity(at: address).map { (address, $0) } }
+            let addresses: [PCIAddress]
+            do { addresses = try FileAccess.listDirectory(devices).compactMap(PCIAddress.init).sorted() } catch {
+                throw BusError(.systemFailure, "cannot list PCI devices: \(error)", remedy: "check that sysfs is mounted at /sys")
+            }
+            let matches = addresses.compactMap { address in identity(at: address).map { (address, $0) } }
                 .filter { $0.1.vendor == vendor && $0.1.device == device }
             if matches.count == 1 { return matches[0] }
             if matches.isEmpty {

@@ -23,22 +23,33 @@ extension VM {
         @Test func everyDriverRefusesEveryOtherSampleDevice() throws {
             let modeless = try ProgramRunner.builtProgram("modeless")
             let before = try TestBench.bindings()
-            let start = monotonicNanoseconds()
-            _ = try ProgramRunner.run(modeless, ["--version"])
-            print("modeless --version (process start alone) took \((monotonicNanoseconds() - start) / 1_000_000) ms")
+            /// How long `arguments` take, in milliseconds.
+            func timed(_ arguments: [String]) throws -> (ProgramResult, UInt64) {
+                let started = monotonicNanoseconds()
+                let result = try ProgramRunner.run(modeless, arguments)
+                return (result, (monotonicNanoseconds() - started) / 1_000_000)
+            }
             for driver in Self.drivers {
                 for sample in try Self.samples() where sample.owner != driver.name {
-                    let started = monotonicNanoseconds()
-                    let result = try ProgramRunner.run(modeless, ["run", driver.name, sample.address.description] + driver.arguments)
-                    let milliseconds = (monotonicNanoseconds() - started) / 1_000_000
+                    // The emulated guest takes seconds, and varying ones, to start a debug build
+                    // of the program when it is busy: the faster of two refusals may take 2 s
+                    // beyond the faster of two bare starts, each taken just before.
+                    var start = UInt64.max, milliseconds = UInt64.max
+                    var result = ProgramResult(status: -1, output: "")
+                    for _ in 0..<2 {
+                        start = min(start, try timed(["--version"]).1)
+                        let attempt = try timed(["run", driver.name, sample.address.description] + driver.arguments)
+                        result = attempt.0
+                        milliseconds = min(milliseconds, attempt.1)
+                    }
                     let what = "run \(driver.name) \(sample.address)"
                     // 68, not the 67 that opening an unbound device gives: refused before opening.
                     #expect(result.status == 68, "\(what): \(result.output)")
                     #expect(result.output.contains("the \(driver.name) driver does not support \(sample.address) \(sample.ids)"), "\(what): \(result.output)")
                     #expect(result.output.contains("it supports \(driver.supported)"), "\(what): \(result.output)")
                     #expect(result.output.contains("modeless run \(sample.owner) \(sample.address)"), "\(what) names the driver that takes it: \(result.output)")
-                    #expect(milliseconds < 2000, "\(what) took \(milliseconds) ms")
-                    print("\(what): refused in \(milliseconds) ms")
+                    #expect(milliseconds < start + 2000, "\(what) took \(milliseconds) ms, a bare start \(start) ms")
+                    print("\(what): refused in \(milliseconds) ms (a bare start of the program: \(start) ms)")
                 }
             }
             #expect(try TestBench.bindings() == before, "a refusal changed a binding")

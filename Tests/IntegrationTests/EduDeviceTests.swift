@@ -273,6 +273,7 @@ extension VM {
                  "--mode", round % 2 == 0 ? "user" : "kernel-emulation"]
                     + (driver == .uioPCIGeneric ? ["--allow-unisolated-dma"] : [])
             }
+            var failedRuns = 0
             /// Runs to the end; returns how long it took after its first line, in nanoseconds.
             func fullRun(_ round: Int, after what: String) throws -> UInt64 {
                 let child = try ChildProcess(modeless, arguments(round))
@@ -283,7 +284,9 @@ extension VM {
                 while let line = child.readLine(timeout: 60) { lines.append(line) }
                 let status = try child.wait()
                 let output = lines.joined(separator: "\n")
-                #expect(status == 0 && output.contains("identical"), "\(driver) \(kind) run after \(what): exit \(status)\n\(output)")
+                let passed = status == 0 && output.contains("identical")
+                if !passed { failedRuns += 1 }
+                #expect(passed, "\(driver) \(kind) run after \(what): exit \(status)\n\(output)")
                 // VFIO counts this run's interrupts; UIO's counter runs from the bind, so a
                 // new process's first read counts its predecessors' interrupts too.
                 if driver == .vfioPCI {
@@ -291,7 +294,9 @@ extension VM {
                 }
                 return monotonicNanoseconds() - started
             }
-            let runTime = try fullRun(0, after: "nothing")
+            // Kill points are drawn within the shortest full run so far (the first, with cold
+            // caches, is the longest).
+            var runTime = try fullRun(0, after: "nothing")
             var generator = SystemRandomNumberGenerator()
             var killedMidRun = 0
             for round in 1...Self.kills {
@@ -311,9 +316,9 @@ extension VM {
                 let status = try child.wait()
                 if !endedFirst && status == 128 + SIGKILL { killedMidRun += 1 }
                 while child.readLine(timeout: 1) != nil {}
-                _ = try fullRun(round + 1, after: "a kill \(delay / 1_000_000) ms into run \(round)")
+                runTime = min(runTime, try fullRun(round + 1, after: "a kill \(delay / 1_000_000) ms into run \(round)"))
             }
-            print("edu kill test, \(driver) \(kind): \(Self.kills) kills (\(killedMidRun) mid-run), every next run passed; a run took \(runTime / 1_000_000) ms")
+            print("edu kill test, \(driver) \(kind): \(Self.kills) kills (\(killedMidRun) mid-run), \(Self.kills + 1 - failedRuns) of \(Self.kills + 1) full runs passed; the shortest run took \(runTime / 1_000_000) ms")
             #expect(killedMidRun >= Self.kills / 2, "most kills landed while the driver ran")
         }
     }
