@@ -252,7 +252,7 @@ extension VM {
 extension VM {
     /// A driver killed at any point (mid-DMA, with an interrupt pending, during start) leaves
     /// the device for the next run, which must pass all the same: `modeless run edu` is killed
-    /// with SIGKILL `MODELESS_EDU_KILLS` times per backend (default 6: about 2.5 minutes in all in the emulated guest), each kill followed by a
+    /// with SIGKILL `MODELESS_EDU_KILLS` times per backend (default 6: 1.5 to 2.5 minutes in all in the emulated guest), each kill followed by a
     /// full run that must report the DMA round trip identical.
     @Suite("edu driver killed and run again")
     struct EduKillTests {
