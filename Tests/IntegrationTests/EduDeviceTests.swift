@@ -238,12 +238,14 @@ extension VM {
             defer { _ = try? binder.unbind(.address(edu)) }
             let device = try DeviceOpener.open(edu, options: .init(dmaAddressBits: 28, allowUnisolatedDMA: true))
             defer { device.close() }
-            let runtime = try makeRuntime(mode)
+            let verifier = DriverVerifier()
+            let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
             defer { runtime.shutdown() }
             let eduDriver = try EduDriver(device: device, runtime: runtime, interrupt: kind)
             defer { eduDriver.stop() }
             #expect(try eduDriver.selfTest() == Self.expected)
             #expect(eduDriver.interruptCounts.interrupts == 11)
+            #expect(verifier.reports.isEmpty, "\(verifier.reports)")
             #expect(runtime.refusals.isEmpty, "root in the guest gets SCHED_FIFO and pinning: \(runtime.refusals)")
         }
     }
