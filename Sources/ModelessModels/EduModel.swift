@@ -7,7 +7,9 @@ import ModelessSystem
 ///
 /// Registers below 0x80 answer 4-byte accesses only, the DMA registers 4- or 8-byte ones;
 /// other accesses read all ones and are ignored when written, as on the real device. DMA
-/// addresses are clamped to the device's 28-bit DMA mask.
+/// addresses are clamped to the device's 28-bit DMA mask. As in QEMU, the DMA registers and the
+/// factorial register ignore writes while a transfer or a factorial runs, and a cause stays
+/// pending (and the INTx line asserted) until it is acknowledged, whoever started the work.
 public final class EduModel: DeviceModel, @unchecked Sendable {
     public enum Register {
         public static let identification = 0x00, liveness = 0x04, factorial = 0x08, status = 0x20
@@ -110,9 +112,9 @@ public final class EduModel: DeviceModel, @unchecked Sendable {
             lock.unlock()
             if lower { context?.lowerInterrupt() }
             return
-        case Register.dmaSource: dmaSource = value
-        case Register.dmaDestination: dmaDestination = value
-        case Register.dmaCount: dmaCount = value
+        case Register.dmaSource where dmaCommand & 1 == 0: dmaSource = value
+        case Register.dmaDestination where dmaCommand & 1 == 0: dmaDestination = value
+        case Register.dmaCount where dmaCommand & 1 == 0: dmaCount = value
         case Register.dmaCommand where value & 1 != 0 && dmaCommand & 1 == 0:
             dmaCommand = value
             lock.unlock()

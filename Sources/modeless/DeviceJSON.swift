@@ -1,4 +1,5 @@
 import ModelessBus
+import ModelessDrivers
 
 /// A device as `--json` prints it: ids as lower-case hex strings, the way `lspci -nn` shows them.
 struct DeviceJSON: Encodable {
@@ -41,6 +42,8 @@ struct DeviceJSON: Encodable {
     var kernelUses: [String]
     var activeInKernel: Bool
     var userModeNode: String?
+    /// The sample driver whose match table takes the device (`modeless run ADDR` runs it).
+    var matchingDriver: String?
 
     init(_ device: PCIDevice, bus: PCIBus) {
         func hex<T: BinaryInteger>(_ value: T, _ width: Int) -> String {
@@ -76,5 +79,6 @@ struct DeviceJSON: Encodable {
         kernelUses = device.kernelUses.map(\.description)
         activeInKernel = device.isActiveInKernel
         userModeNode = bus.userModeNode(of: device)
+        matchingDriver = DriverRegistry.samples.driver(for: PCIIdentity(device))?.driver.name
     }
 }

@@ -26,10 +26,15 @@ enum ExitStatus {
         }
     }
 
+    /// A driver was offered a device outside its match table, or no driver's table takes the
+    /// device `modeless run ADDR` names.
+    static let unsupportedDevice: Int32 = 68
+
     static let table = """
         0 success; 1 unexpected system failure; 64 malformed address or arguments; \
         65 vendor:device id matches several devices; 66 no such device; \
-        67 device not bound to a user-mode driver; 69 kernel module not available; \
+        67 device not bound to a user-mode driver; 68 driver does not support the device; \
+        69 kernel module not available; \
         70 no IOMMU for vfio-pci; 71 IOMMU group not viable; 75 device in use by the kernel; \
         76 kernel refused the change (previous state restored); 77 not permitted; \
         78 platform infrastructure (bridge, system peripheral); 79 the device's block devices hold data; \

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import ModelessBus
+import ModelessDrivers
 
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -83,6 +84,7 @@ struct DeviceListing {
             if case .blockDevice(let name, _, _, _) = use { fields.append("blk=\(name)") }
         }
         if let group = device.iommuGroup { fields.append("iommu_group=\(group)") }
+        if let match = DriverRegistry.samples.driver(for: PCIIdentity(device)) { fields.append("match=\(match.driver.name)") }
         if let node = bus.userModeNode(of: device) { fields.append("node=\(node)") }
         if device.isActiveInKernel { fields.append("*Active*") }
         return fields.joined(separator: " ")

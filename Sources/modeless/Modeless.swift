@@ -11,5 +11,18 @@ struct Modeless: ParsableCommand {
             """,
         version: ModelessVersion.current,
         subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Supervise.self, Status.self]
+            + [Drivers.self]
     )
+
+    /// Parses the command line and runs the command; a driver's `run` command first has the
+    /// device it names checked against the driver's match table.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            if let driverCommand = command as? any DriverCommand { try driverCommand.refuseUnsupportedDevice() }
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

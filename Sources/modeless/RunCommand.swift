@@ -11,7 +11,13 @@ extension InterruptKind: ExpressibleByArgument {}
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a sample driver on a bound device or on its model.",
-        subcommands: [RunEdu.self, RunNVMe.self, RunE1000.self])
+        discussion: """
+            `modeless run ADDR [ARGS...]` runs the driver whose match table takes the device \
+            (`modeless drivers` lists the tables); `modeless run DRIVER ADDR` refuses a device \
+            outside DRIVER's table with exit code 68 before opening it.
+            """,
+        subcommands: [RunEdu.self, RunNVMe.self, RunE1000.self, RunMatching.self],
+        defaultSubcommand: RunMatching.self)
 }
 
 struct RunEdu: ParsableCommand {

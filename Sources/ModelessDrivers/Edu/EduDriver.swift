@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ModelessDevice
 import ModelessRuntime
 import ModelessSystem
@@ -5,141 +8,205 @@ import ModelessSystem
 /// A driver for QEMU's edu device, written once against the driver runtime: it runs
 /// unchanged in user mode and in the kernel emulation, on the real device or its model.
 ///
-/// The ISR's acknowledge routine reads the interrupt causes and clears them at the device;
-/// the real ISR adds them to the causes pending for the driver and queues a DPC; the DPC,
-/// with interrupts disabled while it touches what the ISR shares, hands them to the waiters.
+/// - **Start** (``init(device:runtime:interrupt:)``): checks the identification register, then
+///   brings the device to a known state before it may interrupt or master the bus: waits for a
+///   factorial or DMA transfer a previous driver left running (one killed mid-transfer), and
+///   acknowledges every cause still pending, so that no stale cause is taken for one of this
+///   driver's own and no INTx line is left asserted. Only then bus mastering, the vector, the ISR.
+/// - **Acknowledge routine** (the generic ISR's device part): reads the interrupt status and
+///   writes it back to the acknowledge register; a status of all ones from a device whose
+///   identification reads all ones too means the device stopped answering.
+/// - **ISR**: adds the causes to ``Causes/fromISR`` under the spin lock and queues the DPC.
+/// - **DPC**: moves them to ``Causes/completed`` under the spin lock and signals the event the
+///   waiters sleep on.
 public final class EduDriver: @unchecked Sendable {
     public enum Failure: Error, Equatable, CustomStringConvertible {
         case notEdu(identification: UInt32)
         case timedOut(String)
         case dataMismatch(firstDifference: Int)
+        /// The device's registers read all ones: it was removed or stopped answering.
+        case notResponding
         case device(String)
 
         public var description: String {
             switch self {
-            case .notEdu(let identification): "not an edu device: identification 0x\(String(identification, radix: 16))"
+            case .notEdu(let identification): "not an edu device: identification 0x\(String(identification, radix: 16)) (edu reads 0x\(String(EduIdentification.expected, radix: 16)))"
             case .timedOut(let what): "timed out waiting for \(what)"
             case .dataMismatch(let first): "DMA data differs from byte \(first) on"
+            case .notResponding: "device not responding: its registers read all ones (removed, or reset under the driver)"
             case .device(let message): message
             }
         }
     }
 
+    /// What the ISR, the DPC and the waiting threads share, under ``causes``.
+    struct Causes {
+        /// Causes the ISR took from the device that the DPC has not handed on yet.
+        var fromISR: EduInterruptCause = []
+        /// Causes handed on to waiters and not yet taken by one.
+        var completed: EduInterruptCause = []
+        /// Set once, by the ISR, when the device stopped answering.
+        var notResponding = false
+    }
+
+    /// How long start waits for work a previous driver left running (QEMU's DMA timer is 100 ms).
+    public static let quiesceTimeout: Duration = .seconds(2)
+    /// What the acknowledge routine hands the ISR when the device stopped answering: no
+    /// 32-bit interrupt status can look like it.
+    private static let deviceGone = UInt64.max
+
     public let device: any DeviceAccess
     public let runtime: any DriverRuntime
     public let interruptKind: InterruptKind
+    /// How long an operation waits for its interrupt before it fails.
+    public var operationTimeout: Duration = .seconds(10)
     private let registers: MMIORegion
+    private let causes: SpinLock<Causes>
+    private let completion: WaitEvent
     private var attachment: InterruptAttachment?
-    private var completion: DeferredProcedureCall?
-    /// Causes the ISR saw and the DPC has not handed on yet: shared with the ISR.
-    private var causesFromISR: UInt32 = 0
-    /// Causes handed to waiters.
-    private let waiters = ConditionLock()
-    private var completedCauses: UInt32 = 0
 
-    /// Checks the device, enables bus mastering and one interrupt vector of `interrupt`, and
-    /// attaches the ISR.
+    /// Checks the device, brings it to a known state, then enables bus mastering and one
+    /// interrupt vector of `interrupt` and attaches the ISR. Waits (for a previous driver's
+    /// work to end), so it must be called at passive level.
     public init(device: any DeviceAccess, runtime: any DriverRuntime, interrupt: InterruptKind = .msi) throws {
         self.device = device
         self.runtime = runtime
         self.interruptKind = interrupt
         registers = try device.region(0)
-        let identification = try registers.read32(at: EduRegister.identification)
-        guard identification == EduValue.identification else { throw Failure.notEdu(identification: identification) }
-        try device.config.setBusMastering(true)
-        let vector = try device.enableInterrupts(interrupt, count: 1)[0]
-        let completion = runtime.makeDPC("edu completion") { [unowned self] in self.handOnCauses() }
-        self.completion = completion
-        let registers = self.registers
-        attachment = try runtime.attachInterrupt(
-            vector, name: "edu",
-            acknowledge: {
-                let causes = (try? registers.read32(at: EduRegister.interruptStatus)) ?? 0
-                try? registers.write32(causes, at: EduRegister.acknowledgeInterrupt)
-                return UInt64(causes)
-            },
-            isr: { [unowned self] causes in
-                self.causesFromISR |= UInt32(truncatingIfNeeded: causes)
-                completion.queue()
-            })
-    }
-
-    /// The DPC: take the ISR's causes with interrupts disabled, then wake the waiters.
-    private func handOnCauses() {
-        let causes = runtime.withInterruptsDisabled { () -> UInt32 in
-            defer { causesFromISR = 0 }
-            return causesFromISR
-        }
-        waiters.withLock {
-            completedCauses |= causes
-            waiters.broadcast()
-        }
-    }
-
-    /// Each operation waits for its interrupt, which an ISR or DPC would hold up by waiting:
-    /// refused there before the device is touched, so the refusal changes nothing.
-    private func refuseToWaitAtInterruptLevel(for what: String) throws {
-        guard !runtime.isAtInterruptLevel else {
-            throw Failure.device("waiting for \(what) from an ISR or DPC would stall the interrupt that ends the wait: call from an ordinary thread")
+        causes = runtime.makeSpinLock("edu causes", Causes())
+        completion = runtime.makeWaitEvent("edu completion")
+        let identification = registers.load(EduRegister.identification)
+        guard identification == EduIdentification.expected else { throw Failure.notEdu(identification: identification) }
+        try runtime.mightSleep("starting the edu driver")
+        try Self.quiesce(registers, within: Self.quiesceTimeout)
+        do {
+            try device.config.setBusMastering(true)
+            let vector = try device.enableInterrupts(interrupt, count: 1)[0]
+            let handOn = runtime.makeDPC("edu completion") { [unowned self] in self.handOnCauses() }
+            let registers = self.registers
+            attachment = try runtime.attachInterrupt(
+                vector, name: "edu",
+                acknowledge: { Self.acknowledge(registers) },
+                isr: { [unowned self] state in
+                    self.causes.withLock { shared in
+                        if state == Self.deviceGone {
+                            shared.notResponding = true
+                        } else {
+                            shared.fromISR.formUnion(EduInterruptCause(rawValue: UInt32(truncatingIfNeeded: state)))
+                        }
+                    }
+                    handOn.queue()
+                })
+        } catch {
+            try? device.disableInterrupts()
+            try? device.config.setBusMastering(false)
+            throw error
         }
     }
 
-    private func wait(for cause: UInt32, _ what: String, timeoutSeconds: Double = 10) throws {
-        let deadline = monotonicNanoseconds() + UInt64(timeoutSeconds * 1e9)
-        try waiters.withLock {
-            while completedCauses & cause != cause {
-                let now = monotonicNanoseconds()
-                guard now < deadline, waiters.wait(nanoseconds: deadline - now) || completedCauses & cause == cause else {
-                    if completedCauses & cause == cause { break }
-                    throw Failure.timedOut(what)
-                }
+    /// Waits until the device computes nothing and transfers nothing, then acknowledges every
+    /// pending cause and turns the factorial interrupt off. Called before interrupts and bus
+    /// mastering are enabled, so nothing a previous driver started can reach this one.
+    private static func quiesce(_ registers: MMIORegion, within timeout: Duration) throws {
+        let deadline = monotonicNanoseconds() + timeout.wholeNanoseconds
+        while EduStatus(rawValue: registers.load(EduRegister.status)).contains(.computing)
+            || EduDMACommand(rawValue: registers.load(EduRegister.dmaCommand)).contains(.start) {
+            guard registers.load(EduRegister.identification) == EduIdentification.expected else { throw Failure.notResponding }
+            guard monotonicNanoseconds() < deadline else {
+                throw Failure.timedOut("the factorial or DMA transfer a previous driver left running to end (\(timeout))")
             }
-            completedCauses &= ~cause
+            usleep(1000)
         }
+        registers.store(0, to: EduRegister.status)
+        let pending = registers.load(EduRegister.interruptStatus)
+        if pending != 0 { registers.store(pending, to: EduRegister.acknowledgeInterrupt) }
     }
+
+    /// The acknowledge routine: takes the pending causes off the device (which lowers INTx).
+    private static func acknowledge(_ registers: MMIORegion) -> UInt64 {
+        let pending = registers.load(EduRegister.interruptStatus)
+        if pending == .max && registers.load(EduRegister.identification) == .max { return deviceGone }
+        registers.store(pending, to: EduRegister.acknowledgeInterrupt)
+        return UInt64(pending)
+    }
+
+    /// The DPC: hands the ISR's causes on to the waiters and wakes them.
+    private func handOnCauses() {
+        causes.withLock { shared in
+            shared.completed.formUnion(shared.fromISR)
+            shared.fromISR = []
+        }
+        completion.signal()
+    }
+
+    /// Waits for every cause in `cause` and takes them. A device that stopped answering (the
+    /// ISR saw it, or its identification reads all ones when the wait times out) is reported
+    /// as ``Failure/notResponding`` rather than as a timeout.
+    private func wait(for cause: EduInterruptCause, _ what: @autoclosure () -> String) throws {
+        var gone = false
+        let arrived = completion.wait(timeout: operationTimeout) {
+            causes.withLock { shared in
+                if shared.notResponding { gone = true; return true }
+                guard shared.completed.isSuperset(of: cause) else { return false }
+                shared.completed.subtract(cause)
+                return true
+            }
+        }
+        if gone { throw Failure.notResponding }
+        if !arrived && registers.load(EduRegister.identification) == .max {
+            causes.withLock { $0.notResponding = true }
+            throw Failure.notResponding
+        }
+        guard arrived else { throw Failure.timedOut(what()) }
+    }
+
+    /// Whether the device still answers: false from the moment the driver found its registers
+    /// reading all ones (in the ISR, or after an operation timed out); set once, kept.
+    public var isResponding: Bool { !causes.withLock { $0.notResponding } }
 
     /// The identification register and a liveness check (the device inverts what it is given).
-    public func identify() throws -> (identification: UInt32, alive: Bool) {
-        let identification = try registers.read32(at: EduRegister.identification)
-        try registers.write32(0x5A5A_0F0F, at: EduRegister.liveness)
-        return (identification, try registers.read32(at: EduRegister.liveness) == ~0x5A5A_0F0F)
+    public func identify() -> (identification: UInt32, alive: Bool) {
+        let probe: UInt32 = 0x5A5A_0F0F
+        registers.store(probe, to: EduRegister.liveness)
+        return (registers.load(EduRegister.identification), registers.load(EduRegister.liveness) == ~probe)
     }
 
     /// n! computed by the device (modulo 2^32), completion signalled by interrupt.
     public func factorial(_ n: UInt32) throws -> UInt32 {
-        try refuseToWaitAtInterruptLevel(for: "the factorial of \(n)")
-        try registers.write32(EduValue.interruptOnFactorial, at: EduRegister.status)
-        try registers.write32(n, at: EduRegister.factorial)
-        try wait(for: EduValue.factorialDone, "the factorial of \(n)")
-        return try registers.read32(at: EduRegister.factorial)
+        try runtime.mightSleep("the factorial of \(n)")
+        registers.store(EduStatus.raiseInterruptOnFactorial.rawValue, to: EduRegister.status)
+        registers.store(n, to: EduRegister.factorial)
+        try wait(for: .factorialDone, "the factorial of \(n)")
+        return registers.load(EduRegister.factorial)
     }
 
     /// Raises an interrupt with `cause` through the device's raise register and waits for it.
     public func raiseInterrupt(_ cause: UInt32 = 0x1000) throws {
-        try refuseToWaitAtInterruptLevel(for: "interrupt 0x\(String(cause, radix: 16))")
-        try registers.write32(cause, at: EduRegister.raiseInterrupt)
-        try wait(for: cause, "interrupt 0x\(String(cause, radix: 16))")
+        try runtime.mightSleep("interrupt 0x\(String(cause, radix: 16))")
+        registers.store(cause, to: EduRegister.raiseInterrupt)
+        try wait(for: EduInterruptCause(rawValue: cause), "interrupt 0x\(String(cause, radix: 16))")
     }
 
     /// Copies `data` (at most 4 KiB) RAM → device → RAM by DMA and returns what came back.
     public func dmaRoundTrip(_ data: [UInt8]) throws -> [UInt8] {
-        try refuseToWaitAtInterruptLevel(for: "a DMA round trip")
+        try runtime.mightSleep("a DMA round trip")
         let source = try device.allocateDMA(size: data.count)
+        defer { source.free() }
         let destination = try device.allocateDMA(size: data.count)
-        defer { source.free(); destination.free() }
+        defer { destination.free() }
         try source.write(data)
         try destination.fill(0)
-        try transfer(from: source.deviceAddress, to: EduValue.bufferAddress, count: data.count, toRAM: false)
-        try transfer(from: EduValue.bufferAddress, to: destination.deviceAddress, count: data.count, toRAM: true)
+        try transfer(from: source.deviceAddress, to: EduIdentification.bufferAddress, count: data.count, direction: [])
+        try transfer(from: EduIdentification.bufferAddress, to: destination.deviceAddress, count: data.count, direction: .toRAM)
         return try destination.read(data.count)
     }
 
-    private func transfer(from source: UInt64, to destination: UInt64, count: Int, toRAM: Bool) throws {
-        try registers.write64(source, at: EduRegister.dmaSource)
-        try registers.write64(destination, at: EduRegister.dmaDestination)
-        try registers.write64(UInt64(count), at: EduRegister.dmaCount)
-        try registers.write64(EduValue.dmaStart | EduValue.dmaInterrupt | (toRAM ? EduValue.dmaToRAM : 0), at: EduRegister.dmaCommand)
-        try wait(for: EduValue.dmaDone, "a DMA transfer \(toRAM ? "to RAM" : "to the device")")
+    private func transfer(from source: UInt64, to destination: UInt64, count: Int, direction: EduDMACommand) throws {
+        registers.store(source, to: EduRegister.dmaSource)
+        registers.store(destination, to: EduRegister.dmaDestination)
+        registers.store(UInt64(count), to: EduRegister.dmaCount)
+        registers.store(EduDMACommand([.start, .raiseInterrupt]).union(direction).rawValue, to: EduRegister.dmaCommand)
+        try wait(for: .dmaDone, "a DMA transfer \(direction.contains(.toRAM) ? "to RAM" : "to the device")")
     }
 
     /// How many times the ISR ran, and how many interrupts it covered.
@@ -147,11 +214,12 @@ public final class EduDriver: @unchecked Sendable {
         (attachment?.isrCalls ?? 0, attachment?.interrupts ?? 0)
     }
 
-    /// Detaches the ISR, then disables the device's interrupts.
+    /// Detaches the ISR, then disables the device's interrupts and bus mastering.
     public func stop() {
         if let attachment { runtime.detachInterrupt(attachment) }
         attachment = nil
         try? device.disableInterrupts()
+        try? device.config.setBusMastering(false)
     }
 }
 
@@ -189,7 +257,7 @@ extension EduDriver {
     /// Identification, factorials with interrupt completion, raised interrupts, and a DMA round
     /// trip of a fixed pattern (2 KiB: QEMU 7.2's edu rejects a transfer ending at its buffer's end).
     public func selfTest() throws -> EduReport {
-        let (identification, alive) = try identify()
+        let (identification, alive) = identify()
         var factorials: [UInt32: UInt32] = [:]
         for n: UInt32 in [0, 1, 5, 10, 12, 13] { factorials[n] = try factorial(n) }
         for cause: UInt32 in [0x1000, 0x2000, 0x4000] { try raiseInterrupt(cause) }
