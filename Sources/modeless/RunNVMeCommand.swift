@@ -40,8 +40,10 @@ struct RunNVMe: ParsableCommand {
             printLine("model:      \(identity.modelNumber)")
             printLine("serial:     \(identity.serialNumber)")
             printLine("firmware:   \(identity.firmwareRevision)")
-            printLine("namespaces: \(identity.namespaceCount)")
-            printLine("namespace 1: \(identity.blockCount) blocks of \(identity.blockSize) bytes (\((identity.blockCount * UInt64(identity.blockSize)) >> 20) MiB)")
+            printLine("namespaces: \(identity.namespaces.count) active (NN \(identity.namespaceLimit))")
+            for namespace in identity.namespaces {
+                printLine("namespace \(namespace.identifier): \(namespace.blockCount) blocks of \(namespace.blockSize) bytes (\((namespace.blockCount * UInt64(namespace.blockSize)) >> 20) MiB)")
+            }
             printLine("max transfer: \(controller.maximumTransfer / 1024) KiB per command")
             if let readTo { try copyOut(controller, to: readTo) }
             guard verifyMiB > 0 else { return }
