@@ -36,6 +36,13 @@ public final class NVMeController: @unchecked Sendable {
         public var blockCount: UInt64
         /// Metadata bytes per block of the format in use (0 for most).
         public var metadataSize: Int
+
+        public init(identifier: UInt32, blockSize: Int, blockCount: UInt64, metadataSize: Int = 0) {
+            self.identifier = identifier
+            self.blockSize = blockSize
+            self.blockCount = blockCount
+            self.metadataSize = metadataSize
+        }
     }
 
     /// What Identify Controller and the active namespaces' Identify Namespace said.
