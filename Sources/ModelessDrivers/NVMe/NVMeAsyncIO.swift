@@ -75,10 +75,13 @@ extension NVMeController {
         try poll(visit, visiting: true)
     }
 
+    /// How many empty polls pass between two reads of the controller's status.
+    private static let emptyPollsPerStatusCheck = 1024
+
     private func poll(_ visit: (NVMeIOCompletion) -> Void, visiting: Bool) throws(Failure) -> Int {
         guard completion == .poll else { return 0 }
         let taken = handOverPolled(visit, visiting: visiting)
-        if taken == 0, emptyPolls.wrappingAdd(1, ordering: .relaxed).newValue & 1023 == 0 {
+        if taken == 0, emptyPolls.wrappingAdd(1, ordering: .relaxed).newValue % Self.emptyPollsPerStatusCheck == 0 {
             try checkController()
         } else if registers.health.faultCount > 0 {
             try checkController()
@@ -124,13 +127,14 @@ extension NVMeController {
                            namespace identifier: UInt32?) throws(Failure) -> NVMeCommand {
         let namespace = try namespace(identifier)
         let bytes = blocks &* namespace.blockSize
-        guard blocks > 0, bytes <= min(pool.chunkSize, 8192), chunk.deviceAddress % 4096 == 0,
+        let page = UInt64(Self.pageSize)
+        guard blocks > 0, bytes <= min(pool.chunkSize, 2 * Self.pageSize), chunk.deviceAddress % page == 0,
               chunk.index >= 0, chunk.index < pool.capacity, pool.chunk(chunk.index) == chunk else {
             throw .badRequest("an asynchronous read or write uses one page-aligned chunk of its pool, of at most two pages")
         }
         try checkRange(lba, blocks, in: namespace)
         return .transfer(opcode, namespace: namespace.identifier, lba: lba, blocks: blocks, prp1: chunk.deviceAddress,
-                         prp2: bytes > 4096 ? chunk.deviceAddress + 4096 : 0)
+                         prp2: bytes > Self.pageSize ? chunk.deviceAddress + page : 0)
     }
 
     private func submitWithHandler(_ command: NVMeCommand, _ what: String,

@@ -71,6 +71,9 @@ public final class NVMeController: @unchecked Sendable {
     /// The largest transfer this driver issues: MDTS, the PRP list page and the bounce buffer bound it.
     public private(set) var maximumTransfer = 128 * 1024
 
+    /// The memory page size (CC.MPS = 0): PRP entries, MDTS and queue memory count in it.
+    static let pageSize = 4096
+
     let registers: MMIORegion
     let capabilities: NVMeCapabilities
     let admin: NVMeQueuePair
@@ -120,7 +123,7 @@ public final class NVMeController: @unchecked Sendable {
         do {
             let data = try device.allocateDMA(size: maximumTransfer)
             buffers.append(data)
-            let prpList = try device.allocateDMA(size: 4096)
+            let prpList = try device.allocateDMA(size: Self.pageSize)
             buffers.append(prpList)
             bounce = runtime.makePassiveLock("nvme bounce buffer", BounceBuffer(data: data, prpList: prpList))
             let limit = capabilities.queueEntryLimit
@@ -212,7 +215,7 @@ public final class NVMeController: @unchecked Sendable {
 
         let controller = NVMeIdentifyController(data: try identify(.controller))
         let mdts = controller.maximumDataTransferSize
-        if mdts > 0 { maximumTransfer = min(maximumTransfer, 4096 << Int(mdts)) }
+        if mdts > 0 { maximumTransfer = min(maximumTransfer, Self.pageSize << Int(mdts)) }
         try adminCommand(.setNumberOfQueues(submission: 1, completion: 1), "Set Features (Number of Queues)")
         try adminCommand(.createIOCompletionQueue(io, vector: ioVector, interrupts: completion != .poll),
                          "Create I/O Completion Queue")
@@ -223,7 +226,7 @@ public final class NVMeController: @unchecked Sendable {
         identity = Identity(vendorID: controller.vendorID, serialNumber: controller.serialNumber,
                             modelNumber: controller.modelNumber, firmwareRevision: controller.firmwareRevision,
                             namespaceLimit: controller.namespaceLimit, namespaces: namespaces,
-                            maximumTransfer: mdts > 0 ? 4096 << Int(mdts) : nil,
+                            maximumTransfer: mdts > 0 ? Self.pageSize << Int(mdts) : nil,
                             blockSize: defaultNamespace.blockSize, blockCount: defaultNamespace.blockCount)
     }
 

@@ -57,14 +57,23 @@ struct NVMeIdentifyNamespace {
     var capacity: UInt64 { data.little(8) }
     /// NLBAF, Number of LBA Formats (byte 25), 0-based.
     var formatCount: Int { Int(data.bytes[25]) + 1 }
-    /// FLBAS, Formatted LBA Size (byte 26): the format in use, bits 3:0 (and 6:5 above 16 formats).
+    /// FLBAS, Formatted LBA Size (byte 26): the format in use, its low bits 3:0 and (above 16
+    /// formats) its high bits 6:5.
     var formattedLBASize: UInt8 { data.bytes[26] }
-    var formatIndex: Int { Int(formattedLBASize & 0x0F) | Int(formattedLBASize >> 5 & 0x3) << 4 }
+    static let formatLow = BitField<UInt8>(0, width: 4)
+    static let formatHigh = BitField<UInt8>(5, width: 2)
+    var formatIndex: Int {
+        Int(Self.formatLow.value(in: formattedLBASize)) | Int(Self.formatHigh.value(in: formattedLBASize)) << Self.formatLow.width
+    }
     /// LBAF0…LBAF63 (from byte 128, four bytes each): MS 15:0, LBADS 23:16.
+    static let metadataSize = BitField<UInt32>(0, width: 16)
+    static let dataSize = BitField<UInt32>(16, width: 8)
+    static let maximumFormats = 64
     var lbaFormats: [LBAFormat] {
-        (0..<min(formatCount, 64)).map { index in
+        (0..<min(formatCount, Self.maximumFormats)).map { index in
             let raw: UInt32 = data.little(128 + 4 * index)
-            return LBAFormat(metadataSize: Int(raw & 0xFFFF), dataSizeShift: UInt8(truncatingIfNeeded: raw >> 16))
+            return LBAFormat(metadataSize: Int(Self.metadataSize.value(in: raw)),
+                             dataSizeShift: UInt8(Self.dataSize.value(in: raw)))
         }
     }
     /// The format in use.

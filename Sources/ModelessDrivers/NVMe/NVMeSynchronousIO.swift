@@ -117,13 +117,17 @@ extension NVMeController {
     /// Points PRP1 at the bounce buffer's first page and PRP2 at its second, or at a PRP list
     /// of the pages after the first.
     private func dataPointers(_ bytes: Int, _ buffers: BounceBuffer) throws(DeviceError) -> (UInt64, UInt64) {
-        let pages = (bytes + 4095) / 4096
+        let pageSize = Self.pageSize
+        let pages = (bytes + pageSize - 1) / pageSize
         let base = buffers.data.deviceAddress
         switch pages {
         case 1: return (base, 0)
-        case 2: return (base, base + 4096)
+        case 2: return (base, base + UInt64(pageSize))
         default:
-            for page in 1..<pages { try buffers.prpList.store64(base + UInt64(page * 4096), at: (page - 1) * 8) }
+            let entrySize = MemoryLayout<UInt64>.size
+            for page in 1..<pages {
+                try buffers.prpList.store64(base + UInt64(page * pageSize), at: (page - 1) * entrySize)
+            }
             return (base, buffers.prpList.deviceAddress)
         }
     }
