@@ -19,6 +19,9 @@ public final class SpinLock<State>: @unchecked Sendable {
     /// The lock's class name, for the verifier's reports.
     public let name: String
     @usableFromInline let runtime: any DriverRuntime
+    /// The runtime's verifier, read once: reading it through the existential on every
+    /// acquisition costs a retain.
+    @usableFromInline let verifier: DriverVerifier?
     @usableFromInline let identity: LockIdentity
     @usableFromInline let word = Atomic<Bool>(false)
     @usableFromInline var state: State
@@ -27,6 +30,7 @@ public final class SpinLock<State>: @unchecked Sendable {
         self.name = name
         self.state = state
         self.runtime = runtime
+        verifier = runtime.verifier
         identity = LockIdentity(name: name, kind: .spin)
     }
 
@@ -43,7 +47,7 @@ public final class SpinLock<State>: @unchecked Sendable {
     @usableFromInline
     func acquire(_ function: StaticString) {
         runtime.disableInterrupts()
-        runtime.verifier?.willAcquire(identity, at: function, in: runtime)
+        verifier?.willAcquire(identity, at: function, in: runtime)
         var spins = 0
         while !word.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
             repeat {
@@ -56,7 +60,7 @@ public final class SpinLock<State>: @unchecked Sendable {
     @usableFromInline
     func release(_ function: StaticString) {
         word.store(false, ordering: .releasing)
-        runtime.verifier?.didRelease(identity, at: function, in: runtime)
+        verifier?.didRelease(identity, at: function, in: runtime)
         runtime.enableInterrupts()
     }
 }
