@@ -200,9 +200,6 @@ final class NVMeQueuePair: @unchecked Sendable {
         }
     }
 
-    /// Whether tagged or closure completions wait to be handed over.
-    var hasReady: Bool { state.withLock { !$0.readyTagged.isEmpty || !$0.readyClosures.isEmpty } }
-
     /// A synchronous command's outcome once it has one: its entry, or nil when the controller
     /// was lost first (`.some(nil)`); `nil` while it is still in flight. Frees the identifier
     /// once the outcome is taken.
@@ -258,9 +255,6 @@ final class NVMeQueuePair: @unchecked Sendable {
             return found
         }
     }
-
-    /// How many commands are in flight.
-    var inFlight: Int { state.withLock { entries - 1 - $0.free.count } }
 
     func free() {
         submissions.free()
