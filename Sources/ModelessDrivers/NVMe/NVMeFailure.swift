@@ -112,11 +112,11 @@ public struct NVMeIOCompletion: Sendable, Equatable {
     /// ``NVMeController/failure``); the status is meaningless then.
     public let deviceLost: Bool
 
-    init(tag: UInt64, _ entry: NVMeCompletion?) {
+    init(tag: UInt64, _ completion: NVMeCompletion?) {
         self.tag = tag
-        statusType = entry?.status.type ?? 0
-        statusCode = entry?.status.code ?? 0
-        deviceLost = entry == nil
+        statusType = completion.map { $0.status.type } ?? 0
+        statusCode = completion.map { $0.status.code } ?? 0
+        deviceLost = completion == nil
     }
 
     /// Whether the command succeeded.
