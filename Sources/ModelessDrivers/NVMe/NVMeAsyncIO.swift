@@ -15,6 +15,9 @@ extension NVMeController {
         var found = NVMeQueuePair.Found()
         if servesAdmin { service(admin, &found) }
         if servesIO { service(io, &found) }
+        if registers.health.faultCount > 0 {  // A doorbell write failed: the registers are gone.
+            lose(.deviceLost("a register access failed; see the region's health"))
+        }
         if found.synchronous { completed.signal() }
         if found.ready { handOver?.queue() }
     }
