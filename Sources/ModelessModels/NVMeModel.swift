@@ -1,9 +1,11 @@
 import ModelessDevice
 import ModelessSystem
 
-/// An NVMe controller with one memory-backed namespace: enough of the NVM Express Base
-/// Specification for drivers' unit tests. Controller enable and disable, the admin queue,
-/// Identify (controller, namespace), Set Features (Number of Queues), Create I/O Completion and
+/// An NVMe controller with memory-backed namespaces (one by default; several, with 512- or
+/// 4096-byte blocks, for tests): enough of the NVM Express Base Specification for drivers'
+/// unit tests. Controller enable and disable (which drops every queue and deasserts INTx),
+/// the admin queue, Identify (controller, namespace, active namespace list), Set Features
+/// (Number of Queues), Create I/O Completion and
 /// Submission Queue, and Read, Write and Flush with PRP1, PRP2 and PRP lists. Completions are
 /// posted with the phase bit and signalled on the completion queue's MSI-X vector, or on INTx
 /// (a level held while any completion queue has entries the host has not consumed).
@@ -12,19 +14,38 @@ import ModelessSystem
 /// controller can be put in fatal status (CSTS.CFS).
 public final class NVMeModel: DeviceModel, @unchecked Sendable {
     public let barSizes = [0: 0x4000]
-    public let vectorCounts: [InterruptKind: Int] = [.msix: 4, .intx: 1]
+    public var vectorCounts: [InterruptKind: Int] { [.msix: msixVectors, .intx: 1] }
+    /// How many MSI-X vectors the controller offers.
+    public let msixVectors: Int
     public var initialConfigSpace: [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 256)
         bytes[0] = 0x36; bytes[1] = 0x1b; bytes[2] = 0x10; bytes[3] = 0x00   // 1b36:0010
         bytes[6] = 0x10; bytes[8] = 0x02
         bytes[0x09] = 0x02; bytes[0x0A] = 0x08; bytes[0x0B] = 0x01           // class 010802
         bytes[0x34] = 0x40; bytes[0x3D] = 1
-        bytes[0x40] = 0x11; bytes[0x42] = 0x03                               // MSI-X, 4 vectors
+        bytes[0x40] = 0x11; bytes[0x42] = UInt8(msixVectors - 1)             // MSI-X table size
         return bytes
     }
 
-    public let blockSize = 512
-    public let blockCount: Int
+    /// A namespace: its ID, and its size in blocks of `blockSize` (512 or 4096) bytes.
+    public struct Namespace: Sendable {
+        public var identifier: UInt32
+        public var blocks: Int
+        public var blockSize: Int
+
+        public init(identifier: UInt32, blocks: Int, blockSize: Int = 512) {
+            precondition(identifier > 0 && (blockSize == 512 || blockSize == 4096), "NSID from 1, 512- or 4096-byte blocks")
+            self.identifier = identifier
+            self.blocks = blocks
+            self.blockSize = blockSize
+        }
+    }
+
+    /// The active namespaces, by increasing ID.
+    public let namespaces: [Namespace]
+    /// The first namespace's block size and count.
+    public var blockSize: Int { namespaces[0].blockSize }
+    public var blockCount: Int { namespaces[0].blocks }
     public let serialNumber: String
     /// Maximum Data Transfer Size, as a power of two of 4 KiB pages.
     public let mdts: UInt8 = 5
@@ -58,7 +79,7 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
 
     private let lock = ConditionLock()
     private var context: ModelContext?
-    private let storage: ModelNamespaceStorage
+    private let storage: [UInt32: ModelNamespaceStorage]
     private var configuration: UInt32 = 0
     private var ready = false
     private var fatal = false
@@ -76,9 +97,10 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
     /// `backingFile`, in a file that keeps its contents across processes (the file is created
     /// if missing; an existing one must be exactly that size).
     public init(blocks: Int = 8192, serialNumber: String = "model-nvme0", backingFile: String? = nil) throws(SystemError) {
-        blockCount = blocks
+        namespaces = [Namespace(identifier: 1, blocks: blocks)]
+        msixVectors = 4
         self.serialNumber = serialNumber
-        storage = try ModelNamespaceStorage(bytes: blocks * 512, backingFile: backingFile)
+        storage = [1: try ModelNamespaceStorage(bytes: blocks * 512, backingFile: backingFile)]
     }
 
     /// A controller with an in-memory namespace of `blocks` 512-byte blocks.
@@ -86,11 +108,28 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
         try! self.init(blocks: blocks, serialNumber: serialNumber, backingFile: nil)
     }
 
+    /// A controller with in-memory `namespaces` (distinct IDs; NN is the highest) offering
+    /// `msixVectors` MSI-X vectors (1 to 4).
+    public init(namespaces: [Namespace], msixVectors: Int = 4, serialNumber: String = "model-nvme0") {
+        precondition(!namespaces.isEmpty && (1...4).contains(msixVectors), "a namespace or more, 1 to 4 MSI-X vectors")
+        self.namespaces = namespaces.sorted { $0.identifier < $1.identifier }
+        self.msixVectors = msixVectors
+        self.serialNumber = serialNumber
+        var storage: [UInt32: ModelNamespaceStorage] = [:]
+        for namespace in namespaces {
+            storage[namespace.identifier] = try! ModelNamespaceStorage(bytes: namespace.blocks * namespace.blockSize, backingFile: nil)
+        }
+        self.storage = storage
+    }
+
     public func connect(_ context: ModelContext) { lock.withLock { self.context = context } }
 
-    /// The namespace's bytes, for checking what a driver wrote.
-    public func contents(block: Int, count: Int) -> [UInt8] {
-        lock.withLock { storage.read(at: block * blockSize, count: count * blockSize) }
+    /// A namespace's bytes (the first namespace's by default), for checking what a driver wrote.
+    public func contents(block: Int, count: Int, namespace: UInt32? = nil) -> [UInt8] {
+        let namespace = namespace.flatMap { id in namespaces.first { $0.identifier == id } } ?? namespaces[0]
+        return lock.withLock {
+            storage[namespace.identifier]!.read(at: block * namespace.blockSize, count: count * namespace.blockSize)
+        }
     }
 
     // MARK: Registers
@@ -134,6 +173,9 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
                 submissionQueues = [:]
                 completionQueues = [:]
                 ready = false
+                lock.unlock()
+                context?.lowerInterrupt()  // A reset controller asserts nothing.
+                return
             }
         case 0x24: adminAttributes = value32
         case 0x28: adminSubmissionBase = width == 8 ? value : (adminSubmissionBase & ~0xFFFF_FFFF) | value
@@ -185,6 +227,7 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
     private static let invalidOpcode: (UInt8, UInt8) = (0, 0x01)
     private static let dataTransferError: (UInt8, UInt8) = (0, 0x04)
     private static let lbaOutOfRange: (UInt8, UInt8) = (0, 0x80)
+    private static let invalidNamespace: (UInt8, UInt8) = (0, 0x0B)
 
     private func admin(_ command: [UInt32]) -> (UInt32, (UInt8, UInt8)) {
         let opcode = UInt8(command[0] & 0xFF)
@@ -200,13 +243,22 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
                 put("1.0", width: 8, at: 64, in: &data)
                 data[77] = mdts
                 data[512] = 0x66; data[513] = 0x44  // SQES, CQES
-                data[516] = 1                        // one namespace
-            case 0 where command[1] == 1:
-                for index in 0..<8 {
-                    data[index] = UInt8(truncatingIfNeeded: blockCount >> (8 * index))
-                    data[8 + index] = data[index]; data[16 + index] = data[index]
+                putLittle(UInt64(namespaces.last!.identifier), width: 4, at: 516, in: &data)  // NN
+            case 0:
+                guard let namespace = namespaces.first(where: { $0.identifier == command[1] }) else {
+                    break  // An inactive namespace: all zeroes.
                 }
-                data[130] = 9  // LBA format 0: 2^9 = 512-byte blocks
+                for offset in [0, 8, 16] { putLittle(UInt64(namespace.blocks), width: 8, at: offset, in: &data) }  // NSZE, NCAP, NUSE
+                data[25] = 1                                     // NLBAF: two formats
+                data[26] = namespace.blockSize == 4096 ? 1 : 0   // FLBAS
+                data[130] = 9                                    // LBAF0: 2^9 = 512-byte blocks
+                data[134] = 12                                   // LBAF1: 2^12 = 4096-byte blocks
+            case 2:  // Active namespace IDs above NSID
+                var offset = 0
+                for namespace in namespaces where namespace.identifier > command[1] {
+                    putLittle(UInt64(namespace.identifier), width: 4, at: offset, in: &data)
+                    offset += 4
+                }
             default:
                 return (0, Self.invalidField)
             }
@@ -246,10 +298,13 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
         }) {
             return (0, failure)
         }
+        guard let namespace = namespaces.first(where: { $0.identifier == command[1] }),
+              let storage = storage[namespace.identifier] else { return (0, Self.invalidNamespace) }
         guard opcode == 0x01 || opcode == 0x02 else { return (0, opcode == 0x00 ? Self.success : Self.invalidOpcode) }
+        let blockSize = namespace.blockSize
         let lba = Int(UInt64(command[10]) | UInt64(command[11]) << 32)
         let blocks = Int(command[12] & 0xFFFF) + 1
-        guard lba + blocks <= blockCount else { return (0, Self.lbaOutOfRange) }
+        guard lba + blocks <= namespace.blocks else { return (0, Self.lbaOutOfRange) }
         guard let pages = dataPages(command, bytes: blocks * blockSize) else { return (0, Self.dataTransferError) }
         var offset = 0
         for (address, length) in pages {
@@ -301,6 +356,10 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
         guard let posted else { return }
         context?.dmaWrite(posted.entry, to: posted.address)
         if posted.interrupt { context?.raiseInterrupt(vector: posted.vector) }
+    }
+
+    private func putLittle(_ value: UInt64, width: Int, at offset: Int, in data: inout [UInt8]) {
+        for index in 0..<width { data[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index)) }
     }
 
     private func put(_ text: String, width: Int, at offset: Int, in data: inout [UInt8]) {

@@ -71,8 +71,10 @@ struct RunNVMe: ParsableCommand {
             printLine("model:      \(identity.modelNumber)")
             printLine("serial:     \(identity.serialNumber)")
             printLine("firmware:   \(identity.firmwareRevision)")
-            printLine("namespaces: \(identity.namespaceCount)")
-            printLine("namespace 1: \(identity.blockCount) blocks of \(identity.blockSize) bytes (\(namespaceBytes >> 20) MiB)")
+            printLine("namespaces: \(identity.namespaces.count) active (NN \(identity.namespaceLimit))")
+            for namespace in identity.namespaces {
+                printLine("namespace \(namespace.identifier): \(namespace.blockCount) blocks of \(namespace.blockSize) bytes (\((namespace.blockCount * UInt64(namespace.blockSize)) >> 20) MiB)")
+            }
             printLine("max transfer: \(controller.maximumTransfer / 1024) KiB per command")
             for (option, mib) in [("--read-mib", readMiB), ("--verify-mib", writeMiB)] where UInt64(mib) << 20 > namespaceBytes {
                 printError("\(option) \(mib) is larger than namespace 1 (\(namespaceBytes >> 20) MiB); nothing was read or written")

@@ -2,7 +2,11 @@ import ModelessBus
 import ModelessDevice
 import ModelessDrivers
 import ModelessRuntime
+import Synchronization
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension VM {
     /// The NVMe sample driver on QEMU's NVMe controller (a fresh 128 MiB namespace each boot).
@@ -16,11 +20,51 @@ extension VM {
             defer { _ = try? binder.unbind(.address(nvme)) }
             let device = try DeviceOpener.open(nvme)
             defer { device.close() }
-            let runtime = try makeRuntime(mode)
+            let verifier = DriverVerifier()
+            let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
             defer { runtime.shutdown() }
-            let controller = try NVMeController(device: device, runtime: runtime, completion: completion)
-            defer { controller.stop() }
-            try body(controller)
+            do {
+                let controller = try NVMeController(device: device, runtime: runtime, completion: completion)
+                defer { controller.stop() }
+                try body(controller)
+            }
+            #expect(verifier.reports.isEmpty, "\(verifier.reports)")
+        }
+
+        /// A predecessor killed mid-I/O (tagged reads submitted, completions never taken, no
+        /// stop: its process gone) leaves the controller enabled; the next start resets it,
+        /// works, and takes none of the predecessor's completions as its own.
+        @Test(arguments: [(ExecutionMode.user, NVMeController.Completion.intx), (.kernelEmulation, .msix)])
+        func startsCleanAfterAKilledPredecessor(_ mode: ExecutionMode, _ completion: NVMeController.Completion) throws {
+            let nvme = try TestBench.nvme()
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(nvme), to: .vfioPCI, force: true)
+            defer { _ = try? binder.unbind(.address(nvme)) }
+            do {
+                let device = try DeviceOpener.open(nvme)
+                let runtime = try makeRuntime(.user)
+                let controller = try NVMeController(device: device, runtime: runtime, completion: .poll)
+                let pool = try DMAPool(device: device, chunkSize: 4096, count: 16)
+                for tag in 0..<16 {
+                    try controller.submitRead(lba: UInt64(tag * 8), blocks: 8, into: pool.chunk(tag), of: pool, tag: UInt64(tag))
+                }
+                usleep(50_000)
+                runtime.shutdown()
+                device.close()  // Killed: no stop().
+            }
+            try withController(mode, completion) { controller in
+                let tags = Mutex<[UInt64]>([])
+                controller.setCompletionHandler { entry in tags.withLock { $0.append(entry.tag) } }
+                try controller.write(lba: 64, [UInt8](repeating: 0x42, count: 4096))
+                #expect(try controller.read(lba: 64, blocks: 8) == [UInt8](repeating: 0x42, count: 4096))
+                let pool = try DMAPool(device: controller.device, chunkSize: 4096, count: 4)
+                for tag in 100..<104 {
+                    try controller.submitRead(lba: 64, blocks: 8, into: pool.chunk(tag - 100), of: pool, tag: UInt64(tag))
+                }
+                for _ in 0..<10_000 where tags.withLock({ $0.count }) < 4 { usleep(1000) }
+                usleep(50_000)
+                #expect(tags.withLock { $0.sorted() } == [100, 101, 102, 103])
+            }
         }
 
         @Test(arguments: [(ExecutionMode.user, NVMeController.Completion.msix), (.kernelEmulation, .msix),
@@ -32,6 +76,7 @@ extension VM {
                 #expect(identity.serialNumber == "modeless-nvme0")
                 #expect(identity.modelNumber == "QEMU NVMe Ctrl")
                 #expect(identity.blockSize == 512 && identity.blockCount == 262_144)
+                #expect(identity.namespaces == [.init(identifier: 1, blockSize: 512, blockCount: 262_144)])
                 // 2 MiB of a pattern that differs per run, across multi-page PRP lists, then back.
                 var generator = SystemRandomNumberGenerator()
                 let chunk = controller.maximumTransfer

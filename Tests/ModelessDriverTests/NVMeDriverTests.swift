@@ -3,6 +3,7 @@ import ModelessDevice
 import ModelessDrivers
 import ModelessModels
 import ModelessRuntime
+import ModelessSystem
 import Testing
 
 /// The NVMe driver against the NVMe model, in both modes and every completion method.
@@ -11,13 +12,7 @@ struct NVMeDriverTests {
     func withController(_ mode: ExecutionMode = .user, _ completion: NVMeController.Completion = .msix,
                         model: NVMeModel = NVMeModel(), timeout: Duration = .seconds(5),
                         _ body: (NVMeController, NVMeModel, ModeledDevice) throws -> Void) throws {
-        let device = try ModeledDevice(model)
-        defer { device.close() }
-        let runtime = try makeRuntime(mode)
-        defer { runtime.shutdown() }
-        let controller = try NVMeController(device: device, runtime: runtime, completion: completion, commandTimeout: timeout)
-        defer { controller.stop() }
-        try body(controller, model, device)
+        try withVerifiedNVMe(mode, completion, model: model, timeout: timeout, body)
     }
 
     @Test(arguments: ExecutionMode.allCases, [NVMeController.Completion.msix, .intx, .poll])
@@ -66,10 +61,21 @@ struct NVMeDriverTests {
         }
     }
 
-    @Test func aRemovedControllerFailsCleanly() throws {
-        try withController(timeout: .milliseconds(300)) { (controller, _, device) throws in
+    /// A controller that stops answering mid-run is reported once, as lost (not as a timeout),
+    /// and every later request fails with that at once.
+    @Test(arguments: ExecutionMode.allCases, [NVMeController.Completion.msix, .poll])
+    func aRemovedControllerIsReportedOnceAndLaterRequestsFailAtOnce(_ mode: ExecutionMode,
+                                                                  _ completion: NVMeController.Completion) throws {
+        try withController(mode, completion, timeout: .seconds(5)) { (controller, _, device) throws in
             device.faults.surpriseRemoved = true
-            #expect(throws: NVMeController.Failure.self) { _ = try controller.read(lba: 0, blocks: 1) }
+            let started = monotonicNanoseconds()
+            #expect(throws: NVMeController.Failure.deviceLost("CSTS reads all-ones")) { _ = try controller.read(lba: 0, blocks: 1) }
+            #expect(monotonicNanoseconds() - started < 2_000_000_000, "found lost, not timed out")
+            #expect(controller.failure == .deviceLost("CSTS reads all-ones"))
+            let again = monotonicNanoseconds()
+            #expect(throws: NVMeController.Failure.deviceLost("CSTS reads all-ones")) { try controller.write(lba: 0, [UInt8](repeating: 0, count: 512)) }
+            #expect(throws: NVMeController.Failure.deviceLost("CSTS reads all-ones")) { try controller.flush() }
+            #expect(monotonicNanoseconds() - again < 100_000_000, "later requests fail at once")
         }
     }
 
@@ -88,37 +94,32 @@ struct NVMeDriverTests {
 struct NVMeAsyncTests {
     @Test(arguments: ExecutionMode.allCases, [NVMeController.Completion.msix, .intx, .poll])
     func manyReadsInFlightEachCompleteOnceWithTheirData(_ mode: ExecutionMode, _ completion: NVMeController.Completion) throws {
-        let model = NVMeModel()
-        let device = try ModeledDevice(model)
-        defer { device.close() }
-        let runtime = try makeRuntime(mode)
-        defer { runtime.shutdown() }
-        let controller = try NVMeController(device: device, runtime: runtime, completion: completion)
-        defer { controller.stop() }
-        for block in stride(from: 0, to: 256, by: 8) {
-            try controller.write(lba: UInt64(block), [UInt8](repeating: UInt8(block / 8), count: 4096))
-        }
-        let pool = try DMAPool(device: device, chunkSize: 4096, count: 32)
-        let done = Mutex<[Int: Int]>([:])
-        var chunks: [Int: DMAPool.Chunk] = [:]
-        for index in 0..<32 {
-            let chunk = try #require(pool.allocate())
-            chunks[index] = chunk
-            try controller.readAsync(lba: UInt64(index * 8), blocks: 8, into: chunk, of: pool) { result in
-                if case .success = result { done.withLock { $0[index, default: 0] += 1 } }
+        try withVerifiedNVMe(mode, completion) { controller, _, device in
+            for block in stride(from: 0, to: 256, by: 8) {
+                try controller.write(lba: UInt64(block), [UInt8](repeating: UInt8(block / 8), count: 4096))
             }
-        }
-        // Up to 10 s: the model completes commands on its own thread, at whatever pace a loaded machine allows.
-        for _ in 0..<10_000 where done.withLock({ $0.count }) < 32 {
-            if completion == .poll { try controller.pollCompletions() }
-            usleep(1000)
-        }
-        #expect(done.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<32).map { ($0, 1) }))
-        for index in 0..<32 {
-            #expect(try pool.read(4096, from: chunks[index]!) == [UInt8](repeating: UInt8(index), count: 4096))
-        }
-        #expect(throws: NVMeController.Failure.self) {
-            try controller.readAsync(lba: 0, blocks: 17, into: chunks[0]!, of: pool) { _ in }
+            let pool = try DMAPool(device: device, chunkSize: 4096, count: 32)
+            let done = Mutex<[Int: Int]>([:])
+            var chunks: [Int: DMAPool.Chunk] = [:]
+            for index in 0..<32 {
+                let chunk = try #require(pool.allocate())
+                chunks[index] = chunk
+                try controller.readAsync(lba: UInt64(index * 8), blocks: 8, into: chunk, of: pool) { result in
+                    if case .success = result { done.withLock { $0[index, default: 0] += 1 } }
+                }
+            }
+            // Up to 10 s: the model completes commands on its own thread, at whatever pace a loaded machine allows.
+            for _ in 0..<10_000 where done.withLock({ $0.count }) < 32 {
+                if completion == .poll { try controller.pollCompletions() }
+                usleep(1000)
+            }
+            #expect(done.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<32).map { ($0, 1) }))
+            for index in 0..<32 {
+                #expect(try pool.read(4096, from: chunks[index]!) == [UInt8](repeating: UInt8(index), count: 4096))
+            }
+            #expect(throws: NVMeController.Failure.self) {
+                try controller.readAsync(lba: 0, blocks: 17, into: chunks[0]!, of: pool) { _ in }
+            }
         }
     }
 }

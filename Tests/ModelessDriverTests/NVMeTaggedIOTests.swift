@@ -11,15 +11,13 @@ import Testing
 @Suite("The NVMe driver's asynchronous writes and tagged I/O")
 struct NVMeTaggedIOTests {
     func withController(_ mode: ExecutionMode, _ completion: NVMeController.Completion, model: NVMeModel = NVMeModel(),
+                        expectedReports: Int = 0,
                         _ body: (NVMeController, NVMeModel, DMAPool) throws -> Void) throws {
-        let device = try ModeledDevice(model)
-        defer { device.close() }
-        let runtime = try makeRuntime(mode)
-        defer { runtime.shutdown() }
-        let controller = try NVMeController(device: device, runtime: runtime, completion: completion, commandTimeout: .seconds(2))
-        defer { controller.stop() }
-        let pool = try DMAPool(device: device, chunkSize: 4096, count: controller.queueEntries)
-        try body(controller, model, pool)
+        try withVerifiedNVMe(mode, completion, model: model, timeout: .seconds(2), expectedReports: expectedReports) {
+            controller, model, device in
+            let pool = try DMAPool(device: device, chunkSize: 4096, count: controller.queueEntries)
+            try body(controller, model, pool)
+        }
     }
 
     static func pattern(_ index: Int) -> [UInt8] {
@@ -129,10 +127,11 @@ struct NVMeTaggedIOTests {
     }
     /// A synchronous command from a completion handler would wait for an interrupt that its
     /// own thread services only afterwards: it is refused at once with an error that says what
-    /// to use instead, and the controller goes on working. Polling has no such wait.
+    /// to use instead, the verifier reports the attempt (once: the refusal comes before the
+    /// bounce buffer's passive lock), and the controller goes on working. Polling has no such wait.
     @Test(arguments: ExecutionMode.allCases, [NVMeController.Completion.msix, .intx])
     func aSynchronousCommandFromACompletionHandlerIsRefused(_ mode: ExecutionMode, _ completion: NVMeController.Completion) throws {
-        try withController(mode, completion) { controller, _, pool in
+        try withController(mode, completion, expectedReports: 1) { controller, _, pool in
             let outcome = Mutex<String?>(nil)
             let chunk = try #require(pool.allocate())
             try controller.readAsync(lba: 0, blocks: 8, into: chunk, of: pool) { _ in

@@ -1,126 +1,73 @@
 import ModelessDevice
-
-/// What an asynchronous I/O command identifier is waiting for.
-enum IOSlot {
-    /// Nothing asynchronous: a synchronous waiter (or nothing) looks for its completion.
-    case synchronous
-    /// A handler given as a closure with the command.
-    case closure
-    /// The controller's tagged completion handler, with the caller's tag.
-    case tagged
-}
-
-/// The outcome of a tagged asynchronous read or write: the caller's tag and the NVMe status.
-public struct NVMeIOCompletion: Sendable, Equatable {
-    /// The tag the caller gave when submitting.
-    public let tag: UInt64
-    /// Status Code Type and Status Code; both zero on success.
-    public let statusType: UInt8
-    public let statusCode: UInt8
-
-    init(tag: UInt64, _ entry: NVMeCompletion) {
-        self.tag = tag
-        statusType = entry.statusType
-        statusCode = entry.statusCode
-    }
-
-    /// Whether the command succeeded.
-    public var succeeded: Bool { statusType == 0 && statusCode == 0 }
-}
+import ModelessRuntime
 
 /// Asynchronous reads and writes into and out of chunks of a ``DMAPool``: with a closure per
 /// command, or allocation-free with a caller's tag per command and one completion handler
-/// registered once (or a visitor when polling).
+/// registered once (or a visitor when polling). Their completions come from the ISR through
+/// the DPC, or from ``pollCompletions(_:)``.
 extension NVMeController {
-    /// Builds a Read or Write of `blocks` blocks at `lba` whose data is `chunk` of `pool`
-    /// (page-aligned, at most two pages), refusing requests the device must not see.
-    private func ioCommand(_ opcode: UInt8, lba: UInt64, blocks: Int, chunk: DMAPool.Chunk, pool: DMAPool) throws -> NVMeCommand {
-        let bytes = blocks &* namespaceBlockSize
-        guard blocks > 0, bytes <= min(pool.chunkSize, 8192), chunk.deviceAddress % 4096 == 0,
-              chunk.index >= 0, chunk.index < pool.capacity, pool.chunk(chunk.index) == chunk else {
-            throw Failure.badRequest("an asynchronous read or write uses one page-aligned chunk of its pool, of at most two pages")
+    // MARK: Interrupts
+
+    /// The ISR (interrupts disabled, spin locks only): takes the new completions of the
+    /// queues its vector serves, wakes synchronous waiters and queues the DPC for the rest.
+    /// NVMe has no cause register: the queues' phase tags say what is new.
+    func interrupt(admin servesAdmin: Bool, io servesIO: Bool) {
+        var found = NVMeQueuePair.Found()
+        if servesAdmin { service(admin, &found) }
+        if servesIO { service(io, &found) }
+        if registers.health.faultCount > 0 {  // A doorbell write failed: the registers are gone.
+            lose(.deviceLost("a register access failed; see the region's health"))
         }
-        guard lba <= namespaceBlockCount, UInt64(blocks) <= namespaceBlockCount - lba else {
-            throw Failure.badRequest("blocks \(lba)..<\(lba + UInt64(blocks)) are beyond the namespace's \(namespaceBlockCount)")
-        }
-        var command = NVMeCommand(opcode: opcode, namespace: 1)
-        command.setPRPs(chunk.deviceAddress, bytes > 4096 ? chunk.deviceAddress + 4096 : 0)
-        command.setBlocks(lba: lba, count: blocks)
-        return command
+        if found.synchronous { completed.signal() }
+        if found.ready { handOver?.queue() }
     }
 
-    private func submitWithHandler(_ command: NVMeCommand, _ what: String,
-                                   _ completion: @escaping @Sendable (Result<Void, Failure>) -> Void) throws {
-        let handler: @Sendable (NVMeCompletion) -> Void = { entry in
-            completion(entry.succeeded ? .success(())
-                       : .failure(.commandFailed(what, statusType: entry.statusType, statusCode: entry.statusCode)))
+    private func service(_ queue: NVMeQueuePair, _ found: inout NVMeQueuePair.Found) {
+        var unused = 0
+        do {
+            let more = try queue.service(batchCount: &unused)
+            found.synchronous = found.synchronous || more.synchronous
+            found.ready = found.ready || more.ready
+        } catch {
+            lose(.deviceLost("reading completion queue \(queue.identifier): \(error)"))
         }
-        _ = try io.submitLock.withLock {
-            try io.submit(command) { identifier in
-                results.withLock {
-                    ioSlots[Int(identifier)] = .closure
-                    handlers[identifier] = handler
-                }
+    }
+
+    /// The DPC: hands the tagged completions the ISR took to the registered handler, and runs
+    /// the handlers of closure ones, outside the ISR and outside every lock.
+    func handOverCompletions() {
+        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: io.entries) { batch in
+            var closures: [(NVMeCompletionHandler, NVMeCompletion?)] = []
+            while true {
+                let count = io.takeReady(into: batch, closures: &closures)
+                if count == 0 && closures.isEmpty { return }
+                deliver(batch, count, { _ in }, visiting: false)
+                for (handler, entry) in closures { handler(entry) }
+                closures.removeAll()
             }
         }
     }
 
-    private func submitTagged(_ command: NVMeCommand, tag: UInt64) throws {
-        let queue = io
-        queue.submitLock.lock()
-        defer { queue.submitLock.unlock() }
-        let identifier = try queue.takeIdentifier()
-        results.lock()
-        ioSlots[Int(identifier)] = .tagged
-        ioTags[Int(identifier)] = tag
-        results.unlock()
-        try queue.submit(command, identifier: identifier)
+    /// Hands `count` tagged completions of `batch` to `visit` when `visiting`, else to the registered handler.
+    private func deliver(_ batch: UnsafeMutableBufferPointer<NVMeIOCompletion>, _ count: Int,
+                         _ visit: (NVMeIOCompletion) -> Void, visiting: Bool) {
+        guard count > 0 else { return }
+        if visiting {
+            for index in 0..<count { visit(batch[index]) }
+        } else if let handler = taggedHandler.withLock({ $0 }) {
+            for index in 0..<count { handler(batch[index]) }
+        }
     }
 
-    /// Starts reading `blocks` blocks at `lba` into `chunk` of `pool` (page-aligned, at most two
-    /// pages) and returns at once; `completion` runs later, from the completion DPC (or from
-    /// ``pollCompletions()`` when polling), with the outcome. Up to the I/O queue's size less
-    /// one may be in flight. Each call allocates its handler; ``submitRead(lba:blocks:into:of:tag:)`` does not.
-    public func readAsync(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool,
-                          completion: @escaping @Sendable (Result<Void, Failure>) -> Void) throws {
-        try submitWithHandler(try ioCommand(NVMeOpcode.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool), "Read", completion)
-    }
-
-    /// Starts writing `blocks` blocks at `lba` from `chunk` of `pool` (page-aligned, at most two
-    /// pages) and returns at once; `completion` runs later as for ``readAsync(lba:blocks:into:of:completion:)``.
-    /// The chunk must not change until then.
-    public func writeAsync(lba: UInt64, blocks: Int, from chunk: DMAPool.Chunk, of pool: DMAPool,
-                           completion: @escaping @Sendable (Result<Void, Failure>) -> Void) throws {
-        try submitWithHandler(try ioCommand(NVMeOpcode.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool), "Write", completion)
-    }
-
-    /// Registers the handler tagged reads and writes complete to, from the completion DPC or
-    /// ``pollCompletions()``. Register it once, before submitting; it is kept until ``stop()``.
-    public func setCompletionHandler(_ handler: @escaping @Sendable (NVMeIOCompletion) -> Void) {
-        results.withLock { taggedHandler = handler }
-    }
-
-    /// Starts reading `blocks` blocks at `lba` into `chunk` of `pool`, like
-    /// ``readAsync(lba:blocks:into:of:completion:)``, but allocation-free: the outcome goes,
-    /// with `tag`, to the handler given to ``setCompletionHandler(_:)`` (or to the visitor of
-    /// ``pollCompletions(_:)``). Throws, submitting nothing, when the queue is full.
-    public func submitRead(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64) throws {
-        try submitTagged(try ioCommand(NVMeOpcode.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool), tag: tag)
-    }
-
-    /// Starts writing `blocks` blocks at `lba` from `chunk` of `pool`, allocation-free, with
-    /// `tag`; see ``submitRead(lba:blocks:into:of:tag:)``.
-    public func submitWrite(lba: UInt64, blocks: Int, from chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64) throws {
-        try submitTagged(try ioCommand(NVMeOpcode.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool), tag: tag)
-    }
+    // MARK: Polling
 
     /// When polling: takes new I/O completions and runs their handlers (closures, and the
-    /// registered handler for tagged ones). Returns how many completions it took.
+    /// registered handler for tagged ones). Returns how many completions it took; 0 when
+    /// completions come by interrupt (the DPC hands them over). Throws ``failure`` once the
+    /// controller is lost, after handing over the commands that failed with it.
     @discardableResult
     public func pollCompletions() throws -> Int {
-        let count = try io.submitLock.withLock { try results.withLock { try io.drain { file($0, from: io) } } }
-        runCompletions()
-        return count
+        try poll({ _ in }, visiting: false)
     }
 
     /// When polling: takes new I/O completions, handing tagged ones to `visit` (in order, on
@@ -128,36 +75,125 @@ extension NVMeController {
     /// handlers of closure ones. Returns how many completions it took.
     @discardableResult
     public func pollCompletions(_ visit: (NVMeIOCompletion) -> Void) throws -> Int {
-        let queue = io
-        var filed = false
-        handing.lock()
-        defer { handing.unlock() }
-        queue.submitLock.lock()
-        results.lock()
-        let count: Int
-        do {
-            count = try queue.drain { entry in
-                if let tagged = takeTagged(entry, from: queue) {
-                    runningTagged.append(tagged)
-                } else {
-                    file(entry, from: queue)
-                    filed = true
+        try poll(visit, visiting: true)
+    }
+
+    /// How many empty polls pass between two reads of the controller's status.
+    private static let emptyPollsPerStatusCheck = 1024
+
+    private func poll(_ visit: (NVMeIOCompletion) -> Void, visiting: Bool) throws(Failure) -> Int {
+        guard completion == .poll else { return 0 }
+        let taken = handOverPolled(visit, visiting: visiting)
+        if taken == 0, emptyPolls.wrappingAdd(1, ordering: .relaxed).newValue % Self.emptyPollsPerStatusCheck == 0 {
+            try checkController()
+        } else if registers.health.faultCount > 0 {
+            try checkController()
+        }
+        try throwIfLost()
+        return taken
+    }
+
+    /// Takes the I/O queue's new completions on this thread and hands them over: tagged ones to
+    /// `visit` (when `visiting`; else the registered handler), closure ones to their handlers.
+    /// Returns how many.
+    @discardableResult
+    func handOverPolled(_ visit: (NVMeIOCompletion) -> Void, visiting: Bool) -> Int {
+        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: io.entries) { batch in
+            var count = 0
+            var found = NVMeQueuePair.Found()
+            do {
+                found = try io.service(into: batch, batchCount: &count)
+            } catch {
+                lose(.deviceLost("reading completion queue \(io.identifier): \(error)"))
+            }
+            if found.synchronous { completed.signal() }
+            deliver(batch, count, visit, visiting: visiting)
+            if found.ready || isLost.load(ordering: .relaxed) {
+                var closures: [(NVMeCompletionHandler, NVMeCompletion?)] = []
+                while true {
+                    let more = io.takeReady(into: batch, closures: &closures)
+                    if more == 0 && closures.isEmpty { break }
+                    deliver(batch, more, visit, visiting: visiting)
+                    for (handler, entry) in closures { handler(entry) }
+                    closures.removeAll()
                 }
             }
-        } catch {
-            results.unlock()
-            queue.submitLock.unlock()
-            throw error
+            return found.taken
         }
-        results.unlock()
-        queue.submitLock.unlock()
-        for index in runningTagged.indices { visit(runningTagged[index]) }
-        runningTagged.removeAll(keepingCapacity: true)
-        if filed {
-            handing.unlock()
-            runCompletions()
-            handing.lock()
+    }
+
+    // MARK: Submission
+
+    /// Builds a Read or Write of `blocks` blocks at `lba` of `namespace` whose data is `chunk`
+    /// of `pool` (page-aligned, at most two pages), refusing requests the device must not see.
+    private func ioCommand(_ opcode: NVMeOpcode, lba: UInt64, blocks: Int, chunk: DMAPool.Chunk, pool: DMAPool,
+                           namespace identifier: UInt32?) throws(Failure) -> NVMeCommand {
+        let namespace = try namespace(identifier)
+        let bytes = blocks &* namespace.blockSize
+        let page = UInt64(Self.pageSize)
+        guard blocks > 0, bytes <= min(pool.chunkSize, 2 * Self.pageSize), chunk.deviceAddress % page == 0,
+              chunk.index >= 0, chunk.index < pool.capacity, pool.chunk(chunk.index) == chunk else {
+            throw .badRequest("an asynchronous read or write uses one page-aligned chunk of its pool, of at most two pages")
         }
-        return count
+        try checkRange(lba, blocks, in: namespace)
+        return .transfer(opcode, namespace: namespace.identifier, lba: lba, blocks: blocks, prp1: chunk.deviceAddress,
+                         prp2: bytes > Self.pageSize ? chunk.deviceAddress + page : 0)
+    }
+
+    private func submitWithHandler(_ command: NVMeCommand, _ what: String,
+                                   _ completion: @escaping @Sendable (Result<Void, Failure>) -> Void) throws(Failure) {
+        let handler: NVMeCompletionHandler = { [weak self] entry in
+            guard let entry else {
+                completion(.failure(self?.failure ?? .stopped))
+                return
+            }
+            completion(entry.status.succeeded ? .success(())
+                       : .failure(.commandFailed(what, statusType: entry.status.type, statusCode: entry.status.code)))
+        }
+        try submit(command, to: io, as: .closure, handler: handler)
+    }
+
+    /// Starts reading `blocks` blocks at `lba` of `namespace` (the first active one when nil)
+    /// into `chunk` of `pool` (page-aligned, at most two pages) and returns at once;
+    /// `completion` runs later, from the completion DPC (or from ``pollCompletions()`` when
+    /// polling), with the outcome. Up to the I/O queue's size less one may be in flight. Each
+    /// call allocates its handler; ``submitRead(lba:blocks:into:of:tag:namespace:)`` does not.
+    public func readAsync(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool, namespace: UInt32? = nil,
+                          completion: @escaping @Sendable (Result<Void, Failure>) -> Void) throws {
+        try submitWithHandler(try ioCommand(.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace),
+                              "Read", completion)
+    }
+
+    /// Starts writing `blocks` blocks at `lba` of `namespace` from `chunk` of `pool` and
+    /// returns at once; `completion` runs later as for ``readAsync(lba:blocks:into:of:namespace:completion:)``.
+    /// The chunk must not change until then.
+    public func writeAsync(lba: UInt64, blocks: Int, from chunk: DMAPool.Chunk, of pool: DMAPool, namespace: UInt32? = nil,
+                           completion: @escaping @Sendable (Result<Void, Failure>) -> Void) throws {
+        try submitWithHandler(try ioCommand(.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace),
+                              "Write", completion)
+    }
+
+    /// Registers the handler tagged reads and writes complete to, from the completion DPC or
+    /// ``pollCompletions()``. Register it once, before submitting.
+    public func setCompletionHandler(_ handler: @escaping @Sendable (NVMeIOCompletion) -> Void) {
+        taggedHandler.withLock { $0 = handler }
+    }
+
+    /// Starts reading `blocks` blocks at `lba` of `namespace` into `chunk` of `pool`, like
+    /// ``readAsync(lba:blocks:into:of:namespace:completion:)``, but allocation-free: the
+    /// outcome goes, with `tag`, to the handler given to ``setCompletionHandler(_:)`` (or to the
+    /// visitor of ``pollCompletions(_:)``). Throws, submitting nothing, when the queue is full.
+    public func submitRead(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64,
+                           namespace: UInt32? = nil) throws {
+        try submit(try ioCommand(.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace),
+                   to: io, as: .tagged, tag: tag)
+    }
+
+    /// Starts writing `blocks` blocks at `lba` of `namespace` from `chunk` of `pool`,
+    /// allocation-free, with `tag`; see ``submitRead(lba:blocks:into:of:tag:namespace:)``.
+    public func submitWrite(lba: UInt64, blocks: Int, from chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64,
+                            namespace: UInt32? = nil) throws {
+        try submit(try ioCommand(.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace),
+                   to: io, as: .tagged, tag: tag)
     }
 }

@@ -1,22 +1,27 @@
 import ModelessLogical
-import ModelessSystem
 
 /// The NVMe driver as the provider of a logical block device: reads, writes, geometry and
-/// flush requests (``BlockRequest``'s layout) become commands on namespace 1. Requests from
-/// several consumers are taken one at a time.
-public final class NVMeBlockProvider: @unchecked Sendable {
+/// flush requests (``BlockRequest``'s layout) become commands on one namespace. The
+/// controller takes synchronous requests one at a time, so requests from several consumers
+/// need no lock here.
+public final class NVMeBlockProvider: Sendable {
     public let controller: NVMeController
-    private let lock = ConditionLock()
+    /// The namespace served.
+    public let namespace: UInt32
     private let blockSize: Int
     private let blockCount: UInt64
 
-    public init(controller: NVMeController) throws {
-        guard let identity = controller.identity else {
-            throw LogicalDeviceError(.requestFailed, "the NVMe controller has no identified namespace to provide")
+    /// Serves `namespace` of `controller` (its first active namespace when nil).
+    public init(controller: NVMeController, namespace: UInt32? = nil) throws {
+        let namespaces = controller.identity?.namespaces ?? []
+        guard let served = namespace.map({ id in namespaces.first { $0.identifier == id } }) ?? namespaces.first else {
+            let which = namespace.map { "namespace \($0)" } ?? "an active namespace"
+            throw LogicalDeviceError(.requestFailed, "the NVMe controller has no \(which) to provide")
         }
         self.controller = controller
-        blockSize = identity.blockSize
-        blockCount = identity.blockCount
+        self.namespace = served.identifier
+        blockSize = served.blockSize
+        blockCount = served.blockCount
     }
 
     /// The handlers to create the logical device with.
@@ -28,16 +33,16 @@ public final class NVMeBlockProvider: @unchecked Sendable {
         switch block.requestType {
         case .read:
             let range = try BlockRequest.range(of: block, blockSize: blockSize, totalBlocks: blockCount)
-            let data = try lock.withLock { try controller.read(lba: range.firstBlock, blocks: range.blockCount) }
+            let data = try controller.read(lba: range.firstBlock, blocks: range.blockCount, namespace: namespace)
             try block.output.setBytes(data)
         case .write:
             let range = try BlockRequest.range(of: block, blockSize: blockSize, totalBlocks: blockCount)
             let data = try block.input.read(at: BlockRequest.dataOffset, count: range.blockCount * blockSize)
-            try lock.withLock { try controller.write(lba: range.firstBlock, data) }
+            try controller.write(lba: range.firstBlock, data, namespace: namespace)
         case .control where block.code == BlockRequest.geometryCode:
             try BlockRequest.answerGeometry(block, blocks: blockCount, blockSize: blockSize)
         case .control where block.code == BlockRequest.flushCode:
-            try lock.withLock { try controller.flush() }
+            try controller.flush(namespace: namespace)
         default:
             throw LogicalDeviceError(.requestFailed, "the NVMe block device answers read, write, geometry and flush")
         }

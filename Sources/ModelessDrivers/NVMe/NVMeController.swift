@@ -1,42 +1,63 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ModelessDevice
 import ModelessRuntime
 import ModelessSystem
+import Synchronization
 
-/// A driver for NVMe controllers (written against QEMU's `-device nvme`), once for every mode:
-/// controller reset and enable, the admin queue, Identify, one I/O queue pair, and Read,
-/// Write and Flush with PRPs and PRP lists, completed by interrupts (MSI-X, MSI or INTx,
-/// through the runtime) or by polling.
+/// A driver for NVMe controllers (written against QEMU's `-device nvme`), once for every mode.
+///
+/// Start: confirm that an NVMe controller answers (CAP, VS), reset it to a known state (CC.EN=0,
+/// CSTS.RDY=0) before bus mastering and interrupts, set up the admin queue, enable, Identify
+/// the controller and its active namespaces, and create one I/O queue pair. I/O: Read, Write
+/// and Flush on any active namespace, synchronous through a bounce buffer or asynchronous
+/// into ``DMAPool`` chunks, completed by interrupts (MSI-X, MSI or INTx, through the runtime)
+/// or by polling.
+///
+/// Synchronization follows the kernel's rules: the ISR and the DPC share each queue's state
+/// through a ``SpinLock``; synchronous callers sleep on a ``WaitEvent``; the bounce buffer is
+/// taken one request at a time under a ``PassiveLock``. A controller that stops answering is
+/// reported once: ``failure`` is set, commands in flight fail with it, and every later call
+/// gets it at once.
 public final class NVMeController: @unchecked Sendable {
-    public enum Failure: Error, Equatable, CustomStringConvertible {
-        case timedOut(String)
-        case controllerFatal
-        case commandFailed(String, statusType: UInt8, statusCode: UInt8)
-        case badRequest(String)
-
-        public var description: String {
-            switch self {
-            case .timedOut(let what): "timed out: \(what)"
-            case .controllerFatal: "the controller reported a fatal status (CSTS.CFS)"
-            case .commandFailed(let what, let type, let code): "\(what) failed: status type \(type), code 0x\(String(code, radix: 16))"
-            case .badRequest(let what): what
-            }
-        }
-    }
-
     /// How completions are noticed.
     public enum Completion: String, Sendable, CaseIterable {
         case msix, msi, intx, poll
     }
 
-    /// What Identify Controller and Identify Namespace 1 said.
+    /// An active namespace: its ID and LBA format.
+    public struct Namespace: Sendable, Equatable {
+        /// NSID.
+        public var identifier: UInt32
+        /// Bytes per block (the data size of the LBA format in use).
+        public var blockSize: Int
+        /// NSZE, in blocks.
+        public var blockCount: UInt64
+        /// Metadata bytes per block of the format in use (0 for most).
+        public var metadataSize: Int
+
+        public init(identifier: UInt32, blockSize: Int, blockCount: UInt64, metadataSize: Int = 0) {
+            self.identifier = identifier
+            self.blockSize = blockSize
+            self.blockCount = blockCount
+            self.metadataSize = metadataSize
+        }
+    }
+
+    /// What Identify Controller and the active namespaces' Identify Namespace said.
     public struct Identity: Sendable, Equatable {
         public var vendorID: UInt16
         public var serialNumber: String
         public var modelNumber: String
         public var firmwareRevision: String
-        public var namespaceCount: UInt32
+        /// NN: the highest namespace ID the controller supports (not how many are active).
+        public var namespaceLimit: UInt32
+        /// The active namespaces, by increasing ID.
+        public var namespaces: [Namespace]
         /// The largest transfer in bytes (MDTS), or nil when unlimited.
         public var maximumTransfer: Int?
+        /// The first active namespace's block size and count (0 when none is active).
         public var blockSize: Int
         public var blockCount: UInt64
     }
@@ -44,315 +65,212 @@ public final class NVMeController: @unchecked Sendable {
     public let device: any DeviceAccess
     public let runtime: any DriverRuntime
     public let completion: Completion
+    /// How long a command may take before it is reported as timed out.
+    public let commandTimeout: Duration
     public private(set) var identity: Identity!
-    /// Namespace 1's block size and count, as plain values for the I/O path.
-    var namespaceBlockSize = 0
-    var namespaceBlockCount: UInt64 = 0
-    let registers: MMIORegion
-    private let doorbellStride: Int
-    private let timeoutNanoseconds: UInt64
-    let admin: NVMeQueuePair
-    let io: NVMeQueuePair
-    private var attachments: [InterruptAttachment] = []
-    /// Guards what follows: completions found by the ISR or a poller, on their way to
-    /// synchronous waiters and asynchronous handlers.
-    let results = ConditionLock()
-    /// Completions of synchronous commands, by queue and command identifier, for their waiters.
-    private var finished: [UInt32: NVMeCompletion] = [:]
-    /// What each I/O command identifier is waiting for (``IOSlot``), and the caller's tag of a
-    /// tagged one: tables of the I/O queue's size, allocated once.
-    var ioSlots: [IOSlot]
-    var ioTags: [UInt64]
-    /// Handlers of asynchronous I/O commands given as closures, by command identifier; and
-    /// those whose command completed, waiting for the DPC to run them.
-    var handlers: [UInt16: @Sendable (NVMeCompletion) -> Void] = [:]
-    var ready: [(@Sendable (NVMeCompletion) -> Void, NVMeCompletion)] = []
-    /// Completions of tagged I/O, waiting for the DPC (or a poller) to hand them to the
-    /// completion handler. Preallocated, and swapped with `runningTagged` so that handing
-    /// them over copies nothing.
-    var readyTagged: [NVMeIOCompletion]
-    var runningTagged: [NVMeIOCompletion]
-    /// The handler tagged I/O completes to, registered once; guarded by `results`.
-    var taggedHandler: (@Sendable (NVMeIOCompletion) -> Void)?
-    /// Held while handlers run, so that completions are handed over one batch at a time, in order.
-    let handing = ConditionLock()
-    private var wake: DeferredProcedureCall?
-    private let bounce: DMABuffer
-    private let prpList: DMABuffer
     /// The largest transfer this driver issues: MDTS, the PRP list page and the bounce buffer bound it.
     public private(set) var maximumTransfer = 128 * 1024
 
-    /// How long a command may take before it is reported as timed out.
-    public let commandTimeout: Duration
+    /// The memory page size (CC.MPS = 0): PRP entries, MDTS and queue memory count in it.
+    static let pageSize = 4096
 
+    let registers: MMIORegion
+    let capabilities: NVMeCapabilities
+    let admin: NVMeQueuePair
+    let io: NVMeQueuePair
+    /// The active namespaces and the first of them, the default, as plain values for the I/O path.
+    private(set) var namespaces: [Namespace] = []
+    private(set) var defaultNamespace = Namespace(identifier: 0, blockSize: 0, blockCount: 0, metadataSize: 0)
+    /// Signalled when synchronous commands complete and when the controller is lost.
+    let completed: WaitEvent
+    /// Hands tagged and closure completions over, outside the ISR.
+    private(set) var handOver: DeferredProcedureCall?
+    private var attachments: [InterruptAttachment] = []
+    /// The handler tagged I/O completes to, registered once.
+    let taggedHandler: SpinLock<(@Sendable (NVMeIOCompletion) -> Void)?>
+    /// The bounce buffer and its PRP list page, one synchronous request at a time.
+    let bounce: PassiveLock<BounceBuffer>
+    /// Why the controller can no longer be used, once it cannot; `isLost` is its fast check.
+    let failureState: SpinLock<Failure?>
+    let isLost = Atomic<Bool>(false)
+    /// Empty polls since the controller's status was last read.
+    let emptyPolls = Atomic<Int>(0)
+
+    struct BounceBuffer {
+        let data: DMABuffer
+        let prpList: DMABuffer
+    }
+
+    /// Starts the controller on `device` (BAR 0). Fails at once, with ``Failure/notResponding(_:)``
+    /// or ``Failure/notAnNVMeController(_:)``, when the device does not answer as an NVMe
+    /// controller; and with ``Failure/timedOut(_:)`` when it does not follow CC.EN within CAP.TO.
     public init(device: any DeviceAccess, runtime: any DriverRuntime, completion: Completion = .msix,
                 commandTimeout: Duration = .seconds(5)) throws {
-        self.commandTimeout = commandTimeout
         self.device = device
         self.runtime = runtime
         self.completion = completion
+        self.commandTimeout = commandTimeout
         registers = try device.region(0)
-        let capabilities = try registers.read64(at: NVMeRegister.capabilities)
-        doorbellStride = 4 << Int((capabilities >> 32) & 0xF)
-        timeoutNanoseconds = max(1, (capabilities >> 24) & 0xFF) * 500_000_000
-        let maxEntries = Int(capabilities & 0xFFFF) + 1
-        try device.config.setCommand([.memorySpace, .busMaster], true)
-        bounce = try device.allocateDMA(size: maximumTransfer)
-        prpList = try device.allocateDMA(size: 4096)
+        // A known state before the device may touch memory: no bus mastering while a
+        // predecessor's queues may still be live; registers reachable; then the probe and
+        // the controller reset.
+        try device.config.setCommand(.busMaster, false)
+        try device.config.setCommand(.memorySpace, true)
+        capabilities = try Self.probe(registers)
+        try Self.reset(registers, capabilities)
 
-        admin = try NVMeQueuePair(identifier: 0, entries: min(32, maxEntries), device: device, registers: registers,
-                                  doorbellStride: doorbellStride)
-        io = try NVMeQueuePair(identifier: 1, entries: min(64, maxEntries), device: device, registers: registers,
-                               doorbellStride: doorbellStride)
-        ioSlots = [IOSlot](repeating: .synchronous, count: io.entries)
-        ioTags = [UInt64](repeating: 0, count: io.entries)
-        readyTagged = []
-        readyTagged.reserveCapacity(io.entries)
-        runningTagged = []
-        runningTagged.reserveCapacity(io.entries)
-        try disable()
-        try registers.write32(UInt32(admin.entries - 1) << 16 | UInt32(admin.entries - 1), at: NVMeRegister.adminQueueAttributes)
-        try registers.write64(admin.submissions.deviceAddress, at: NVMeRegister.adminSubmissionQueue)
-        try registers.write64(admin.completions.deviceAddress, at: NVMeRegister.adminCompletionQueue)
-        try setUpInterrupts()
-        // EN, NVM command set, 4 KiB pages, 64-byte submission and 16-byte completion entries.
-        try registers.write32(1 | 6 << 16 | 4 << 20, at: NVMeRegister.configuration)
-        try waitForReady(true)
-
-        let controller = try identify(cns: 1, namespace: 0)
-        let mdts = controller[77]
-        if mdts > 0 { maximumTransfer = min(maximumTransfer, 4096 << Int(mdts)) }
-        _ = try adminCommand(setNumberOfQueues(), "Set Features (Number of Queues)")
-        var createCompletion = NVMeCommand(opcode: NVMeOpcode.createIOCompletionQueue)
-        createCompletion.setPRPs(io.completions.deviceAddress, 0)
-        createCompletion.dwords[10] = UInt32(io.entries - 1) << 16 | 1
-        let vector: UInt32 = completion == .msix ? 1 : 0
-        createCompletion.dwords[11] = vector << 16 | (completion == .poll ? 0 : 0b10) | 1  // IV, IEN, PC
-        _ = try adminCommand(createCompletion, "Create I/O Completion Queue")
-        var createSubmission = NVMeCommand(opcode: NVMeOpcode.createIOSubmissionQueue)
-        createSubmission.setPRPs(io.submissions.deviceAddress, 0)
-        createSubmission.dwords[10] = UInt32(io.entries - 1) << 16 | 1
-        createSubmission.dwords[11] = 1 << 16 | 1  // CQID 1, physically contiguous
-        _ = try adminCommand(createSubmission, "Create I/O Submission Queue")
-
-        let namespace = try identify(cns: 0, namespace: 1)
-        let format = Int(namespace[26] & 0xF)
-        let lbaShift = namespace[128 + 4 * format + 2]
-        func text(_ range: Range<Int>) -> String {
-            String(decoding: controller[range], as: UTF8.self).trimmingBlanks()
+        var buffers: [DMABuffer] = []
+        do {
+            let data = try device.allocateDMA(size: maximumTransfer)
+            buffers.append(data)
+            let prpList = try device.allocateDMA(size: Self.pageSize)
+            buffers.append(prpList)
+            bounce = runtime.makePassiveLock("nvme bounce buffer", BounceBuffer(data: data, prpList: prpList))
+            let limit = capabilities.queueEntryLimit
+            admin = try NVMeQueuePair(identifier: 0, entries: min(32, limit), device: device, registers: registers,
+                                      doorbellStride: capabilities.doorbellStride, runtime: runtime)
+            buffers += [admin.submissions, admin.completions]
+            io = try NVMeQueuePair(identifier: 1, entries: min(64, limit), device: device, registers: registers,
+                                   doorbellStride: capabilities.doorbellStride, runtime: runtime)
+        } catch {
+            for buffer in buffers { buffer.free() }
+            throw error
         }
-        func little<T: FixedWidthInteger>(_ bytes: [UInt8], _ offset: Int, _: T.Type) -> T {
-            (0..<MemoryLayout<T>.size).reduce(T(0)) { $0 | T(bytes[offset + $1]) << (8 * $1) }
+        completed = runtime.makeWaitEvent("nvme completion")
+        taggedHandler = runtime.makeSpinLock("nvme tagged handler", nil)
+        failureState = runtime.makeSpinLock("nvme failure", nil)
+        do {
+            try start()
+        } catch {
+            stop()
+            throw error
         }
-        namespaceBlockSize = 1 << Int(lbaShift)
-        namespaceBlockCount = little(namespace, 0, UInt64.self)
-        identity = Identity(vendorID: little(controller, 0, UInt16.self), serialNumber: text(4..<24),
-                            modelNumber: text(24..<64), firmwareRevision: text(64..<72),
-                            namespaceCount: little(controller, 516, UInt32.self),
-                            maximumTransfer: mdts > 0 ? 4096 << Int(mdts) : nil,
-                            blockSize: 1 << Int(lbaShift), blockCount: little(namespace, 0, UInt64.self))
     }
 
-    // MARK: Controller state
+    // MARK: Probe and reset
 
-    private func disable() throws {
-        let configuration = try registers.read32(at: NVMeRegister.configuration)
-        if configuration & 1 != 0 { try registers.write32(configuration & ~1, at: NVMeRegister.configuration) }
-        try waitForReady(false)
+    /// Reads CAP and VS and refuses a device that does not answer, or not as an NVMe controller.
+    private static func probe(_ registers: MMIORegion) throws(Failure) -> NVMeCapabilities {
+        let capabilities = NVMeCapabilities(rawValue: registers.load(NVMeRegister.capabilities))
+        let version = NVMeVersion(rawValue: registers.load(NVMeRegister.version))
+        if capabilities.isAllOnes || registers.health.faultCount > 0 {
+            let why = registers.health.firstFault.map { "\($0)" } ?? "CAP reads all-ones"
+            throw .notResponding("\(why); check that the device is present, powered and bound")
+        }
+        guard capabilities.queueEntryLimit >= 2 else {
+            throw .notAnNVMeController("CAP.MQES is 0 (queues need at least two entries)")
+        }
+        guard capabilities.supportsNVMCommandSet else {
+            throw .notAnNVMeController("CAP.CSS does not offer the NVM command set")
+        }
+        guard version.major >= 1, version.rawValue != .max else {
+            throw .notAnNVMeController("VS reads 0x\(String(version.rawValue, radix: 16)), not an NVMe version")
+        }
+        return capabilities
     }
 
-    private func waitForReady(_ ready: Bool) throws {
-        let deadline = monotonicNanoseconds() + timeoutNanoseconds
+    /// CC.EN=0, then CSTS.RDY=0 within CAP.TO: the controller drops every queue and command a
+    /// predecessor left, and this run starts from nothing.
+    private static func reset(_ registers: MMIORegion, _ capabilities: NVMeCapabilities) throws(Failure) {
+        var configuration = NVMeConfiguration(rawValue: registers.load(NVMeRegister.configuration))
+        if configuration.contains(.enable) {
+            configuration.remove(.enable)
+            registers.store(configuration.rawValue, to: NVMeRegister.configuration)
+        }
+        try waitForReady(false, registers, capabilities)
+    }
+
+    private static func waitForReady(_ ready: Bool, _ registers: MMIORegion, _ capabilities: NVMeCapabilities) throws(Failure) {
+        let deadline = monotonicNanoseconds() + capabilities.readyTimeout.wholeNanoseconds
         while true {
-            let status = try registers.read32(at: NVMeRegister.status)
-            if status & 0b10 != 0 && ready { throw Failure.controllerFatal }
-            if (status & 1 != 0) == ready { return }
+            let status = NVMeStatusRegister(rawValue: registers.load(NVMeRegister.status))
+            if status.isAllOnes { throw .notResponding("CSTS reads all-ones while waiting for CSTS.RDY=\(ready ? 1 : 0)") }
+            if ready && status.contains(.fatal) { throw .controllerFatal }
+            if status.contains(.ready) == ready { return }
             guard monotonicNanoseconds() < deadline else {
-                throw Failure.timedOut("CSTS.RDY to become \(ready ? 1 : 0)")
+                throw .timedOut("CSTS.RDY to become \(ready ? 1 : 0) within CAP.TO (\(capabilities.readyTimeout))")
             }
             usleep(1000)
         }
     }
 
-    private func setUpInterrupts() throws {
-        guard completion != .poll else { return }
+    // MARK: Start
+
+    private func start() throws {
+        registers.store(NVMeAdminQueueAttributes(submissionEntries: admin.entries, completionEntries: admin.entries).rawValue,
+                        to: NVMeRegister.adminQueueAttributes)
+        registers.store(admin.submissions.deviceAddress, to: NVMeRegister.adminSubmissionQueue)
+        registers.store(admin.completions.deviceAddress, to: NVMeRegister.adminCompletionQueue)
+        try device.config.setCommand(.busMaster, true)
+        let ioVector = try setUpInterrupts()
+
+        var configuration = NVMeConfiguration.enable
+        configuration[NVMeConfiguration.commandSet] = 0          // NVM
+        configuration[NVMeConfiguration.memoryPageSize] = 0     // 4 KiB
+        configuration[NVMeConfiguration.arbitration] = 0        // round robin
+        configuration[NVMeConfiguration.submissionEntrySize] = NVMeCommand.entrySizeShift
+        configuration[NVMeConfiguration.completionEntrySize] = NVMeCompletion.entrySizeShift
+        registers.store(configuration.rawValue, to: NVMeRegister.configuration)
+        try Self.waitForReady(true, registers, capabilities)
+
+        let controller = NVMeIdentifyController(data: try identify(.controller))
+        let mdts = controller.maximumDataTransferSize
+        if mdts > 0 { maximumTransfer = min(maximumTransfer, Self.pageSize << Int(mdts)) }
+        try adminCommand(.setNumberOfQueues(submission: 1, completion: 1), "Set Features (Number of Queues)")
+        try adminCommand(.createIOCompletionQueue(io, vector: ioVector, interrupts: completion != .poll),
+                         "Create I/O Completion Queue")
+        try adminCommand(.createIOSubmissionQueue(io), "Create I/O Submission Queue")
+
+        namespaces = try activeNamespaces(controller)
+        if let first = namespaces.first { defaultNamespace = first }
+        identity = Identity(vendorID: controller.vendorID, serialNumber: controller.serialNumber,
+                            modelNumber: controller.modelNumber, firmwareRevision: controller.firmwareRevision,
+                            namespaceLimit: controller.namespaceLimit, namespaces: namespaces,
+                            maximumTransfer: mdts > 0 ? Self.pageSize << Int(mdts) : nil,
+                            blockSize: defaultNamespace.blockSize, blockCount: defaultNamespace.blockCount)
+    }
+
+    /// Enables the interrupts the completion method asks for and attaches the ISR; returns the
+    /// vector of the I/O completion queue. The admin queue is always on vector 0; with two
+    /// MSI-X vectors the I/O queue has vector 1, otherwise it shares vector 0.
+    private func setUpInterrupts() throws -> Int {
+        guard completion != .poll else { return 0 }
         let kind: InterruptKind = completion == .msix ? .msix : completion == .msi ? .msi : .intx
-        let vectors = try device.enableInterrupts(kind, count: kind == .msix ? 2 : 1)
-        wake = runtime.makeDPC("nvme completion") { [unowned self] in self.runCompletions() }
+        let offered = device.vectorCount(kind)
+        guard offered > 0 else {
+            throw Failure.badRequest("the device offers no \(kind) vector: use another completion method (--irq)")
+        }
+        let vectors = try device.enableInterrupts(kind, count: kind == .msix ? min(2, offered) : 1)
+        let ioVector = vectors.count > 1 ? 1 : 0
+        handOver = runtime.makeDPC("nvme completions") { [unowned self] in self.handOverCompletions() }
         for vector in vectors {
-            // With MSI-X vector 0 serves the admin queue and vector 1 the I/O queue; a single
-            // MSI or INTx vector serves both. NVMe has no cause register: the ISR looks at the queues.
-            let queues: [Int] = kind == .msix ? [vector.index] : [0, 1]
+            let servesAdmin = vector.index == 0
+            let servesIO = vector.index == ioVector
             attachments.append(try runtime.attachInterrupt(vector, name: "nvme\(vector.index)", acknowledge: { 0 }) {
-                [unowned self] _ in self.serviceQueues(queues)
+                [unowned self] _ in self.interrupt(admin: servesAdmin, io: servesIO)
             })
         }
+        return ioVector
     }
 
-    /// The real ISR: move new completions from the named queues to their waiters and handlers.
-    private func serviceQueues(_ queues: [Int]) {
-        var found = 0
-        results.withLock {
-            for queue in queues {
-                let pair = queue == 0 ? admin : io
-                found += (try? pair.drain { entry in file(entry, from: pair) }) ?? 0
-            }
+    /// The active namespaces: the list (Identify CNS 02h, NVMe 1.1 and later; before, every
+    /// ID up to NN), and each one's Identify Namespace.
+    private func activeNamespaces(_ controller: NVMeIdentifyController) throws -> [Namespace] {
+        let version = NVMeVersion(rawValue: registers.load(NVMeRegister.version))
+        let identifiers: [UInt32] = version >= .activeNamespaceList
+            ? NVMeActiveNamespaceList(data: try identify(.activeNamespaces)).identifiers
+            : Array(1...max(1, min(controller.namespaceLimit, 1024)))
+        var namespaces: [Namespace] = []
+        for identifier in identifiers {
+            let data = NVMeIdentifyNamespace(data: try identify(.namespace, namespace: identifier))
+            guard data.size > 0, let format = data.format, format.blockSize > 0 else { continue }  // Inactive.
+            namespaces.append(Namespace(identifier: identifier, blockSize: format.blockSize, blockCount: data.size,
+                                        metadataSize: format.metadataSize))
         }
-        if found > 0 { wake?.queue() }
+        return namespaces
     }
 
-    /// Files a completion, with `results` held: a tagged command's goes to the tagged handler's
-    /// queue and a closure command's handler is made ready to run (both give their identifier
-    /// back at once); a synchronous one's entry goes to the table its waiter looks in.
-    func file(_ entry: NVMeCompletion, from queue: NVMeQueuePair) {
-        if let tagged = takeTagged(entry, from: queue) {
-            readyTagged.append(tagged)
-            return
-        }
-        let identifier = Int(entry.identifier)
-        if queue === io, identifier < ioSlots.count, ioSlots[identifier] == .closure {
-            if let handler = handlers.removeValue(forKey: entry.identifier) { ready.append((handler, entry)) }
-            ioSlots[identifier] = .synchronous
-            io.releaseIdentifier(entry.identifier)
-            return
-        }
-        finished[UInt32(queue.identifier) << 16 | UInt32(entry.identifier)] = entry
-    }
-
-    /// If `entry` completes a tagged I/O command, frees its identifier and returns its outcome
-    /// with the caller's tag; `results` is held.
-    func takeTagged(_ entry: NVMeCompletion, from queue: NVMeQueuePair) -> NVMeIOCompletion? {
-        let identifier = Int(entry.identifier)
-        guard queue === io, identifier < ioSlots.count, ioSlots[identifier] == .tagged else { return nil }
-        ioSlots[identifier] = .synchronous
-        io.releaseIdentifier(entry.identifier)
-        return NVMeIOCompletion(tag: ioTags[identifier], entry)
-    }
-
-    /// The DPC (or, when polling, the poller): wake synchronous waiters and run the ready
-    /// handlers of asynchronous commands, outside the ISR.
-    func runCompletions() {
-        handing.withLock {
-            let (handlers, tagged) = results.withLock { () -> ([(@Sendable (NVMeCompletion) -> Void, NVMeCompletion)], (@Sendable (NVMeIOCompletion) -> Void)?) in
-                results.broadcast()
-                swap(&readyTagged, &runningTagged)
-                guard !ready.isEmpty else { return ([], taggedHandler) }
-                defer { ready.removeAll(keepingCapacity: true) }
-                return (ready, taggedHandler)
-            }
-            for (handler, entry) in handlers { handler(entry) }
-            if let tagged {
-                for index in runningTagged.indices { tagged(runningTagged[index]) }
-            }
-            runningTagged.removeAll(keepingCapacity: true)
-        }
-    }
-
-    // MARK: Commands
-
-    private func execute(_ command: NVMeCommand, on queue: NVMeQueuePair, _ what: String) throws -> NVMeCompletion {
-        if completion != .poll, runtime.isAtInterruptLevel {
-            throw Failure.badRequest(
-                "\(what) waits for its completion interrupt, which this thread would service only after the wait: "
-                + "from an ISR or DPC (a completion handler) use readAsync/writeAsync or submitRead/submitWrite")
-        }
-        let identifier = try queue.submitLock.withLock { try queue.submit(command) }
-        let key = UInt32(queue.identifier) << 16 | UInt32(identifier)
-        let deadline = monotonicNanoseconds() + commandTimeout.wholeNanoseconds
-        while true {
-            if completion == .poll {
-                _ = try queue.submitLock.withLock { try results.withLock { try queue.drain { file($0, from: queue) } } }
-                runCompletions()
-            }
-            let done: NVMeCompletion? = results.withLock {
-                if let entry = finished.removeValue(forKey: key) { return entry }
-                if completion != .poll { _ = results.wait(nanoseconds: 10_000_000) }
-                return finished.removeValue(forKey: key)
-            }
-            if let done {
-                queue.releaseIdentifier(identifier)
-                guard done.succeeded else {
-                    throw Failure.commandFailed(what, statusType: done.statusType, statusCode: done.statusCode)
-                }
-                return done
-            }
-            if try registers.read32(at: NVMeRegister.status) & 0b10 != 0 { throw Failure.controllerFatal }
-            guard monotonicNanoseconds() < deadline else { throw Failure.timedOut(what) }
-        }
-    }
-
-    private func adminCommand(_ command: NVMeCommand, _ what: String) throws -> NVMeCompletion {
-        try execute(command, on: admin, what)
-    }
-
-    private func setNumberOfQueues() -> NVMeCommand {
-        var command = NVMeCommand(opcode: NVMeOpcode.setFeatures)
-        command.dwords[10] = 0x07  // Number of Queues
-        command.dwords[11] = 0     // one submission and one completion queue (0-based)
-        return command
-    }
-
-    private func identify(cns: UInt32, namespace: UInt32) throws -> [UInt8] {
-        var command = NVMeCommand(opcode: NVMeOpcode.identify, namespace: namespace)
-        command.setPRPs(bounce.deviceAddress, 0)
-        command.dwords[10] = cns
-        _ = try adminCommand(command, "Identify (CNS \(cns))")
-        return try bounce.read(4096)
-    }
-
-    /// Points a command's data pointer at `bytes` of the bounce buffer: PRP1 the first page;
-    /// PRP2 the second page, or a PRP list of the pages after the first.
-    private func setDataPointer(_ command: inout NVMeCommand, bytes: Int) throws {
-        let pages = (bytes + 4095) / 4096
-        let base = bounce.deviceAddress
-        switch pages {
-        case 1: command.setPRPs(base, 0)
-        case 2: command.setPRPs(base, base + 4096)
-        default:
-            for page in 1..<pages { try prpList.store64(base + UInt64(page * 4096), at: (page - 1) * 8) }
-            command.setPRPs(base, prpList.deviceAddress)
-        }
-    }
-
-    private func transfer(_ opcode: UInt8, lba: UInt64, blocks: Int) throws {
-        let bytes = blocks * identity.blockSize
-        guard blocks > 0, bytes <= maximumTransfer else {
-            throw Failure.badRequest("a transfer is 1 to \(maximumTransfer / identity.blockSize) blocks, not \(blocks)")
-        }
-        guard lba + UInt64(blocks) <= identity.blockCount else {
-            throw Failure.badRequest("blocks \(lba)..<\(lba + UInt64(blocks)) are beyond the namespace's \(identity.blockCount)")
-        }
-        var command = NVMeCommand(opcode: opcode, namespace: 1)
-        try setDataPointer(&command, bytes: bytes)
-        command.setBlocks(lba: lba, count: blocks)
-        _ = try execute(command, on: io, opcode == NVMeOpcode.read ? "Read" : "Write")
-    }
-
-    /// Reads `blocks` blocks from `lba`. One request at a time (the bounce buffer is shared).
-    public func read(lba: UInt64, blocks: Int) throws -> [UInt8] {
-        try ioLock.withLock {
-            try transfer(NVMeOpcode.read, lba: lba, blocks: blocks)
-            return try bounce.read(blocks * identity.blockSize)
-        }
-    }
-
-    /// Writes whole blocks of `data` at `lba`.
-    public func write(lba: UInt64, _ data: [UInt8]) throws {
-        guard data.count % identity.blockSize == 0 else {
-            throw Failure.badRequest("\(data.count) bytes is not a whole number of \(identity.blockSize)-byte blocks")
-        }
-        try ioLock.withLock {
-            try bounce.write(data)
-            try transfer(NVMeOpcode.write, lba: lba, blocks: data.count / identity.blockSize)
-        }
-    }
-
-    /// Commits written data to stable media.
-    public func flush() throws {
-        try ioLock.withLock { _ = try execute(NVMeCommand(opcode: NVMeOpcode.flush, namespace: 1), on: io, "Flush") }
-    }
-
-    private let ioLock = ConditionLock()
+    // MARK: Stop
 
     /// The I/O queue's size: at most this many less one commands can be in flight.
     public var queueEntries: Int { io.entries }
@@ -360,19 +278,32 @@ public final class NVMeController: @unchecked Sendable {
     /// How many times the ISRs ran.
     public var isrCalls: Int { attachments.reduce(0) { $0 + $1.isrCalls } }
 
-    /// Detaches the ISRs, disables the controller and frees the queues.
+    /// Fails what is in flight with ``Failure/stopped``, detaches the ISRs, disables the
+    /// controller and frees the queues. Later calls fail with ``Failure/stopped``.
     public func stop() {
+        lose(.stopped)
         for attachment in attachments { runtime.detachInterrupt(attachment) }
         attachments.removeAll()
-        try? device.disableInterrupts()
-        try? disable()
+        do {
+            try device.disableInterrupts()
+        } catch {
+            // The device was closed first: its interrupts went with it.
+        }
+        var configuration = NVMeConfiguration(rawValue: registers.load(NVMeRegister.configuration))
+        if !NVMeStatusRegister(rawValue: registers.load(NVMeRegister.status)).isAllOnes, configuration.contains(.enable) {
+            configuration.remove(.enable)
+            registers.store(configuration.rawValue, to: NVMeRegister.configuration)
+            do {
+                try Self.waitForReady(false, registers, capabilities)
+            } catch {
+                // Stopping anyway: the next start resets the controller again, and reports it.
+            }
+        }
         admin.free()
         io.free()
-        bounce.free()
-        prpList.free()
+        bounce.withLock { buffers in
+            buffers.data.free()
+            buffers.prpList.free()
+        }
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -1,108 +1,259 @@
 import ModelessDevice
-import ModelessSystem
+import ModelessRuntime
 
-/// One submission queue and its completion queue, in DMA memory, with their doorbells.
+/// A handler of an asynchronous command given as a closure: the completion entry, or nil when
+/// the controller was lost before completing the command.
+typealias NVMeCompletionHandler = @Sendable (NVMeCompletion?) -> Void
+
+/// What a command identifier is in use for.
+enum NVMeSlot: Equatable {
+    case free
+    /// A synchronous waiter looks for its completion.
+    case waiting
+    /// Completed; the waiter has yet to take the entry.
+    case done
+    /// The controller was lost before completing it; the waiter has yet to learn it.
+    case lost
+    /// The waiter gave up (timed out); the completion, if it ever comes, frees the identifier.
+    case abandoned
+    /// Completes to a closure.
+    case closure
+    /// Completes with the caller's tag to the tagged handler or a poller.
+    case tagged
+}
+
+/// One submission queue and its completion queue in DMA memory, with their doorbells, and
+/// what each command in flight waits for.
 ///
-/// Submission is serialized by `submitLock`. Completions are consumed by one party at a time:
-/// the ISR in interrupt mode, a poller holding `submitLock` in polled mode.
-///
+/// Everything that changes is in ``State``, behind one ``SpinLock``: submitters, the ISR, the
+/// DPC and pollers take it for a few stores each, so the ISR never waits for a sleeping thread.
 /// Command identifiers come from a preallocated free list of `entries − 1` (the most commands
-/// a queue can hold): an identifier is taken at submission and given back with
-/// ``releaseIdentifier(_:)`` once its completion has been dealt with, so identifiers index
-/// fixed per-queue tables and two commands in flight never share one.
+/// a queue holds) and index fixed tables, so two commands in flight never share one and
+/// nothing is allocated per command.
 final class NVMeQueuePair: @unchecked Sendable {
     let identifier: UInt16
     let entries: Int
     let submissions: DMABuffer
     let completions: DMABuffer
     private let registers: MMIORegion
-    private let submissionDoorbell: Int
-    private let completionDoorbell: Int
-    let submitLock = ConditionLock()
-    private var tail = 0
-    private var head = 0
-    private var phase: UInt32 = 1
-    private let identifierLock = ConditionLock()
-    private var freeIdentifiers: [UInt16]
+    private let submissionTail: Register<UInt32>
+    private let completionHead: Register<UInt32>
+    private let state: SpinLock<State>
 
-    init(identifier: UInt16, entries: Int, device: any DeviceAccess, registers: MMIORegion, doorbellStride: Int) throws {
+    struct State {
+        var tail = 0
+        var head = 0
+        /// The phase tag of entries the controller has posted but this driver not yet taken.
+        var phase = true
+        var free: [UInt16]
+        var slots: [NVMeSlot]
+        var entries: [NVMeCompletion]
+        var tags: [UInt64]
+        var handlers: [NVMeCompletionHandler?]
+        /// Tagged completions and closure completions, taken by the ISR for the DPC (or by a
+        /// poller without a visitor); preallocated to the queue's size.
+        var readyTagged: [NVMeIOCompletion]
+        var readyClosures: [(NVMeCompletionHandler, NVMeCompletion?)]
+    }
+
+    /// What a pass over the completion queue found.
+    struct Found {
+        var taken = 0
+        /// Synchronous waiters have results to look at.
+        var synchronous = false
+        /// Tagged or closure completions wait in the ready lists.
+        var ready = false
+    }
+
+    init(identifier: UInt16, entries: Int, device: any DeviceAccess, registers: MMIORegion,
+         doorbellStride: Int, runtime: any DriverRuntime) throws(DeviceError) {
         self.identifier = identifier
         self.entries = entries
         self.registers = registers
-        submissions = try device.allocateDMA(size: entries * 64)
-        completions = try device.allocateDMA(size: entries * 16)
+        submissions = try device.allocateDMA(size: entries * NVMeCommand.entrySize)
+        do {
+            completions = try device.allocateDMA(size: entries * NVMeCompletion.entrySize)
+        } catch {
+            submissions.free()
+            throw error
+        }
         try submissions.fill(0)
         try completions.fill(0)
-        submissionDoorbell = NVMeRegister.doorbells + Int(identifier) * 2 * doorbellStride
-        completionDoorbell = NVMeRegister.doorbells + (Int(identifier) * 2 + 1) * doorbellStride
-        freeIdentifiers = (0..<UInt16(entries - 1)).reversed()
+        submissionTail = NVMeRegister.submissionTailDoorbell(identifier, stride: doorbellStride)
+        completionHead = NVMeRegister.completionHeadDoorbell(identifier, stride: doorbellStride)
+        let blank = NVMeCompletion(result: 0, submissionQueueHead: 0, submissionQueue: 0, identifier: 0, phase: false,
+                                   status: NVMeStatus(rawValue: 0))
+        var readyTagged: [NVMeIOCompletion] = []
+        readyTagged.reserveCapacity(entries)
+        state = runtime.makeSpinLock("nvme queue \(identifier)", State(
+            free: (0..<UInt16(entries - 1)).reversed(), slots: Array(repeating: .free, count: entries),
+            entries: Array(repeating: blank, count: entries), tags: Array(repeating: 0, count: entries),
+            handlers: Array(repeating: nil, count: entries), readyTagged: readyTagged, readyClosures: []))
     }
 
-    /// Writes `command` at the tail with a free identifier, calls `registered` with the
-    /// identifier (before the device can complete it), rings the doorbell, and returns the
-    /// identifier. Throws when `entries − 1` commands are already in flight. The caller holds
-    /// `submitLock`.
-    func submit(_ command: NVMeCommand, registered: (UInt16) -> Void = { _ in }) throws -> UInt16 {
-        let identifier = try takeIdentifier()
-        registered(identifier)
-        try submit(command, identifier: identifier)
-        return identifier
-    }
+    // MARK: Submission
 
-    /// Takes a free command identifier; throws when `entries − 1` commands are in flight.
-    func takeIdentifier() throws -> UInt16 {
-        identifierLock.lock()
-        let identifier = freeIdentifiers.popLast()
-        identifierLock.unlock()
-        guard let identifier else {
-            throw NVMeController.Failure.badRequest("queue \(self.identifier) already has \(entries - 1) commands in flight, its most")
-        }
-        return identifier
-    }
-
-    /// Writes `command` with `identifier` (from ``takeIdentifier()``) at the tail and rings the
-    /// doorbell. The caller holds `submitLock`.
-    func submit(_ command: NVMeCommand, identifier: UInt16) throws {
-        var command = command
-        command.identifier = identifier
-        let base = tail &* 64
-        for index in 0..<16 {
-            try submissions.store32(command.dwords[index], at: base + index &* 4)
-        }
-        tail = tail + 1 == entries ? 0 : tail + 1
-        try registers.write32(UInt32(tail), at: submissionDoorbell)
-    }
-
-    /// Gives back the identifier of a command whose completion has been dealt with.
-    func releaseIdentifier(_ identifier: UInt16) {
-        identifierLock.lock()
-        freeIdentifiers.append(identifier)
-        identifierLock.unlock()
-    }
-
-    /// How many more commands can be submitted now.
-    var freeSlots: Int { identifierLock.withLock { freeIdentifiers.count } }
-
-    /// Takes every new completion (phase bit matching) in order, handing each to `visit`, then
-    /// updates the head doorbell once. Returns how many it took. Builds nothing.
+    /// Writes `command` at the tail with a free identifier recorded as `slot` (with `tag` or
+    /// `handler`), rings the doorbell and returns the identifier. Throws, submitting nothing,
+    /// when `entries − 1` commands are in flight; a ring that can no longer be written (freed
+    /// by ``free()``) is reported as the device lost.
     @discardableResult
-    func drain(_ visit: (NVMeCompletion) -> Void) throws -> Int {
-        var count = 0
-        while true {
-            let offset = head &* 16
-            let status = try completions.load32(at: offset + 12)
-            guard (status >> 16) & 1 == phase else { break }
-            let result = try completions.load32(at: offset)
-            let queueInfo = try completions.load32(at: offset + 8)
-            visit(NVMeCompletion(result: result, submissionQueueHead: UInt16(truncatingIfNeeded: queueInfo),
-                                 identifier: UInt16(truncatingIfNeeded: status),
-                                 statusType: UInt8((status >> 25) & 0x7), statusCode: UInt8((status >> 17) & 0xFF)))
-            count += 1
-            head += 1
-            if head == entries { head = 0; phase ^= 1 }
+    func submit(_ command: NVMeCommand, as slot: NVMeSlot, tag: UInt64 = 0,
+                handler: NVMeCompletionHandler? = nil) throws(NVMeController.Failure) -> UInt16 {
+        let outcome: Result<UInt16, NVMeController.Failure> = state.withLock { state in
+            guard let identifier = state.free.popLast() else {
+                return .failure(.badRequest("queue \(self.identifier) already has \(entries - 1) commands in flight, its most"))
+            }
+            var command = command
+            command.identifier = identifier
+            do {
+                try command.store(in: submissions, at: state.tail &* NVMeCommand.entrySize)
+            } catch {
+                state.free.append(identifier)
+                return .failure(.deviceLost("writing submission queue \(self.identifier): \(error)"))
+            }
+            let index = Int(identifier)
+            state.slots[index] = slot
+            state.tags[index] = tag
+            if let handler { state.handlers[index] = handler }
+            state.tail = state.tail + 1 == entries ? 0 : state.tail + 1
+            registers.store(UInt32(state.tail), to: submissionTail)
+            return .success(identifier)
         }
-        if count > 0 { try registers.write32(UInt32(head), at: completionDoorbell) }
-        return count
+        return try outcome.get()
+    }
+
+    // MARK: Completion
+
+    /// Takes every new completion (phase tag matching) in order and files it: a synchronous
+    /// command's entry for its waiter; a tagged one's into `batch` when given (a poller's
+    /// visitor, which gets `batchCount` filled) or else the ready list; a closure one's handler
+    /// to the ready list. Then writes the head doorbell once. Builds nothing.
+    func service(into batch: UnsafeMutableBufferPointer<NVMeIOCompletion>? = nil,
+                 batchCount: inout Int) throws(DeviceError) -> Found {
+        let outcome: Result<Found, DeviceError> = state.withLock { state in
+            var found = Found()
+            while true {
+                let offset = state.head &* NVMeCompletion.entrySize
+                let entry: NVMeCompletion
+                do throws(DeviceError) {
+                    guard try NVMeCompletion.phase(in: completions, at: offset) == state.phase else { break }
+                    entry = try NVMeCompletion(in: completions, at: offset)
+                } catch {
+                    return .failure(error)
+                }
+                found.taken += 1
+                state.head += 1
+                if state.head == entries {
+                    state.head = 0
+                    state.phase.toggle()
+                }
+                let index = Int(entry.identifier)
+                guard index < entries else { continue }  // Not an identifier this driver gave out.
+                switch state.slots[index] {
+                case .waiting:
+                    state.slots[index] = .done
+                    state.entries[index] = entry
+                    found.synchronous = true
+                case .tagged:
+                    let completion = NVMeIOCompletion(tag: state.tags[index], entry)
+                    if let batch, batchCount < batch.count {
+                        batch[batchCount] = completion
+                        batchCount += 1
+                    } else {
+                        state.readyTagged.append(completion)
+                        found.ready = true
+                    }
+                    release(index, &state)
+                case .closure:
+                    if let handler = state.handlers[index] { state.readyClosures.append((handler, entry)) }
+                    state.handlers[index] = nil
+                    release(index, &state)
+                    found.ready = true
+                case .abandoned:
+                    release(index, &state)
+                case .free, .done, .lost:
+                    break  // A completion for nothing in flight: ignored.
+                }
+            }
+            if found.taken > 0 { registers.store(UInt32(state.head), to: completionHead) }
+            return .success(found)
+        }
+        return try outcome.get()
+    }
+
+    private func release(_ index: Int, _ state: inout State) {
+        state.slots[index] = .free
+        state.free.append(UInt16(index))
+    }
+
+    /// Moves the ready tagged completions into `batch` (at most its size; the rest stay) and
+    /// takes the ready closures. Returns how many tagged ones it moved.
+    func takeReady(into batch: UnsafeMutableBufferPointer<NVMeIOCompletion>,
+                   closures: inout [(NVMeCompletionHandler, NVMeCompletion?)]) -> Int {
+        state.withLock { state in
+            let count = min(batch.count, state.readyTagged.count)
+            for index in 0..<count { batch[index] = state.readyTagged[index] }
+            state.readyTagged.removeFirst(count)
+            if !state.readyClosures.isEmpty { swap(&closures, &state.readyClosures) }
+            return count
+        }
+    }
+
+    /// A synchronous command's outcome once it has one: its entry, or nil when the controller
+    /// was lost first (`.some(nil)`); `nil` while it is still in flight. Frees the identifier
+    /// once the outcome is taken.
+    func outcome(of identifier: UInt16) -> NVMeCompletion?? {
+        state.withLock { state in
+            let index = Int(identifier)
+            switch state.slots[index] {
+            case .done:
+                release(index, &state)
+                return .some(state.entries[index])
+            case .lost:
+                release(index, &state)
+                return .some(nil)
+            default:
+                return nil
+            }
+        }
+    }
+
+    /// Gives up waiting for a synchronous command: its identifier is freed when (if ever) it completes.
+    func abandon(_ identifier: UInt16) {
+        state.withLock { state in
+            let index = Int(identifier)
+            if state.slots[index] == .waiting { state.slots[index] = .abandoned } else { release(index, &state) }
+        }
+    }
+
+    /// Fails every command in flight because the controller was lost: waiters see `.lost`,
+    /// tagged and closure commands go to the ready lists with no entry. Returns whether any did.
+    func failAll() -> Found {
+        state.withLock { state in
+            var found = Found()
+            for index in 0..<entries {
+                switch state.slots[index] {
+                case .waiting:
+                    state.slots[index] = .lost
+                    found.synchronous = true
+                case .tagged:
+                    state.readyTagged.append(NVMeIOCompletion(tag: state.tags[index], nil))
+                    release(index, &state)
+                    found.ready = true
+                case .closure:
+                    if let handler = state.handlers[index] { state.readyClosures.append((handler, nil)) }
+                    state.handlers[index] = nil
+                    release(index, &state)
+                    found.ready = true
+                case .abandoned:
+                    release(index, &state)
+                case .free, .done, .lost:
+                    break
+                }
+            }
+            return found
+        }
     }
 
     func free() {
