@@ -11,6 +11,7 @@
 //   4. Runtime  - ModelessRuntime (ISR, DPCs, interrupt disable/enable; user mode and kernel emulation)
 //   4. Logical  - ModelessLogical (logical devices: providers, consumers, containers, stacks)
 //   4. Supervision - ModelessSupervision (instances as fault domains: supervisor, saved state, failover)
+//   4. Kernel interfaces - ModelessUblk (logical block devices served to the kernel through ublk)
 //   5. Drivers  - ModelessDrivers (edu sample driver)
 //   6. Tools    - the `modeless` command line
 import PackageDescription
@@ -26,6 +27,7 @@ let package = Package(
         .library(name: "ModelessRuntime", targets: ["ModelessRuntime"]),
         .library(name: "ModelessLogical", targets: ["ModelessLogical"]),
         .library(name: "ModelessSupervision", targets: ["ModelessSupervision"]),
+        .library(name: "ModelessUblk", targets: ["ModelessUblk"]),
         .library(name: "ModelessDrivers", targets: ["ModelessDrivers"]),
         .executable(name: "modeless", targets: ["modeless"]),
     ],
@@ -49,6 +51,11 @@ let package = Package(
             name: "CLibUdev",
             pkgConfig: "libudev",
             providers: [.apt(["libudev-dev"])]
+        ),
+        .systemLibrary(
+            name: "CLibURing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
         ),
         .target(
             name: "ModelessSystem",
@@ -89,6 +96,10 @@ let package = Package(
             name: "ModelessSupervision",
             dependencies: ["ModelessLogical", "ModelessSystem"]
         ),
+        .target(
+            name: "ModelessUblk",
+            dependencies: ["ModelessLogical", "ModelessSystem", "CLibURing"]
+        ),
         // Layer 5: Drivers.
         .target(
             name: "ModelessDrivers",
@@ -105,6 +116,7 @@ let package = Package(
                 "ModelessDrivers",
                 "ModelessLogical",
                 "ModelessSupervision",
+                "ModelessUblk",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -143,8 +155,12 @@ let package = Package(
             dependencies: ["modeless", "ModelessSystem"]
         ),
         .testTarget(
+            name: "ModelessUblkTests",
+            dependencies: ["ModelessUblk", "ModelessLogical", "ModelessSystem"]
+        ),
+        .testTarget(
             name: "IntegrationTests",
-            dependencies: ["modeless", "ModelessBus", "ModelessDevice", "ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessLogical", "ModelessSupervision"]
+            dependencies: ["modeless", "ModelessBus", "ModelessDevice", "ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessLogical", "ModelessSupervision", "ModelessUblk"]
         ),
     ]
 )

@@ -9,6 +9,6 @@ struct Modeless: ParsableCommand {
             Exit codes: \(ExitStatus.table)
             """,
         version: "0.1.0",
-        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Supervise.self, Status.self]
+        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Export.self, Supervise.self, Status.self]
     )
 }
