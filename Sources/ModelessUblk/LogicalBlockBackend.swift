@@ -100,7 +100,8 @@ final class LogicalQueueBackend: UblkQueueBackend {
 
     func perform(_ request: UblkRequest, buffer: UnsafeMutableRawBufferPointer) -> Int32 {
         let bytes = request.byteCount
-        let first = request.startSector * 512 / UInt64(blockSize)
+        // A flush's sector is not meaningful (it can be anything): divide, never multiply.
+        let first = request.startSector / UInt64(blockSize / 512)
         do {
             switch request.operation {
             case .read:
@@ -127,7 +128,7 @@ final class LogicalQueueBackend: UblkQueueBackend {
                 var done = 0
                 while done < bytes {
                     let piece = min(maximumIOBytes, bytes - done)
-                    try write(first: first + UInt64(done / blockSize), data: UnsafeRawBufferPointer(rebasing: zeroes[0..<piece]))
+                    try write(first: first &+ UInt64(done / blockSize), data: UnsafeRawBufferPointer(rebasing: zeroes[0..<piece]))
                     done += piece
                 }
                 return 0

@@ -41,6 +41,18 @@ extension VM {
             return (export, path)
         }
 
+        /// Waits up to `seconds` for `child` to exit; kills it after that (a hang is a failure, not a stuck suite).
+        static func exitStatus(_ child: ChildProcess, within seconds: Double = 120) -> Int32? {
+            let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
+            while monotonicNanoseconds() < deadline {
+                if let status = child.exitStatusIfEnded() { return status }
+                usleep(50_000)
+            }
+            child.signal(SIGKILL)
+            _ = try? child.wait()
+            return nil
+        }
+
         /// Starts a memory disk provider of `blocks` blocks of `blockSize` bytes as mem/blk0.
         static func startMemoryDisk(blocks: Int, blockSize: Int, environment: [String: String]) throws -> ChildProcess {
             let disk = try ChildProcess(
@@ -55,24 +67,26 @@ extension VM {
         @Test func ext4AndFioOnAnExportedMemoryDisk() throws {
             let environment = Self.containerEnvironment()
             let before = Self.ublkDevices()
-            let disk = try Self.startMemoryDisk(blocks: 16384, blockSize: 4096, environment: environment)  // 64 MiB
+            let disk = try Self.startMemoryDisk(blocks: 8192, blockSize: 4096, environment: environment)  // 32 MiB
             defer {
                 disk.signal(SIGTERM)
-                #expect((try? disk.wait()) == 0)
+                #expect(Self.exitStatus(disk) == 0)
             }
             var (export, device) = try Self.startExport("mem/blk0", environment: environment)
-            #expect(FileAccess.readTextIfPresent("/sys/block/\(device.dropFirst(5))/size")?.trimmingBlanks() == "131072", "64 MiB in 512-byte sectors")
+            #expect(FileAccess.readTextIfPresent("/sys/block/\(device.dropFirst(5))/size")?.trimmingBlanks() == "65536", "32 MiB in 512-byte sectors")
 
             let filesystem = try Self.shellWith(environment, """
                 set -e
-                mkfs.ext4 -q -F \(device)
+                modprobe ext4
+                test -b \(device)
+                timeout 300 mkfs.ext4 -q -F \(device)
                 mkdir -p /tmp/ublk-mnt
                 mount -t ext4 \(device) /tmp/ublk-mnt
-                head -c 8388608 /dev/urandom > /tmp/ublk-file
+                head -c 4194304 /dev/urandom > /tmp/ublk-file
                 cp /tmp/ublk-file /tmp/ublk-mnt/file
                 sync
                 umount /tmp/ublk-mnt
-                e2fsck -f -n \(device)
+                timeout 300 e2fsck -f -n \(device)
                 mount -t ext4 -o ro \(device) /tmp/ublk-mnt
                 a=$(sha256sum < /tmp/ublk-file); b=$(sha256sum < /tmp/ublk-mnt/file)
                 umount /tmp/ublk-mnt
@@ -81,21 +95,25 @@ extension VM {
                 """)
             #expect(filesystem.status == 0, "\(filesystem.output)")
 
-            let job = "--name=verify --filename=\(device) --ioengine=io_uring --direct=1 --bs=4k --size=16M --offset=32M --iodepth=16 --rw=randwrite --verify=crc32c --randrepeat=1"
-            let write = try Self.shellWith(environment, "fio \(job) --do_verify=1")
+            // fio runs in /tmp (the working directory is read-only in the guest) and only on the
+            // block device (were it gone, fio would write a regular file of that name).
+            let job = "--name=verify --filename=\(device) --ioengine=io_uring --direct=1 --bs=4k --size=8M --offset=16M "
+                + "--iodepth=16 --rw=randwrite --verify=crc32c --randrepeat=1 --verify_state_save=0"
+            let fio = "cd /tmp && test -b \(device) && timeout 600 fio"
+            let write = try Self.shellWith(environment, "\(fio) \(job) --do_verify=1")
             #expect(write.status == 0, "\(write.output)")
             #expect(!write.output.contains("verify: bad"), "\(write.output)")
 
             // The data stays in the provider: a new export of it reads back what fio wrote.
             export.signal(SIGINT)
-            #expect((try? export.wait()) == 0)
+            #expect(Self.exitStatus(export) == 0)
             #expect(Self.ublkDevices() == before, "SIGINT removed the device")
             (export, device) = try Self.startExport("mem/blk0", environment: environment)
-            let verify = try Self.shellWith(environment, "fio \(job) --verify_only")
+            let verify = try Self.shellWith(environment, "\(fio) \(job) --verify_only")
             #expect(verify.status == 0, "\(verify.output)")
 
             export.signal(SIGTERM)
-            #expect((try? export.wait()) == 0)
+            #expect(Self.exitStatus(export) == 0)
             #expect(Self.ublkDevices() == before, "SIGTERM removed the device")
         }
 
@@ -112,7 +130,7 @@ extension VM {
             let disk = try Self.startMemoryDisk(blocks: 2048, blockSize: 512, environment: environment)
             defer {
                 disk.signal(SIGTERM)
-                #expect((try? disk.wait()) == 0)
+                #expect(Self.exitStatus(disk) == 0)
             }
             for depth in ["0", "5000"] {
                 let refused = try Self.shellWith(environment, "\(modeless) export mem/blk0 --ublk --queue-depth \(depth) 2>&1")
@@ -125,10 +143,10 @@ extension VM {
             let twice = try Self.shellWith(environment, "\(modeless) export mem/blk0 --ublk 2>&1")
             #expect(twice.status == 75, "\(twice.output)")
             #expect(twice.output.contains("already exported") && twice.output.contains(device), "\(twice.output)")
-            let stillServing = try TestBench.shell("dd if=\(device) of=/dev/null bs=4096 count=16 iflag=direct 2>&1")
+            let stillServing = try TestBench.shell("timeout 60 dd if=\(device) of=/dev/null bs=4096 count=16 iflag=direct 2>&1")
             #expect(stillServing.status == 0, "the first export still serves: \(stillServing.output)")
             export.signal(SIGTERM)
-            #expect((try? export.wait()) == 0)
+            #expect(Self.exitStatus(export) == 0)
             #expect(Self.ublkDevices() == before)
 
             // Without the kernel's driver: the error says how to load it (then it is loaded again).

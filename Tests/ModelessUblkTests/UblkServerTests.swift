@@ -122,6 +122,8 @@ struct UblkServerTests {
         #expect(queue.perform(UblkRequest(operation: .read, flags: 0, startSector: 16, sectorCount: 16), buffer: buffer) == 8192)
         #expect(Array(buffer[0..<8192]) == written)
         #expect(queue.perform(UblkRequest(operation: .flush, flags: 0, startSector: 0, sectorCount: 0), buffer: buffer) == 0)
+        #expect(queue.perform(UblkRequest(operation: .flush, flags: 0, startSector: .max, sectorCount: 0), buffer: buffer) == 0,
+                "a flush's sector means nothing (the kernel leaves it as it is)")
         #expect(queue.perform(UblkRequest(operation: .writeZeroes, flags: 0, startSector: 20, sectorCount: 4), buffer: buffer) == 0)
         #expect(queue.perform(UblkRequest(operation: .read, flags: 0, startSector: 16, sectorCount: 16), buffer: buffer) == 8192)
         #expect(Array(buffer[0..<2048]) == Array(written[0..<2048]))
