@@ -69,6 +69,12 @@ public final class UblkExport: @unchecked Sendable {
         queueObjects = queues
     }
 
+    /// Checks that the kernel's ublk driver is there and usable (opens `/dev/ublk-control`
+    /// and closes it), so that a caller can refuse before preparing anything else.
+    public static func checkDriver() throws(UblkError) {
+        _ = try UblkControl()
+    }
+
     /// Exports `backend`'s device. Returns once `/dev/ublkbN` exists and is being served.
     public static func start(
         _ backend: any UblkBackend, configuration: UblkConfiguration, buffers: any UblkBufferProvider = PageBufferProvider()

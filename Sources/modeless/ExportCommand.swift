@@ -45,6 +45,7 @@ struct Export: ParsableCommand {
         do {
             try configuration.validate()
             let name = try LogicalDeviceName(parsing: device, defaultContainer: "")
+            try UblkExport.checkDriver()
             claim = try ExportLock(device: name)
             do {
                 container = try LogicalContainer(name: "export-\(getpid())", serving: false)
