@@ -11,6 +11,7 @@
 //   4. Runtime  - ModelessRuntime (ISR, DPCs, interrupt disable/enable; user mode and kernel emulation)
 //   4. Logical  - ModelessLogical (logical devices: providers, consumers, containers, stacks)
 //   4. Supervision - ModelessSupervision (instances as fault domains: supervisor, saved state, failover)
+//   4. Kernel interfaces - ModelessUblk (logical block devices served to the kernel through ublk)
 //   5. Drivers  - ModelessDrivers (edu sample driver)
 //   6. Tools    - the `modeless` command line
 import PackageDescription
@@ -28,6 +29,7 @@ let package = Package(
         .library(name: "ModelessRuntime", targets: ["ModelessRuntime"]),
         .library(name: "ModelessLogical", targets: ["ModelessLogical"]),
         .library(name: "ModelessSupervision", targets: ["ModelessSupervision"]),
+        .library(name: "ModelessUblk", targets: ["ModelessUblk"]),
         .library(name: "ModelessDrivers", targets: ["ModelessDrivers"]),
         .executable(name: "modeless", targets: ["modeless"]),
     ],
@@ -56,6 +58,11 @@ let package = Package(
             name: "CLibBlkid",
             pkgConfig: "blkid",
             providers: [.apt(["libblkid-dev"])]
+        ),
+        .systemLibrary(
+            name: "CLibURing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
         ),
         .target(
             name: "ModelessSystem",
@@ -97,6 +104,10 @@ let package = Package(
             name: "ModelessSupervision",
             dependencies: ["ModelessLogical", "ModelessSystem"]
         ),
+        .target(
+            name: "ModelessUblk",
+            dependencies: ["ModelessLogical", "ModelessSystem", "CLibURing"]
+        ),
         // Layer 5: Drivers.
         .target(
             name: "ModelessDrivers",
@@ -119,6 +130,7 @@ let package = Package(
                 "ModelessDrivers",
                 "ModelessLogical",
                 "ModelessSupervision",
+                "ModelessUblk",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -161,8 +173,12 @@ let package = Package(
             dependencies: ["modeless", "ModelessSystem"]
         ),
         .testTarget(
+            name: "ModelessUblkTests",
+            dependencies: ["ModelessUblk", "ModelessLogical", "ModelessSystem"]
+        ),
+        .testTarget(
             name: "IntegrationTests",
-            dependencies: ["modeless", "ModelessBus", "ModelessDevice", "ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessLogical", "ModelessSupervision"]
+            dependencies: ["modeless", "ModelessBus", "ModelessDevice", "ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessLogical", "ModelessSupervision", "ModelessUblk"]
         ),
     ]
 )

@@ -10,7 +10,7 @@ struct Modeless: ParsableCommand {
             Exit codes: \(ExitStatus.table)
             """,
         version: ModelessVersion.current,
-        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Supervise.self, Status.self]
+        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Export.self, Supervise.self, Status.self]
             + [Drivers.self]
     )
 

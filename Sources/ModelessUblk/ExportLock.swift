@@ -1,0 +1,57 @@
+import ModelessLogical
+import ModelessSystem
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The claim one process holds on exporting a logical device: an exclusively locked file
+/// beside the container directory (`…/modeless/exports/CONTAINER+DEVICE.lock`), holding the
+/// holder's process and block device. The lock ends with its process however it ends, so a
+/// crashed export never blocks the next one.
+public final class ExportLock {
+    public let path: String
+    private let fd: Int32
+
+    /// The directory of export claims for `containers` (its sibling `exports`).
+    public static func directory(for containers: ContainerDirectory) -> String {
+        let parent = containers.path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return (parent.isEmpty ? "." : parent) + "/exports"
+    }
+
+    /// Claims `device` (a full `container/device` name); refuses if another process holds it.
+    public init(device: LogicalDeviceName, containers: ContainerDirectory = .standard) throws(UblkError) {
+        let directory = Self.directory(for: containers)
+        do { try FileAccess.createDirectories(directory, mode: 0o700) } catch {
+            throw UblkError(.system, "cannot create the export directory \(directory): \(error)")
+        }
+        path = directory + "/" + device.container + "+" + device.device + ".lock"
+        let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard descriptor >= 0 else { throw UblkError(.system, "cannot open \(path): \(Errno.current)") }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            let error = Errno.current
+            let holder = FileAccess.readTextIfPresent(path)?.trimmingBlanks() ?? ""
+            Glibc.close(descriptor)
+            if error == .wouldBlock {
+                throw UblkError(
+                    .alreadyExported,
+                    "\(device) is already exported\(holder.isEmpty ? "" : " (\(holder))"): stop that export (SIGINT or SIGTERM to its process) first")
+            }
+            throw UblkError(.system, "cannot lock \(path): \(error)")
+        }
+        fd = descriptor
+    }
+
+    /// Records who holds the claim, for the next process that asks.
+    public func record(_ text: String) {
+        _ = ftruncate(fd, 0)
+        let line = text + "\n"
+        _ = line.withCString { pwrite(fd, $0, strlen($0), 0) }
+    }
+
+    /// Gives the claim up.
+    public func release() {
+        _ = ftruncate(fd, 0)
+        Glibc.close(fd)
+    }
+}

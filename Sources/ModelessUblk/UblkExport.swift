@@ -1,0 +1,209 @@
+import CLibURing
+import ModelessSystem
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How to export a device through ublk.
+public struct UblkConfiguration: Sendable, Equatable {
+    /// Queues: the kernel allows at most one per CPU (and uses fewer if there are fewer CPUs).
+    public var queues: Int
+    /// Requests each queue may have in flight (tags per queue), 1...4096.
+    public var queueDepth: Int
+    /// Ask for UBLK_F_USER_RECOVERY when the kernel offers it: a server that dies leaves the
+    /// device waiting (requests queued) for a new server instead of failing it at once.
+    public var userRecovery: Bool
+
+    public init(queues: Int = SystemThread.cpuCount, queueDepth: Int = 64, userRecovery: Bool = true) {
+        self.queues = queues
+        self.queueDepth = queueDepth
+        self.userRecovery = userRecovery
+    }
+
+    /// Checks the values against the kernel's limits, before anything is created.
+    public func validate() throws(UblkError) {
+        guard (1...UblkInterface.maximumQueueDepth).contains(queueDepth) else {
+            throw UblkError(.invalidArgument, "a queue depth of \(queueDepth) is outside the 1-\(UblkInterface.maximumQueueDepth) requests per queue the kernel's ublk driver accepts")
+        }
+        guard queues >= 1 else {
+            throw UblkError(.invalidArgument, "\(queues) queues: a ublk device needs at least one")
+        }
+    }
+}
+
+/// A device exported to the kernel as `/dev/ublkbN`, served by this process until ``stop()``.
+///
+/// ``start(_:configuration:buffers:)`` runs ADD_DEV, opens `/dev/ublkcN`, SET_PARAMS, starts
+/// one queue per CPU (each with its own thread and io_uring, every tag fetched) and START_DEV;
+/// a failure at any step undoes the steps before it, so no device is left behind.
+/// ``stop()`` runs STOP_DEV, ends the queues, closes `/dev/ublkcN` and runs DEL_DEV.
+public final class UblkExport: @unchecked Sendable {
+    /// The kernel's number for the device: `/dev/ublkbN`, `/dev/ublkcN`.
+    public let deviceID: UInt32
+    /// What the device presents.
+    public let geometry: UblkGeometry
+    /// Queues and their depth, as the kernel accepted them.
+    public let queues: Int
+    public let queueDepth: Int
+    /// Feature flags the device runs with (as the kernel reported them after ADD_DEV).
+    public let features: UblkFeatures
+    private let control: UblkControl
+    private let characterDevice: Int32
+    private var queueObjects: [UblkQueue]
+    private var stopped = false
+    private let lock = ConditionLock()
+
+    /// The block device the kernel's users open.
+    public var blockDevicePath: String { UblkInterface.blockDevicePath(deviceID) }
+
+    private init(deviceID: UInt32, geometry: UblkGeometry, queues: [UblkQueue], depth: Int, features: UblkFeatures,
+                 control: UblkControl, characterDevice: Int32) {
+        self.deviceID = deviceID
+        self.geometry = geometry
+        self.queues = queues.count
+        self.queueDepth = depth
+        self.features = features
+        self.control = control
+        self.characterDevice = characterDevice
+        queueObjects = queues
+    }
+
+    /// Checks that the kernel's ublk driver is there and usable (opens `/dev/ublk-control`
+    /// and closes it), so that a caller can refuse before preparing anything else.
+    public static func checkDriver() throws(UblkError) {
+        _ = try UblkControl()
+    }
+
+    /// Exports `backend`'s device. Returns once `/dev/ublkbN` exists and is being served.
+    public static func start(
+        _ backend: any UblkBackend, configuration: UblkConfiguration, buffers: any UblkBufferProvider = PageBufferProvider()
+    ) throws(UblkError) -> UblkExport {
+        try configuration.validate()
+        let control = try UblkControl()
+        let offered = control.features()
+        var wanted: UblkFeatures = [.ioctlEncode]
+        if configuration.userRecovery && offered.contains(.userRecovery) { wanted.insert(.userRecovery) }
+        let geometry = backend.geometry
+        let info: ublksrv_ctrl_dev_info
+        do {
+            info = try control.addDevice(
+                queues: configuration.queues, depth: configuration.queueDepth, maximumIOBytes: backend.maximumIOBytes, features: wanted)
+        } catch {
+            throw refusal(error, configuration)
+        }
+        let id = info.dev_id
+        // From here on, every failure deletes the device again.
+        var characterDevice: Int32 = -1
+        var queues: [UblkQueue] = []
+        func undo() {
+            for queue in queues { queue.close() }
+            if characterDevice >= 0 { Glibc.close(characterDevice) }
+            try? control.delete(device: id)
+        }
+        do throws(UblkError) {
+            characterDevice = try openCharacterDevice(id)
+            var parameters = makeParameters(geometry, maximumIOBytes: Int(info.max_io_buf_bytes))
+            do { try control.setParameters(&parameters, device: id) } catch {
+                throw UblkError(.kernelRefused, "the kernel refused the device's parameters (\(geometry.blockCount) blocks of \(geometry.blockSize) bytes): \(error)")
+            }
+            let cpus = SystemThread.cpuCount
+            for index in 0..<Int(info.nr_hw_queues) {
+                let queue = try UblkQueue(
+                    index: index, depth: Int(info.queue_depth), deviceID: id, characterDevice: characterDevice,
+                    ioBytes: Int(info.max_io_buf_bytes), backend: backend, buffers: buffers)
+                queues.append(queue)
+                try queue.start(cpu: index < cpus ? index : nil)
+            }
+            do { try control.start(device: id, serverProcess: getpid()) } catch {
+                throw UblkError(.kernelRefused, "the kernel refused to start \(UblkInterface.blockDevicePath(id)): \(error)")
+            }
+        } catch {
+            undo()
+            throw error
+        }
+        return UblkExport(
+            deviceID: id, geometry: geometry, queues: queues, depth: Int(info.queue_depth), features: UblkFeatures(rawValue: info.flags),
+            control: control, characterDevice: characterDevice)
+    }
+
+    /// Removes the block device and deletes the ublk device. Idempotent.
+    public func stop() throws(UblkError) {
+        let queues = lock.withLock { () -> [UblkQueue] in
+            if stopped { return [] }
+            stopped = true
+            return queueObjects
+        }
+        guard !queues.isEmpty else { return }
+        var failure: UblkError?
+        do { try control.stop(device: deviceID) } catch {
+            failure = UblkError(.kernelRefused, "stopping \(blockDevicePath): \(error)")
+        }
+        for queue in queues { queue.close() }
+        Glibc.close(characterDevice)
+        do { try control.delete(device: deviceID) } catch {
+            failure = failure ?? UblkError(.kernelRefused, "deleting ublk device \(deviceID): \(error)")
+        }
+        if let failure { throw failure }
+    }
+
+    /// Requests that failed so far (summed over queues), and the last one's description.
+    public var failedRequests: (count: Int, last: String?) {
+        lock.withLock { queueObjects }.reduce((0, nil)) { total, queue in
+            let summary = queue.failureSummary
+            return (total.0 + summary.count, summary.last ?? total.1)
+        }
+    }
+
+    // MARK: Steps
+
+    /// Opens `/dev/ublkcN`, waiting briefly for the node to appear (devtmpfs or udev makes it).
+    private static func openCharacterDevice(_ id: UInt32) throws(UblkError) -> Int32 {
+        let path = UblkInterface.characterDevicePath(id)
+        let deadline = monotonicNanoseconds() + 5_000_000_000
+        while true {
+            let fd = open(path, O_RDWR | O_CLOEXEC)
+            if fd >= 0 { return fd }
+            let error = Errno.current
+            guard error == .noSuchFileOrDirectory, monotonicNanoseconds() < deadline else {
+                throw UblkError(.system, "cannot open \(path): \(error)")
+            }
+            usleep(10_000)
+        }
+    }
+
+    /// The basic parameters (and, if the device zeroes or discards ranges, the discard ones).
+    static func makeParameters(_ geometry: UblkGeometry, maximumIOBytes: Int) -> ublk_params {
+        var parameters = ublk_params()
+        var types: UblkParameterTypes = [.basic]
+        let shift = UInt8(geometry.blockSize.trailingZeroBitCount)
+        parameters.basic.attrs = (geometry.flushes ? UblkAttributes.volatileCache : []).rawValue
+        parameters.basic.logical_bs_shift = shift
+        parameters.basic.physical_bs_shift = shift
+        parameters.basic.io_min_shift = shift
+        parameters.basic.io_opt_shift = shift
+        parameters.basic.max_sectors = UInt32(maximumIOBytes / 512)
+        parameters.basic.dev_sectors = geometry.sectors
+        if geometry.writesZeroes || geometry.discards {
+            types.insert(.discard)
+            parameters.discard.discard_granularity = UInt32(geometry.blockSize)
+            parameters.discard.max_discard_segments = 1
+            parameters.discard.max_discard_sectors = geometry.discards ? UInt32(maximumIOBytes / 512) : 0
+            parameters.discard.max_write_zeroes_sectors = geometry.writesZeroes ? UInt32(maximumIOBytes / 512) : 0
+        }
+        parameters.types = types.rawValue
+        return parameters
+    }
+
+    /// ADD_DEV's refusal in the caller's terms.
+    private static func refusal(_ error: SystemError, _ configuration: UblkConfiguration) -> UblkError {
+        switch error.errno {
+        case .invalidArgument:
+            UblkError(.invalidArgument, "the kernel refused a ublk device with \(configuration.queues) queue(s) of depth \(configuration.queueDepth): \(error)")
+        case .permissionDenied, .notPermitted:
+            UblkError(.notPermitted, "the kernel refused to add a ublk device (\(error)): exporting through ublk needs root (CAP_SYS_ADMIN)")
+        default:
+            UblkError(.kernelRefused, "the kernel refused to add a ublk device: \(error)")
+        }
+    }
+}
