@@ -179,6 +179,11 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Raises the interrupt whatever the causes and the mask, as a NIC that failed does (with
+    /// ``notResponding``: an interrupt whose ICR reads all-ones). With INTx the line stays
+    /// asserted until ICR is read while the NIC answers.
+    public func assertInterrupt() { context?.raiseInterrupt() }
+
     /// A frame arrives on the wire.
     public func receive(_ frame: [UInt8]) {
         context?.schedule { [weak self] in self?.deliver(frame) }

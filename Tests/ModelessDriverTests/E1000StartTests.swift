@@ -60,6 +60,22 @@ struct E1000StartTests {
         }
     }
 
+    /// An interrupt whose ICR reads all-ones is the ISR's news that the NIC went away: reported
+    /// with nobody calling the driver. (By MSI: with INTx a dead NIC's line stays asserted and
+    /// the interrupt comes back after every acknowledge, until the runtime can disable it.)
+    @Test(arguments: ExecutionMode.allCases)
+    func theISRNoticesANICThatStoppedAnswering(_ mode: ExecutionMode) throws {
+        try withE1000(mode, .interrupts(.msi), model: E1000Model(variant: .i82574L)) { driver, model, _ in
+            model.notResponding = true
+            model.assertInterrupt()
+            for _ in 0..<5000 where driver.failure == nil { usleep(1000) }
+            let failure = driver.failure
+            model.notResponding = false
+            #expect(failure.map(Self.isNotResponding) == true)
+            #expect("\(failure.map { "\($0)" } ?? "")".contains("ICR"), "\(String(describing: failure))")
+        }
+    }
+
     /// With nobody calling it, the polling thread notices a NIC that went away.
     @Test func thePollingThreadNoticesANICThatStoppedAnswering() throws {
         try withE1000(.user, .pollingThread) { driver, model, _ in

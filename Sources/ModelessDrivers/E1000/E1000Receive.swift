@@ -104,7 +104,7 @@ extension E1000Driver {
     /// Attaches the ISR and the receive DPC, and unmasks the receive and link causes.
     ///
     /// The acknowledge routine reads ICR (which clears it); an all-ones ICR means the NIC is
-    /// gone, reported once in ``failure`` and otherwise ignored. The ISR, NAPI style, masks the
+    /// gone, reported once in ``failure`` by the ISR and otherwise ignored. The ISR, NAPI style, masks the
     /// receive causes and queues the DPC; the DPC takes up to ``receiveBudget`` frames, and if
     /// it used the whole budget queues itself again with interrupts still masked (polling
     /// while frames keep coming). Only when it leaves the ring empty does it unmask them, then
@@ -120,13 +120,11 @@ extension E1000Driver {
         receiveDPC = dpc
         let registers = self.registers, fault = self.fault, progress = self.progress
         let attachment = try runtime.attachInterrupt(vector, name: "e1000", acknowledge: {
-            let cause = registers.load(E1000Register.interruptCause)  // Reading clears the causes.
-            guard cause != .max else {
-                fault.report("ICR reads all-ones in the ISR")
-                return 0
-            }
-            return UInt64(cause)
+            UInt64(registers.load(E1000Register.interruptCause))  // Reading clears the causes.
         }) { cause in
+            // All-ones: the NIC is gone. Reported here, where interrupts are disabled and the
+            // fault's spin lock may be taken (the acknowledge routine runs before that).
+            guard cause != UInt64(UInt32.max) else { return fault.report("ICR reads all-ones in the ISR") }
             let causes = InterruptCauses(rawValue: UInt32(truncatingIfNeeded: cause))
             if !causes.isDisjoint(with: .receive) {
                 registers.store(InterruptCauses.receive.rawValue, to: E1000Register.interruptMaskClear)
