@@ -1,25 +1,59 @@
 import ModelessDevice
 import ModelessSystem
 
-/// Intel's 82540EM as drivers' unit tests need it: control and status, the EEPROM read
-/// register holding the MAC address, interrupt cause (cleared on read) and mask registers,
-/// receive and transmit descriptor rings in DMA memory, and the good-packet statistics.
-/// Transmitted frames are recorded and, with ``loopback``, received again; tests inject
-/// received frames with ``receive(_:)``. INTx is raised while an unmasked cause is pending.
+/// Intel's 82540EM (or, as ``Variant/i82574L``, its PCIe successor the 82574L) as drivers'
+/// unit tests need it: control and status, the EEPROM read register holding the MAC address
+/// (with each controller's layout), interrupt cause (cleared on read, set through ICS) and
+/// mask registers, receive and transmit descriptor rings in DMA memory, and the good-packet
+/// statistics. Transmitted frames are recorded and, with ``loopback``, received again; tests
+/// inject received frames with ``receive(_:)``. INTx (or MSI) is raised while an unmasked
+/// cause is pending. The model's state outlives a device opened on it, as a NIC's outlives
+/// the process that drove it: a second ``ModeledDevice`` on the same model finds what the
+/// first left behind.
 ///
-/// Faults: the link can be taken down, and received frames can be dropped.
+/// Faults: the link can be taken down, received frames can be dropped, and the NIC can stop
+/// answering (``notResponding``). Every register write is recorded (``writes``), with whether
+/// bus mastering was on at the time.
 public final class E1000Model: DeviceModel, @unchecked Sendable {
+    /// The controllers the model can be.
+    public enum Variant: Sendable {
+        /// 8086:100e, EERD.DONE bit 4 and the word address in bits 15:8; INTx.
+        case i82540EM
+        /// 8086:10d3, EERD.DONE bit 1 and the word address in bits 15:2; INTx and MSI.
+        case i82574L
+
+        var deviceID: UInt16 { self == .i82540EM ? 0x100E : 0x10D3 }
+        var eepromDone: UInt32 { self == .i82540EM ? 1 << 4 : 1 << 1 }
+        var eepromAddressShift: UInt32 { self == .i82540EM ? 8 : 2 }
+    }
+
+    /// One register write the driver made.
+    public struct RegisterWrite: Sendable, Equatable {
+        public let offset: Int
+        public let value: UInt32
+        /// Whether bus mastering was enabled when it was written.
+        public let busMaster: Bool
+    }
+
     public let barSizes = [0: 0x20000, 1: 64]
-    public let vectorCounts: [InterruptKind: Int] = [.intx: 1]
+    public var vectorCounts: [InterruptKind: Int] { variant == .i82540EM ? [.intx: 1] : [.intx: 1, .msi: 1] }
     public var initialConfigSpace: [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 256)
-        bytes[0] = 0x86; bytes[1] = 0x80; bytes[2] = 0x0e; bytes[3] = 0x10   // 8086:100e
+        bytes[0] = 0x86; bytes[1] = 0x80                                     // Intel
+        bytes[2] = UInt8(variant.deviceID & 0xFF); bytes[3] = UInt8(variant.deviceID >> 8)
         bytes[8] = 0x03; bytes[0x0B] = 0x02                                  // class 020000
         bytes[0x3D] = 1
         return bytes
     }
 
     public let mac: [UInt8]
+    public let variant: Variant
+    /// The NIC stopped answering: every register reads all-ones, writes have no effect (they
+    /// are still recorded in ``writes``).
+    public var notResponding: Bool {
+        get { lock.withLock { notRespondingValue } }
+        set { lock.withLock { notRespondingValue = newValue } }
+    }
     /// Transmitted frames are received again.
     public var loopback: Bool {
         get { lock.withLock { loopbackValue } }
@@ -38,10 +72,14 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     private var linkDownValue = false
     private var sent: [[UInt8]] = []
     private var dropped = 0
+    private var notRespondingValue = false
+    private var writeLog: [RegisterWrite] = []
+    private var unmaskedPending = 0
 
-    public init(mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]) {
+    public init(mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56], variant: Variant = .i82540EM) {
         precondition(mac.count == 6)
         self.mac = mac
+        self.variant = variant
     }
 
     public func connect(_ context: ModelContext) { lock.withLock { self.context = context } }
@@ -52,10 +90,23 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     public var interruptMask: UInt32 { lock.withLock { registers[R.ims, default: 0] } }
     /// Frames that arrived with no receive descriptor free (or the receiver off).
     public var droppedFrames: Int { lock.withLock { dropped } }
+    /// Every register write so far, oldest first.
+    public var writes: [RegisterWrite] { lock.withLock { writeLog } }
+    /// Forgets the writes recorded so far.
+    public func clearWrites() { lock.withLock { writeLog = [] } }
+    /// The interrupt causes pending (ICR, without clearing it).
+    public var pendingCauses: UInt32 { lock.withLock { registers[R.icr, default: 0] } }
+    /// How many IMS writes unmasked a cause that was already pending (each raises an
+    /// interrupt at once: a stale cause taken for a new one).
+    public var unmaskedWhilePending: Int { lock.withLock { unmaskedPending } }
+    /// Whether the receiver and the transmitter are enabled (RCTL.EN, TCTL.EN).
+    public var ringsEnabled: (receive: Bool, transmit: Bool) {
+        lock.withLock { (registers[R.rctl, default: 0] & (1 << 1) != 0, registers[R.tctl, default: 0] & (1 << 1) != 0) }
+    }
 
     // Register offsets (see the driver's E1000Register for their names).
     private enum R {
-        static let ctrl = 0x0, status = 0x8, eerd = 0x14, icr = 0xC0, ims = 0xD0, imc = 0xD8
+        static let ctrl = 0x0, status = 0x8, eerd = 0x14, icr = 0xC0, ics = 0xC8, ims = 0xD0, imc = 0xD8
         static let rctl = 0x100, tctl = 0x400
         static let rdbal = 0x2800, rdbah = 0x2804, rdlen = 0x2808, rdh = 0x2810, rdt = 0x2818
         static let tdbal = 0x3800, tdbah = 0x3804, tdlen = 0x3808, tdh = 0x3810, tdt = 0x3818
@@ -65,6 +116,10 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     public func read(bar: Int, offset: Int, width: Int) -> UInt64 {
         guard bar == 0, width == 4 else { return 0 }
         lock.lock()
+        if notRespondingValue {
+            lock.unlock()
+            return UInt64(UInt32.max)
+        }
         let value: UInt32
         switch offset {
         case R.status:
@@ -83,16 +138,29 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     public func write(bar: Int, offset: Int, width: Int, value: UInt64) {
         guard bar == 0, width == 4 else { return }
         let value = UInt32(truncatingIfNeeded: value)
+        let busMaster = context?.busMasterEnabled ?? false
         lock.lock()
+        writeLog.append(RegisterWrite(offset: offset, value: value, busMaster: busMaster))
+        if notRespondingValue {
+            lock.unlock()
+            return
+        }
         switch offset {
         case R.ctrl where value & (1 << 26) != 0:
             registers = [:]  // Reset: everything to zero, the reset bit clears itself.
         case R.eerd where value & 1 != 0:
-            let word = Int(value >> 8 & 0xFF)
+            let word = Int(value >> variant.eepromAddressShift & 0xFF)
             let data: UInt32 = word < 3 ? UInt32(mac[word * 2]) | UInt32(mac[word * 2 + 1]) << 8 : 0xFFFF
-            registers[R.eerd] = data << 16 | 1 << 4 | (value & 0xFF00)
+            registers[R.eerd] = data << 16 | variant.eepromDone | (value & (0xFF << variant.eepromAddressShift))
+        case R.ics:
+            registers[R.icr, default: 0] |= value
+            let raise = registers[R.icr, default: 0] & registers[R.ims, default: 0] != 0
+            lock.unlock()
+            if raise { context?.raiseInterrupt() }
+            return
         case R.ims:
             // Unmasking a cause that is already pending raises the interrupt, as on hardware.
+            if registers[R.icr, default: 0] & value != 0 { unmaskedPending += 1 }
             registers[R.ims, default: 0] |= value
             let raise = registers[R.icr, default: 0] & registers[R.ims, default: 0] != 0
             lock.unlock()
@@ -110,6 +178,11 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
         }
         lock.unlock()
     }
+
+    /// Raises the interrupt whatever the causes and the mask, as a NIC that failed does (with
+    /// ``notResponding``: an interrupt whose ICR reads all-ones). With INTx the line stays
+    /// asserted until ICR is read while the NIC answers.
+    public func assertInterrupt() { context?.raiseInterrupt() }
 
     /// A frame arrives on the wire.
     public func receive(_ frame: [UInt8]) {

@@ -75,7 +75,7 @@ struct BenchDatapath: ParsableCommand {
                     fillTestFrame(&frame, to: broadcast, from: mac, sequence: UInt32(truncatingIfNeeded: sent + index))
                 }
             }
-            let taken = datapathReceive(driver, budget: batch) { frame in
+            let taken = try datapathReceive(driver, budget: batch) { frame in
                 let sequence = UInt32(frame.bigEndian16(at: 14)) << 16 | UInt32(frame.bigEndian16(at: 16))
                 if frame.count != 60 || sequence != UInt32(truncatingIfNeeded: received) { wrong += 1 }
                 received += 1
@@ -146,8 +146,8 @@ func datapathTransmit(_ driver: E1000Driver, count: Int, _ fill: (Int, inout DMA
 }
 
 @inline(never)
-func datapathReceive(_ driver: E1000Driver, budget: Int, _ body: (borrowing DMABytes) -> Void) -> Int {
-    driver.receiveFrames(budget: budget, body)
+func datapathReceive(_ driver: E1000Driver, budget: Int, _ body: (borrowing DMABytes) -> Void) throws -> Int {
+    try driver.receiveFrames(budget: budget, body)
 }
 
 @inline(never)

@@ -54,7 +54,7 @@ struct RunE1000: ParsableCommand {
         try withBoundDevice(device, mode: mode, options: .init(allowUnisolatedDMA: allowUnisolatedDMA), verifier: verifier) { pci, access, runtime in
             let driver = try E1000Driver(device: access, runtime: runtime, interrupt: interrupt)
             defer { driver.stop() }
-            let responder = EchoResponder(mac: driver.macAddress, ip: address) { try driver.send($0) }
+            let responder = EchoResponder(mac: driver.macAddress, ip: address, runtime: runtime) { try driver.send($0) }
             driver.onFrame = { responder.handle($0) }
             let mac = driver.macAddress.map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: ":")
             printLine("e1000 on \(access.backendName) \(pci), \(runtime.mode) mode, \(irq): MAC \(mac), answering on \(ip)")

@@ -42,12 +42,12 @@ struct ServeBlockGateway: ParsableCommand {
         try withBoundDevice(self.address, mode: mode) { _, access, runtime in
             let driver = try E1000Driver(device: access, runtime: runtime, interrupt: irq == "intx" ? .intx : nil)
             defer { driver.stop() }
-            let responder = EchoResponder(mac: driver.macAddress, ip: address) { try driver.send($0) }
+            let responder = EchoResponder(mac: driver.macAddress, ip: address, runtime: runtime) { try driver.send($0) }
             var gateway: NetworkBlockGateway?
             defer { gateway?.stop() }
             try options.serve(defaultContainer: "gateway", defaultDevice: "net0") { container in
                 let made = try NetworkBlockGateway(container: container, device: options.device ?? "net0", lower: of,
-                                                   ip: address, port: port) { try driver.send($0) }
+                                                   ip: address, port: port, runtime: runtime) { try driver.send($0) }
                 gateway = made
                 driver.onFrame = { frame in if !made.handle(frame) { responder.handle(frame) } }
                 return made.handlers

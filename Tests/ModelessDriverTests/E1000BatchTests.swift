@@ -21,21 +21,14 @@ struct E1000BatchTests {
 
     func withDriver(_ mode: ExecutionMode = .user, _ receive: E1000Driver.ReceiveMode, ringSize: Int = 32, budget: Int = 64,
                     _ body: (E1000Driver, E1000Model) throws -> Void) throws {
-        let model = E1000Model()
-        let device = try ModeledDevice(model)
-        defer { device.close() }
-        let runtime = try makeRuntime(mode)
-        defer { runtime.shutdown() }
-        let driver = try E1000Driver(device: device, runtime: runtime, receive: receive, ringSize: ringSize, receiveBudget: budget)
-        defer { driver.stop() }
-        try body(driver, model)
+        try withE1000(mode, receive, ringSize: ringSize, budget: budget) { driver, model, _ in try body(driver, model) }
     }
 
     /// 600 frames out and back in by loopback in batches (many turns of both rings): every
     /// frame arrives once, in order, byte for byte, and no batch is larger than asked or than the ring allows.
-    @Test(arguments: [32, 256])
-    func loopbackBatchesLoseReorderAndCorruptNothing(_ ringSize: Int) throws {
-        try withDriver(.user, .caller, ringSize: ringSize) { (driver, model) throws in
+    @Test(arguments: ExecutionMode.allCases, [32, 256])
+    func loopbackBatchesLoseReorderAndCorruptNothing(_ mode: ExecutionMode, _ ringSize: Int) throws {
+        try withDriver(mode, .caller, ringSize: ringSize) { (driver, model) throws in
             model.loopback = true
             let total = 600
             var sent = 0, received = 0, mismatches = 0
@@ -49,7 +42,7 @@ struct E1000BatchTests {
                 // Take back everything sent so far before sending more, so the receive ring cannot overflow.
                 let deadline = monotonicNanoseconds() + 10_000_000_000
                 while received < sent && monotonicNanoseconds() < deadline {
-                    let taken = driver.receiveFrames(budget: 16) { frame in
+                    let taken = try driver.receiveFrames(budget: 16) { frame in
                         if !frame.matches(Self.frame(received)) || frame.count != Self.frame(received).count { mismatches += 1 }
                         received += 1
                     }
@@ -68,15 +61,16 @@ struct E1000BatchTests {
         }
     }
 
-    @Test func aBatchIsCutToTheFreeDescriptorsAndAReceiveBatchToItsBudget() throws {
-        try withDriver(.user, .caller, ringSize: 32) { (driver, model) throws in
+    @Test(arguments: ExecutionMode.allCases)
+    func aBatchIsCutToTheFreeDescriptorsAndAReceiveBatchToItsBudget(_ mode: ExecutionMode) throws {
+        try withDriver(mode, .caller, ringSize: 32) { (driver, model) throws in
             #expect(try driver.transmitFrames(count: 100) { index, writer in writer.set(Self.frame(index), at: 0) } == 31)
             for _ in 0..<10_000 where model.transmitted.count < 31 { usleep(1000) }
             #expect(model.transmitted == (0..<31).map(Self.frame))
             for index in 0..<20 { model.receive(Self.frame(index)) }
             var got: [[UInt8]] = []
             for _ in 0..<10_000 where got.count < 20 {
-                let taken = driver.receiveFrames(budget: 5) { got.append($0.copyToArray()) }
+                let taken = try driver.receiveFrames(budget: 5) { got.append($0.copyToArray()) }
                 #expect(taken <= 5)
                 if taken == 0 { usleep(1000) }
             }
@@ -84,8 +78,9 @@ struct E1000BatchTests {
         }
     }
 
-    @Test func aFrameTooShortStopsTheBatchAfterTheFramesBeforeIt() throws {
-        try withDriver(.user, .caller) { (driver, model) throws in
+    @Test(arguments: ExecutionMode.allCases)
+    func aFrameTooShortStopsTheBatchAfterTheFramesBeforeIt(_ mode: ExecutionMode) throws {
+        try withDriver(mode, .caller) { (driver, model) throws in
             #expect(throws: E1000Driver.Failure.self) {
                 try driver.transmitFrames(count: 3) { index, writer in
                     writer.set(index == 1 ? [1, 2, 3] : Self.frame(index), at: 0)
@@ -100,14 +95,16 @@ struct E1000BatchTests {
     }
 
     @Test func badRingSizesAndBudgetsAreRefused() throws {
-        let device = try ModeledDevice(E1000Model())
+        let model = E1000Model()
+        let device = try ModeledDevice(model)
         defer { device.close() }
-        let runtime = try makeRuntime(.user)
-        defer { runtime.shutdown() }
-        for (ring, budget) in [(12, 64), (0, 64), (8192, 64), (32, 0)] {
-            #expect(throws: E1000Driver.Failure.self) {
-                _ = try E1000Driver(device: device, runtime: runtime, receive: .caller, ringSize: ring, receiveBudget: budget)
+        try withVerifiedRuntime(.user) { runtime in
+            for (ring, budget) in [(12, 64), (0, 64), (8192, 64), (32, 0)] {
+                #expect(throws: E1000Driver.Failure.self) {
+                    _ = try E1000Driver(device: device, runtime: runtime, receive: .caller, ringSize: ring, receiveBudget: budget)
+                }
             }
+            #expect(model.writes.isEmpty, "refused before touching the NIC")
         }
     }
 

@@ -6,7 +6,8 @@ import ModelessSystem
 import Synchronization
 import Testing
 
-/// The e1000 driver against the e1000 model, in both modes, with INTx and polling.
+/// The e1000 driver against the e1000 model, in both modes, with INTx and polling, under the
+/// driver verifier.
 @Suite("The e1000 driver against the e1000 model")
 struct E1000DriverTests {
     final class Received: @unchecked Sendable {
@@ -18,35 +19,33 @@ struct E1000DriverTests {
     }
 
     func withDriver(_ mode: ExecutionMode, _ interrupt: InterruptKind?, model: E1000Model = E1000Model(),
-                    _ body: (E1000Driver, E1000Model, Received) throws -> Void) throws {
-        let device = try ModeledDevice(model)
-        defer { device.close() }
-        let runtime = try makeRuntime(mode)
-        defer { runtime.shutdown() }
-        let driver = try E1000Driver(device: device, runtime: runtime, interrupt: interrupt)
-        defer { driver.stop() }
-        let received = Received()
-        driver.onFrame = { frame in received.frames.withLock { $0.append(frame) } }
-        try body(driver, model, received)
+                    _ body: (E1000Driver, E1000Model, Received, any DriverRuntime) throws -> Void) throws {
+        try withE1000(mode, interrupt.map { .interrupts($0) } ?? .pollingThread, model: model) { driver, model, runtime in
+            let received = Received()
+            driver.onFrame = { frame in received.frames.withLock { $0.append(frame) } }
+            try body(driver, model, received, runtime)
+        }
     }
 
-    static let settings: [(ExecutionMode, InterruptKind?)] = [(.user, .intx), (.kernelEmulation, .intx), (.user, nil)]
+    static let settings: [(ExecutionMode, InterruptKind?)] = [(.user, .intx), (.kernelEmulation, .intx), (.user, nil), (.kernelEmulation, nil)]
 
-    @Test(arguments: 0..<3)
+    @Test(arguments: 0..<4)
     func bringsTheLinkUpWithTheEEPROMsAddress(_ setting: Int) throws {
         let (mode, interrupt) = Self.settings[setting]
-        try withDriver(mode, interrupt, model: E1000Model(mac: [2, 0, 0, 0xAA, 0xBB, 0xCC])) { driver, _, _ in
+        try withDriver(mode, interrupt, model: E1000Model(mac: [2, 0, 0, 0xAA, 0xBB, 0xCC])) { driver, _, _, _ in
             #expect(driver.macAddress == [2, 0, 0, 0xAA, 0xBB, 0xCC])
+            #expect(driver.variant == .i82540EM)
             #expect(driver.linkUp)
+            #expect(driver.failure == nil)
         }
     }
 
     /// 100 frames through 32-descriptor rings: more than three turns. (This test found the
     /// driver filling the whole transmit ring, which the NIC reads as empty.)
-    @Test(arguments: 0..<3)
+    @Test(arguments: 0..<4)
     func framesGoOutAndComeInThroughTheRingsManyTimesRound(_ setting: Int) throws {
         let (mode, interrupt) = Self.settings[setting]
-        try withDriver(mode, interrupt) { (driver, model, received) throws in
+        try withDriver(mode, interrupt) { (driver, model, received, _) throws in
             model.loopback = true
             let frames = (0..<100).map { index in [UInt8](repeating: UInt8(index), count: 60 + index * 10) }
             for frame in frames { try driver.send(frame) }
@@ -60,9 +59,10 @@ struct E1000DriverTests {
         }
     }
 
-    @Test func answersARPAndPingWithCorrectChecksums() throws {
-        try withDriver(.user, .intx) { (driver, model, _) throws in
-            let responder = EchoResponder(mac: driver.macAddress, ip: [169, 254, 77, 2]) { try driver.send($0) }
+    @Test(arguments: ExecutionMode.allCases)
+    func answersARPAndPingWithCorrectChecksums(_ mode: ExecutionMode) throws {
+        try withDriver(mode, .intx) { (driver, model, _, runtime) throws in
+            let responder = EchoResponder(mac: driver.macAddress, ip: [169, 254, 77, 2], runtime: runtime) { try driver.send($0) }
             driver.onFrame = { responder.handle($0) }
             let peerMAC: [UInt8] = [2, 0, 0, 0, 0, 1], peerIP: [UInt8] = [169, 254, 77, 1]
             model.receive([UInt8](repeating: 0xFF, count: 6) + peerMAC + [0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]
@@ -86,8 +86,9 @@ struct E1000DriverTests {
         }
     }
 
-    @Test func framesArrivingWithNoFreeDescriptorAreDroppedNotCorrupted() throws {
-        try withDriver(.user, .intx) { (driver, model, received) throws in
+    @Test(arguments: ExecutionMode.allCases)
+    func framesArrivingWithNoFreeDescriptorAreDroppedNotCorrupted(_ mode: ExecutionMode) throws {
+        try withDriver(mode, .intx) { (driver, model, received, _) throws in
             driver.onFrame = { frame in usleep(2000); received.frames.withLock { $0.append(frame) } }
             for index in 0..<200 { model.receive([UInt8](repeating: UInt8(index), count: 64)) }
             for _ in 0..<10_000 where received.frames.withLock({ $0.count }) + model.droppedFrames < 200 { usleep(1000) }
@@ -97,13 +98,29 @@ struct E1000DriverTests {
         }
     }
 
-    @Test func aRemovedNICFailsCleanly() throws {
+    @Test(arguments: ExecutionMode.allCases)
+    func aRemovedNICFailsCleanly(_ mode: ExecutionMode) throws {
         let device = try ModeledDevice(E1000Model())
         defer { device.close() }
         device.faults.surpriseRemoved = true
-        let runtime = try makeRuntime(.user)
-        defer { runtime.shutdown() }
-        #expect(throws: E1000Driver.Failure.self) { _ = try E1000Driver(device: device, runtime: runtime, interrupt: .intx) }
+        try withVerifiedRuntime(mode) { runtime in
+            #expect(throws: E1000Driver.Failure.self) { _ = try E1000Driver(device: device, runtime: runtime, interrupt: .intx) }
+        }
+    }
+
+    /// The 82574L (QEMU's e1000e) with its own EEPROM read layout: the same driver finds its
+    /// address and moves frames, by INTx and by MSI.
+    @Test(arguments: [InterruptKind.intx, .msi])
+    func the82574LWorksWithItsOwnEEPROMLayout(_ interrupt: InterruptKind) throws {
+        let model = E1000Model(mac: [2, 0, 0, 0x74, 0x74, 0x0C], variant: .i82574L)
+        try withDriver(.kernelEmulation, interrupt, model: model) { (driver, model, received, _) throws in
+            #expect(driver.variant == .i82574L)
+            #expect(driver.macAddress == [2, 0, 0, 0x74, 0x74, 0x0C])
+            model.loopback = true
+            let frames = (0..<40).map { index in [UInt8](repeating: UInt8(index), count: 60 + index) }
+            for frame in frames { try driver.send(frame) }
+            #expect(received.wait(for: 40) == frames)
+        }
     }
 }
 

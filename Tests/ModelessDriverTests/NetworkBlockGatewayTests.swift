@@ -1,6 +1,8 @@
 import ModelessDrivers
 import ModelessLogical
+import ModelessRuntime
 import ModelessSystem
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -9,21 +11,17 @@ import Glibc
 
 /// Frames the gateway sent.
 final class SentFrames: @unchecked Sendable {
-    private let lock = ConditionLock()
-    private var frames: [[UInt8]] = []
-    func add(_ frame: [UInt8]) { lock.withLock { frames.append(frame); lock.broadcast() } }
+    private let frames = Mutex<[[UInt8]]>([])
+    func add(_ frame: [UInt8]) { frames.withLock { $0.append(frame) } }
 
-    /// Waits for frame number `index`.
+    /// Waits (up to 5 s) for frame number `index`.
     func frame(_ index: Int) -> [UInt8]? {
-        let deadline = monotonicNanoseconds() + 5_000_000_000
-        return lock.withLock {
-            while frames.count <= index {
-                let now = monotonicNanoseconds()
-                guard now < deadline else { return nil }
-                _ = lock.wait(nanoseconds: deadline - now)
-            }
-            return frames[index]
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
+            if let frame = frames.withLock({ index < $0.count ? $0[index] : nil }) { return frame }
+            usleep(1000)
         }
+        return nil
     }
 }
 
@@ -62,14 +60,19 @@ struct NetworkBlockGatewayTests {
         #expect(UDPDatagram(frame: truncated) == nil, "a frame shorter than its IPv4 length is refused")
     }
 
-    @Test func requestsOverTheNetworkReachTheDiskBelowAndAnswersComeBack() throws {
-        let directory = ContainerDirectory(path: "/tmp/mlg-\(getpid())")
+    @Test(arguments: ExecutionMode.allCases)
+    func requestsOverTheNetworkReachTheDiskBelowAndAnswersComeBack(_ mode: ExecutionMode) throws {
+        try withVerifiedRuntime(mode) { runtime in try exchangeRequests(runtime) }
+    }
+
+    func exchangeRequests(_ runtime: any DriverRuntime) throws {
+        let directory = ContainerDirectory(path: "/tmp/mlg-\(getpid())-\(runtime.mode)")
         let container = try LogicalContainer(name: "gw", directory: directory, serving: false)
         defer { container.shutdown() }
         let disk = MemoryDiskProvider(blockCount: 64)
         try container.createDevice("disk", handlers: disk.handlers)
         let sent = SentFrames()
-        let gateway = try NetworkBlockGateway(container: container, lower: "disk", ip: gatewayIP) { sent.add($0) }
+        let gateway = try NetworkBlockGateway(container: container, lower: "disk", ip: gatewayIP, runtime: runtime) { sent.add($0) }
         try container.createDevice("net0", handlers: gateway.handlers)
         defer { gateway.stop() }
 

@@ -1,26 +1,43 @@
+import ModelessBus
 import ModelessDevice
 import ModelessRuntime
 import ModelessSystem
 
-/// A driver for Intel's 82540EM (QEMU's `-device e1000`), once for every mode: reset, the
-/// MAC address from the EEPROM, link up, receive and transmit descriptor rings in DMA memory,
-/// the interrupt cause read in the acknowledge routine, receive processing in a DPC that
-/// polls under load (NAPI style) or in a polling thread, batched send and receive without
-/// per-frame allocation, and statistics.
+/// A driver for Intel's 82540EM (QEMU's `-device e1000`) and 82574L (`-device e1000e`), once
+/// for every mode, in the kernel's vocabulary:
 ///
-/// The datapath (``receiveFrames(budget:_:)``, ``transmitFrames(count:_:)``) hands frames
-/// to and from the caller as views of the DMA buffers themselves: no arrays, no objects and
-/// no reference counting per frame.
+/// - **Start**: the device is confirmed before it is touched (its ids, STATUS not all-ones),
+///   then globally reset (interrupts masked, CTRL.RST, pending causes read away) before bus
+///   mastering and interrupts are enabled, so that whatever a killed predecessor left behind
+///   is gone; then the MAC address from the EEPROM, link up, and both descriptor rings.
+/// - **Datapath**: ``receiveFrames(budget:_:)`` and ``transmitFrames(count:_:)`` lend frames as
+///   views of the DMA buffers themselves, under the rings' ``SpinLock``s (shared with the
+///   receive DPC): no allocation and no reference counting per frame, no register access that
+///   throws.
+/// - **Interrupts**: the acknowledge routine reads ICR; the ISR masks the receive causes and
+///   queues the receive DPC, which polls while frames keep coming (NAPI style).
+/// - **Failure**: a NIC that stops answering (a register reads all-ones, the register region
+///   counts a failed access) is reported once in ``failure``; every later call fails with it.
 public final class E1000Driver: @unchecked Sendable {
-    public enum Failure: Error, CustomStringConvertible {
+    public enum Failure: Error, CustomStringConvertible, Equatable {
         case timedOut(String)
         case badFrame(String)
         case badConfiguration(String)
+        /// The NIC stopped answering (or was never there): registers read all-ones.
+        case notResponding(String)
+        /// No transmit descriptor is free and the caller cannot wait (an ISR, a DPC, a frame
+        /// handler, or with interrupts disabled).
+        case transmitRingFull
+        /// The driver was stopped.
+        case stopped
 
         public var description: String {
             switch self {
             case .timedOut(let what): "timed out: \(what)"
             case .badFrame(let what), .badConfiguration(let what): what
+            case .notResponding(let what): "device not responding: \(what)"
+            case .transmitRingFull: "no transmit descriptor is free and the caller may not wait for one"
+            case .stopped: "the e1000 driver was stopped"
             }
         }
     }
@@ -38,49 +55,65 @@ public final class E1000Driver: @unchecked Sendable {
 
     public let device: any DeviceAccess
     public let runtime: any DriverRuntime
+    /// The controller found at start.
+    public let variant: E1000Variant
     /// The MAC address read from the EEPROM.
-    public private(set) var macAddress: [UInt8] = []
-    /// Received frames, each copied into an array for this handler (convenient, but it
-    /// allocates per frame); used when ``onFrameView`` is nil.
-    public var onFrame: (@Sendable ([UInt8]) -> Void)?
-    /// Received frames, each lent to this handler as a view of its DMA buffer (valid only
-    /// during the call; no copy). Takes precedence over ``onFrame``. Runs with the receive
-    /// ring locked: it may send, but must not call ``receiveFrames(budget:_:)``.
-    public var onFrameView: (@Sendable (borrowing DMABytes) -> Void)?
-
+    public let macAddress: [UInt8]
     /// Descriptors per ring.
     public let ringSize: Int
     /// The most frames one receive DPC pass takes before it queues itself again.
     public let receiveBudget: Int
+    /// The receive buffer size (RCTL.BSIZE).
     static let bufferSize = 2048
     /// The largest frame without FCS (the NIC appends it).
     public static let maximumFrame = 1514
     /// The smallest frame: an Ethernet header (the NIC pads short frames to 60 bytes).
     public static let minimumFrame = 14
+
     let registers: MMIORegion
-    let receiveDescriptors: DMABuffer
-    let transmitDescriptors: DMABuffer
+    let fault: DeviceFault
+    let receiveRing: DescriptorRing
+    let transmitRing: DescriptorRing
     let receiveBuffers: DMAPool
     let transmitBuffers: DMAPool
-    /// The next receive descriptor to look at. Guarded by `receiveLock`.
-    var receiveNext = 0
-    /// The next free transmit descriptor. Guarded by `transmitLock`.
-    var transmitTail = 0
-    /// The oldest descriptor handed to the NIC and not yet seen done: descriptors from here to
-    /// the tail are the NIC's. One descriptor always stays unused, because a tail equal to the
-    /// head means an empty ring to the NIC. Guarded by `transmitLock`.
-    var transmitClean = 0
-    let transmitLock = ConditionLock()
-    let receiveLock = ConditionLock()
-    var attachment: InterruptAttachment?
+    /// The receive side, shared by callers, the polling thread and the receive DPC.
+    let receive: SpinLock<ReceiveState>
+    /// The transmit side, shared by every sender (frame handlers in the DPC included).
+    let transmit: SpinLock<TransmitState>
+    /// Signalled by the ISR when a transmit descriptor was written back or the link changed;
+    /// senders waiting for a free descriptor wait on it.
+    let progress: WaitEvent
+    /// Start and stop, at passive level.
+    let lifecycle: PassiveLock<Lifecycle>
+    /// The receive DPC, made once at start when receiving by interrupts.
     var receiveDPC: DeferredProcedureCall?
-    private var poller: SystemThread?
-    let stopping = ConditionLock()
-    var isStopping = false
-    /// Guarded by `receiveLock`.
-    var receiveCounters = (frames: 0, bytes: 0, passes: 0, budgetExhausted: 0)
-    /// Guarded by `transmitLock`.
-    var transmitCounters = (frames: 0, bytes: 0, batches: 0)
+
+    struct ReceiveState {
+        /// The next descriptor to look at.
+        var next = 0
+        var frames = 0, bytes = 0, errors = 0
+        var passes = 0, budgetExhausted = 0
+        /// Set by ``stop()``: the DPC and the polling thread do nothing more.
+        var stopping = false
+        var onFrameView: (@Sendable (borrowing DMABytes) -> Void)?
+        var onFrame: (@Sendable ([UInt8]) -> Void)?
+    }
+
+    struct TransmitState {
+        /// The next free descriptor.
+        var tail = 0
+        /// The oldest descriptor handed to the NIC and not yet seen done: descriptors from
+        /// here to the tail are the NIC's. One descriptor always stays unused, because a tail
+        /// equal to the head means an empty ring to the NIC.
+        var clean = 0
+        var frames = 0, bytes = 0, batches = 0
+    }
+
+    struct Lifecycle {
+        var attachment: InterruptAttachment?
+        var poller: SystemThread?
+        var stopped = false
+    }
 
     /// Brings the NIC up with receive processing by interrupts of kind `interrupt` (`.intx`
     /// on the 82540EM), or by a polling thread when it is nil.
@@ -89,8 +122,9 @@ public final class E1000Driver: @unchecked Sendable {
     }
 
     /// Brings the NIC up. `ringSize` descriptors per ring (a multiple of 8, 8 to 4096);
-    /// `receiveBudget` frames at most per receive DPC pass.
-    public init(device: any DeviceAccess, runtime: any DriverRuntime, receive: ReceiveMode,
+    /// `receiveBudget` frames at most per receive DPC pass. A device that does not answer is
+    /// refused at once with ``Failure/notResponding(_:)``, before anything is written to it.
+    public init(device: any DeviceAccess, runtime: any DriverRuntime, receive mode: ReceiveMode,
                 ringSize: Int = 32, receiveBudget: Int = 64) throws {
         guard ringSize % 8 == 0, (8...4096).contains(ringSize) else {
             throw Failure.badConfiguration("a descriptor ring holds a multiple of 8 descriptors from 8 to 4096, not \(ringSize)")
@@ -100,123 +134,103 @@ public final class E1000Driver: @unchecked Sendable {
         self.runtime = runtime
         self.ringSize = ringSize
         self.receiveBudget = receiveBudget
+        variant = try Self.identify(device)
         registers = try device.region(0)
-        try device.config.setCommand([.memorySpace, .busMaster], true)
-        receiveDescriptors = try device.allocateDMA(size: ringSize * 16)
-        transmitDescriptors = try device.allocateDMA(size: ringSize * 16)
+        progress = runtime.makeWaitEvent("e1000 progress")
+        macAddress = try Self.probeAndReset(device, registers, variant, runtime: runtime, event: progress)
+
+        fault = DeviceFault(runtime: runtime, name: "e1000")
+        receiveRing = DescriptorRing(memory: try device.allocateDMA(size: ringSize * DescriptorRing.descriptorSize),
+                                     count: ringSize, fault: fault)
+        transmitRing = DescriptorRing(memory: try device.allocateDMA(size: ringSize * DescriptorRing.descriptorSize),
+                                      count: ringSize, fault: fault)
         receiveBuffers = try DMAPool(device: device, chunkSize: Self.bufferSize, count: ringSize)
         transmitBuffers = try DMAPool(device: device, chunkSize: Self.bufferSize, count: ringSize)
-        try registers.write32(0xFFFF_FFFF, at: E1000Register.interruptMaskClear)
-        try registers.write32(try registers.read32(at: E1000Register.control) | E1000Bit.controlReset, at: E1000Register.control)
-        try waitUntil("the reset to finish") { try registers.read32(at: E1000Register.control) & E1000Bit.controlReset == 0 }
-        try registers.write32(0xFFFF_FFFF, at: E1000Register.interruptMaskClear)
-        _ = try registers.read32(at: E1000Register.interruptCause)
-
-        macAddress = try (0..<3).flatMap { word -> [UInt8] in
-            let value = try readEEPROM(UInt8(word))
-            return [UInt8(truncatingIfNeeded: value), UInt8(truncatingIfNeeded: value >> 8)]
-        }
-        let low = UInt32(macAddress[0]) | UInt32(macAddress[1]) << 8 | UInt32(macAddress[2]) << 16 | UInt32(macAddress[3]) << 24
-        try registers.write32(low, at: E1000Register.receiveAddressLow)
-        try registers.write32(UInt32(macAddress[4]) | UInt32(macAddress[5]) << 8 | 1 << 31, at: E1000Register.receiveAddressHigh)
-        for index in 0..<128 { try registers.write32(0, at: E1000Register.multicastTable + index * 4) }
-        let control = try registers.read32(at: E1000Register.control)
-        try registers.write32(control | E1000Bit.controlSetLinkUp | E1000Bit.controlAutoSpeed, at: E1000Register.control)
-
-        // Receive ring: every descriptor owns a buffer; the tail is one behind the head.
-        try receiveDescriptors.fill(0)
-        for index in 0..<ringSize {
-            try receiveDescriptors.store64(receiveBuffers.chunk(index).deviceAddress, at: index * 16)
-        }
-        try setRing(receiveDescriptors, base: E1000Register.receiveBaseLow)
-        try registers.write32(0, at: E1000Register.receiveHead)
-        try registers.write32(UInt32(ringSize - 1), at: E1000Register.receiveTail)
-        try registers.write32(E1000Bit.receiveEnable | E1000Bit.receiveBroadcastAccept | E1000Bit.receiveStripCRC,
-                              at: E1000Register.receiveControl)
-        // Transmit ring: empty (clean index = tail = head); every descriptor keeps its own buffer.
-        try transmitDescriptors.fill(0)
-        for index in 0..<ringSize {
-            try transmitDescriptors.store64(transmitBuffers.chunk(index).deviceAddress, at: index * 16)
-        }
-        try setRing(transmitDescriptors, base: E1000Register.transmitBaseLow)
-        try registers.write32(0, at: E1000Register.transmitHead)
-        try registers.write32(0, at: E1000Register.transmitTail)
-        try registers.write32(E1000Bit.transmitEnable | E1000Bit.transmitPadShort | 0x10 << 4 | 0x40 << 12,
-                              at: E1000Register.transmitControl)
-        try registers.write32(10 | 8 << 10 | 6 << 20, at: E1000Register.transmitIPG)
-
-        switch receive {
-        case .interrupts(let kind):
-            try attachReceiveInterrupt(kind)
-        case .pollingThread:
-            poller = try SystemThread(name: "e1000 poll") { [unowned self] in
-                while !self.stopping.withLock({ self.isStopping }) {
-                    if self.deliverReceived(budget: self.receiveBudget) == 0 { usleep(50) }
-                }
-            }
-        case .caller:
-            break
+        receive = runtime.makeSpinLock("e1000 receive ring", ReceiveState())
+        transmit = runtime.makeSpinLock("e1000 transmit ring", TransmitState())
+        lifecycle = runtime.makePassiveLock("e1000 lifecycle", Lifecycle())
+        do {
+            try start(mode)
+        } catch {
+            stop()
+            throw error
         }
     }
 
-    private func setRing(_ ring: DMABuffer, base: Int) throws {
-        try registers.write32(UInt32(truncatingIfNeeded: ring.deviceAddress), at: base)
-        try registers.write32(UInt32(truncatingIfNeeded: ring.deviceAddress >> 32), at: base + 4)
-        try registers.write32(UInt32(ringSize * 16), at: base + 8)
-    }
-
-    private func readEEPROM(_ word: UInt8) throws -> UInt16 {
-        try registers.write32(UInt32(word) << 8 | 1, at: E1000Register.eepromRead)
-        var value: UInt32 = 0
-        try waitUntil("EEPROM word \(word)") {
-            value = try registers.read32(at: E1000Register.eepromRead)
-            return value & (1 << 4) != 0
-        }
-        return UInt16(truncatingIfNeeded: value >> 16)
-    }
-
-    /// The descriptor after `slot` in a ring, wrapping to 0.
+    /// Fails with ``Failure/notResponding(_:)`` once the NIC has been seen not answering (or
+    /// the register region counted a failed access).
     @inline(__always)
-    func ringSlot(after slot: Int) -> Int { slot + 1 == ringSize ? 0 : slot + 1 }
-
-    func waitUntil(_ what: String, _ condition: () throws -> Bool) throws {
-        for _ in 0..<1000 {
-            if try condition() { return }
-            usleep(1000)
-        }
-        throw Failure.timedOut(what)
+    func checkResponding() throws {
+        noteRegionFaults()
+        if fault.isRaised { throw Failure.notResponding(fault.description ?? "") }
     }
 
-    /// Whether the link is up (STATUS.LU).
-    public var linkUp: Bool { ((try? registers.read32(at: E1000Register.status)) ?? 0) & E1000Bit.statusLinkUp != 0 }
+    /// Reports the register region's first failed access, if it counted any.
+    @inline(__always)
+    private func noteRegionFaults() {
+        guard registers.health.faultCount != 0, !fault.isRaised else { return }
+        fault.report("a register access failed: \(registers.health.firstFault.map { "\($0)" } ?? "unknown")")
+    }
+
+    /// Why the driver stopped working, once the NIC stopped answering; nil while it works.
+    public var failure: Failure? {
+        noteRegionFaults()
+        return fault.description.map { Failure.notResponding($0) }
+    }
+
+    /// Whether the link is up (STATUS.LU). A STATUS reading all-ones is reported in ``failure``.
+    public var linkUp: Bool {
+        let status = registers.load(E1000Register.status)
+        guard status != .max else {
+            fault.report("STATUS reads all-ones")
+            return false
+        }
+        return DeviceStatus(rawValue: status).contains(.linkUp)
+    }
 
     /// Frames and bytes the driver received and sent.
     public var statistics: (framesReceived: Int, framesSent: Int, bytesReceived: Int, bytesSent: Int) {
-        let received = receiveLock.withLock { receiveCounters }
-        let sent = transmitLock.withLock { transmitCounters }
-        return (received.frames, sent.frames, received.bytes, sent.bytes)
+        let received = receive.withLock { ($0.frames, $0.bytes) }
+        let sent = transmit.withLock { ($0.frames, $0.bytes) }
+        return (received.0, sent.0, received.1, sent.1)
     }
+
+    /// Received descriptors dropped because the NIC flagged an error or the frame did not fit
+    /// one buffer.
+    public var receiveErrors: Int { receive.withLock { $0.errors } }
 
     /// How receive processing went: DPC (or polling thread) passes over the ring, and passes
     /// that used up the budget and so polled again with receive interrupts still masked.
     public var receivePasses: (passes: Int, budgetExhausted: Int) {
-        receiveLock.withLock { (receiveCounters.passes, receiveCounters.budgetExhausted) }
+        receive.withLock { ($0.passes, $0.budgetExhausted) }
     }
 
-    /// Stops receive processing, masks the NIC's interrupts and disables its receiver and transmitter.
+    /// Stops receive processing (the polling thread ends, the ISR is detached, a queued
+    /// receive DPC does nothing more), masks the NIC's interrupts, disables its receiver,
+    /// transmitter and bus mastering. Idempotent.
     public func stop() {
-        stopping.withLock { isStopping = true }
-        poller?.join()
-        poller = nil
-        if let attachment { runtime.detachInterrupt(attachment) }
-        attachment = nil
-        try? registers.write32(0xFFFF_FFFF, at: E1000Register.interruptMaskClear)
-        try? registers.write32(0, at: E1000Register.receiveControl)
-        try? registers.write32(0, at: E1000Register.transmitControl)
-        try? device.disableInterrupts()
+        lifecycle.withLock { life in
+            guard !life.stopped else { return }
+            life.stopped = true
+            receive.withLock { $0.stopping = true }
+            life.poller?.join()
+            life.poller = nil
+            if let attachment = life.attachment { runtime.detachInterrupt(attachment) }
+            life.attachment = nil
+            quiesce()
+            do {
+                try device.disableInterrupts()
+            } catch {
+                fault.report("its interrupts could not be disabled: \(error)")
+            }
+        }
+        progress.signal()
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#endif
+extension String {
+    /// The string with `pad` characters in front up to `length`.
+    func leftPadded(to length: Int, with pad: Character = "0") -> String {
+        count >= length ? self : String(repeating: pad, count: length - count) + self
+    }
+}

@@ -1,108 +1,163 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ModelessDevice
 import ModelessRuntime
 
-/// Receiving: a batch at a time, each frame lent as a view of its DMA buffer; and the
-/// interrupt side, NAPI style.
+/// Receiving: a batch at a time, each frame lent as a view of its DMA buffer; and who does it
+/// (the caller, a polling thread, or the receive DPC, NAPI style).
 extension E1000Driver {
-    /// Receive causes: receive timer, descriptors low, receiver overrun.
-    static let receiveCauses = E1000Bit.causeReceiveTimer | E1000Bit.causeReceiveLow | E1000Bit.causeReceiveOverrun
-
     /// Takes up to `budget` received frames off the ring, in order, lending each to `body` as
     /// a read-only view of its DMA buffer (valid only during that call), then gives the
     /// descriptors back to the NIC with one tail write. Returns how many descriptors it took
-    /// (each a whole frame: with 2 KiB buffers a standard frame never spans two). Nothing is
-    /// allocated and nothing reference counted per frame.
+    /// (each a whole frame: with 2 KiB buffers a standard frame never spans two; one the NIC
+    /// flagged as bad is counted in ``receiveErrors`` and not lent). Nothing is allocated and
+    /// nothing reference counted per frame.
     ///
-    /// `body` runs with the receive ring locked: it may send, but must not receive.
+    /// `body` runs with the receive ring's spin lock held, so with interrupts disabled: it may
+    /// transmit (without waiting for a descriptor), but must not wait, sleep or receive.
+    /// Throws ``Failure/notResponding(_:)`` once the NIC has stopped answering.
     @discardableResult
-    public func receiveFrames(budget: Int, _ body: (borrowing DMABytes) -> Void) -> Int {
+    public func receiveFrames(budget: Int, _ body: (borrowing DMABytes) -> Void) throws -> Int {
         precondition(budget > 0, "the receive budget must be positive")
-        return receiveLock.withLock {
-            var taken = 0, frames = 0, bytes = 0
-            while taken < budget {
-                let slot = receiveNext
-                let offset = slot &* 16
-                guard let status = try? receiveDescriptors.load8(at: offset + 12), status & E1000Bit.descriptorDone != 0 else { break }
-                let length = Int((try? receiveDescriptors.load16(at: offset + 8)) ?? 0)
-                if status & E1000Bit.endOfPacket != 0, length > 0, length <= Self.bufferSize,
-                   (try? receiveBuffers.withBytes(of: receiveBuffers.chunk(slot), count: length, body)) != nil {
-                    frames += 1
-                    bytes += length
-                }
-                try? receiveDescriptors.store8(0, at: offset + 12)
-                receiveNext = ringSlot(after: slot)
-                taken += 1
-            }
-            if taken > 0 {
-                // The tail is the last descriptor handed back: the NIC may fill up to it.
-                let tail = receiveNext == 0 ? ringSize - 1 : receiveNext - 1
-                try? registers.write32(UInt32(tail), at: E1000Register.receiveTail)
-                receiveCounters.frames += frames
-                receiveCounters.bytes += bytes
-            }
-            return taken
-        }
+        try checkResponding()
+        return receive.withLock { state in takeFrames(&state, budget: budget, body) }
     }
 
-    /// Takes up to `budget` frames and hands them to ``onFrameView`` or ``onFrame``.
-    @discardableResult
-    func deliverReceived(budget: Int) -> Int {
-        let view = onFrameView, copy = onFrame
-        let taken: Int
-        if let view {
-            taken = receiveFrames(budget: budget) { frame in view(frame) }
-        } else if let copy {
-            taken = receiveFrames(budget: budget) { frame in copy(frame.copyToArray()) }
-        } else {
-            taken = receiveFrames(budget: budget) { _ in }
+    /// The receive loop, with the receive lock held.
+    @inline(__always)
+    private func takeFrames(_ state: inout ReceiveState, budget: Int, _ body: (borrowing DMABytes) -> Void) -> Int {
+        var taken = 0
+        while taken < budget {
+            let descriptor = receiveRing.receive(state.next)
+            let status = descriptor.status
+            guard status.contains(.descriptorDone) else { break }
+            let length = descriptor.length
+            if status.contains(.endOfPacket), descriptor.errors.isDisjoint(with: .frame), length > 0, length <= Self.bufferSize {
+                do {
+                    try receiveBuffers.withBytes(of: receiveBuffers.chunk(state.next), count: length, body)
+                } catch {
+                    fault.report(error)
+                    break
+                }
+                state.frames &+= 1
+                state.bytes &+= length
+            } else {
+                state.errors &+= 1
+            }
+            descriptor.recycle()
+            state.next = receiveRing.slot(after: state.next)
+            taken &+= 1
         }
-        receiveLock.withLock {
-            receiveCounters.passes += 1
-            if taken == budget { receiveCounters.budgetExhausted += 1 }
+        if taken > 0 {
+            // The tail is the last descriptor handed back: the NIC may fill up to it.
+            registers.store(UInt32(receiveRing.slot(before: state.next)), to: E1000Register.receiveTail)
         }
         return taken
     }
 
-    /// Whether the NIC has finished the next receive descriptor.
-    var receiveRingHasFrame: Bool {
-        receiveLock.withLock {
-            ((try? receiveDescriptors.load8(at: receiveNext &* 16 + 12)) ?? 0) & E1000Bit.descriptorDone != 0
+    /// Received frames, each lent to this handler as a view of its DMA buffer (valid only
+    /// during the call; no copy); it runs in the receive DPC or the polling thread, with the
+    /// receive lock held (see ``receiveFrames(budget:_:)``). Takes precedence over ``onFrame``.
+    public var onFrameView: (@Sendable (borrowing DMABytes) -> Void)? {
+        get { receive.withLock { $0.onFrameView } }
+        set { receive.withLock { $0.onFrameView = newValue } }
+    }
+
+    /// Received frames, each copied into an array for this handler (convenient, but it
+    /// allocates per frame); used when ``onFrameView`` is nil. Same rules as ``onFrameView``.
+    public var onFrame: (@Sendable ([UInt8]) -> Void)? {
+        get { receive.withLock { $0.onFrame } }
+        set { receive.withLock { $0.onFrame = newValue } }
+    }
+
+    /// One pass of the receive DPC or the polling thread, with the receive lock held: takes up
+    /// to ``receiveBudget`` frames and hands them to the handler. Returns how many it took.
+    private func deliverReceived(_ state: inout ReceiveState) -> Int {
+        let taken: Int
+        if let view = state.onFrameView {
+            taken = takeFrames(&state, budget: receiveBudget) { frame in view(frame) }
+        } else if let copy = state.onFrame {
+            taken = takeFrames(&state, budget: receiveBudget) { frame in copy(frame.copyToArray()) }
+        } else {
+            taken = takeFrames(&state, budget: receiveBudget) { _ in }
+        }
+        state.passes &+= 1
+        if taken == receiveBudget { state.budgetExhausted &+= 1 }
+        return taken
+    }
+
+    /// The polling thread: passes over the ring until ``stop()``, napping 50 µs after an empty
+    /// one; every 2000 empty passes it reads STATUS, so that a NIC that went away is noticed.
+    func pollUntilStopped() {
+        var idle = 0
+        while true {
+            let taken = receive.withLock { state -> Int? in state.stopping ? nil : deliverReceived(&state) }
+            guard let taken, !fault.isRaised else { return }
+            if taken > 0 { idle = 0; continue }
+            idle &+= 1
+            if idle % 2000 == 0 { _ = linkUp }
+            usleep(50)
         }
     }
 
     /// Attaches the ISR and the receive DPC, and unmasks the receive and link causes.
     ///
-    /// NAPI style: the ISR masks receive interrupts and queues the DPC; the DPC takes up to
-    /// ``receiveBudget`` frames, and if it used the whole budget queues itself again with
-    /// interrupts still masked (polling while frames keep coming). Only when it leaves the ring
-    /// empty does it unmask them, then looks once more, so that a frame that landed between its
-    /// last look and the unmask is not left waiting for the next interrupt.
-    func attachReceiveInterrupt(_ kind: InterruptKind) throws {
-        let vector = try device.enableInterrupts(kind, count: 1)[0]
-        let receive = runtime.makeDPC("e1000 receive") { [unowned self] in self.receivePass() }
-        receiveDPC = receive
-        let registers = self.registers
-        attachment = try runtime.attachInterrupt(vector, name: "e1000", acknowledge: {
-            UInt64((try? registers.read32(at: E1000Register.interruptCause)) ?? 0)  // Reading clears the causes.
-        }) { cause in
-            if UInt32(truncatingIfNeeded: cause) & Self.receiveCauses != 0 {
-                try? registers.write32(Self.receiveCauses, at: E1000Register.interruptMaskClear)
-                receive.queue()
-            }
+    /// The acknowledge routine reads ICR (which clears it); an all-ones ICR means the NIC is
+    /// gone, reported once in ``failure`` by the ISR and otherwise ignored. The ISR, NAPI style, masks the
+    /// receive causes and queues the DPC; the DPC takes up to ``receiveBudget`` frames, and if
+    /// it used the whole budget queues itself again with interrupts still masked (polling
+    /// while frames keep coming). Only when it leaves the ring empty does it unmask them, then
+    /// looks once more, so that a frame that landed between its last look and the unmask is
+    /// not left waiting for the next interrupt. A written-back transmit descriptor (unmasked
+    /// only while a sender waits) wakes the senders.
+    func attachInterrupt(_ kind: InterruptKind) throws {
+        guard variant.interruptKinds.contains(kind) else {
+            throw Failure.badConfiguration("the \(variant) offers \(variant.interruptKinds.map(\.description).joined(separator: ", ")) interrupts, not \(kind)")
         }
-        try registers.write32(Self.receiveCauses | E1000Bit.causeLinkStatus, at: E1000Register.interruptMaskSet)
+        let vector = try device.enableInterrupts(kind, count: 1)[0]
+        let dpc = runtime.makeDPC("e1000 receive") { [unowned self] in self.receivePass() }
+        receiveDPC = dpc
+        let registers = self.registers, fault = self.fault, progress = self.progress
+        let attachment = try runtime.attachInterrupt(vector, name: "e1000", acknowledge: {
+            UInt64(registers.load(E1000Register.interruptCause))  // Reading clears the causes.
+        }) { cause in
+            // All-ones: the NIC is gone. Reported here, where interrupts are disabled and the
+            // fault's spin lock may be taken (the acknowledge routine runs before that).
+            guard cause != UInt64(UInt32.max) else { return fault.report("ICR reads all-ones in the ISR") }
+            let causes = InterruptCauses(rawValue: UInt32(truncatingIfNeeded: cause))
+            if !causes.isDisjoint(with: .receive) {
+                registers.store(InterruptCauses.receive.rawValue, to: E1000Register.interruptMaskClear)
+                dpc.queue()
+            }
+            if causes.contains(.transmitDescriptorWritten) {
+                registers.store(InterruptCauses.transmitDescriptorWritten.rawValue, to: E1000Register.interruptMaskClear)
+                progress.signal()
+            }
+            if causes.contains(.linkStatusChange) { progress.signal() }
+        }
+        lifecycle.withLock { $0.attachment = attachment }
+        let unmasked: InterruptCauses = [.receive, .linkStatusChange]
+        registers.store(unmasked.rawValue, to: E1000Register.interruptMaskSet)
     }
 
-    /// One pass of the receive DPC.
+    /// Whether receive processing is by interrupts.
+    var receivesByInterrupt: Bool { receiveDPC != nil }
+
+    /// One pass of the receive DPC, all of it under the receive lock (so that ``stop()``,
+    /// once it has set `stopping`, knows no pass is half done).
     private func receivePass() {
-        if deliverReceived(budget: receiveBudget) == receiveBudget {
-            if !stopping.withLock({ isStopping }) { receiveDPC?.queue() }
-            return
-        }
-        try? registers.write32(Self.receiveCauses, at: E1000Register.interruptMaskSet)
-        if receiveRingHasFrame {
-            try? registers.write32(Self.receiveCauses, at: E1000Register.interruptMaskClear)
-            receiveDPC?.queue()
+        receive.withLock { state in
+            guard !state.stopping else { return }
+            if deliverReceived(&state) == receiveBudget {
+                receiveDPC?.queue()
+                return
+            }
+            registers.store(InterruptCauses.receive.rawValue, to: E1000Register.interruptMaskSet)
+            if receiveRing.receive(state.next).status.contains(.descriptorDone) {
+                registers.store(InterruptCauses.receive.rawValue, to: E1000Register.interruptMaskClear)
+                receiveDPC?.queue()
+            }
         }
     }
 }

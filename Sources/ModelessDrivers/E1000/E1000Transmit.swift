@@ -1,16 +1,17 @@
 import ModelessDevice
+import ModelessRuntime
 
 /// Transmitting: a batch at a time, each frame filled in place in its DMA buffer, one tail
 /// doorbell per batch.
 extension E1000Driver {
-    /// How many frames a batch may carry now: free descriptors after reclaiming those the
-    /// NIC finished (at most ``ringSize`` − 1). The caller holds `transmitLock`.
-    private func freeTransmitDescriptors() throws -> Int {
-        while transmitClean != transmitTail,
-              try transmitDescriptors.load8(at: transmitClean &* 16 + 12) & E1000Bit.descriptorDone != 0 {
-            transmitClean = ringSlot(after: transmitClean)
+    /// Moves the clean index past the descriptors the NIC finished, and returns how many
+    /// frames a batch may carry now (at most ``ringSize`` − 1).
+    @inline(__always)
+    private func reclaim(_ state: inout TransmitState) -> Int {
+        while state.clean != state.tail, transmitRing.transmit(state.clean).status.contains(.descriptorDone) {
+            state.clean = transmitRing.slot(after: state.clean)
         }
-        return (transmitClean - transmitTail - 1 + ringSize) % ringSize
+        return (state.clean &- state.tail &- 1 &+ ringSize) % ringSize
     }
 
     /// Sends up to `count` frames in one batch. `fill(index, &writer)` writes frame `index`
@@ -21,56 +22,73 @@ extension E1000Driver {
     /// Descriptors the NIC has finished are reclaimed first; the batch is cut to the free
     /// descriptors, so it never overruns the ring, and the tail register is written once.
     /// Returns how many frames were queued (0 when the ring is full: try again later). Nothing
-    /// is allocated and nothing reference counted per frame.
+    /// is allocated and nothing reference counted per frame. `fill` runs with the transmit
+    /// ring's spin lock held: it must not wait or send.
     ///
     /// A frame shorter than ``minimumFrame`` is not sent: the frames before it are, and then
-    /// ``Failure/badFrame(_:)`` is thrown.
+    /// ``Failure/badFrame(_:)`` is thrown. Once the NIC has stopped answering, throws
+    /// ``Failure/notResponding(_:)`` and sends nothing.
     @discardableResult
     public func transmitFrames(count: Int, _ fill: (_ index: Int, _ frame: inout DMAByteWriter) -> Void) throws -> Int {
         guard count >= 0 else { throw Failure.badFrame("a batch holds zero or more frames, not \(count)") }
-        return try transmitLock.withLock { () throws -> Int in
-            let batch = min(count, try freeTransmitDescriptors())
+        try checkResponding()
+        let (queued, refused) = transmit.withLock { state -> (Int, Int?) in
+            let batch = min(count, reclaim(&state))
             var queued = 0, bytes = 0
             var refused: Int?
             while queued < batch {
-                let slot = transmitTail
-                let length = try transmitBuffers.withWriter(of: transmitBuffers.chunk(slot), capacity: Self.maximumFrame) {
-                    fill(queued, &$0)
-                }.count
+                let slot = state.tail
+                let length: Int
+                do {
+                    length = try transmitBuffers.withWriter(of: transmitBuffers.chunk(slot), capacity: Self.maximumFrame) {
+                        fill(queued, &$0)
+                    }.count
+                } catch {
+                    fault.report(error)
+                    break
+                }
                 guard length >= Self.minimumFrame else { refused = length; break }
-                let offset = slot &* 16
-                try transmitDescriptors.store16(UInt16(truncatingIfNeeded: length), at: offset + 8)
-                try transmitDescriptors.store8(E1000Bit.commandEndOfPacket | E1000Bit.commandInsertFCS | E1000Bit.commandReportStatus,
-                                               at: offset + 11)
-                try transmitDescriptors.store8(0, at: offset + 12)
-                transmitTail = ringSlot(after: slot)
-                queued += 1
-                bytes += length
+                transmitRing.transmit(slot).submit(length: length)
+                state.tail = transmitRing.slot(after: slot)
+                queued &+= 1
+                bytes &+= length
             }
             if queued > 0 {
-                try registers.write32(UInt32(transmitTail), at: E1000Register.transmitTail)
-                transmitCounters.frames += queued
-                transmitCounters.bytes += bytes
-                transmitCounters.batches += 1
+                registers.store(UInt32(state.tail), to: E1000Register.transmitTail)
+                state.frames &+= queued
+                state.bytes &+= bytes
+                state.batches &+= 1
             }
-            if let refused {
-                throw Failure.badFrame("frame \(queued) of the batch is \(refused) bytes; a frame is \(Self.minimumFrame) to \(Self.maximumFrame)")
-            }
-            return queued
+            return (queued, refused)
         }
+        if let refused {
+            throw Failure.badFrame("frame \(queued) of the batch is \(refused) bytes; a frame is \(Self.minimumFrame) to \(Self.maximumFrame)")
+        }
+        try checkResponding()
+        return queued
     }
 
-    /// Sends one Ethernet frame (without FCS; the NIC adds it), waiting for a free descriptor.
-    /// It copies `frame`; ``transmitFrames(count:_:)`` fills frames in place instead.
+    /// Sends one Ethernet frame (without FCS; the NIC adds it). It copies `frame`;
+    /// ``transmitFrames(count:_:)`` fills frames in place instead.
+    ///
+    /// When the ring is full, a caller at passive level waits (up to a second) for the NIC to
+    /// write a descriptor back; one that may not wait (an ISR, a DPC, a frame handler, or any
+    /// code with interrupts disabled) gets ``Failure/transmitRingFull`` at once.
     public func send(_ frame: [UInt8]) throws {
         guard (Self.minimumFrame...Self.maximumFrame).contains(frame.count) else {
             throw Failure.badFrame("a frame is \(Self.minimumFrame) to \(Self.maximumFrame) bytes, not \(frame.count)")
         }
-        try waitUntil("a free transmit descriptor") {
-            try transmitFrames(count: 1) { _, writer in writer.set(frame, at: 0) } == 1
+        let queue = { () throws -> Bool in try self.transmitFrames(count: 1) { _, writer in writer.set(frame, at: 0) } == 1 }
+        if try queue() { return }
+        guard !runtime.isAtInterruptLevel, !runtime.interruptsDisabledOnThisThread else { throw Failure.transmitRingFull }
+        guard !lifecycle.withLock({ $0.stopped }) else { throw Failure.stopped }
+        // Ask for the transmit-written-back interrupt (the ISR masks it again) while waiting.
+        if receivesByInterrupt {
+            registers.store(InterruptCauses.transmitDescriptorWritten.rawValue, to: E1000Register.interruptMaskSet)
         }
+        try Self.waitUntil("a free transmit descriptor", runtime: runtime, event: progress, queue)
     }
 
     /// Transmit batches written so far (each one tail write).
-    public var transmitBatches: Int { transmitLock.withLock { transmitCounters.batches } }
+    public var transmitBatches: Int { transmit.withLock { $0.batches } }
 }

@@ -1,5 +1,5 @@
 import ModelessLogical
-import ModelessSystem
+import ModelessRuntime
 
 /// The seed's networked example: a network driver as a provider of a logical device, through
 /// which block requests arriving over the network flow down a stack of logical devices to a
@@ -12,6 +12,9 @@ import ModelessSystem
 /// ``BlockGatewayMessage`` protocol to the gateway's address and port become requests to its
 /// own `net0` — a consumer in its container like any other — sent asynchronously, so receive
 /// processing never waits for the disk; each completion sends the reply datagram.
+///
+/// ``handle(_:)`` runs where the NIC driver delivers frames (its receive DPC, with interrupts
+/// disabled), so the gateway's state is behind a ``SpinLock`` and nothing there waits.
 public final class NetworkBlockGateway: @unchecked Sendable {
     public let container: LogicalContainer
     public let device: String
@@ -22,16 +25,20 @@ public final class NetworkBlockGateway: @unchecked Sendable {
     /// below it (the partition service and the disk under it take two).
     public let chainBlocks: Int
     private let send: @Sendable ([UInt8]) throws -> Void
-    private let lock = ConditionLock()
-    private var lowerHandle: LogicalDeviceHandle?
-    private var ownHandle: LogicalDeviceHandle?
-    private var counters = (requests: 0, failures: 0, malformed: 0)
+    private let state: SpinLock<State>
+
+    private struct State {
+        var lowerHandle: LogicalDeviceHandle?
+        var ownHandle: LogicalDeviceHandle?
+        var requests = 0, failures = 0, malformed = 0, unsentReplies = 0
+    }
 
     /// A gateway that will provide `device` in `container` (create it with ``handlers``) and
     /// consumes `lower`, which it opens now; replies go out through `send` (the NIC driver's
-    /// transmit).
+    /// transmit). `runtime` is the NIC driver's.
     public init(container: LogicalContainer, device: String = "net0", lower: String, ip: [UInt8], port: UInt16 = 7470,
-                chainBlocks: Int = 4, send: @escaping @Sendable ([UInt8]) throws -> Void) throws(LogicalDeviceError) {
+                chainBlocks: Int = 4, runtime: any DriverRuntime,
+                send: @escaping @Sendable ([UInt8]) throws -> Void) throws(LogicalDeviceError) {
         self.container = container
         self.device = device
         self.lower = lower
@@ -39,7 +46,7 @@ public final class NetworkBlockGateway: @unchecked Sendable {
         self.port = port
         self.chainBlocks = max(2, chainBlocks)
         self.send = send
-        lowerHandle = try container.open(lower)
+        state = runtime.makeSpinLock("block gateway", State(lowerHandle: try container.open(lower)))
     }
 
     /// The handlers to create ``device`` with.
@@ -47,22 +54,29 @@ public final class NetworkBlockGateway: @unchecked Sendable {
         LogicalDeviceHandlers(request: { [unowned self] context in try self.forward(context) })
     }
 
+    /// Replies that could not be sent (the NIC's transmit ring was full, or the NIC failed).
+    public var unsentReplies: Int { state.withLock { $0.unsentReplies } }
+
     /// Requests served, requests that failed, and datagrams that were not requests.
-    public var statistics: (requests: Int, failures: Int, malformed: Int) { lock.withLock { counters } }
+    public var statistics: (requests: Int, failures: Int, malformed: Int) {
+        state.withLock { ($0.requests, $0.failures, $0.malformed) }
+    }
 
     /// Closes the devices it opened (destroy ``device`` afterwards).
     public func stop() {
-        let (own, below) = lock.withLock { () -> (LogicalDeviceHandle?, LogicalDeviceHandle?) in
-            defer { ownHandle = nil; lowerHandle = nil }
-            return (ownHandle, lowerHandle)
+        let (own, below) = state.withLock { state -> (LogicalDeviceHandle?, LogicalDeviceHandle?) in
+            defer { state.ownHandle = nil; state.lowerHandle = nil }
+            return (state.ownHandle, state.lowerHandle)
         }
-        if let own { try? container.close(own) }
-        if let below { try? container.close(below) }
+        // Closing fails only for a handle the container already closed (it was shut down first).
+        for handle in [own, below].compactMap({ $0 }) {
+            do { try container.close(handle) } catch {}
+        }
     }
 
     /// `net0`'s request handler: a read or write goes to the device below in the chain's next block.
     private func forward(_ context: RequestContext) throws {
-        guard let below = lock.withLock({ lowerHandle }) else { throw LogicalDeviceError(.notOpen, "the gateway is stopped") }
+        guard let below = state.withLock({ $0.lowerHandle }) else { throw LogicalDeviceError(.notOpen, "the gateway is stopped") }
         let block = context.block
         guard block.requestType == .read || block.requestType == .write else {
             throw LogicalDeviceError(.requestFailed, "\(device) forwards reads and writes only")
@@ -81,7 +95,7 @@ public final class NetworkBlockGateway: @unchecked Sendable {
     public func handle(_ frame: [UInt8]) -> Bool {
         guard let datagram = UDPDatagram(frame: frame), datagram.destinationIP == ip, datagram.destinationPort == port else { return false }
         guard let message = BlockGatewayMessage(datagram.payload), !message.isReply else {
-            lock.withLock { counters.malformed += 1 }
+            state.withLock { $0.malformed += 1 }
             return true
         }
         do {
@@ -121,26 +135,37 @@ public final class NetworkBlockGateway: @unchecked Sendable {
     }
 
     /// The gateway's own handle on ``device``, opened on first use (the device is created
-    /// after the gateway).
+    /// after the gateway). The open happens outside the spin lock; of two racing opens, the
+    /// second is closed again.
     private func ownDevice() throws -> LogicalDeviceHandle {
-        try lock.withLock { () throws -> LogicalDeviceHandle in
-            if let ownHandle { return ownHandle }
-            guard lowerHandle != nil else { throw LogicalDeviceError(.notOpen, "the gateway is stopped") }
-            let opened = try container.open(device)
-            ownHandle = opened
-            return opened
+        let (own, running) = state.withLock { ($0.ownHandle, $0.lowerHandle != nil) }
+        if let own { return own }
+        guard running else { throw LogicalDeviceError(.notOpen, "the gateway is stopped") }
+        let opened = try container.open(device)
+        let (kept, spare) = state.withLock { state -> (LogicalDeviceHandle?, LogicalDeviceHandle?) in
+            guard state.lowerHandle != nil else { return (nil, opened) }
+            if let own = state.ownHandle { return (own, opened) }
+            state.ownHandle = opened
+            return (opened, nil)
         }
+        if let spare { try container.close(spare) }
+        guard let kept else { throw LogicalDeviceError(.notOpen, "the gateway is stopped") }
+        return kept
     }
 
     private func reply(to datagram: UDPDatagram, _ message: BlockGatewayMessage, status: UInt16, data: [UInt8] = []) {
-        lock.withLock {
-            counters.requests += 1
-            if status != 0 { counters.failures += 1 }
+        state.withLock { state in
+            state.requests += 1
+            if status != 0 { state.failures += 1 }
         }
         var answer = message
         answer.isReply = true
         answer.status = UInt8(truncatingIfNeeded: status)
         answer.data = data
-        try? send(datagram.reply(answer.bytes).frame)
+        do {
+            try send(datagram.reply(answer.bytes).frame)
+        } catch {
+            state.withLock { $0.unsentReplies += 1 }
+        }
     }
 }

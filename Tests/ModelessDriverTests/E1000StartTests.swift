@@ -1,0 +1,137 @@
+import ModelessDevice
+import ModelessDrivers
+import ModelessModels
+import ModelessRuntime
+import Synchronization
+import Testing
+
+/// How the e1000 driver starts and fails: a NIC that does not answer is refused at once and
+/// untouched, a NIC that stops answering is reported once, and a predecessor killed mid-traffic
+/// leaves nothing the new driver takes for its own.
+@Suite("The e1000 driver's start and failure")
+struct E1000StartTests {
+    /// CTRL, ICS and IMC offsets and CTRL.RST, as the datasheet gives them (the test's own).
+    static let ctrl = 0x0000, ics = 0x00C8, imc = 0x00D8, reset: UInt32 = 1 << 26
+    static let receiveTimer: UInt32 = 1 << 7, transmitWritten: UInt32 = 1 << 0
+
+    static func isNotResponding(_ error: any Error) -> Bool {
+        if case .notResponding = error as? E1000Driver.Failure { return true }
+        return false
+    }
+
+    @Test(arguments: ExecutionMode.allCases)
+    func aNICReadingAllOnesIsRefusedAtOnceWithoutARegisterWrite(_ mode: ExecutionMode) throws {
+        let model = E1000Model()
+        model.notResponding = true
+        let device = try ModeledDevice(model)
+        defer { device.close() }
+        try withVerifiedRuntime(mode) { runtime in
+            let start = ContinuousClock.now
+            let error = #expect(throws: E1000Driver.Failure.self) {
+                _ = try E1000Driver(device: device, runtime: runtime, interrupt: .intx)
+            }
+            #expect(ContinuousClock.now - start < .seconds(1), "refused within a second")
+            #expect(error.map(Self.isNotResponding) == true, "\(String(describing: error))")
+            #expect("\(error.map { "\($0)" } ?? "")".hasPrefix("device not responding"))
+            #expect(model.writes.isEmpty, "no register written: \(model.writes)")
+            let command = try device.config.command()
+            #expect(!command.contains(.busMaster), "bus mastering left off")
+        }
+    }
+
+    @Test(arguments: ExecutionMode.allCases)
+    func aNICThatStopsAnsweringIsReportedOnceAndEveryLaterCallFailsAtOnce(_ mode: ExecutionMode) throws {
+        try withE1000(mode, .interrupts(.intx)) { driver, model, _ in
+            model.loopback = true
+            try driver.send([UInt8](repeating: 1, count: 60))
+            #expect(driver.failure == nil)
+            model.notResponding = true
+            #expect(!driver.linkUp, "STATUS reads all-ones")
+            let failure = try #require(driver.failure)
+            #expect(Self.isNotResponding(failure), "\(failure)")
+            let start = ContinuousClock.now
+            let noFrame: (Int, inout DMAByteWriter) -> Void = { _, frame in frame.fill(0, at: 0, length: 60) }
+            #expect(performing: { try driver.transmitFrames(count: 1, noFrame) }, throws: Self.isNotResponding)
+            #expect(performing: { try driver.receiveFrames(budget: 4) { _ in } }, throws: Self.isNotResponding)
+            #expect(performing: { try driver.send([UInt8](repeating: 2, count: 60)) }, throws: Self.isNotResponding)
+            #expect(ContinuousClock.now - start < .milliseconds(100), "at once, without waiting")
+            #expect(driver.failure == failure, "reported once: the first report stays")
+            model.notResponding = false
+        }
+    }
+
+    /// An interrupt whose ICR reads all-ones is the ISR's news that the NIC went away: reported
+    /// with nobody calling the driver. (By MSI: with INTx a dead NIC's line stays asserted and
+    /// the interrupt comes back after every acknowledge, until the runtime can disable it.)
+    @Test(arguments: ExecutionMode.allCases)
+    func theISRNoticesANICThatStoppedAnswering(_ mode: ExecutionMode) throws {
+        try withE1000(mode, .interrupts(.msi), model: E1000Model(variant: .i82574L)) { driver, model, _ in
+            model.notResponding = true
+            model.assertInterrupt()
+            for _ in 0..<5000 where driver.failure == nil { usleep(1000) }
+            let failure = driver.failure
+            model.notResponding = false
+            #expect(failure.map(Self.isNotResponding) == true)
+            #expect("\(failure.map { "\($0)" } ?? "")".contains("ICR"), "\(String(describing: failure))")
+        }
+    }
+
+    /// With nobody calling it, the polling thread notices a NIC that went away.
+    @Test func thePollingThreadNoticesANICThatStoppedAnswering() throws {
+        try withE1000(.user, .pollingThread) { driver, model, _ in
+            model.notResponding = true
+            for _ in 0..<5000 where driver.failure == nil { usleep(1000) }
+            #expect(driver.failure.map(Self.isNotResponding) == true)
+            model.notResponding = false
+        }
+    }
+
+    /// A predecessor killed mid-traffic leaves the NIC with its rings enabled, its receive
+    /// causes unmasked and causes pending. The next driver resets before anything else (only
+    /// interrupt masking before CTRL.RST, bus mastering off until after it), never unmasks a
+    /// stale cause, and then moves frames as if the NIC were new.
+    @Test(arguments: ExecutionMode.allCases)
+    func aPredecessorKilledMidTrafficLeavesNothingBehind(_ mode: ExecutionMode) throws {
+        let model = E1000Model()
+        model.loopback = true
+        do {
+            let device = try ModeledDevice(model)
+            let runtime = try makeRuntime(mode)
+            let predecessor = try E1000Driver(device: device, runtime: runtime, interrupt: .intx)
+            for index in 0..<10 { try predecessor.send([UInt8](repeating: UInt8(index), count: 60)) }
+            for _ in 0..<5000 where model.transmitted.count < 10 { usleep(1000) }
+            // Killed: never stopped; its ISR gone, causes are latched after its last interrupt.
+            runtime.shutdown()
+            try device.region(0).store(Self.receiveTimer | Self.transmitWritten, to: Register<UInt32>(Self.ics))
+            device.close()
+            withExtendedLifetime(predecessor) {}
+        }
+        #expect(model.pendingCauses & Self.receiveTimer != 0)
+        #expect(model.ringsEnabled == (true, true))
+        #expect(model.interruptMask & Self.receiveTimer != 0)
+        let staleUnmasks = model.unmaskedWhilePending
+        model.clearWrites()
+
+        try withE1000(mode, .interrupts(.intx), model: model) { driver, model, _ in
+            let writes = model.writes
+            let reset = try #require(writes.firstIndex { $0.offset == Self.ctrl && $0.value & Self.reset != 0 }, "a global reset")
+            #expect(writes[..<reset].allSatisfy { $0.offset == Self.imc }, "only interrupt masking before the reset: \(writes[..<reset])")
+            #expect(writes[...reset].allSatisfy { !$0.busMaster }, "bus mastering off until the reset")
+            #expect(writes.contains { $0.busMaster }, "bus mastering on afterwards")
+            #expect(model.unmaskedWhilePending == staleUnmasks, "no stale cause unmasked")
+
+            let got = Mutex<[[UInt8]]>([])
+            driver.onFrame = { frame in got.withLock { $0.append(frame) } }
+            let frames = (0..<5).map { [UInt8](repeating: 0xA0 + UInt8($0), count: 64) }
+            for frame in frames { try driver.send(frame) }
+            for _ in 0..<5000 where got.withLock({ $0.count }) < 5 { usleep(1000) }
+            usleep(20_000)
+            #expect(got.withLock { $0 } == frames, "exactly the new frames, once each, in order")
+            #expect(driver.statistics.framesReceived == 5)
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
