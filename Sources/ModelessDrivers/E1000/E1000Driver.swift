@@ -195,6 +195,13 @@ public final class E1000Driver: @unchecked Sendable {
         return (received.0, sent.0, received.1, sent.1)
     }
 
+    /// Frames the NIC itself counted as transmitted (its GPTC statistics register) since the
+    /// previous call or the start: what a benchmark compares with other senders' NIC counts.
+    /// The register clears when read, so one caller should own it.
+    public func framesTransmittedByNIC() -> Int {
+        Int(registers.load(E1000Register.goodPacketsTransmitted))
+    }
+
     /// Received descriptors dropped because the NIC flagged an error or the frame did not fit
     /// one buffer.
     public var receiveErrors: Int { receive.withLock { $0.errors } }

@@ -34,6 +34,8 @@ enum E1000Register {
     static let transmitLength = Register<UInt32>(0x3808)
     static let transmitHead = Register<UInt32>(0x3810)
     static let transmitTail = Register<UInt32>(0x3818)
+    /// GPTC: good packets transmitted, counted by the NIC; reading clears it.
+    static let goodPacketsTransmitted = Register<UInt32>(0x4080)
     /// MTA[0]: the first of the 128 multicast table entries.
     static let multicastTable = Register<UInt32>(0x5200)
     static let multicastTableEntries = 128
