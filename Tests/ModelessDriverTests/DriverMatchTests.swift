@@ -14,8 +14,9 @@ struct DriverMatchTests {
         // another interface (0x010801, NVMHCI) is not either.
         (PCIIdentity(vendor: 0x8086, device: 0x2922, classCode: 0x010601), nil),
         (PCIIdentity(vendor: 0x8086, device: 0x0953, classCode: 0x010801), nil),
-        // The 82574L (e1000e) is not in the e1000 table.
-        (PCIIdentity(vendor: 0x8086, device: 0x10d3, classCode: 0x020000), nil),
+        // The 82574L (e1000e) is in the e1000 table; the 82599 (ixgbe) is in none.
+        (PCIIdentity(vendor: 0x8086, device: 0x10d3, classCode: 0x020000), "e1000"),
+        (PCIIdentity(vendor: 0x8086, device: 0x10fb, classCode: 0x020000), nil),
         (PCIIdentity(vendor: 0x1af4, device: 0x1041, classCode: 0x020000), nil),
         // QEMU's NVMe id with another class still matches its own entry.
         (PCIIdentity(vendor: 0x1b36, device: 0x0010, classCode: 0x018000), "nvme"),
