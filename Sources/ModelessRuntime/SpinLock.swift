@@ -85,12 +85,25 @@ public final class SpinLock<State>: @unchecked Sendable {
         verifier?.didRelease(identity, at: function, in: runtime)
     }
 
+    /// Spins for the lock word. A kernel's holder cannot be preempted on its CPU; a thread here
+    /// can, and a waiter at a higher real-time priority on the same CPU (an interrupt thread
+    /// spinning for a lock a DPC thread holds) would keep it from ever running: `sched_yield`
+    /// yields only to threads of the waiter's own priority. So after a short spin the waiter
+    /// yields, and after a longer one it sleeps briefly, which lets a preempted holder of any
+    /// priority run and release the lock.
     private func spin() {
         var spins = 0
         while !word.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
             repeat {
                 spins += 1
-                if spins & 1023 == 0 { sched_yield() } else { modeless_cpu_relax() }
+                if spins & 1023 != 0 {
+                    modeless_cpu_relax()
+                } else if spins < 16 * 1024 {
+                    sched_yield()
+                } else {
+                    var pause = timespec(tv_sec: 0, tv_nsec: 50_000)
+                    nanosleep(&pause, nil)
+                }
             } while word.load(ordering: .relaxed)
         }
     }
