@@ -36,6 +36,11 @@ public struct BusError: Error, Sendable, Equatable, CustomStringConvertible {
         /// A process has the function's user-mode node open (`/dev/vfio/GROUP`, `/dev/uioN`),
         /// so moving it would wait for that process to let go.
         case heldByProcess
+        /// A persistent override file cannot be used: not named after a PCI address, not valid
+        /// JSON, or naming a driver Modeless does not bind to.
+        case invalidOverride
+        /// No persistent override is recorded for the device named.
+        case noOverride
         /// A system call failed in a way not covered above.
         case systemFailure
     }

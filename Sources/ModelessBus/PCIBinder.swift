@@ -48,13 +48,23 @@ public struct PCIBinder: Sendable {
     ///   - dryRun: check everything and report the steps without changing anything.
     public func bind(_ selector: DeviceSelector, to driver: UserModeDriver,
                      force: Bool = false, dryRun: Bool = false) throws(BusError) -> Report {
+        try bind(selector, to: driver, force: force, dryRun: dryRun, companions: [])
+    }
+
+    /// The access marks udev's rules look for (``AccessMarkers``), beside the binding store.
+    public var accessMarkers: AccessMarkers { AccessMarkers(directory: "\(store.directory)/access") }
+
+    /// ``bind(_:to:force:dryRun:)`` as one of several functions bound in one call: the IOMMU
+    /// group check counts `companions`, the other functions of the call, as already on vfio-pci.
+    func bind(_ selector: DeviceSelector, to driver: UserModeDriver, force: Bool, dryRun: Bool,
+              companions: Set<PCIAddress>) throws(BusError) -> Report {
         let device = try bus.resolve(selector)
         if device.driver == driver.rawValue {
             return Report(device: device, steps: [], alreadyDone: true, node: bus.userModeNode(of: device))
         }
         if !force { try checkNotInfrastructure(device) }
         try checkPermission(device)
-        if driver == .vfioPCI { try checkIOMMU(device) }
+        if driver == .vfioPCI { try checkIOMMU(device, companions: companions) }
         try checkNotHeld(device)
         if device.isActiveInKernel && !force {
             let uses = device.kernelUses.filter(\.isActive).map(\.description).joined(separator: "; ")
@@ -77,9 +87,13 @@ public struct PCIBinder: Sendable {
                                 for: device.address)
         }
         do throws(BusError) {
+            try accessMarkers.grant(device, driver: driver)
             try move(device, to: driver.rawValue, override: driver.rawValue)
         } catch {
-            if existing == nil { try? store.setRecord(nil, for: device.address) }
+            if existing == nil {
+                try? accessMarkers.revoke(device)
+                try? store.setRecord(nil, for: device.address)
+            }
             throw error
         }
         let after = try bus.device(at: device.address)
@@ -102,6 +116,7 @@ public struct PCIBinder: Sendable {
         let target = record?.originalDriver
         let override = record?.originalOverride
         if record != nil, device.driver == target, device.driverOverride == override {
+            try accessMarkers.revoke(device)
             try store.setRecord(nil, for: device.address)
             return Report(device: device, steps: [], alreadyDone: true, node: nil)
         }
@@ -116,6 +131,7 @@ public struct PCIBinder: Sendable {
         if dryRun { return Report(device: device, steps: steps, alreadyDone: false, node: nil) }
 
         try move(device, to: target, override: override)
+        try accessMarkers.revoke(device)
         try store.setRecord(nil, for: device.address)
         return Report(device: try bus.device(at: device.address), steps: steps, alreadyDone: false, node: nil)
     }
@@ -167,14 +183,14 @@ public struct PCIBinder: Sendable {
         }
     }
 
-    private func checkIOMMU(_ device: PCIDevice) throws(BusError) {
+    private func checkIOMMU(_ device: PCIDevice, companions: Set<PCIAddress>) throws(BusError) {
         guard device.iommuGroup != nil else {
             let why = bus.hasIOMMUGroups ? "\(device.address) is in no IOMMU group" : "no IOMMU is enabled"
             throw BusError(.noIOMMU, "vfio-pci needs an IOMMU, and \(why)",
                            remedy: "enable it on the kernel command line (intel_iommu=on or amd_iommu=on, with iommu=pt) and reboot, or bind with --to uio_pci_generic (no DMA isolation)")
         }
         var blocking: [String] = []
-        for peer in device.iommuGroupPeers {
+        for peer in device.iommuGroupPeers where !companions.contains(peer) {
             guard let member = try? bus.device(at: peer), let driver = member.driver else { continue }
             let harmless = driver == UserModeDriver.vfioPCI.rawValue || driver == "pci-stub"
                 || (member.isBridge && driver == "pcieport")
@@ -183,7 +199,7 @@ public struct PCIBinder: Sendable {
         if !blocking.isEmpty {
             throw BusError(.iommuGroupNotViable,
                            "IOMMU group \(device.iommuGroup!) of \(device.address) is not viable: \(blocking.joined(separator: ", ")) still on host drivers",
-                           remedy: "bind every member of the group to vfio-pci (modeless bind ADDR) or unbind them first")
+                           remedy: "bind every member of the group to vfio-pci in one call (modeless bind ADDR ADDR…) or unbind them first")
         }
     }
 

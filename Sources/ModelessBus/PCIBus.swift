@@ -69,7 +69,33 @@ public struct PCIBus: Sendable {
             let addresses = matches.map(\.address.description).joined(separator: ", ")
             throw BusError(.ambiguousDevice, "\(matches.count) PCI devices have id \(selector): \(addresses)",
                            remedy: "name one of them by its address")
+        case .kernelName(let name):
+            return try device(withKernelName: name)
         }
+    }
+
+    /// The function with a network interface or block device (partitions included) named `name`.
+    /// - Throws: ``BusError`` `.noSuchDevice`, saying whether the name exists but is not on a PCI
+    ///   function (a virtual interface, a loop device) or does not exist at all.
+    public func device(withKernelName name: String) throws(BusError) -> PCIDevice {
+        let found = try devices().filter { device in
+            device.kernelUses.contains { use in
+                switch use {
+                case .networkInterface(let interface, _): interface == name
+                case .blockDevice(let block, _, _, _): block == name
+                }
+            }
+        }
+        if let device = found.first { return device }
+        let interface = FileAccess.exists("\(sysfsRoot)/class/net/\(name)")
+        let block = FileAccess.exists("\(sysfsRoot)/class/block/\(name)")
+        if interface || block {
+            throw BusError(.noSuchDevice,
+                           "\(interface ? "network interface" : "block device") \(name) is not on a PCI device (it is virtual, or behind a bus Modeless does not bind)",
+                           remedy: "name the PCI function itself; `modeless list` shows each one's interfaces (if=) and block devices (blk=)")
+        }
+        throw BusError(.noSuchDevice, "no network interface or block device is named \(name)",
+                       remedy: "`ip link` and `lsblk` show the names; a device already on a user-mode driver has none, so name it by address (`modeless list`)")
     }
 
     /// Whether a PCI driver is registered (its module loaded or built in).

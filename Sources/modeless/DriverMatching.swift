@@ -68,6 +68,12 @@ extension PCIIdentity {
             }
             throw BusError(.ambiguousDevice, "\(matches.count) PCI devices have id \(selector): \(matches.map(\.0.description).joined(separator: ", "))",
                            remedy: "name one of them by its address")
+        case .kernelName(let name):
+            let address = try PCIBus().device(withKernelName: name).address
+            guard let found = identity(at: address) else {
+                throw BusError(.noSuchDevice, "no PCI device at \(address)", remedy: "`modeless list` shows the devices present")
+            }
+            return (address, found)
         }
     }
 }

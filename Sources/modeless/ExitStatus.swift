@@ -23,6 +23,8 @@ enum ExitStatus {
         case .infrastructureDevice: 78
         case .holdsData: 79
         case .heldByProcess: 80
+        case .invalidOverride: 81
+        case .noOverride: 82
         }
     }
 
@@ -38,7 +40,8 @@ enum ExitStatus {
         70 no IOMMU for vfio-pci; 71 IOMMU group not viable; 75 device in use by the kernel; \
         76 kernel refused the change (previous state restored); 77 not permitted; \
         78 platform infrastructure (bridge, system peripheral); 79 the device's block devices hold data; \
-        80 a process holds the device.
+        80 a process holds the device; 81 a persistent override file cannot be used; \
+        82 no persistent override for the device.
         """
 
     /// Prints the error for a person and exits with its code.

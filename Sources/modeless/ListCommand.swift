@@ -10,10 +10,14 @@ struct List: ParsableCommand {
     @Flag(help: "Print JSON (an array of devices) for scripts.")
     var json = false
 
+    @Option(name: .customLong("class"), help: "Only devices of a class: net or storage.")
+    var deviceClass: DeviceClass?
+
     func run() throws {
         let bus = PCIBus()
         try reportingErrors { () throws(BusError) in
-            let devices = try bus.devices()
+            let devices: [PCIDevice]
+            if let deviceClass { devices = try bus.devices(in: deviceClass) } else { devices = try bus.devices() }
             if json {
                 try printJSON(devices.map { DeviceJSON($0, bus: bus) })
             } else {

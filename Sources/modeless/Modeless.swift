@@ -11,7 +11,7 @@ struct Modeless: ParsableCommand {
             """,
         version: ModelessVersion.current,
         subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Export.self, Supervise.self, Status.self]
-            + [Drivers.self]
+            + [Drivers.self, Overrides.self]
     )
 
     /// Parses the command line and runs the command; a driver's `run` command first has the
