@@ -33,7 +33,7 @@ public enum DeviceSelector: Sendable, Equatable, CustomStringConvertible {
             return
         }
         throw BusError(.malformedAddress,
-                       "'\(text)' is not a PCI address, vendor:device id, interface or block device name",
+                       "'\(text)' is not a PCI address or vendor:device id, nor an interface or block device name",
                        remedy: "name the device as \(Self.acceptedForms); `modeless list` shows them")
     }
 

@@ -126,7 +126,8 @@ struct OverridesRemove: ParsableCommand {
                 let address: PCIAddress
                 if case .address(let named) = selector { address = named } else { address = try PCIBus().resolve(selector).address }
                 guard overrides[address] != nil else {
-                    throw BusError(.noOverride, "\(text) (\(address)) has no persistent override in \(store.directory)",
+                    let named = text == address.description ? text : "\(text) (\(address))"
+                    throw BusError(.noOverride, "\(named) has no persistent override in \(store.directory)",
                                    remedy: "`modeless overrides` lists them")
                 }
                 addresses.append(address)

@@ -25,6 +25,11 @@ import Testing
         #expect(try DeviceSelector(parsing: "03:00.0") == .address(PCIAddress("0000:03:00.0")!))
         #expect(try DeviceSelector(parsing: "8086:100E") == .ids(vendor: 0x8086, device: 0x100e))
         #expect(throws: BusError.self) { try DeviceSelector(parsing: "8086:10e") }
-        #expect(throws: BusError.self) { try DeviceSelector(parsing: "eth0") }
+        #expect(try DeviceSelector(parsing: "eth0") == .kernelName("eth0"))
+        #expect(try DeviceSelector(parsing: "/dev/nvme1n1") == .kernelName("nvme1n1"))
+        #expect(try DeviceSelector(parsing: "nvme1n1p2") == .kernelName("nvme1n1p2"))
+        for bad in ["eth0:1", "a b", "../sda", "/dev/", "x/y", String(repeating: "n", count: 33)] {
+            #expect(throws: BusError.self, "\(bad)") { try DeviceSelector(parsing: bad) }
+        }
     }
 }

@@ -12,7 +12,18 @@ func modeless(_ arguments: String...) throws -> ProgramResult {
 @Suite("Command line: errors and exit codes")
 struct CommandLineErrorTests {
     @Test(arguments: [
-        (["bind", "zz"], 64, "'zz' is not a PCI address"),
+        (["bind", "zz:zz"], 64, "'zz:zz' is not a PCI address"),
+        // Interfaces and block devices: an unknown name, and names that are not on PCI.
+        (["bind", "zz"], 66, "no network interface or block device is named zz"),
+        (["unbind", "/dev/nvme9n9"], 66, "no network interface or block device is named nvme9n9"),
+        (["bind", "lo"], 66, "network interface lo is not on a PCI device"),
+        (["bind", "0000:ff:1f.7", "eth9", "--dry-run"], 66, "no PCI device at 0000:ff:1f.7"),
+        (["bind"], 64, "name at least one device, or a class with --class"),
+        (["bind", "--class", "gpu"], 64, "gpu"),
+        (["list", "--class", "sound"], 64, "sound"),
+        (["overrides", "remove", "0000:ff:1f.7", "--config-dir", "/nonexistent"], 82, "0000:ff:1f.7 has no persistent override"),
+        (["overrides", "apply", "0000:ff:1f.7", "--config-dir", "/nonexistent"], 82, "0000:ff:1f.7 has no persistent override"),
+        (["overrides", "apply", "zz", "--config-dir", "/nonexistent"], 64, "'zz' is not a PCI address"),
         (["bind", "0000:00:1f"], 64, "is not a PCI address"),
         (["unbind", "00:00.9"], 64, "is not a PCI address"),
         (["info", "8086:10e"], 64, "is not a PCI address or vendor:device id"),
