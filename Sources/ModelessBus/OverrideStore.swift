@@ -84,15 +84,21 @@ public struct OverrideStore: Sendable {
     }
 
     /// Refuses, before anything changes, when overrides cannot be written here (not root, a
-    /// read-only `/etc`): creates the directory if needed and checks that it is writable.
+    /// read-only `/etc`, a file where a directory should be). Creates nothing: a directory not
+    /// there yet is writable when its nearest existing ancestor is a writable directory.
     public func checkWritable() throws(BusError) {
-        do throws(SystemError) { try FileAccess.createDirectories(directory) } catch {
-            throw BusError(.notPermitted, "cannot create the persistent override directory \(directory): \(error)",
-                           remedy: "run as root (sudo modeless ...), or point --config-dir at a writable directory")
+        var existing = directory
+        while !FileAccess.exists(existing), let slash = existing.lastIndex(of: "/") {
+            existing = slash == existing.startIndex ? "/" : String(existing[..<slash])
         }
-        guard access(directory, W_OK) == 0 else {
-            throw BusError(.notPermitted, "cannot write persistent overrides in \(directory): \(Errno.current)",
-                           remedy: "run as root (sudo modeless ...), or point --config-dir at a writable directory")
+        let remedy = "run as root (sudo modeless ...), or point --config-dir at a writable directory"
+        guard FileAccess.isDirectory(existing) else {
+            throw BusError(.notPermitted, "cannot write persistent overrides in \(directory): \(existing) is not a directory",
+                           remedy: remedy)
+        }
+        guard access(existing, W_OK) == 0 else {
+            throw BusError(.notPermitted, "cannot write persistent overrides in \(directory): \(existing) is not writable (\(Errno.current))",
+                           remedy: remedy)
         }
     }
 

@@ -65,6 +65,11 @@ struct PersistentOverrideTests {
         #expect(refused?.failure.kind == .deviceInUse)
         #expect(try store.load().isEmpty)
 
+        // A dry run checks the directory without creating it.
+        let dry = try kernel.binder.bind(all: [selector("00:03.0")], to: .vfioPCI, dryRun: true, persist: store)
+        #expect(dry.count == 1)
+        #expect(!FileAccess.exists(store.configDirectory), "a dry run created \(store.configDirectory)")
+
         try FileAccess.replaceFile("\(kernel.root)/not-a-directory", with: [])
         let unwritable = OverrideStore(configDirectory: "\(kernel.root)/not-a-directory")
         let error = #expect(throws: BatchError.self) {
