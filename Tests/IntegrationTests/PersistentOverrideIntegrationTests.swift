@@ -26,8 +26,8 @@ enum PersistBench {
     /// This boot of the guest: `/proc/sys/kernel/random/boot_id`.
     static func bootID() -> String { FileAccess.readTextIfPresent("/proc/sys/kernel/random/boot_id") ?? "" }
 
-    /// Loads the kernel's e1000 driver and waits until it has the `index`th e1000 and its
-    /// interface; returns the interface's name.
+    /// Loads the kernel's e1000 driver, waits until it has the `index`th e1000 and its
+    /// interface, and takes the interface down; returns the interface's name.
     static func e1000OnKernelDriver(_ index: Int) throws -> (PCIAddress, String) {
         #expect(try TestBench.shell("modprobe e1000").status == 0)
         let nic = try TestBench.e1000(index)
@@ -38,7 +38,10 @@ enum PersistBench {
             }.first
             if name == nil { usleep(50_000) }
         }
-        return (nic, try #require(name, "the e1000 driver did not give \(nic) an interface"))
+        let interface = try #require(name, "the e1000 driver did not give \(nic) an interface")
+        // Down, as at boot before the network is configured (an earlier suite may have left it up).
+        #expect(try TestBench.shell("ip link set \(interface) down").status == 0)
+        return (nic, interface)
     }
 }
 
