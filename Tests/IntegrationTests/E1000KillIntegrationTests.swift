@@ -50,10 +50,11 @@ extension VM {
                     let started = monotonicNanoseconds()
                     let child = try ChildProcess(modeless, answering(round, peer: true))
                     var lines: [String] = []
-                    while let line = child.readLine(timeout: 60) { lines.append(line) }
+                    while let line = child.readLine(timeout: 300) { lines.append(line) }
                     let status = try child.wait()
                     let output = lines.joined(separator: "\n")
-                    let passed = status == 0 && output.contains("3 of 3 answered")
+                    // `run e1000 --peer` exits 1 unless every echo request was answered.
+                    let passed = status == 0
                     if !passed { failedRuns += 1 }
                     #expect(passed, "\(nic) run (\(mode(round))) after \(what): exit \(status)\n\(output)")
                     return monotonicNanoseconds() - started
