@@ -7,7 +7,10 @@ import ModelessSystem
 /// mask registers, receive and transmit descriptor rings in DMA memory, and the good-packet
 /// statistics. Transmitted frames are recorded and, with ``loopback``, received again; tests
 /// inject received frames with ``receive(_:)``. INTx (or MSI) is raised while an unmasked
-/// cause is pending. The model's state outlives a device opened on it, as a NIC's outlives
+/// cause is pending. The 82574L also has MSI-X as QEMU's e1000e models it: receive and
+/// transmit causes become RXQ0 and TXQ0, link changes also set OTHER, IVAR routes each to a
+/// vector, EIAC clears (and, with CTRL_EXT.IAME clear, masks) a cause when its vector fires,
+/// and reading ICR does not clear it (writing 1s does). The model's state outlives a device opened on it, as a NIC's outlives
 /// the process that drove it: a second ``ModeledDevice`` on the same model finds what the
 /// first left behind.
 ///
@@ -19,7 +22,7 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     public enum Variant: Sendable {
         /// 8086:100e, EERD.DONE bit 4 and the word address in bits 15:8; INTx.
         case i82540EM
-        /// 8086:10d3, EERD.DONE bit 1 and the word address in bits 15:2; INTx and MSI.
+        /// 8086:10d3, EERD.DONE bit 1 and the word address in bits 15:2; INTx, MSI and five MSI-X vectors.
         case i82574L
 
         var deviceID: UInt16 { self == .i82540EM ? 0x100E : 0x10D3 }
@@ -36,7 +39,9 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     }
 
     public let barSizes = [0: 0x20000, 1: 64]
-    public var vectorCounts: [InterruptKind: Int] { variant == .i82540EM ? [.intx: 1] : [.intx: 1, .msi: 1] }
+    public var vectorCounts: [InterruptKind: Int] { variant == .i82540EM ? [.intx: 1] : [.intx: 1, .msi: 1, .msix: Self.msixVectors] }
+    /// The 82574L's MSI-X vectors.
+    public static let msixVectors = 5
     public var initialConfigSpace: [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 256)
         bytes[0] = 0x86; bytes[1] = 0x80                                     // Intel
@@ -59,10 +64,17 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
         get { lock.withLock { loopbackValue } }
         set { lock.withLock { loopbackValue = newValue } }
     }
-    /// Link down: STATUS.LU clear, nothing sent or received.
+    /// Link down: STATUS.LU clear, nothing sent or received. A change raises the link status
+    /// change cause (LSC).
     public var linkDown: Bool {
         get { lock.withLock { linkDownValue } }
-        set { lock.withLock { linkDownValue = newValue } }
+        set {
+            let changed = lock.withLock { () -> Bool in
+                defer { linkDownValue = newValue }
+                return linkDownValue != newValue
+            }
+            if changed { cause(MSIX.lsc) }
+        }
     }
 
     private let lock = ConditionLock()
@@ -75,6 +87,7 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     private var notRespondingValue = false
     private var writeLog: [RegisterWrite] = []
     private var unmaskedPending = 0
+    private var msixRaised: [Int: Int] = [:]
 
     public init(mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56], variant: Variant = .i82540EM) {
         precondition(mac.count == 6)
@@ -99,6 +112,8 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     /// How many IMS writes unmasked a cause that was already pending (each raises an
     /// interrupt at once: a stale cause taken for a new one).
     public var unmaskedWhilePending: Int { lock.withLock { unmaskedPending } }
+    /// MSI-X interrupts raised so far, by vector.
+    public var msixInterrupts: [Int: Int] { lock.withLock { msixRaised } }
     /// Whether the receiver and the transmitter are enabled (RCTL.EN, TCTL.EN).
     public var ringsEnabled: (receive: Bool, transmit: Bool) {
         lock.withLock { (registers[R.rctl, default: 0] & (1 << 1) != 0, registers[R.tctl, default: 0] & (1 << 1) != 0) }
@@ -106,7 +121,8 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
 
     // Register offsets (see the driver's E1000Register for their names).
     private enum R {
-        static let ctrl = 0x0, status = 0x8, eerd = 0x14, icr = 0xC0, ics = 0xC8, ims = 0xD0, imc = 0xD8
+        static let ctrl = 0x0, status = 0x8, eerd = 0x14, ctrlExt = 0x18, icr = 0xC0, ics = 0xC8, ims = 0xD0, imc = 0xD8
+        static let eiac = 0xDC, ivar = 0xE4
         static let rctl = 0x100, tctl = 0x400
         static let rdbal = 0x2800, rdbah = 0x2804, rdlen = 0x2808, rdh = 0x2810, rdt = 0x2818
         static let tdbal = 0x3800, tdbah = 0x3804, tdlen = 0x3808, tdh = 0x3810, tdt = 0x3818
@@ -115,6 +131,7 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
 
     public func read(bar: Int, offset: Int, width: Int) -> UInt64 {
         guard bar == 0, width == 4 else { return 0 }
+        let msix = inMSIXMode
         lock.lock()
         if notRespondingValue {
             lock.unlock()
@@ -124,6 +141,8 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
         switch offset {
         case R.status:
             value = (registers[R.ctrl, default: 0] & (1 << 6) != 0 && !linkDownValue ? 1 << 1 : 0) | 1 << 0
+        case R.icr where msix:  // Not cleared by reading in MSI-X mode.
+            value = registers[offset, default: 0]
         case R.icr, R.gprc, R.gptc:  // Cleared by reading.
             value = registers[offset, default: 0]
             registers[offset] = 0
@@ -139,6 +158,7 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
         guard bar == 0, width == 4 else { return }
         let value = UInt32(truncatingIfNeeded: value)
         let busMaster = context?.busMasterEnabled ?? false
+        let msix = inMSIXMode
         lock.lock()
         writeLog.append(RegisterWrite(offset: offset, value: value, busMaster: busMaster))
         if notRespondingValue {
@@ -153,18 +173,20 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
             let data: UInt32 = word < 3 ? UInt32(mac[word * 2]) | UInt32(mac[word * 2 + 1]) << 8 : 0xFFFF
             registers[R.eerd] = data << 16 | variant.eepromDone | (value & (0xFF << variant.eepromAddressShift))
         case R.ics:
+            // In MSI-X mode a link change also sets OTHER.
+            let value = msix && value & MSIX.lsc != 0 ? value | MSIX.other : value
             registers[R.icr, default: 0] |= value
-            let raise = registers[R.icr, default: 0] & registers[R.ims, default: 0] != 0
+            let vectors = pendingVectors(msix: msix, raised: value)
             lock.unlock()
-            if raise { context?.raiseInterrupt() }
+            raise(vectors)
             return
         case R.ims:
             // Unmasking a cause that is already pending raises the interrupt, as on hardware.
             if registers[R.icr, default: 0] & value != 0 { unmaskedPending += 1 }
             registers[R.ims, default: 0] |= value
-            let raise = registers[R.icr, default: 0] & registers[R.ims, default: 0] != 0
+            let vectors = pendingVectors(msix: msix, raised: value)
             lock.unlock()
-            if raise { context?.raiseInterrupt() }
+            raise(vectors)
             return
         case R.imc: registers[R.ims, default: 0] &= ~value
         case R.icr: registers[R.icr, default: 0] &= ~value
@@ -232,12 +254,61 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
         }
     }
 
-    /// Sets interrupt causes and raises INTx if any is unmasked.
+    /// Sets interrupt causes (in MSI-X mode, their MSI-X forms) and raises the interrupt if
+    /// any is unmasked.
     private func cause(_ bits: UInt32) {
-        let raise = lock.withLock { () -> Bool in
+        let msix = inMSIXMode
+        let vectors = lock.withLock { () -> [Int] in
+            let bits = msix ? MSIX.causes(for: bits) : bits
             registers[R.icr, default: 0] |= bits
-            return registers[R.icr, default: 0] & registers[R.ims, default: 0] != 0
+            return pendingVectors(msix: msix, raised: bits)
         }
-        if raise { context?.raiseInterrupt() }
+        raise(vectors)
+    }
+
+    private func raise(_ vectors: [Int]) {
+        for vector in vectors { context?.raiseInterrupt(vector: vector) }
+    }
+
+    /// Whether the device's user enabled MSI-X (only the 82574L has it).
+    private var inMSIXMode: Bool { variant == .i82574L && context?.interruptKind == .msix }
+
+    /// The 82574L's MSI-X causes and IVAR layout (datasheet 10.2.4.9; QEMU's e1000e).
+    private enum MSIX {
+        static let rxq0: UInt32 = 1 << 20, txq0: UInt32 = 1 << 22, other: UInt32 = 1 << 24
+        static let rxt0: UInt32 = 1 << 7, txdw: UInt32 = 1 << 0, lsc: UInt32 = 1 << 2
+        static let iame: UInt32 = 1 << 27
+        /// Each MSI-X cause and where its IVAR entry starts.
+        static let routed: [(cause: UInt32, shift: UInt32)] = [(rxq0, 0), (txq0, 8), (other, 16)]
+
+        /// What a cause is reported as in MSI-X mode.
+        static func causes(for bits: UInt32) -> UInt32 {
+            var result = bits & ~(rxt0 | txdw)
+            if bits & rxt0 != 0 { result |= rxq0 }
+            if bits & txdw != 0 { result |= txq0 }
+            if bits & lsc != 0 { result |= other }
+            return result
+        }
+    }
+
+    /// With the lock held: the vectors to raise for pending unmasked causes. Outside MSI-X
+    /// mode, vector 0 if any cause is pending and unmasked. In MSI-X mode, the vector of each
+    /// pending unmasked cause among `raised` that IVAR routes, then EIAC's auto-clear (and,
+    /// without CTRL_EXT.IAME, auto-mask) of that cause.
+    private func pendingVectors(msix: Bool, raised: UInt32) -> [Int] {
+        let pending = registers[R.icr, default: 0] & registers[R.ims, default: 0]
+        guard msix else { return pending != 0 ? [0] : [] }
+        var vectors: [Int] = []
+        for (cause, shift) in MSIX.routed where pending & raised & cause != 0 {
+            let entry = registers[R.ivar, default: 0] >> shift & 0xF
+            if entry & 0b1000 != 0, Int(entry & 0b111) < Self.msixVectors {
+                vectors.append(Int(entry & 0b111))
+                msixRaised[Int(entry & 0b111), default: 0] += 1
+            }
+            let autoClear = registers[R.eiac, default: 0] & cause
+            registers[R.icr, default: 0] &= ~autoClear
+            if registers[R.ctrlExt, default: 0] & MSIX.iame == 0 { registers[R.ims, default: 0] &= ~autoClear }
+        }
+        return vectors
     }
 }

@@ -16,6 +16,10 @@ public final class ModelContext: @unchecked Sendable {
     /// Raises interrupt `vector` (for INTx, asserts the line until ``lowerInterrupt()``).
     public func raiseInterrupt(vector: Int = 0) { device?.raise(vector: vector) }
 
+    /// The kind of interrupt the device's user enabled (as a device sees its MSI and MSI-X
+    /// enable bits), nil while none is.
+    public var interruptKind: InterruptKind? { device?.enabledInterruptKind }
+
     /// Deasserts the INTx line.
     public func lowerInterrupt() { device?.lower() }
 

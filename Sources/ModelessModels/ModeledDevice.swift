@@ -124,6 +124,8 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
         }
     }
 
+    var enabledInterruptKind: InterruptKind? { lock.withLock { enabled?.kind } }
+
     func lower() {
         lock.withLock { intxAsserted = false }
     }

@@ -31,7 +31,7 @@ struct RunE1000: ParsableCommand {
 
     @OptionGroup var verification: VerifyOption
 
-    @Option(help: "Interrupts: intx (the 82540EM's only kind in QEMU), msi, or poll (no interrupts).")
+    @Option(help: "Interrupts: intx (the 82540EM's only kind in QEMU), msi, msix (82574L: a vector per cause), msix-one (82574L: one MSI-X vector), or poll (no interrupts).")
     var irq: String = "intx"
 
     @Flag(help: "Allow DMA over UIO, which gives the NIC no DMA isolation.")
@@ -44,20 +44,24 @@ struct RunE1000: ParsableCommand {
             return parsed
         }
         let interrupt: InterruptKind?
+        var msixVectors = E1000Driver.MSIXVectors.perCause
         switch irq {
+        case "msix": interrupt = .msix
+        case "msix-one": interrupt = .msix; msixVectors = .one
         case "msi": interrupt = .msi
         case "intx": interrupt = .intx
         case "poll": interrupt = nil
-        default: throw ValidationError("--irq must be msi, intx or poll, not \(irq)")
+        default: throw ValidationError("--irq must be intx, msi, msix, msix-one or poll, not \(irq)")
         }
         let verifier = verification.makeVerifier()
         try withBoundDevice(device, mode: mode, options: .init(allowUnisolatedDMA: allowUnisolatedDMA), verifier: verifier) { pci, access, runtime in
-            let driver = try E1000Driver(device: access, runtime: runtime, interrupt: interrupt)
+            let driver = try E1000Driver(device: access, runtime: runtime, receive: interrupt.map { .interrupts($0) } ?? .pollingThread,
+                                         msixVectors: msixVectors)
             defer { driver.stop() }
             let responder = EchoResponder(mac: driver.macAddress, ip: address, runtime: runtime) { try driver.send($0) }
             driver.onFrame = { responder.handle($0) }
             let mac = driver.macAddress.map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: ":")
-            printLine("e1000 on \(access.backendName) \(pci), \(runtime.mode) mode, \(irq): MAC \(mac), answering on \(ip)")
+            printLine("e1000 on \(access.backendName) \(pci), \(runtime.mode) mode, \(driver.interruptScheme.map { "\($0)" } ?? "poll"): MAC \(mac), answering on \(ip)")
             let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
             while !driver.linkUp && monotonicNanoseconds() < deadline { usleep(10_000) }
             printLine("link:       \(driver.linkUp ? "up" : "down")")

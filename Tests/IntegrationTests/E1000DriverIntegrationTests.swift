@@ -44,6 +44,7 @@ extension VM {
 
         /// Starts the driver with an echo responder on 169.254.79.2, under a verifier.
         func withDriver(_ address: PCIAddress, _ mode: ExecutionMode, _ receive: E1000Driver.ReceiveMode,
+                        msixVectors: E1000Driver.MSIXVectors = .perCause,
                         _ body: (E1000Driver, EchoResponder) throws -> Void) throws {
             let device = try DeviceOpener.open(address)
             defer { device.close() }
@@ -53,7 +54,7 @@ extension VM {
                 runtime.shutdown()
                 #expect(verifier.reports.isEmpty, "\(verifier.reports)")
             }
-            let driver = try E1000Driver(device: device, runtime: runtime, receive: receive)
+            let driver = try E1000Driver(device: device, runtime: runtime, receive: receive, msixVectors: msixVectors)
             defer { driver.stop() }
             let responder = EchoResponder(mac: driver.macAddress, ip: Self.ours, runtime: runtime) { try driver.send($0) }
             driver.onFrame = { responder.handle($0) }

@@ -183,12 +183,20 @@ struct TransmitDescriptor {
         ring.store(0, to: Field.status, at: offset)
     }
 
-    /// Hands one whole frame of `length` bytes in the descriptor's buffer to the NIC.
+    /// Hands one whole frame of `length` bytes in the descriptor's buffer to the NIC; with
+    /// `reportStatus` (RS) the NIC writes DD back when it is done with it, and, since it
+    /// processes descriptors in order, with every one before it.
     @inline(__always)
-    func submit(length: Int) {
+    func submit(length: Int, reportStatus: Bool) {
         ring.store(UInt16(truncatingIfNeeded: length), to: Field.length, at: offset)
         ring.store(0, to: Field.checksumOffset, at: offset)
-        ring.store(([.endOfPacket, .insertFCS, .reportStatus] as Command).rawValue, to: Field.command, at: offset)
+        let command: Command = reportStatus ? [.endOfPacket, .insertFCS, .reportStatus] : [.endOfPacket, .insertFCS]
+        ring.store(command.rawValue, to: Field.command, at: offset)
         ring.store(0, to: Field.status, at: offset)
+    }
+
+    /// Whether the descriptor was submitted with RS (the NIC will write DD back).
+    var reportsStatus: Bool {
+        @inline(__always) get { Command(rawValue: ring.load(Field.command, at: offset)).contains(.reportStatus) }
     }
 }

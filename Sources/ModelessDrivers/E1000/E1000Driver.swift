@@ -63,6 +63,9 @@ public final class E1000Driver: @unchecked Sendable {
     public let ringSize: Int
     /// The most frames one receive DPC pass takes before it queues itself again.
     public let receiveBudget: Int
+    /// Every this many transmit descriptors (and the last of each batch) the NIC is asked to
+    /// write back (RS); the descriptors between are reclaimed with them.
+    public let transmitReportInterval: Int
     /// The receive buffer size (RCTL.BSIZE).
     static let bufferSize = 2048
     /// The largest frame without FCS (the NIC appends it).
@@ -87,6 +90,10 @@ public final class E1000Driver: @unchecked Sendable {
     let lifecycle: PassiveLock<Lifecycle>
     /// The receive DPC, made once at start when receiving by interrupts.
     var receiveDPC: DeferredProcedureCall?
+    /// The MSI-X layout asked for at start (used on a controller with MSI-X, with `.msix`).
+    public let msixVectors: MSIXVectors
+    /// How interrupts are taken, set once at start; nil without interrupts.
+    public internal(set) var interruptScheme: E1000InterruptScheme?
 
     struct ReceiveState {
         /// The next descriptor to look at.
@@ -110,7 +117,7 @@ public final class E1000Driver: @unchecked Sendable {
     }
 
     struct Lifecycle {
-        var attachment: InterruptAttachment?
+        var attachments: [InterruptAttachment] = []
         var poller: SystemThread?
         var stopped = false
     }
@@ -122,18 +129,29 @@ public final class E1000Driver: @unchecked Sendable {
     }
 
     /// Brings the NIC up. `ringSize` descriptors per ring (a multiple of 8, 8 to 4096);
-    /// `receiveBudget` frames at most per receive DPC pass. A device that does not answer is
-    /// refused at once with ``Failure/notResponding(_:)``, before anything is written to it.
+    /// `receiveBudget` frames at most per receive DPC pass; `msixVectors`, with
+    /// `.interrupts(.msix)` on a controller that has MSI-X, a vector per cause or one for all;
+    /// `transmitReportInterval` (1 to half the ring; by default a quarter of the ring, at
+    /// most 32) how often the NIC writes transmit descriptors back. A device that does not
+    /// answer is refused at once with ``Failure/notResponding(_:)``, before anything is
+    /// written to it.
     public init(device: any DeviceAccess, runtime: any DriverRuntime, receive mode: ReceiveMode,
-                ringSize: Int = 32, receiveBudget: Int = 64) throws {
+                ringSize: Int = 32, receiveBudget: Int = 64, msixVectors: MSIXVectors = .perCause,
+                transmitReportInterval: Int? = nil) throws {
         guard ringSize % 8 == 0, (8...4096).contains(ringSize) else {
             throw Failure.badConfiguration("a descriptor ring holds a multiple of 8 descriptors from 8 to 4096, not \(ringSize)")
         }
+        let reportInterval = transmitReportInterval ?? min(32, ringSize / 4)
+        guard (1...ringSize / 2).contains(reportInterval) else {
+            throw Failure.badConfiguration("the transmit report interval is 1 to half the ring (\(ringSize / 2)), not \(reportInterval)")
+        }
+        self.transmitReportInterval = reportInterval
         guard receiveBudget > 0 else { throw Failure.badConfiguration("the receive budget must be positive, not \(receiveBudget)") }
         self.device = device
         self.runtime = runtime
         self.ringSize = ringSize
         self.receiveBudget = receiveBudget
+        self.msixVectors = msixVectors
         variant = try Self.identify(device)
         registers = try device.region(0)
         progress = runtime.makeWaitEvent("e1000 progress")
@@ -222,8 +240,8 @@ public final class E1000Driver: @unchecked Sendable {
             receive.withLock { $0.stopping = true }
             life.poller?.join()
             life.poller = nil
-            if let attachment = life.attachment { runtime.detachInterrupt(attachment) }
-            life.attachment = nil
+            life.attachments.forEach { runtime.detachInterrupt($0) }
+            life.attachments = []
             quiesce()
             do {
                 try device.disableInterrupts()

@@ -101,61 +101,22 @@ extension E1000Driver {
         }
     }
 
-    /// Attaches the ISR and the receive DPC, and unmasks the receive and link causes.
-    ///
-    /// The acknowledge routine reads ICR (which clears it); an all-ones ICR means the NIC is
-    /// gone, reported once in ``failure`` by the ISR and otherwise ignored. The ISR, NAPI style, masks the
-    /// receive causes and queues the DPC; the DPC takes up to ``receiveBudget`` frames, and if
-    /// it used the whole budget queues itself again with interrupts still masked (polling
-    /// while frames keep coming). Only when it leaves the ring empty does it unmask them, then
-    /// looks once more, so that a frame that landed between its last look and the unmask is
-    /// not left waiting for the next interrupt. A written-back transmit descriptor (unmasked
-    /// only while a sender waits) wakes the senders.
-    func attachInterrupt(_ kind: InterruptKind) throws {
-        guard variant.interruptKinds.contains(kind) else {
-            throw Failure.badConfiguration("the \(variant) offers \(variant.interruptKinds.map(\.description).joined(separator: ", ")) interrupts, not \(kind)")
-        }
-        let vector = try device.enableInterrupts(kind, count: 1)[0]
-        let dpc = runtime.makeDPC("e1000 receive") { [unowned self] in self.receivePass() }
-        receiveDPC = dpc
-        let registers = self.registers, fault = self.fault, progress = self.progress
-        let attachment = try runtime.attachInterrupt(vector, name: "e1000", acknowledge: {
-            UInt64(registers.load(E1000Register.interruptCause))  // Reading clears the causes.
-        }) { cause in
-            // All-ones: the NIC is gone. Reported here, where interrupts are disabled and the
-            // fault's spin lock may be taken (the acknowledge routine runs before that).
-            guard cause != UInt64(UInt32.max) else { return fault.report("ICR reads all-ones in the ISR") }
-            let causes = InterruptCauses(rawValue: UInt32(truncatingIfNeeded: cause))
-            if !causes.isDisjoint(with: .receive) {
-                registers.store(InterruptCauses.receive.rawValue, to: E1000Register.interruptMaskClear)
-                dpc.queue()
-            }
-            if causes.contains(.transmitDescriptorWritten) {
-                registers.store(InterruptCauses.transmitDescriptorWritten.rawValue, to: E1000Register.interruptMaskClear)
-                progress.signal()
-            }
-            if causes.contains(.linkStatusChange) { progress.signal() }
-        }
-        lifecycle.withLock { $0.attachment = attachment }
-        let unmasked: InterruptCauses = [.receive, .linkStatusChange]
-        registers.store(unmasked.rawValue, to: E1000Register.interruptMaskSet)
-    }
-
     /// Whether receive processing is by interrupts.
     var receivesByInterrupt: Bool { receiveDPC != nil }
 
     /// One pass of the receive DPC, all of it under the receive lock (so that ``stop()``,
     /// once it has set `stopping`, knows no pass is half done).
-    private func receivePass() {
+    func receivePass() {
         receive.withLock { state in
             guard !state.stopping else { return }
             if deliverReceived(&state) == receiveBudget {
                 receiveDPC?.queue()
                 return
             }
-            registers.store(InterruptCauses.receive.rawValue, to: E1000Register.interruptMaskSet)
+            let causes = interruptCauses.receive.rawValue
+            registers.store(causes, to: E1000Register.interruptMaskSet)
             if receiveRing.receive(state.next).status.contains(.descriptorDone) {
-                registers.store(InterruptCauses.receive.rawValue, to: E1000Register.interruptMaskClear)
+                registers.store(causes, to: E1000Register.interruptMaskClear)
                 receiveDPC?.queue()
             }
         }

@@ -8,6 +8,8 @@ enum E1000Register {
     static let control = Register<UInt32>(0x0000)
     /// STATUS: device status (link up, speed, duplex).
     static let status = Register<UInt32>(0x0008)
+    /// CTRL_EXT: extended device control (82574L: MSI-X auto-clear and pending-bit behaviour).
+    static let extendedControl = Register<UInt32>(0x0018)
     /// EERD: EEPROM read, one 16-bit word at a time (layout per model: ``E1000Variant``).
     static let eepromRead = Register<UInt32>(0x0014)
     /// ICR: interrupt cause read; reading clears it.
@@ -16,6 +18,8 @@ enum E1000Register {
     static let interruptMaskSet = Register<UInt32>(0x00D0)
     /// IMC: interrupt mask clear (writing 1 disables a cause).
     static let interruptMaskClear = Register<UInt32>(0x00D8)
+    /// EIAC (82574L): the MSI-X causes cleared from ICR, and masked, when their vector fires.
+    static let extendedAutoClear = Register<UInt32>(0x00DC)
     /// RCTL: receive control.
     static let receiveControl = Register<UInt32>(0x0100)
     /// TCTL: transmit control.
@@ -55,6 +59,15 @@ struct DeviceControl: OptionSet {
     static let reset = DeviceControl(rawValue: 1 << 26)
 }
 
+/// CTRL_EXT bits (82574L).
+struct ExtendedControl: OptionSet {
+    let rawValue: UInt32
+    /// IAME: interrupt acknowledge auto-mask enable (kept clear: EIAC then also masks).
+    static let autoMaskOnAcknowledge = ExtendedControl(rawValue: 1 << 27)
+    /// PBA_CLR: masking a cause (IMC) clears its vector's MSI-X pending bit.
+    static let clearPendingOnMask = ExtendedControl(rawValue: 1 << 31)
+}
+
 /// STATUS bits.
 struct DeviceStatus: OptionSet {
     let rawValue: UInt32
@@ -77,6 +90,12 @@ struct InterruptCauses: OptionSet {
     static let receiverOverrun = InterruptCauses(rawValue: 1 << 6)
     /// RXT0: receiver timer (frames were written to the ring).
     static let receiveTimer = InterruptCauses(rawValue: 1 << 7)
+    /// RXQ0 (82574L, MSI-X only): frames were written to receive queue 0.
+    static let receiveQueue0 = InterruptCauses(rawValue: 1 << 20)
+    /// TXQ0 (82574L, MSI-X only): a descriptor of transmit queue 0 was written back.
+    static let transmitQueue0 = InterruptCauses(rawValue: 1 << 22)
+    /// OTHER (82574L, MSI-X only): a cause other than the queues' (link, overrun) is set.
+    static let other = InterruptCauses(rawValue: 1 << 24)
     /// Every cause, for masking them all (IMC).
     static let all = InterruptCauses(rawValue: .max)
     /// The causes the receive DPC handles.

@@ -2,7 +2,7 @@ import ModelessBus
 import ModelessDevice
 
 /// The controllers the driver knows, and what differs between them: the layout of the EEPROM
-/// read register (EERD) and the interrupt kinds offered. Everything else the driver uses
+/// read register (EERD), the interrupt kinds offered and, for MSI-X, how causes reach vectors. Everything else the driver uses
 /// (legacy descriptors, the ring and control registers) is the same on both.
 public struct E1000Variant: Sendable, Equatable, CustomStringConvertible {
     /// The controller's name.
@@ -15,15 +15,17 @@ public struct E1000Variant: Sendable, Equatable, CustomStringConvertible {
     let eepromAddressShift: UInt32
     /// The interrupt kinds it offers, best first.
     public let interruptKinds: [InterruptKind]
+    /// How causes are routed to MSI-X vectors; nil on a controller without MSI-X.
+    public let msix: E1000MSIXRouting?
 
     /// Intel 82540EM (QEMU's `-device e1000`): EERD.DONE is bit 4, the address bits 15:8.
     /// QEMU's model offers INTx only.
     public static let i82540EM = E1000Variant(name: "82540EM", deviceID: 0x100E, eepromDone: 1 << 4,
-                                              eepromAddressShift: 8, interruptKinds: [.intx])
+                                              eepromAddressShift: 8, interruptKinds: [.intx], msix: nil)
     /// Intel 82574L (QEMU's `-device e1000e`, q35's default NIC): EERD.DONE is bit 1, the
-    /// address bits 15:2; MSI-X, MSI and INTx.
+    /// address bits 15:2; MSI-X (five vectors, routed by IVAR), MSI and INTx.
     public static let i82574L = E1000Variant(name: "82574L", deviceID: 0x10D3, eepromDone: 1 << 1,
-                                             eepromAddressShift: 2, interruptKinds: [.msix, .msi, .intx])
+                                             eepromAddressShift: 2, interruptKinds: [.msix, .msi, .intx], msix: .i82574L)
     /// Every controller the driver knows.
     public static let all: [E1000Variant] = [.i82540EM, .i82574L]
     /// Intel's PCI vendor id.
