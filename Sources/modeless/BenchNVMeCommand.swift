@@ -11,7 +11,7 @@ struct BenchNVMe: ParsableCommand {
         commandName: "nvme",
         abstract: "4 KiB random-read IOPS through the NVMe driver at given queue depths.",
         discussion: """
-            Reads random 4 KiB-aligned blocks of namespace 1 with tagged asynchronous reads, keeping \
+            Reads random 4 KiB-aligned blocks of a namespace (--namespace N; default the first active one) with tagged asynchronous reads, keeping \
             DEPTH reads in flight (each completion submits the next), for SECONDS at each depth. Compare with the kernel's driver on the \
             same device with fio (scripts/bench/nvme-vs-kernel does both in one VM boot).
             """)
@@ -21,6 +21,8 @@ struct BenchNVMe: ParsableCommand {
 
     @Option(help: "Execution mode: user or kernel-emulation.")
     var mode: ExecutionMode = .user
+
+    @OptionGroup var namespaceOption: NVMeNamespaceOption
 
     @Option(help: "How completions are noticed: msix, intx or poll.")
     var irq: NVMeController.Completion = .msix
@@ -35,9 +37,10 @@ struct BenchNVMe: ParsableCommand {
         try withBoundDevice(device, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
+            let namespace = try namespaceOption.select(on: controller)
             let pool = try DMAPool(device: access, chunkSize: 4096, count: controller.queueEntries)
             defer { pool.buffer.free() }
-            let load = RandomReadLoad(controller: controller, pool: pool)
+            let load = RandomReadLoad(controller: controller, pool: pool, namespace: namespace)
             controller.setCompletionHandler { load.complete($0) }
             printLine("| path | queue depth | 4 KiB random reads/s |")
             printLine("| --- | ---: | ---: |")
@@ -96,16 +99,18 @@ final class RandomReadLoad: @unchecked Sendable {
     let completed = Atomic<Int>(0)
     let failed = Atomic<Int>(0)
     let inFlight = Atomic<Int>(0)
+    private let namespace: UInt32
     private let blocks: Int
     private let slots: UInt64
     private let sequence = Atomic<UInt64>(0x5EED)
 
-    init(controller: NVMeController, pool: DMAPool) {
+    /// Reads from `namespace`, 4 KiB (one block or more) at a time.
+    init(controller: NVMeController, pool: DMAPool, namespace: NVMeController.Namespace) {
         self.controller = controller
         self.pool = pool
-        let identity = controller.identity!
-        blocks = 4096 / identity.blockSize
-        slots = UInt64(identity.blockCount) / UInt64(blocks)
+        self.namespace = namespace.identifier
+        blocks = max(1, 4096 / namespace.blockSize)
+        slots = namespace.blockCount / UInt64(blocks)
     }
 
     func reset() {
@@ -116,7 +121,7 @@ final class RandomReadLoad: @unchecked Sendable {
 
     func submit(tag: UInt64) throws {
         try controller.submitRead(lba: nextSlot() * UInt64(blocks), blocks: blocks,
-                                  into: pool.chunk(Int(tag)), of: pool, tag: tag)
+                                  into: pool.chunk(Int(tag)), of: pool, tag: tag, namespace: namespace)
     }
 
     /// A read finished: count it and, while running, submit the next in its place.

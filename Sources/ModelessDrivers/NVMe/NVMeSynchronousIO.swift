@@ -93,8 +93,9 @@ extension NVMeController {
 
     // MARK: Namespaces
 
-    /// The namespace `identifier` names, or the first active one for nil.
-    func namespace(_ identifier: UInt32?) throws(Failure) -> Namespace {
+    /// The active namespace `identifier` names, or the first active one for nil. Refuses an
+    /// inactive or unknown ID with ``Failure/badRequest(_:)`` naming the active ones.
+    public func namespace(_ identifier: UInt32?) throws(Failure) -> Namespace {
         guard let identifier else {
             guard defaultNamespace.identifier != 0 else { throw .badRequest("the controller has no active namespace") }
             return defaultNamespace
