@@ -42,6 +42,7 @@ struct BenchNVMe: ParsableCommand {
             defer { pool.buffer.free() }
             let load = RandomReadLoad(controller: controller, pool: pool, namespace: namespace)
             controller.setCompletionHandler { load.complete($0) }
+            printLine("\(controller.ioQueueCount) I/O queue\(controller.ioQueueCount == 1 ? "" : "s") of \(controller.queueEntries) entries")
             printLine("| path | queue depth | 4 KiB random reads/s |")
             printLine("| --- | ---: | ---: |")
             for depth in depths {
@@ -59,9 +60,13 @@ struct BenchNVMe: ParsableCommand {
         load.reset()
         let start = monotonicNanoseconds()
         let end = start + UInt64(seconds * 1e9)
-        for tag in 0..<depth {
-            try load.submit(tag: UInt64(tag))
-            load.inFlight.wrappingAdd(1, ordering: .relaxed)
+        // The first reads spread over the I/O queues (one per CPU); each completion then
+        // submits the next on the CPU that completed it, in one doorbell write per batch.
+        try controller.batchSubmissions {
+            for tag in 0..<depth {
+                try load.submit(tag: UInt64(tag), queue: tag % controller.ioQueueCount)
+                load.inFlight.wrappingAdd(1, ordering: .relaxed)
+            }
         }
         while monotonicNanoseconds() < end {
             if controller.completion == .poll {
@@ -119,9 +124,10 @@ final class RandomReadLoad: @unchecked Sendable {
         failed.store(0, ordering: .relaxed)
     }
 
-    func submit(tag: UInt64) throws {
+    /// Submits the read for `tag`, to I/O queue `queue` (the calling CPU's when nil).
+    func submit(tag: UInt64, queue: Int? = nil) throws {
         try controller.submitRead(lba: nextSlot() * UInt64(blocks), blocks: blocks,
-                                  into: pool.chunk(Int(tag)), of: pool, tag: tag, namespace: namespace)
+                                  into: pool.chunk(Int(tag)), of: pool, tag: tag, namespace: namespace, queue: queue)
     }
 
     /// A read finished: count it and, while running, submit the next in its place.

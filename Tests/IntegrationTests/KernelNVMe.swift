@@ -15,7 +15,10 @@ enum KernelNVMe {
             _ = try TestBench.shell("echo \(address) > /sys/bus/pci/drivers_probe")
         }
         for _ in 0..<300 {
-            if TestBench.driver(of: address) == "nvme", let name = blockDevices(under: directory).first,
+            // Namespace 1 itself: the kernel scans the namespaces asynchronously, and
+            // nvme0n2 may appear before nvme0n1.
+            if TestBench.driver(of: address) == "nvme",
+               let name = blockDevices(under: directory).first(where: { $0.split(separator: "n").last == "1" }),
                FileAccess.exists("/dev/\(name)") {
                 return "/dev/\(name)"
             }
