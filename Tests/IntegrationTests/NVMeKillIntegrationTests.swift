@@ -91,6 +91,7 @@ extension VM {
                 let what = "a kill \(delay / 1_000_000) ms into `\(arguments.prefix(2).joined(separator: " "))` (\(duringStart ? "from its start" : "after its controller started"))"
                 let next = try fullRun(round, after: what)
                 times = (min(times.start, next.start), min(times.io, next.io))
+                print("NVMe kill \(round) of \(Self.kills): \(what); \(round + 1 - failedRuns) of \(round + 1) full runs passed so far")
             }
             print("NVMe kill test: \(Self.kills) kills (\(killedMidIO) mid-I/O, \(killedDuringStart) during start), \(Self.kills + 1 - failedRuns) of \(Self.kills + 1) full runs passed; the quickest full run started in \(times.start / 1_000_000) ms and did its I/O in \(times.io / 1_000_000) ms")
             #expect(killedMidIO >= Self.kills / 2, "most kills landed while I/O was in flight")

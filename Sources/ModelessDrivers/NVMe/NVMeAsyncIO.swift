@@ -46,7 +46,7 @@ extension NVMeController {
     /// handler, and runs the handlers of closure ones, outside the ISR and outside every lock.
     func handOverCompletions(_ index: Int) {
         let queue = ioQueues[index]
-        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: queue.entries) { batch in
+        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: Self.handOverBatch) { batch in
             var closures: [(NVMeCompletionHandler, NVMeCompletion?)] = []
             while true {
                 let count = queue.takeReady(into: batch, closures: &closures)
@@ -63,9 +63,9 @@ extension NVMeController {
     private func deliver(_ batch: UnsafeMutableBufferPointer<NVMeIOCompletion>, _ count: Int,
                          _ visit: (NVMeIOCompletion) -> Void, visiting: Bool) {
         guard count > 0 else { return }
-        let target = submissionQueue()
-        target.plug()
-        defer { target.unplug() }
+        let target = submissionQueueIndex()
+        withIOQueue(target) { $0.plug() }
+        defer { withIOQueue(target) { $0.unplug() } }
         if visiting {
             for index in 0..<count { visit(batch[index]) }
         } else if let handler = taggedHandler.withLock({ $0 }) {
@@ -79,8 +79,8 @@ extension NVMeController {
     /// also wait for the doorbell until the batch ends.
     public func batchSubmissions<Result>(_ body: () throws -> Result) rethrows -> Result {
         let count = ioQueueCount
-        for index in 0..<count { ioQueues[index].plug() }
-        defer { for index in 0..<count { ioQueues[index].unplug() } }
+        for index in 0..<count { withIOQueue(index) { $0.plug() } }
+        defer { for index in 0..<count { withIOQueue(index) { $0.unplug() } } }
         return try body()
     }
 
@@ -103,6 +103,10 @@ extension NVMeController {
         try poll(visit, visiting: true)
     }
 
+    /// How many completions are handed over per pass: a stack buffer of this many (the rest
+    /// wait in the queue's ready list for the next pass).
+    static let handOverBatch = 32
+
     /// How many empty polls pass between two reads of the controller's status.
     private static let emptyPollsPerStatusCheck = 1024
 
@@ -123,16 +127,17 @@ extension NVMeController {
     /// handlers. Returns how many.
     @discardableResult
     func handOverPolled(_ visit: (NVMeIOCompletion) -> Void, visiting: Bool) -> Int {
-        if ioQueueCount == 1 { return handOverPolled(ioQueues[0], visit, visiting: visiting) }
         var taken = 0
-        for index in 0..<ioQueueCount { taken += handOverPolled(ioQueues[index], visit, visiting: visiting) }
+        for index in 0..<ioQueueCount {
+            taken += withIOQueue(index) { handOverPolled($0, visit, visiting: visiting) }
+        }
         return taken
     }
 
     /// Takes `io`'s new completions on this thread and hands them over, as ``handOverPolled(_:visiting:)``.
     @discardableResult
     func handOverPolled(_ io: NVMeQueuePair, _ visit: (NVMeIOCompletion) -> Void, visiting: Bool) -> Int {
-        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: io.entries) { batch in
+        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: Self.handOverBatch) { batch in
             var count = 0
             var found = NVMeQueuePair.Found()
             do {
@@ -221,15 +226,15 @@ extension NVMeController {
     /// ``ioQueueCount``, wrapped) when given.
     public func submitRead(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64,
                            namespace: UInt32? = nil, queue: Int? = nil) throws {
-        try submit(try ioCommand(.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace),
-                   to: submissionQueue(queue), as: .tagged, tag: tag)
+        let command = try ioCommand(.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace)
+        try withIOQueue(submissionQueueIndex(queue)) { try submit(command, to: $0, as: .tagged, tag: tag) }
     }
 
     /// Starts writing `blocks` blocks at `lba` of `namespace` from `chunk` of `pool`,
     /// allocation-free, with `tag`; see ``submitRead(lba:blocks:into:of:tag:namespace:)``.
     public func submitWrite(lba: UInt64, blocks: Int, from chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64,
                             namespace: UInt32? = nil, queue: Int? = nil) throws {
-        try submit(try ioCommand(.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace),
-                   to: submissionQueue(queue), as: .tagged, tag: tag)
+        let command = try ioCommand(.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace)
+        try withIOQueue(submissionQueueIndex(queue)) { try submit(command, to: $0, as: .tagged, tag: tag) }
     }
 }

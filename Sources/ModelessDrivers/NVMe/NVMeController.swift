@@ -84,6 +84,8 @@ public final class NVMeController: @unchecked Sendable {
     let admin: NVMeQueuePair
     /// The I/O queue pairs (IDs 1, 2, …); the first ``ioQueueCount`` were created on the controller.
     let ioQueues: [NVMeQueuePair]
+    /// The same queues unretained, for the I/O path: reading one takes no reference (``ioQueues`` keeps them).
+    let ioQueueReferences: [Unmanaged<NVMeQueuePair>]
     /// How many I/O queue pairs the controller granted and this driver created (set once, at start).
     private let activeQueues = Atomic<Int>(1)
     /// The I/O queue pairs this driver asks for: one per CPU with MSI-X (at most this many), one otherwise.
@@ -152,6 +154,7 @@ public final class NVMeController: @unchecked Sendable {
                 queues.append(queue)
             }
             ioQueues = queues
+            ioQueueReferences = queues.map { Unmanaged.passUnretained($0) }
         } catch {
             for buffer in buffers { buffer.free() }
             throw error
@@ -308,18 +311,24 @@ public final class NVMeController: @unchecked Sendable {
     /// with MSI-X (up to ``maximumIOQueues``), else one.
     public var ioQueueCount: Int { activeQueues.load(ordering: .relaxed) }
 
-    /// The I/O queue the calling thread submits to: its CPU's.
+    /// The index of the I/O queue the calling thread submits to: `index` (wrapped) when given,
+    /// else its CPU's.
     @inline(__always)
-    func submissionQueue() -> NVMeQueuePair {
+    func submissionQueueIndex(_ index: Int? = nil) -> Int {
         let count = ioQueueCount
-        return count == 1 ? ioQueues[0] : ioQueues[SystemThread.currentCPU % count]
+        if count == 1 { return 0 }
+        return (index ?? SystemThread.currentCPU) % count
     }
 
-    /// The I/O queue with index `index` (0-based, below ``ioQueueCount``), or the calling CPU's for nil.
+    /// The I/O queue the calling thread submits to: its CPU's.
+    func submissionQueue() -> NVMeQueuePair {
+        ioQueues[submissionQueueIndex()]
+    }
+
+    /// Runs `body` with I/O queue `index`, taking no reference to it (the I/O path's way).
     @inline(__always)
-    func submissionQueue(_ index: Int?) -> NVMeQueuePair {
-        guard let index else { return submissionQueue() }
-        return ioQueues[index % ioQueueCount]
+    func withIOQueue<Result>(_ index: Int, _ body: (NVMeQueuePair) throws -> Result) rethrows -> Result {
+        try ioQueueReferences[index]._withUnsafeGuaranteedRef(body)
     }
 
     /// How many times the ISRs ran.
