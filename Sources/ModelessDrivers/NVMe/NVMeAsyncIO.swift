@@ -227,7 +227,7 @@ extension NVMeController {
     public func submitRead(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64,
                            namespace: UInt32? = nil, queue: Int? = nil) throws {
         let command = try ioCommand(.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace)
-        try withIOQueue(submissionQueueIndex(queue)) { try submit(command, to: $0, as: .tagged, tag: tag) }
+        try withIOQueue(submissionQueueIndex(queue)) { _ = try submit(command, to: $0, as: .tagged, tag: tag) }
     }
 
     /// Starts writing `blocks` blocks at `lba` of `namespace` from `chunk` of `pool`,
@@ -235,6 +235,6 @@ extension NVMeController {
     public func submitWrite(lba: UInt64, blocks: Int, from chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64,
                             namespace: UInt32? = nil, queue: Int? = nil) throws {
         let command = try ioCommand(.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace)
-        try withIOQueue(submissionQueueIndex(queue)) { try submit(command, to: $0, as: .tagged, tag: tag) }
+        try withIOQueue(submissionQueueIndex(queue)) { _ = try submit(command, to: $0, as: .tagged, tag: tag) }
     }
 }
