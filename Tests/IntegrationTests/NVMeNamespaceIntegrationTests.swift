@@ -124,7 +124,8 @@ extension VM {
                 try ProgramRunner.builtProgram("modeless"),
                 ["serve", "nvme", nvme.description, "--mode", kernel ? "kernel-emulation" : "user"] + (kernel ? ["--kernel"] : ["--container", "storage"]),
                 environment: ["MODELESS_CONTAINER_DIR": directory])
-            let lines = [driver.readLine(timeout: 60) ?? "", driver.readLine(timeout: 10) ?? ""]
+            // The controller's start and the container's take long in a loaded emulated guest.
+            let lines = [driver.readLine(timeout: 300) ?? "", driver.readLine(timeout: 60) ?? ""]
             defer {
                 driver.signal(SIGTERM)
                 #expect((try? driver.wait()) == 0)
