@@ -65,6 +65,10 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
 
     /// How many commands of each opcode the I/O queues ran.
     public var ioCommands: [UInt8: Int] { lock.withLock { ioCounts } }
+    /// How many commands each I/O submission queue ran, by queue ID.
+    public var commandsPerQueue: [Int: Int] { lock.withLock { queueCounts } }
+    /// How many times each submission queue's tail doorbell was written, by queue ID (0: admin).
+    public var submissionDoorbellWrites: [Int: Int] { lock.withLock { doorbellCounts } }
 
     private struct Queue {
         var base: UInt64
@@ -91,6 +95,8 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
     private var pendingFailure: (type: UInt8, code: UInt8)?
     private var dropping = false
     private var ioCounts: [UInt8: Int] = [:]
+    private var queueCounts: [Int: Int] = [:]
+    private var doorbellCounts: [Int: Int] = [:]
     private var interruptMask: UInt32 = 0
 
     /// A controller whose namespace of `blocks` 512-byte blocks is in memory or, with
@@ -187,6 +193,7 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
             let queue = doorbell / 2
             if doorbell % 2 == 0 {
                 submissionQueues[queue]?.tail = Int(value32)
+                doorbellCounts[queue, default: 0] += 1
                 lock.unlock()
                 context?.schedule { [weak self] in self?.process(queue) }
                 return
@@ -216,6 +223,7 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
             }
             guard let next else { return }
             if dropCommands { continue }
+            if queue != 0 { lock.withLock { queueCounts[queue, default: 0] += 1 } }
             let (result, status) = queue == 0 ? admin(next.command) : io(next.command)
             post(queue: next.completionQueue, submissionQueue: queue, identifier: UInt16(next.command[0] >> 16),
                  result: result, status: status)

@@ -11,7 +11,7 @@ struct BenchNVMe: ParsableCommand {
         commandName: "nvme",
         abstract: "4 KiB random-read IOPS through the NVMe driver at given queue depths.",
         discussion: """
-            Reads random 4 KiB-aligned blocks of namespace 1 with tagged asynchronous reads, keeping \
+            Reads random 4 KiB-aligned blocks of a namespace (--namespace N; default the first active one) with tagged asynchronous reads, keeping \
             DEPTH reads in flight (each completion submits the next), for SECONDS at each depth. Compare with the kernel's driver on the \
             same device with fio (scripts/bench/nvme-vs-kernel does both in one VM boot).
             """)
@@ -21,6 +21,8 @@ struct BenchNVMe: ParsableCommand {
 
     @Option(help: "Execution mode: user or kernel-emulation.")
     var mode: ExecutionMode = .user
+
+    @OptionGroup var namespaceOption: NVMeNamespaceOption
 
     @Option(help: "How completions are noticed: msix, intx or poll.")
     var irq: NVMeController.Completion = .msix
@@ -35,10 +37,12 @@ struct BenchNVMe: ParsableCommand {
         try withBoundDevice(device, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
+            let namespace = try namespaceOption.select(on: controller)
             let pool = try DMAPool(device: access, chunkSize: 4096, count: controller.queueEntries)
             defer { pool.buffer.free() }
-            let load = RandomReadLoad(controller: controller, pool: pool)
+            let load = RandomReadLoad(controller: controller, pool: pool, namespace: namespace)
             controller.setCompletionHandler { load.complete($0) }
+            printLine("\(controller.ioQueueCount) I/O queue\(controller.ioQueueCount == 1 ? "" : "s") of \(controller.queueEntries) entries")
             printLine("| path | queue depth | 4 KiB random reads/s |")
             printLine("| --- | ---: | ---: |")
             for depth in depths {
@@ -56,9 +60,13 @@ struct BenchNVMe: ParsableCommand {
         load.reset()
         let start = monotonicNanoseconds()
         let end = start + UInt64(seconds * 1e9)
-        for tag in 0..<depth {
-            try load.submit(tag: UInt64(tag))
-            load.inFlight.wrappingAdd(1, ordering: .relaxed)
+        // The first reads spread over the I/O queues (one per CPU); each completion then
+        // submits the next on the CPU that completed it, in one doorbell write per batch.
+        try controller.batchSubmissions {
+            for tag in 0..<depth {
+                try load.submit(tag: UInt64(tag), queue: tag % controller.ioQueueCount)
+                load.inFlight.wrappingAdd(1, ordering: .relaxed)
+            }
         }
         while monotonicNanoseconds() < end {
             if controller.completion == .poll {
@@ -96,16 +104,18 @@ final class RandomReadLoad: @unchecked Sendable {
     let completed = Atomic<Int>(0)
     let failed = Atomic<Int>(0)
     let inFlight = Atomic<Int>(0)
+    private let namespace: UInt32
     private let blocks: Int
     private let slots: UInt64
     private let sequence = Atomic<UInt64>(0x5EED)
 
-    init(controller: NVMeController, pool: DMAPool) {
+    /// Reads from `namespace`, 4 KiB (one block or more) at a time.
+    init(controller: NVMeController, pool: DMAPool, namespace: NVMeController.Namespace) {
         self.controller = controller
         self.pool = pool
-        let identity = controller.identity!
-        blocks = 4096 / identity.blockSize
-        slots = UInt64(identity.blockCount) / UInt64(blocks)
+        self.namespace = namespace.identifier
+        blocks = max(1, 4096 / namespace.blockSize)
+        slots = namespace.blockCount / UInt64(blocks)
     }
 
     func reset() {
@@ -114,9 +124,10 @@ final class RandomReadLoad: @unchecked Sendable {
         failed.store(0, ordering: .relaxed)
     }
 
-    func submit(tag: UInt64) throws {
+    /// Submits the read for `tag`, to I/O queue `queue` (the calling CPU's when nil).
+    func submit(tag: UInt64, queue: Int? = nil) throws {
         try controller.submitRead(lba: nextSlot() * UInt64(blocks), blocks: blocks,
-                                  into: pool.chunk(Int(tag)), of: pool, tag: tag)
+                                  into: pool.chunk(Int(tag)), of: pool, tag: tag, namespace: namespace, queue: queue)
     }
 
     /// A read finished: count it and, while running, submit the next in its place.

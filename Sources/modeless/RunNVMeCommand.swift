@@ -10,11 +10,12 @@ extension NVMeController.Completion: ExpressibleByArgument {}
 struct RunNVMe: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nvme",
-        abstract: "Run the NVMe driver: print Identify data and check that namespace 1 reads (read-only unless --destructive).",
+        abstract: "Run the NVMe driver: print Identify data and check that a namespace reads (read-only unless --destructive).",
         discussion: """
             The controller must be bound to vfio-pci (`modeless bind ADDR`). By default nothing is written: \
-            the driver reads the first --read-mib MiB of namespace 1 and prints their SHA-256 (compare it with \
-            `head -c N /dev/nvme0n1 | sha256sum` under the kernel's driver). With --destructive it then writes a \
+            the driver reads the first --read-mib MiB of the namespace (--namespace N; default the first active one) \
+            and prints their SHA-256 (compare it with `head -c N /dev/nvme0nN | sha256sum` under the kernel's driver). \
+            With --destructive it then writes a \
             pseudo-random pattern over the first --verify-mib MiB (default 8), reads it back and verifies it, \
             overwriting what was there; it names the blocks before it writes.
             """)
@@ -29,6 +30,8 @@ struct RunNVMe: ParsableCommand {
     var mode: ExecutionMode = .user
 
     @OptionGroup var verification: VerifyOption
+
+    @OptionGroup var namespaceOption: NVMeNamespaceOption
 
     @Option(help: "How completions are noticed: msix, msi, intx or poll.")
     var irq: NVMeController.Completion = .msix
@@ -49,7 +52,7 @@ struct RunNVMe: ParsableCommand {
         if let verifyMiB, verifyMiB < 0 { throw ValidationError("--verify-mib \(verifyMiB) is negative; give the MiB to write and verify, or 0") }
         if let verifyMiB, verifyMiB > 0, !destructive {
             throw ValidationError("""
-                --verify-mib \(verifyMiB) writes over the first \(verifyMiB) MiB of namespace 1, destroying what is there; \
+                --verify-mib \(verifyMiB) writes over the first \(verifyMiB) MiB of namespace \(namespaceOption.namespace.map { "\($0)" } ?? "1"), destroying what is there; \
                 add --destructive to allow it (without it, run nvme only reads)
                 """)
         }
@@ -66,7 +69,8 @@ struct RunNVMe: ParsableCommand {
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
             let identity = controller.identity!
-            let namespaceBytes = identity.blockCount * UInt64(identity.blockSize)
+            let namespace = try namespaceOption.select(on: controller)
+            let namespaceBytes = namespace.blockCount * UInt64(namespace.blockSize)
             printLine("nvme on \(access.backendName) \(address), \(runtime.mode) mode, \(irq) completions")
             printLine("model:      \(identity.modelNumber)")
             printLine("serial:     \(identity.serialNumber)")
@@ -77,58 +81,60 @@ struct RunNVMe: ParsableCommand {
             }
             printLine("max transfer: \(controller.maximumTransfer / 1024) KiB per command")
             for (option, mib) in [("--read-mib", readMiB), ("--verify-mib", writeMiB)] where UInt64(mib) << 20 > namespaceBytes {
-                printError("\(option) \(mib) is larger than namespace 1 (\(namespaceBytes >> 20) MiB); nothing was read or written")
+                printError("\(option) \(mib) is larger than namespace \(namespace.identifier) (\(namespaceBytes >> 20) MiB); nothing was read or written")
                 throw ExitCode(64)
             }
-            if readMiB > 0 { try readCheck(controller) }
-            if writeMiB > 0 { try writeReadVerify(controller, serial: identity.serialNumber) }
+            if readMiB > 0 { try readCheck(controller, namespace) }
+            if writeMiB > 0 { try writeReadVerify(controller, namespace, serial: identity.serialNumber) }
         }
         try verification.finish(verifier)
     }
 }
 
 extension RunNVMe {
-    /// Reads the first `readMiB` MiB of namespace 1, prints their SHA-256, and with --read-to
+    /// Reads the first `readMiB` MiB of `namespace`, prints their SHA-256, and with --read-to
     /// writes them to that file. Writes nothing to the device.
-    func readCheck(_ controller: NVMeController) throws {
+    func readCheck(_ controller: NVMeController, _ namespace: NVMeController.Namespace) throws {
         let total = readMiB << 20
         let chunk = controller.maximumTransfer
-        let blockSize = controller.identity.blockSize
+        let blockSize = namespace.blockSize
         var digest = SHA256()
         var copy: [UInt8] = []
         if readTo != nil { copy.reserveCapacity(total) }
         let start = monotonicNanoseconds()
         for offset in stride(from: 0, to: total, by: chunk) {
-            let bytes = try controller.read(lba: UInt64(offset / blockSize), blocks: min(chunk, total - offset) / blockSize)
+            let bytes = try controller.read(lba: UInt64(offset / blockSize), blocks: min(chunk, total - offset) / blockSize,
+                                            namespace: namespace.identifier)
             digest.update(bytes)
             if readTo != nil { copy += bytes }
         }
         let elapsed = monotonicNanoseconds() - start
-        printLine("read check: \(readMiB) MiB from block 0 (blocks 0-\(total / blockSize - 1)), sha256 \(digest.hexDigest()), \(fixed(Double(elapsed) / 1e6, 1)) ms, \(writeMiB > 0 ? "before any write" : "nothing written")")
+        printLine("read check: \(readMiB) MiB from block 0 of namespace \(namespace.identifier) (blocks 0-\(total / blockSize - 1)), sha256 \(digest.hexDigest()), \(fixed(Double(elapsed) / 1e6, 1)) ms, \(writeMiB > 0 ? "before any write" : "nothing written")")
         if let readTo {
             try FileAccess.replaceFile(readTo, with: copy)
             printLine("read:       \(readMiB) MiB from block 0 into \(readTo)")
         }
     }
 
-    /// Writes a pseudo-random pattern over the first `writeMiB` MiB of namespace 1, flushes,
+    /// Writes a pseudo-random pattern over the first `writeMiB` MiB of `namespace`, flushes,
     /// reads it back and compares. Names what it overwrites before the first write.
-    func writeReadVerify(_ controller: NVMeController, serial: String) throws {
+    func writeReadVerify(_ controller: NVMeController, _ namespace: NVMeController.Namespace, serial: String) throws {
         let total = writeMiB << 20
         let chunk = controller.maximumTransfer
-        let blockSize = controller.identity.blockSize
-        printLine("--destructive: overwriting namespace 1 of controller \(serial), LBA 0-\(total / blockSize - 1) (\(total / blockSize) blocks, \(total) bytes)")
+        let blockSize = namespace.blockSize
+        let identifier = namespace.identifier
+        printLine("--destructive: overwriting namespace \(identifier) of controller \(serial), LBA 0-\(total / blockSize - 1) (\(total / blockSize) blocks, \(total) bytes)")
         var generator = PatternGenerator(seed: 0x5eed)
         let start = monotonicNanoseconds()
         for offset in stride(from: 0, to: total, by: chunk) {
-            try controller.write(lba: UInt64(offset / blockSize), generator.bytes(min(chunk, total - offset)))
+            try controller.write(lba: UInt64(offset / blockSize), generator.bytes(min(chunk, total - offset)), namespace: identifier)
         }
-        try controller.flush()
+        try controller.flush(namespace: identifier)
         let written = monotonicNanoseconds()
         generator = PatternGenerator(seed: 0x5eed)
         for offset in stride(from: 0, to: total, by: chunk) {
             let length = min(chunk, total - offset)
-            let back = try controller.read(lba: UInt64(offset / blockSize), blocks: length / blockSize)
+            let back = try controller.read(lba: UInt64(offset / blockSize), blocks: length / blockSize, namespace: identifier)
             guard back == generator.bytes(length) else {
                 printError("verify failed in the \(length)-byte chunk at offset \(offset)")
                 throw ExitCode(1)
@@ -136,7 +142,7 @@ extension RunNVMe {
         }
         let read = monotonicNanoseconds()
         func rate(_ nanoseconds: UInt64) -> String { fixed(Double(total) / 1_048_576 / (Double(nanoseconds) / 1e9), 1) }
-        printLine("verify:     \(writeMiB) MiB written (\(rate(written - start)) MiB/s), read back (\(rate(read - written)) MiB/s), identical")
+        printLine("verify:     \(writeMiB) MiB of namespace \(identifier) written (\(rate(written - start)) MiB/s), read back (\(rate(read - written)) MiB/s), identical")
         printLine("ISR:        \(controller.isrCalls) calls")
     }
 }

@@ -34,6 +34,15 @@ struct ServeOptions: ParsableArguments {
     /// instance of a service: its requests are recorded in its state file's ledger, and one sent
     /// again after a failover is answered from a ledger if it was executed.
     func serve(defaultContainer: String, defaultDevice: String = "blk0", _ makeHandlers: (LogicalContainer) throws -> LogicalDeviceHandlers) throws {
+        try serveDevices(defaultContainer: defaultContainer) { container in
+            [(device ?? defaultDevice, try makeHandlers(container))]
+        }
+    }
+
+    /// Like ``serve(defaultContainer:defaultDevice:_:)``, for a provider of several devices:
+    /// `makeDevices` names each one (in the container) with its handlers.
+    func serveDevices(defaultContainer: String,
+                      _ makeDevices: (LogicalContainer) throws -> [(name: String, handlers: LogicalDeviceHandlers)]) throws {
         TerminationSignals.block()
         let instance: SupervisedInstance?
         do { instance = try SupervisedInstance.fromEnvironment() } catch {
@@ -58,9 +67,10 @@ struct ServeOptions: ParsableArguments {
         }
         defer { logical.shutdown() }
         do {
-            let handlers = try makeHandlers(logical)
-            let name = try logical.createDevice(device ?? defaultDevice, handlers: instance?.guarding(handlers) ?? handlers)
-            printLine("serving \(name) (pid \(getpid()))")
+            for (device, handlers) in try makeDevices(logical) {
+                let name = try logical.createDevice(device, handlers: instance?.guarding(handlers) ?? handlers)
+                printLine("serving \(name) (pid \(getpid()))")
+            }
         } catch {
             printError("\(error)")
             throw ExitCode(1)
@@ -114,13 +124,17 @@ struct ServePartition: ParsableCommand {
 
 struct ServeNVMe: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "nvme", abstract: "The NVMe driver as the provider of a logical block device (namespace 1).",
+        commandName: "nvme", abstract: "The NVMe driver as the provider of a logical block device per namespace.",
         discussion: """
-            The controller must be bound to vfio-pci (`modeless bind ADDR`). With --model FILE the driver \
-            runs on the NVMe device model instead, its namespace kept in FILE so that it outlives the process.
+            The controller must be bound to vfio-pci (`modeless bind ADDR`). Every active namespace is served: \
+            the first as --device (default blk0), namespace N after it as DEVICE-nN (e.g. blk0-n2); with \
+            --namespace N only namespace N, as --device. With --model FILE the driver runs on the NVMe device \
+            model instead, its namespace kept in FILE so that it outlives the process.
             """)
 
     @OptionGroup var options: ServeOptions
+
+    @OptionGroup var namespaceOption: NVMeNamespaceOption
 
     @Argument(help: "The NVMe controller: 0000:00:06.0, 00:06.0 or 1b36:0010. Omit with --model.")
     var address: String?
@@ -147,16 +161,14 @@ struct ServeNVMe: ParsableCommand {
             try withModeledNVMe(backingFile: model, blocks: modelBlocks) { access, runtime in
                 let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
                 defer { controller.stop() }
-                let provider = try NVMeBlockProvider(controller: controller)
-                try options.serve(defaultContainer: "nvme") { _ in provider.handlers }
+                try serveNamespaces(of: controller)
             }
             return
         }
         try withBoundDevice(address!, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
-            let provider = try NVMeBlockProvider(controller: controller)
-            try options.serve(defaultContainer: "nvme") { _ in provider.handlers }
+            try serveNamespaces(of: controller)
         }
     }
 }

@@ -15,7 +15,10 @@ enum KernelNVMe {
             _ = try TestBench.shell("echo \(address) > /sys/bus/pci/drivers_probe")
         }
         for _ in 0..<300 {
-            if TestBench.driver(of: address) == "nvme", let name = blockDevices(under: directory).first,
+            // Namespace 1 itself, by its NSID: the kernel scans namespaces asynchronously and
+            // numbers its disks in the order it finds them, so nvme0n1 may be namespace 2.
+            if TestBench.driver(of: address) == "nvme",
+               let name = blockDevices(under: directory).first(where: { nsid(of: $0, under: directory) == "1" }),
                FileAccess.exists("/dev/\(name)") {
                 return "/dev/\(name)"
             }
@@ -23,6 +26,17 @@ enum KernelNVMe {
         }
         Issue.record("\(address) did not get a namespace block device under the kernel's nvme driver (driver: \(TestBench.driver(of: address) ?? "none"))")
         throw SystemError("wait for", "/dev/nvme*n1 of \(address)", errno: .noSuchFileOrDirectory)
+    }
+
+    /// The NSID of namespace block device `name` (sysfs `nsid`), or nil.
+    static func nsid(of name: String, under directory: String) -> String? {
+        let controllers = (try? FileAccess.listDirectory("\(directory)/nvme")) ?? []
+        for controller in controllers {
+            if let text = FileAccess.readTextIfPresent("\(directory)/nvme/\(controller)/\(name)/nsid") {
+                return String(text.filter { $0.isNumber })
+            }
+        }
+        return nil
     }
 
     /// The namespace block devices of the controller: `nvme0n1` from `DIR/nvme/nvme0/nvme0n1`.

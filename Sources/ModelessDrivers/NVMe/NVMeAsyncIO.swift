@@ -9,17 +9,26 @@ extension NVMeController {
     // MARK: Interrupts
 
     /// The ISR (interrupts disabled, spin locks only): takes the new completions of the
-    /// queues its vector serves, wakes synchronous waiters and queues the DPC for the rest.
-    /// NVMe has no cause register: the queues' phase tags say what is new.
-    func interrupt(admin servesAdmin: Bool, io servesIO: Bool) {
-        var found = NVMeQueuePair.Found()
-        if servesAdmin { service(admin, &found) }
-        if servesIO { service(io, &found) }
+    /// queues its vector serves (the admin queue, and the I/O queues by index), wakes
+    /// synchronous waiters and queues each I/O queue's DPC for the rest. NVMe has no cause
+    /// register: the queues' phase tags say what is new.
+    func interrupt(admin servesAdmin: Bool, queues: [Int]) {
+        var synchronous = false
+        if servesAdmin {
+            var found = NVMeQueuePair.Found()
+            service(admin, &found)
+            synchronous = found.synchronous
+        }
+        for index in queues {
+            var found = NVMeQueuePair.Found()
+            service(ioQueues[index], &found)
+            synchronous = synchronous || found.synchronous
+            if found.ready { handOvers[index].queue() }
+        }
         if registers.health.faultCount > 0 {  // A doorbell write failed: the registers are gone.
             lose(.deviceLost("a register access failed; see the region's health"))
         }
-        if found.synchronous { completed.signal() }
-        if found.ready { handOver?.queue() }
+        if synchronous { completed.signal() }
     }
 
     private func service(_ queue: NVMeQueuePair, _ found: inout NVMeQueuePair.Found) {
@@ -33,13 +42,14 @@ extension NVMeController {
         }
     }
 
-    /// The DPC: hands the tagged completions the ISR took to the registered handler, and runs
-    /// the handlers of closure ones, outside the ISR and outside every lock.
-    func handOverCompletions() {
-        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: io.entries) { batch in
+    /// I/O queue `index`'s DPC: hands the tagged completions the ISR took to the registered
+    /// handler, and runs the handlers of closure ones, outside the ISR and outside every lock.
+    func handOverCompletions(_ index: Int) {
+        let queue = ioQueues[index]
+        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: Self.handOverBatch) { batch in
             var closures: [(NVMeCompletionHandler, NVMeCompletion?)] = []
             while true {
-                let count = io.takeReady(into: batch, closures: &closures)
+                let count = queue.takeReady(into: batch, closures: &closures)
                 if count == 0 && closures.isEmpty { return }
                 deliver(batch, count, { _ in }, visiting: false)
                 for (handler, entry) in closures { handler(entry) }
@@ -48,10 +58,14 @@ extension NVMeController {
         }
     }
 
-    /// Hands `count` tagged completions of `batch` to `visit` when `visiting`, else to the registered handler.
+    /// Hands `count` tagged completions of `batch` to `visit` when `visiting`, else to the
+    /// registered handler; what they submit meanwhile is one batch (one doorbell write).
     private func deliver(_ batch: UnsafeMutableBufferPointer<NVMeIOCompletion>, _ count: Int,
                          _ visit: (NVMeIOCompletion) -> Void, visiting: Bool) {
         guard count > 0 else { return }
+        let target = submissionQueueIndex()
+        withIOQueue(target) { $0.plug() }
+        defer { withIOQueue(target) { $0.unplug() } }
         if visiting {
             for index in 0..<count { visit(batch[index]) }
         } else if let handler = taggedHandler.withLock({ $0 }) {
@@ -59,9 +73,20 @@ extension NVMeController {
         }
     }
 
+    /// Runs `body`, whose submissions go to the controller in one batch per I/O queue: each
+    /// queue's tail doorbell is written once, when `body` returns (each command's entry is
+    /// written at once). Batches may nest; keep them short, since other threads' submissions
+    /// also wait for the doorbell until the batch ends.
+    public func batchSubmissions<Result>(_ body: () throws -> Result) rethrows -> Result {
+        let count = ioQueueCount
+        for index in 0..<count { withIOQueue(index) { $0.plug() } }
+        defer { for index in 0..<count { withIOQueue(index) { $0.unplug() } } }
+        return try body()
+    }
+
     // MARK: Polling
 
-    /// When polling: takes new I/O completions and runs their handlers (closures, and the
+    /// When polling: takes new completions of every I/O queue and runs their handlers (closures, and the
     /// registered handler for tagged ones). Returns how many completions it took; 0 when
     /// completions come by interrupt (the DPC hands them over). Throws ``failure`` once the
     /// controller is lost, after handing over the commands that failed with it.
@@ -78,6 +103,10 @@ extension NVMeController {
         try poll(visit, visiting: true)
     }
 
+    /// How many completions are handed over per pass: a stack buffer of this many (the rest
+    /// wait in the queue's ready list for the next pass).
+    static let handOverBatch = 32
+
     /// How many empty polls pass between two reads of the controller's status.
     private static let emptyPollsPerStatusCheck = 1024
 
@@ -93,12 +122,22 @@ extension NVMeController {
         return taken
     }
 
-    /// Takes the I/O queue's new completions on this thread and hands them over: tagged ones to
-    /// `visit` (when `visiting`; else the registered handler), closure ones to their handlers.
-    /// Returns how many.
+    /// Takes every I/O queue's new completions on this thread and hands them over: tagged ones
+    /// to `visit` (when `visiting`; else the registered handler), closure ones to their
+    /// handlers. Returns how many.
     @discardableResult
     func handOverPolled(_ visit: (NVMeIOCompletion) -> Void, visiting: Bool) -> Int {
-        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: io.entries) { batch in
+        var taken = 0
+        for index in 0..<ioQueueCount {
+            taken += withIOQueue(index) { handOverPolled($0, visit, visiting: visiting) }
+        }
+        return taken
+    }
+
+    /// Takes `io`'s new completions on this thread and hands them over, as ``handOverPolled(_:visiting:)``.
+    @discardableResult
+    func handOverPolled(_ io: NVMeQueuePair, _ visit: (NVMeIOCompletion) -> Void, visiting: Bool) -> Int {
+        withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: Self.handOverBatch) { batch in
             var count = 0
             var found = NVMeQueuePair.Found()
             do {
@@ -150,7 +189,7 @@ extension NVMeController {
             completion(entry.status.succeeded ? .success(())
                        : .failure(.commandFailed(what, statusType: entry.status.type, statusCode: entry.status.code)))
         }
-        try submit(command, to: io, as: .closure, handler: handler)
+        try submit(command, to: submissionQueue(), as: .closure, handler: handler)
     }
 
     /// Starts reading `blocks` blocks at `lba` of `namespace` (the first active one when nil)
@@ -183,17 +222,19 @@ extension NVMeController {
     /// ``readAsync(lba:blocks:into:of:namespace:completion:)``, but allocation-free: the
     /// outcome goes, with `tag`, to the handler given to ``setCompletionHandler(_:)`` (or to the
     /// visitor of ``pollCompletions(_:)``). Throws, submitting nothing, when the queue is full.
+    /// The command goes to the calling CPU's I/O queue, or to queue `queue` (an index below
+    /// ``ioQueueCount``, wrapped) when given.
     public func submitRead(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64,
-                           namespace: UInt32? = nil) throws {
-        try submit(try ioCommand(.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace),
-                   to: io, as: .tagged, tag: tag)
+                           namespace: UInt32? = nil, queue: Int? = nil) throws {
+        let command = try ioCommand(.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace)
+        try withIOQueue(submissionQueueIndex(queue)) { _ = try submit(command, to: $0, as: .tagged, tag: tag) }
     }
 
     /// Starts writing `blocks` blocks at `lba` of `namespace` from `chunk` of `pool`,
     /// allocation-free, with `tag`; see ``submitRead(lba:blocks:into:of:tag:namespace:)``.
     public func submitWrite(lba: UInt64, blocks: Int, from chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64,
-                            namespace: UInt32? = nil) throws {
-        try submit(try ioCommand(.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace),
-                   to: io, as: .tagged, tag: tag)
+                            namespace: UInt32? = nil, queue: Int? = nil) throws {
+        let command = try ioCommand(.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace)
+        try withIOQueue(submissionQueueIndex(queue)) { _ = try submit(command, to: $0, as: .tagged, tag: tag) }
     }
 }

@@ -10,10 +10,15 @@ import Synchronization
 ///
 /// Start: confirm that an NVMe controller answers (CAP, VS), reset it to a known state (CC.EN=0,
 /// CSTS.RDY=0) before bus mastering and interrupts, set up the admin queue, enable, Identify
-/// the controller and its active namespaces, and create one I/O queue pair. I/O: Read, Write
-/// and Flush on any active namespace, synchronous through a bounce buffer or asynchronous
-/// into ``DMAPool`` chunks, completed by interrupts (MSI-X, MSI or INTx, through the runtime)
-/// or by polling.
+/// the controller and its active namespaces, and create the I/O queue pairs: with MSI-X one
+/// per CPU (as many as the controller grants), each on its own vector where the controller
+/// offers enough (else sharing them; the admin queue shares vector 0 with the first), and
+/// otherwise one; each as large as CAP.MQES allows, up to ``maximumQueueEntries``. I/O: Read,
+/// Write and Flush on any active namespace, synchronous through a bounce buffer or
+/// asynchronous into ``DMAPool`` chunks, submitted to the calling CPU's queue, completed by
+/// interrupts (MSI-X, MSI or INTx, through the runtime) or by polling. Doorbells are batched:
+/// one completion head write per drained batch, and one submission tail write per batch of
+/// submissions made while completions are handed over (or inside ``batchSubmissions(_:)``).
 ///
 /// Synchronization follows the kernel's rules: the ISR and the DPC share each queue's state
 /// through a ``SpinLock``; synchronous callers sleep on a ``WaitEvent``; the bounce buffer is
@@ -77,14 +82,23 @@ public final class NVMeController: @unchecked Sendable {
     let registers: MMIORegion
     let capabilities: NVMeCapabilities
     let admin: NVMeQueuePair
-    let io: NVMeQueuePair
+    /// The I/O queue pairs (IDs 1, 2, …); the first ``ioQueueCount`` were created on the controller.
+    let ioQueues: [NVMeQueuePair]
+    /// The same queues unretained, for the I/O path: reading one takes no reference (``ioQueues`` keeps them).
+    let ioQueueReferences: [Unmanaged<NVMeQueuePair>]
+    /// How many I/O queue pairs the controller granted and this driver created (set once, at start).
+    private let activeQueues = Atomic<Int>(1)
+    /// The I/O queue pairs this driver asks for: one per CPU with MSI-X (at most this many), one otherwise.
+    public static let maximumIOQueues = 16
+    /// The largest I/O queue this driver creates, in entries (CAP.MQES + 1 when smaller).
+    public static let maximumQueueEntries = 1024
     /// The active namespaces and the first of them, the default, as plain values for the I/O path.
     private(set) var namespaces: [Namespace] = []
     private(set) var defaultNamespace = Namespace(identifier: 0, blockSize: 0, blockCount: 0, metadataSize: 0)
     /// Signalled when synchronous commands complete and when the controller is lost.
     let completed: WaitEvent
-    /// Hands tagged and closure completions over, outside the ISR.
-    private(set) var handOver: DeferredProcedureCall?
+    /// Hand tagged and closure completions over, outside the ISR: one DPC per I/O queue.
+    private(set) var handOvers: [DeferredProcedureCall] = []
     private var attachments: [InterruptAttachment] = []
     /// The handler tagged I/O completes to, registered once.
     let taggedHandler: SpinLock<(@Sendable (NVMeIOCompletion) -> Void)?>
@@ -130,8 +144,17 @@ public final class NVMeController: @unchecked Sendable {
             admin = try NVMeQueuePair(identifier: 0, entries: min(32, limit), device: device, registers: registers,
                                       doorbellStride: capabilities.doorbellStride, runtime: runtime)
             buffers += [admin.submissions, admin.completions]
-            io = try NVMeQueuePair(identifier: 1, entries: min(64, limit), device: device, registers: registers,
-                                   doorbellStride: capabilities.doorbellStride, runtime: runtime)
+            let wanted = completion == .msix ? min(SystemThread.cpuCount, Self.maximumIOQueues) : 1
+            var queues: [NVMeQueuePair] = []
+            for index in 0..<wanted {
+                let queue = try NVMeQueuePair(identifier: UInt16(index + 1), entries: min(Self.maximumQueueEntries, limit),
+                                              device: device, registers: registers,
+                                              doorbellStride: capabilities.doorbellStride, runtime: runtime)
+                buffers += [queue.submissions, queue.completions]
+                queues.append(queue)
+            }
+            ioQueues = queues
+            ioQueueReferences = queues.map { Unmanaged.passUnretained($0) }
         } catch {
             for buffer in buffers { buffer.free() }
             throw error
@@ -202,7 +225,7 @@ public final class NVMeController: @unchecked Sendable {
         registers.store(admin.submissions.deviceAddress, to: NVMeRegister.adminSubmissionQueue)
         registers.store(admin.completions.deviceAddress, to: NVMeRegister.adminCompletionQueue)
         try device.config.setCommand(.busMaster, true)
-        let ioVector = try setUpInterrupts()
+        let vectorCount = try setUpInterrupts()
 
         var configuration = NVMeConfiguration.enable
         configuration[NVMeConfiguration.commandSet] = 0          // NVM
@@ -216,10 +239,17 @@ public final class NVMeController: @unchecked Sendable {
         let controller = NVMeIdentifyController(data: try identify(.controller))
         let mdts = controller.maximumDataTransferSize
         if mdts > 0 { maximumTransfer = min(maximumTransfer, Self.pageSize << Int(mdts)) }
-        try adminCommand(.setNumberOfQueues(submission: 1, completion: 1), "Set Features (Number of Queues)")
-        try adminCommand(.createIOCompletionQueue(io, vector: ioVector, interrupts: completion != .poll),
-                         "Create I/O Completion Queue")
-        try adminCommand(.createIOSubmissionQueue(io), "Create I/O Submission Queue")
+        // Dword 0 of the completion: NSQA in 15:0, NCQA in 31:16, both 0-based.
+        let granted = try adminCommand(.setNumberOfQueues(submission: ioQueues.count, completion: ioQueues.count),
+                                       "Set Features (Number of Queues)").result
+        let created = max(1, min(ioQueues.count, Int(granted & 0xFFFF) + 1, Int(granted >> 16) + 1))
+        activeQueues.store(created, ordering: .releasing)
+        for (index, queue) in ioQueues.prefix(created).enumerated() {
+            let vector = index % vectorCount
+            try adminCommand(.createIOCompletionQueue(queue, vector: vector, interrupts: completion != .poll),
+                             "Create I/O Completion Queue \(queue.identifier)")
+            try adminCommand(.createIOSubmissionQueue(queue), "Create I/O Submission Queue \(queue.identifier)")
+        }
 
         namespaces = try activeNamespaces(controller)
         if let first = namespaces.first { defaultNamespace = first }
@@ -230,27 +260,29 @@ public final class NVMeController: @unchecked Sendable {
                             blockSize: defaultNamespace.blockSize, blockCount: defaultNamespace.blockCount)
     }
 
-    /// Enables the interrupts the completion method asks for and attaches the ISR; returns the
-    /// vector of the I/O completion queue. The admin queue is always on vector 0; with two
-    /// MSI-X vectors the I/O queue has vector 1, otherwise it shares vector 0.
+    /// Enables the interrupts the completion method asks for, makes each I/O queue's DPC and
+    /// attaches the ISRs; returns how many vectors there are (1 when polling). With MSI-X, one
+    /// vector per I/O queue where the controller offers enough: the admin queue and I/O queue 1
+    /// on vector 0, queue N on vector N − 1; with fewer, the queues share them in turn.
     private func setUpInterrupts() throws -> Int {
-        guard completion != .poll else { return 0 }
+        guard completion != .poll else { return 1 }
+        handOvers = ioQueues.indices.map { index in
+            runtime.makeDPC("nvme completions \(index + 1)") { [unowned self] in self.handOverCompletions(index) }
+        }
         let kind: InterruptKind = completion == .msix ? .msix : completion == .msi ? .msi : .intx
         let offered = device.vectorCount(kind)
         guard offered > 0 else {
             throw Failure.badRequest("the device offers no \(kind) vector: use another completion method (--irq)")
         }
-        let vectors = try device.enableInterrupts(kind, count: kind == .msix ? min(2, offered) : 1)
-        let ioVector = vectors.count > 1 ? 1 : 0
-        handOver = runtime.makeDPC("nvme completions") { [unowned self] in self.handOverCompletions() }
+        let vectors = try device.enableInterrupts(kind, count: kind == .msix ? min(ioQueues.count, offered) : 1)
         for vector in vectors {
-            let servesAdmin = vector.index == 0
-            let servesIO = vector.index == ioVector
-            attachments.append(try runtime.attachInterrupt(vector, name: "nvme\(vector.index)", acknowledge: { 0 }) {
-                [unowned self] _ in self.interrupt(admin: servesAdmin, io: servesIO)
+            let index = vector.index
+            let served = ioQueues.indices.filter { $0 % vectors.count == index }
+            attachments.append(try runtime.attachInterrupt(vector, name: "nvme\(index)", acknowledge: { 0 }) {
+                [unowned self] _ in self.interrupt(admin: index == 0, queues: served)
             })
         }
-        return ioVector
+        return vectors.count
     }
 
     /// The active namespaces: the list (Identify CNS 02h, NVMe 1.1 and later; before, every
@@ -272,8 +304,32 @@ public final class NVMeController: @unchecked Sendable {
 
     // MARK: Stop
 
-    /// The I/O queue's size: at most this many less one commands can be in flight.
-    public var queueEntries: Int { io.entries }
+    /// Each I/O queue's size: at most this many less one commands can be in flight on one queue.
+    public var queueEntries: Int { ioQueues[0].entries }
+
+    /// How many I/O queue pairs the controller granted and this driver created: one per CPU
+    /// with MSI-X (up to ``maximumIOQueues``), else one.
+    public var ioQueueCount: Int { activeQueues.load(ordering: .relaxed) }
+
+    /// The index of the I/O queue the calling thread submits to: `index` (wrapped) when given,
+    /// else its CPU's.
+    @inline(__always)
+    func submissionQueueIndex(_ index: Int? = nil) -> Int {
+        let count = ioQueueCount
+        if count == 1 { return 0 }
+        return (index ?? SystemThread.currentCPU) % count
+    }
+
+    /// The I/O queue the calling thread submits to: its CPU's.
+    func submissionQueue() -> NVMeQueuePair {
+        ioQueues[submissionQueueIndex()]
+    }
+
+    /// Runs `body` with I/O queue `index`, taking no reference to it (the I/O path's way).
+    @inline(__always)
+    func withIOQueue<Result>(_ index: Int, _ body: (NVMeQueuePair) throws -> Result) rethrows -> Result {
+        try ioQueueReferences[index]._withUnsafeGuaranteedRef(body)
+    }
 
     /// How many times the ISRs ran.
     public var isrCalls: Int { attachments.reduce(0) { $0 + $1.isrCalls } }
@@ -300,7 +356,7 @@ public final class NVMeController: @unchecked Sendable {
             }
         }
         admin.free()
-        io.free()
+        for queue in ioQueues { queue.free() }
         bounce.withLock { buffers in
             buffers.data.free()
             buffers.prpList.free()

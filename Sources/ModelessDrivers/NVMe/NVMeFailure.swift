@@ -59,10 +59,13 @@ extension NVMeController {
     /// Fails the commands in flight on both queues (after ``lose(_:)``; again after a
     /// submission that raced with it).
     func failInFlight() {
-        let adminFound = admin.failAll()
-        let ioFound = io.failAll()
-        if adminFound.synchronous || ioFound.synchronous { completed.signal() }
-        if ioFound.ready { handOver?.queue() }
+        var synchronous = admin.failAll().synchronous
+        for (index, queue) in ioQueues.enumerated() {
+            let found = queue.failAll()
+            synchronous = synchronous || found.synchronous
+            if found.ready, index < handOvers.count { handOvers[index].queue() }
+        }
+        if synchronous { completed.signal() }
     }
 
     /// Reads CSTS and the register region's health: a controller that reads all-ones or whose

@@ -42,6 +42,11 @@ final class NVMeQueuePair: @unchecked Sendable {
 
     struct State {
         var tail = 0
+        /// The tail last written to the doorbell: behind `tail` while submissions are batched.
+        var ringedTail = 0
+        /// Open batches (``plug()`` without its ``unplug()``): while any is, submissions only
+        /// write their entries, and the last unplug writes the tail once for all of them.
+        var plugged = 0
         var head = 0
         /// The phase tag of entries the controller has posted but this driver not yet taken.
         var phase = true
@@ -94,7 +99,8 @@ final class NVMeQueuePair: @unchecked Sendable {
     // MARK: Submission
 
     /// Writes `command` at the tail with a free identifier recorded as `slot` (with `tag` or
-    /// `handler`), rings the doorbell and returns the identifier. Throws, submitting nothing,
+    /// `handler`), rings the doorbell (unless a batch is open: see ``plug()``) and returns the
+    /// identifier. Throws, submitting nothing,
     /// when `entries − 1` commands are in flight; a ring that can no longer be written (freed
     /// by ``free()``) is reported as the device lost.
     @discardableResult
@@ -117,10 +123,31 @@ final class NVMeQueuePair: @unchecked Sendable {
             state.tags[index] = tag
             if let handler { state.handlers[index] = handler }
             state.tail = state.tail + 1 == entries ? 0 : state.tail + 1
-            registers.store(UInt32(state.tail), to: submissionTail)
+            if state.plugged == 0 {
+                state.ringedTail = state.tail
+                registers.store(UInt32(state.tail), to: submissionTail)
+            }
             return .success(identifier)
         }
         return try outcome.get()
+    }
+
+    /// Opens a batch of submissions: until the matching ``unplug()``, submissions write their
+    /// entries but not the doorbell (the block layer's plug). Batches nest.
+    func plug() {
+        state.withLock { $0.plugged += 1 }
+    }
+
+    /// Closes a batch; the last one open writes the submission tail doorbell once for every
+    /// entry written since the first plug.
+    func unplug() {
+        state.withLock { state in
+            state.plugged -= 1
+            if state.plugged == 0 && state.ringedTail != state.tail {
+                state.ringedTail = state.tail
+                registers.store(UInt32(state.tail), to: submissionTail)
+            }
+        }
     }
 
     // MARK: Completion

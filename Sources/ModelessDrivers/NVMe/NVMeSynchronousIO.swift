@@ -65,8 +65,8 @@ extension NVMeController {
     /// A waiter's turn at polling: takes `queue`'s completions, handing tagged and closure
     /// ones over as ``pollCompletions()`` does.
     private func pollForWaiter(_ queue: NVMeQueuePair) {
-        if queue === io {
-            handOverPolled({ _ in }, visiting: false)
+        if queue !== admin {
+            handOverPolled(queue, { _ in }, visiting: false)
         } else {
             var unused = 0
             do {
@@ -93,8 +93,9 @@ extension NVMeController {
 
     // MARK: Namespaces
 
-    /// The namespace `identifier` names, or the first active one for nil.
-    func namespace(_ identifier: UInt32?) throws(Failure) -> Namespace {
+    /// The active namespace `identifier` names, or the first active one for nil. Refuses an
+    /// inactive or unknown ID with ``Failure/badRequest(_:)`` naming the active ones.
+    public func namespace(_ identifier: UInt32?) throws(Failure) -> Namespace {
         guard let identifier else {
             guard defaultNamespace.identifier != 0 else { throw .badRequest("the controller has no active namespace") }
             return defaultNamespace
@@ -141,7 +142,7 @@ extension NVMeController {
         try checkRange(lba, blocks, in: namespace)
         let (prp1, prp2) = try dataPointers(blocks * namespace.blockSize, buffers)
         try execute(.transfer(opcode, namespace: namespace.identifier, lba: lba, blocks: blocks, prp1: prp1, prp2: prp2),
-                    on: io, opcode == .read ? "Read" : "Write")
+                    on: submissionQueue(), opcode == .read ? "Read" : "Write")
     }
 
     /// Reads `blocks` blocks from `lba` of `namespace` (the first active one when nil).
@@ -176,7 +177,7 @@ extension NVMeController {
         try mayWait("Flush")
         let namespace = try self.namespace(namespace)
         _ = try bounce.withLock { _ in
-            try execute(NVMeCommand(.flush, namespace: namespace.identifier), on: io, "Flush")
+            try execute(NVMeCommand(.flush, namespace: namespace.identifier), on: submissionQueue(), "Flush")
         }
     }
 }
