@@ -8,7 +8,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure the runtime against baselines taken in the same run.",
         subcommands: [BenchInterrupts.self, BenchNVMe.self, BenchE1000.self, BenchLogical.self, BenchFailover.self, BenchDatapath.self,
-                      BenchInterruptPath.self])
+                      BenchInterruptPath.self, BenchInterruptDatapath.self])
 }
 
 struct BenchInterrupts: ParsableCommand {
