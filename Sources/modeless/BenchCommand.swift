@@ -9,6 +9,21 @@ struct Bench: ParsableCommand {
         abstract: "Measure the runtime against baselines taken in the same run.",
         subcommands: [BenchInterrupts.self, BenchNVMe.self, BenchE1000.self, BenchLogical.self, BenchFailover.self, BenchDatapath.self,
                       BenchInterruptPath.self, BenchInterruptDatapath.self])
+
+    /// Every benchmark says loudly when it runs from a debug build: its numbers then measure
+    /// the unoptimized code (several times slower, with exclusivity checks and no inlining),
+    /// not the drivers.
+    func validate() throws {
+        #if DEBUG
+        printError("""
+            ******************************************************************************
+            WARNING: this modeless is a DEBUG build. Benchmark numbers from it measure
+            unoptimized code and are not comparable with anything: build and run
+            `swift build -c release` and .build/release/modeless for numbers to keep.
+            ******************************************************************************
+            """)
+        #endif
+    }
 }
 
 struct BenchInterrupts: ParsableCommand {
