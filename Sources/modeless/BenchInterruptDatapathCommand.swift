@@ -104,7 +104,8 @@ struct BenchInterruptDatapath: ParsableCommand {
         defer { device.close() }
         let runtime = try makeRuntime(mode, options: options)
         defer { runtime.shutdown() }
-        let controller = try NVMeController(device: device, runtime: runtime, completion: .msix)
+        // Generous: under callgrind on a loaded machine an admin command can take seconds.
+        let controller = try NVMeController(device: device, runtime: runtime, completion: .msix, commandTimeout: .seconds(300))
         defer { controller.stop() }
         let pool = try DMAPool(device: device, chunkSize: 4096, count: depth)
         defer { pool.buffer.free() }
