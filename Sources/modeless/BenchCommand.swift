@@ -15,13 +15,15 @@ struct Bench: ParsableCommand {
     /// not the drivers.
     func validate() throws {
         #if DEBUG
-        printError("""
+        var text = """
             ******************************************************************************
-            WARNING: this modeless is a DEBUG build. Benchmark numbers from it measure
+            modeless: WARNING: this is a DEBUG build. Benchmark numbers from it measure
             unoptimized code and are not comparable with anything: build and run
             `swift build -c release` and .build/release/modeless for numbers to keep.
             ******************************************************************************
-            """)
+
+            """
+        text.withUTF8 { buffer in _ = write(2, buffer.baseAddress, buffer.count) }
         #endif
     }
 }
@@ -100,3 +102,7 @@ func fixed(_ value: Double, _ digits: Int) -> String {
     }
     return text
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif
