@@ -7,7 +7,9 @@ import ModelessSystem
 /// then hands the provider a sealed shared-memory mailbox (a ``SharedMessageChannel``) and
 /// the open's synchronous requests, their replies and its close travel there: each side copies
 /// a message in and the other copies it out, and a waiting side spins for up to ``spin``
-/// before sleeping on the socket, where the sender rings a doorbell. The socket still ends
+/// before sleeping on the socket, where the sender rings a doorbell — but only while the
+/// other side is running on another CPU (awake, on another CPU, on a machine with no more
+/// runnable threads than CPUs); otherwise it sleeps at once. The socket still ends
 /// when either process ends, so failure handling is the same. Asynchronous requests always
 /// use a second socket with its own wait thread.
 public struct RequestTransport: Sendable, Equatable {
@@ -24,8 +26,9 @@ public struct RequestTransport: Sendable, Equatable {
         self.spin = spin
     }
 
-    /// Shared memory, spinning 20 µs before sleeping when there is more than one CPU
-    /// (on one CPU the other side cannot answer while this one spins).
+    /// Shared memory, spinning up to 20 µs (while the other side runs on another CPU) before
+    /// sleeping, when there is more than one CPU (on one CPU the other side cannot answer
+    /// while this one spins).
     public static let standard = RequestTransport(sharedMemory: true, spin: SystemThread.cpuCount > 1 ? .microseconds(20) : .zero)
 
     /// Messages on the socket only, one `send` and one `recv` each way.

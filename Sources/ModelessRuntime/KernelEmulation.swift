@@ -81,6 +81,9 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     }
 
     /// Runs latched interrupts until none is left; the caller holds interrupt level (inInterrupt).
+    /// Never inlined: scripts/bench/retain-release counts inside it (a thread that unmasks
+    /// takes the interrupts latched meanwhile here).
+    @inline(never)
     private func deliverLatched() {
         controller.lock()
         while maskDepth == 0, let (line, count) = state.takeLatched() {

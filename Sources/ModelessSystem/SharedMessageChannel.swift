@@ -8,16 +8,22 @@ import Glibc
 /// socket that connects them: each message is copied into a mailbox in a sealed `memfd`
 /// mapping both processes share, and the receiver finds it by a sequence number.
 ///
-/// A receiver first spins for up to ``spinNanoseconds`` watching the sequence number (no
-/// system call at all when the answer comes that soon). The spin adapts, as an adaptive
-/// mutex's does: each wait that outlasts the full spin halves the next spin, down to none, and
-/// a message that arrives within the full spin time restores it, so a connection that sits
-/// idle between messages stops costing CPU. Then the receiver raises a "sleeping" flag and
-/// blocks in `recv` on the socket, and the sender, seeing the flag, rings a one-byte doorbell
-/// message there. Each side stores its own word then reads the other's, with sequentially
-/// consistent ordering, so a doorbell is never lost and never rung twice. Blocking on the
-/// socket keeps the socket's guarantee: when either process ends, the other's receive returns
-/// 0 at once.
+/// A receiver spins watching the sequence number (no system call at all when the answer comes
+/// soon) only while the peer is running on another CPU: each side publishes in the shared
+/// memory whether it is awake or asleep in this channel and the CPU it last waited on, and
+/// the receiver spins only when the peer is awake, on another CPU, and the machine has no more
+/// runnable threads than CPUs (``CPUContention``: beyond that a runnable peer may be waiting
+/// for a CPU, and a spinning waiter only takes CPU time from it). Otherwise it sleeps at once.
+/// A spin lasts at most ``spinNanoseconds`` and adapts, as an adaptive mutex's does: each
+/// message sent later than that after the wait began halves the next spin, down to none, and
+/// one sent within it restores the full spin (the sender stamps each message with the time it
+/// was sent, so the receiver knows whether a spin would have caught it even when it slept),
+/// so a connection that sits idle between messages stops costing CPU. To sleep, the receiver
+/// raises a "sleeping" flag and blocks in `recv` on the socket, and the sender, seeing the
+/// flag, rings a one-byte doorbell message there. Each side stores its own word then reads the
+/// other's, with sequentially consistent ordering, so a doorbell is never lost and never rung
+/// twice. Blocking on the socket keeps the socket's guarantee: when either process ends, the
+/// other's receive returns 0 at once.
 ///
 /// Neither side trusts the other with the shared memory: the creator seals the file's size
 /// (a peer cannot shrink it under the other's mapping), the joiner checks the seals and the
@@ -47,16 +53,30 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     /// How long this side's next wait will spin before sleeping (for diagnostics and tests;
     /// read it on the receiving thread).
     public var nextSpinNanoseconds: UInt64 { currentSpin }
+
+    /// Whether the peer is awake, as it published: false while it sleeps in this channel's
+    /// wait, waiting for a message from this side (for diagnostics and tests).
+    public var peerIsAwake: Bool { modeless_load_seqcst32(outbox + Self.presenceOffset) == Presence.awake }
     private var doorbell: UInt8 = 0x44  // "D"
 
     // Layout: a 4 KiB header page, then two mailboxes (the creator sends in the first).
     // In a mailbox: the sequence number at 0, the receiver's sleeping flag at 64 (its own
-    // cache line), the message length at 128 and the message at 256.
-    private static let magic: UInt64 = 0x3130_4E41_4843_4C4D  // "MLCHAN01"
+    // cache line), the message length at 128 and the time it was sent at 136, the receiver's
+    // presence (awake or asleep) at 192 and the CPU it last waited on at 196, the message at 256.
+    private static let magic: UInt64 = 0x3230_4E41_4843_4C4D  // "MLCHAN02"
     private static let sequenceOffset = 0
     private static let sleepingOffset = 64
     private static let lengthOffset = 128
+    private static let sentAtOffset = 136
+    private static let presenceOffset = 192
+    private static let cpuOffset = 196
     private static let messageOffset = 256
+
+    /// A side's presence word: awake (running, or about to) or asleep in this channel's wait.
+    private enum Presence {
+        static let awake: UInt32 = 0
+        static let asleep: UInt32 = 1
+    }
 
     private static func mailboxSize(_ capacity: Int) -> Int { (messageOffset + capacity + 4095) & ~4095 }
     private static func fileSize(_ capacity: Int) -> Int { 4096 + 2 * mailboxSize(capacity) }
@@ -135,6 +155,7 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         guard bytes.count <= capacity else { throw SystemError("send", "shared message channel", errno: .messageTooLong) }
         if let source = bytes.baseAddress { (outbox + Self.messageOffset).copyMemory(from: source, byteCount: bytes.count) }
         (outbox + Self.lengthOffset).storeBytes(of: UInt32(bytes.count), as: UInt32.self)
+        (outbox + Self.sentAtOffset).storeBytes(of: monotonicNanoseconds(), as: UInt64.self)
         sentSequence &+= 1
         modeless_store_seqcst32(outbox + Self.sequenceOffset, sentSequence)
         if modeless_exchange_seqcst32(outbox + Self.sleepingOffset, 0) == 1 {
@@ -150,15 +171,13 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         let sleeping = inbox + Self.sleepingOffset
         if !arrived(sequence) {
             let started = spinNanoseconds > 0 ? monotonicNanoseconds() : 0
-            if spinWhileEmpty(sequence) {
+            if spinWhileEmpty(sequence, started: started) {
                 currentSpin = spinNanoseconds
             } else {
+                setPresence(Presence.asleep)
+                defer { setPresence(Presence.awake) }
                 try sleepUntilArrived(sequence, sleeping)
-                if spinNanoseconds > 0 {
-                    // A full spin would have caught it: spin in full again; otherwise spin less.
-                    let halved = currentSpin / 2
-                    currentSpin = monotonicNanoseconds() &- started <= spinNanoseconds ? spinNanoseconds : halved < 1000 ? 0 : halved
-                }
+                if !peerEnded { adaptSpin(waitStarted: started) }
             }
             if peerEnded { return 0 }
         }
@@ -191,28 +210,26 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         let sleeping = inbox + Self.sleepingOffset
         if !arrived(sequence) {
             let started = sleepStarted != 0 ? sleepStarted : spinNanoseconds > 0 ? monotonicNanoseconds() : 1
-            if spinning && spinWhileEmpty(sequence) {
+            if spinning && spinWhileEmpty(sequence, started: started) {
                 currentSpin = spinNanoseconds
             } else {
                 modeless_store_seqcst32(sleeping, 1)
                 flagRaised = true
                 if !arrived(sequence) {
                     sleepStarted = started
+                    setPresence(Presence.asleep)
                     return nil
                 }
             }
         }
+        setPresence(Presence.awake)
         if flagRaised {
             // If the sender took the flag down first, its doorbell comes anyway: a wake-up to spare.
             _ = modeless_exchange_seqcst32(sleeping, 0)
             flagRaised = false
         }
         if sleepStarted != 0 {
-            if spinNanoseconds > 0 {
-                // As in receive(into:): a full spin would have caught it, spin in full again; otherwise less.
-                let halved = currentSpin / 2
-                currentSpin = monotonicNanoseconds() &- sleepStarted <= spinNanoseconds ? spinNanoseconds : halved < 1000 ? 0 : halved
-            }
+            adaptSpin(waitStarted: sleepStarted)
             sleepStarted = 0
         }
         seenSequence = modeless_load_seqcst32(sequence)
@@ -260,17 +277,50 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         modeless_load_seqcst32(sequence) != seenSequence
     }
 
-    /// Spins for up to ``currentSpin``; true if a message arrived meanwhile.
-    private func spinWhileEmpty(_ sequence: UnsafeMutableRawPointer) -> Bool {
-        guard currentSpin > 0 else { return false }
-        let deadline = monotonicNanoseconds() &+ currentSpin
+    /// Spins for up to ``currentSpin`` from `started` while spinning can pay (see
+    /// ``peerIsRunningElsewhere(now:)``); true if a message arrived meanwhile.
+    private func spinWhileEmpty(_ sequence: UnsafeMutableRawPointer, started: UInt64) -> Bool {
+        guard spinNanoseconds > 0 else { return false }
+        let cpu = UInt32(bitPattern: modeless_current_cpu())
+        (inbox + Self.cpuOffset).storeBytes(of: cpu, as: UInt32.self)  // for the peer's same check
+        guard currentSpin > 0, peerIsRunningElsewhere(than: cpu, now: started) else { return false }
+        let deadline = started &+ currentSpin
         var turns: UInt32 = 0
         while !arrived(sequence) {
             modeless_cpu_relax()
             turns &+= 1
-            if turns & 63 == 0, monotonicNanoseconds() >= deadline { return arrived(sequence) }
+            if turns & 63 == 0 {
+                let now = monotonicNanoseconds()
+                if now >= deadline || CPUContention.isContended(now: now) { return arrived(sequence) }
+            }
         }
         return true
+    }
+
+    /// Whether the peer is running on another CPU than `cpu` (this thread's), as far as this
+    /// side can tell: it is awake (not asleep in this channel), it last waited on another CPU,
+    /// and the machine has no more runnable threads than CPUs (so an awake peer has a CPU).
+    private func peerIsRunningElsewhere(than cpu: UInt32, now: UInt64) -> Bool {
+        guard modeless_load_seqcst32(outbox + Self.presenceOffset) == Presence.awake else { return false }
+        guard (outbox + Self.cpuOffset).load(as: UInt32.self) != cpu else { return false }
+        return !CPUContention.isContended(now: now)
+    }
+
+    /// Publishes whether this side is awake or asleep in this channel's wait.
+    @inline(__always)
+    private func setPresence(_ presence: UInt32) {
+        modeless_store_seqcst32(inbox + Self.presenceOffset, presence)
+    }
+
+    /// After a wait that slept: if the message was sent within the full spin time of the
+    /// wait's start, a full spin would have caught it, so the next wait spins in full again;
+    /// otherwise it spins half as long (none below 1 µs). The time comes from the sender's
+    /// stamp, not from this side's wake-up, which on an idle CPU can take longer than the spin.
+    private func adaptSpin(waitStarted: UInt64) {
+        guard spinNanoseconds > 0 else { return }
+        let sentAt = (inbox + Self.sentAtOffset).load(as: UInt64.self)
+        let halved = currentSpin / 2
+        currentSpin = sentAt &- waitStarted <= spinNanoseconds || sentAt < waitStarted ? spinNanoseconds : halved < 1000 ? 0 : halved
     }
 
     /// Blocks for the doorbell; false when the socket reached its end instead.

@@ -8,7 +8,24 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure the runtime against baselines taken in the same run.",
         subcommands: [BenchInterrupts.self, BenchNVMe.self, BenchE1000.self, BenchLogical.self, BenchFailover.self, BenchDatapath.self,
-                      BenchInterruptPath.self])
+                      BenchInterruptPath.self, BenchInterruptDatapath.self])
+
+    /// Every benchmark says loudly when it runs from a debug build: its numbers then measure
+    /// the unoptimized code (several times slower, with exclusivity checks and no inlining),
+    /// not the drivers.
+    func validate() throws {
+        #if DEBUG
+        var text = """
+            ******************************************************************************
+            modeless: WARNING: this is a DEBUG build. Benchmark numbers from it measure
+            unoptimized code and are not comparable with anything: build and run
+            `swift build -c release` and .build/release/modeless for numbers to keep.
+            ******************************************************************************
+
+            """
+        text.withUTF8 { buffer in _ = write(2, buffer.baseAddress, buffer.count) }
+        #endif
+    }
 }
 
 struct BenchInterrupts: ParsableCommand {
@@ -85,3 +102,7 @@ func fixed(_ value: Double, _ digits: Int) -> String {
     }
     return text
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif

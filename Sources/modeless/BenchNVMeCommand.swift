@@ -12,7 +12,8 @@ struct BenchNVMe: ParsableCommand {
         abstract: "4 KiB random-read IOPS through the NVMe driver at given queue depths.",
         discussion: """
             Reads random 4 KiB-aligned blocks of a namespace (--namespace N; default the first active one) with tagged asynchronous reads, keeping \
-            DEPTH reads in flight (each completion submits the next), for SECONDS at each depth. Compare with the kernel's driver on the \
+            DEPTH reads in flight (each completion submits the next), for SECONDS at each depth, and reports reads/s with the \
+            latency percentiles p50, p99 and p99.9 (submission to completion handler, to within 1/16). Compare with the kernel's driver on the \
             same device with fio (scripts/bench/nvme-vs-kernel does both in one VM boot).
             """)
 
@@ -43,27 +44,30 @@ struct BenchNVMe: ParsableCommand {
             let load = RandomReadLoad(controller: controller, pool: pool, namespace: namespace)
             controller.setCompletionHandler { load.complete($0) }
             printLine("\(controller.ioQueueCount) I/O queue\(controller.ioQueueCount == 1 ? "" : "s") of \(controller.queueEntries) entries")
-            printLine("| path | queue depth | 4 KiB random reads/s |")
-            printLine("| --- | ---: | ---: |")
+            printLine("| path | queue depth | 4 KiB random reads/s | p50 µs | p99 µs | p99.9 µs |")
+            printLine("| --- | ---: | ---: | ---: | ---: | ---: |")
             for depth in depths {
                 guard depth > 0, depth < controller.queueEntries else {
                     printError("queue depth \(depth) is outside 1...\(controller.queueEntries - 1)")
                     throw ExitCode(64)
                 }
                 let iops = try measure(controller, load, depth: depth)
-                printLine("| Modeless NVMe, \(mode), \(irq) | \(depth) | \(Int(iops)) |")
+                let latency = [0.5, 0.99, 0.999].map { load.latency.percentile($0).map { fixed(Double($0) / 1000, 1) } ?? "n/a" }
+                printLine("| Modeless NVMe, \(mode), \(irq) | \(depth) | \(Int(iops)) | \(latency.joined(separator: " | ")) |")
             }
         }
     }
 
     private func measure(_ controller: NVMeController, _ load: RandomReadLoad, depth: Int) throws -> Double {
         load.reset()
+        load.latency.reset()
         let start = monotonicNanoseconds()
         let end = start + UInt64(seconds * 1e9)
         // The first reads spread over the I/O queues (one per CPU); each completion then
         // submits the next on the CPU that completed it, in one doorbell write per batch.
         try controller.batchSubmissions {
             for tag in 0..<depth {
+                load.latency.start(UInt64(tag), at: monotonicNanoseconds())
                 try load.submit(tag: UInt64(tag), queue: tag % controller.ioQueueCount)
                 load.inFlight.wrappingAdd(1, ordering: .relaxed)
             }
@@ -101,6 +105,9 @@ final class RandomReadLoad: @unchecked Sendable {
     let controller: NVMeController
     let pool: DMAPool
     let running = Atomic<Bool>(true)
+    /// Each read's latency, from its submission to its completion handler (the 65,536 tags
+    /// an NVMe queue can have at most).
+    let latency = LatencyHistogram(tags: 65536)
     let completed = Atomic<Int>(0)
     let failed = Atomic<Int>(0)
     let inFlight = Atomic<Int>(0)
@@ -132,9 +139,12 @@ final class RandomReadLoad: @unchecked Sendable {
 
     /// A read finished: count it and, while running, submit the next in its place.
     func complete(_ completion: NVMeIOCompletion) {
+        let now = monotonicNanoseconds()
+        latency.finish(completion.tag, at: now)
         if !completion.succeeded { failed.wrappingAdd(1, ordering: .relaxed) }
         completed.wrappingAdd(1, ordering: .relaxed)
         if running.load(ordering: .relaxed) {
+            latency.start(completion.tag, at: now)
             do {
                 try submit(tag: completion.tag)
                 return

@@ -154,3 +154,129 @@ struct SharedMessageChannelTests {
         #expect(ftruncate(descriptor, 4096) == -1)
     }
 }
+
+@Suite("Shared message channel: adaptive waiting")
+struct SharedMessageChannelWaitingTests {
+    private func channelPair(spin: UInt64, joinerSpin: UInt64? = nil) throws -> (SharedMessageChannel, SharedMessageChannel, Int32, UnixSocket, UnixSocket) {
+        let (left, right) = try UnixSocket.pair()
+        let (creator, descriptor) = try SharedMessageChannel.create(capacity: 256, socket: left, spinNanoseconds: spin)
+        let joiner = try SharedMessageChannel(joining: descriptor, capacity: 256, socket: right, spinNanoseconds: joinerSpin ?? spin)
+        return (creator, joiner, descriptor, left, right)
+    }
+
+    /// Polls `condition` for up to 5 s.
+    private func eventually(_ condition: () -> Bool) -> Bool {
+        for _ in 0..<5000 {
+            if condition() { return true }
+            usleep(1000)
+        }
+        return condition()
+    }
+
+    /// Each side publishes whether it sleeps in the channel: the other side sees it asleep
+    /// while it waits for a message, and awake once it has taken one.
+    @Test func eachSideSeesWhetherThePeerSleepsInTheChannel() throws {
+        let (creator, joiner, descriptor, left, right) = try channelPair(spin: 0)
+        defer { close(descriptor); left.close(); right.close() }
+        #expect(creator.peerIsAwake && joiner.peerIsAwake, "both start awake")
+        let waiter = try SystemThread(name: "waiter") {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+            defer { buffer.deallocate() }
+            _ = try? joiner.receive(into: buffer)
+        }
+        #expect(eventually { !creator.peerIsAwake }, "the joiner sleeps in receive")
+        #expect(joiner.peerIsAwake, "the creator is not waiting")
+        try creator.send(UnsafeRawBufferPointer(start: nil, count: 0))
+        waiter.join()
+        #expect(creator.peerIsAwake, "the joiner took the message and is awake again")
+    }
+
+    /// A receiver whose peer sleeps in the channel (waiting for this side, so not about to
+    /// send) does not spin: it sleeps at once, and so sees its socket end at once rather than
+    /// after the spin.
+    @Test func aReceiverDoesNotSpinWhileThePeerSleeps() throws {
+        let spin: UInt64 = 3_000_000_000
+        let (creator, joiner, descriptor, left, right) = try channelPair(spin: spin, joinerSpin: 0)
+        defer { close(descriptor); right.close() }
+        let peer = try SystemThread(name: "sleeping peer") {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+            defer { buffer.deallocate() }
+            _ = try? joiner.receive(into: buffer)
+        }
+        #expect(eventually { !creator.peerIsAwake }, "the joiner sleeps in receive")
+        let started = monotonicNanoseconds()
+        let waiter = try SystemThread(name: "waiter") {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+            defer { buffer.deallocate() }
+            _ = try? creator.receive(into: buffer)
+        }
+        usleep(100_000)
+        left.shutdown()  // the creator's receive returns 0 once it sleeps on the socket
+        waiter.join()
+        let waited = monotonicNanoseconds() - started
+        #expect(waited < spin / 2, "returned after \(waited / 1_000_000) ms: it slept at once instead of spinning")
+        right.shutdown()
+        peer.join()
+        left.close()
+    }
+
+    /// The spin adapts to when the peer sent, from the sender's time stamp, not to when this
+    /// side woke: a receiver whose spin shrank to nothing sleeps at once, and however late it
+    /// wakes, a message sent within the spin time of its wait brings the full spin back
+    /// (measuring the whole wait, a wake-up slower than the spin would keep it at nothing).
+    @Test func aSlowWakeUpDoesNotKeepTheSpinAtNothing() throws {
+        let spin: UInt64 = 64_000
+        let (creator, joiner, descriptor, left, right) = try channelPair(spin: spin)
+        defer { close(descriptor); left.close(); right.close() }
+        let receiveOne: @Sendable () -> Void = {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+            defer { buffer.deallocate() }
+            _ = try? joiner.receive(into: buffer)
+        }
+        // Answers 2 ms late shrink the joiner's spin to nothing.
+        for _ in 0..<12 where joiner.nextSpinNanoseconds > 0 {
+            let waiter = try SystemThread(name: "waiter", receiveOne)
+            usleep(2000)
+            try creator.send(UnsafeRawBufferPointer(start: nil, count: 0))
+            waiter.join()
+        }
+        #expect(joiner.nextSpinNanoseconds == 0)
+        // A message stamped as sent before the wait began, whose doorbell is rung 200 ms later.
+        let memory = try #require(mmap(nil, 3 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0))
+        defer { munmap(memory, 3 * 4096) }
+        let mailbox = memory + 4096  // the creator's outbox, the joiner's inbox
+        let stamp = monotonicNanoseconds()
+        let waiter = try SystemThread(name: "waiter", receiveOne)
+        #expect(eventually { !creator.peerIsAwake }, "the joiner sleeps at once")
+        usleep(200_000)
+        mailbox.storeBytes(of: UInt32(0), toByteOffset: 128, as: UInt32.self)
+        mailbox.storeBytes(of: stamp, toByteOffset: 136, as: UInt64.self)
+        let sequence = mailbox.load(as: UInt32.self) &+ 1
+        mailbox.storeBytes(of: sequence, as: UInt32.self)
+        mailbox.storeBytes(of: UInt32(0), toByteOffset: 64, as: UInt32.self)  // the sleeping flag, taken down
+        var doorbell: UInt8 = 0x44
+        try withUnsafeBytes(of: &doorbell) { try left.send($0) }
+        waiter.join()
+        #expect(joiner.nextSpinNanoseconds == spin, "a message sent within the spin brings it back, whatever the wake-up took")
+    }
+}
+
+@Suite("CPU contention")
+struct CPUContentionTests {
+    @Test(arguments: [("0.50 0.40 0.30 3/345 12345\n", 3), ("12.01 9.99 4.00 27/1002 999", 27), ("0 0 0 1/1 1", 1)])
+    func theRunningCountIsReadFromLoadavg(_ line: String, _ running: Int) {
+        let parsed = Array(line.utf8).withUnsafeBufferPointer { CPUContention.parseRunning($0) }
+        #expect(parsed == running)
+    }
+
+    @Test(arguments: ["", "0.50 0.40 0.30", "0.50 0.40 0.30 /345 1", "0.50 0.40 0.30 3 345", "a b c x/1 2", "0.5 0.4 0.3 99999999999/1 1"])
+    func aMalformedLineGivesNothing(_ line: String) {
+        #expect(Array(line.utf8).withUnsafeBufferPointer { CPUContention.parseRunning($0) } == nil)
+    }
+
+    @Test func thisMachineCountsItsRunnableThreads() throws {
+        let running = try #require(CPUContention.runnableThreads(), "/proc/loadavg is readable on Linux")
+        #expect(running >= 1, "the reader itself is running")
+        _ = CPUContention.isContended(now: monotonicNanoseconds())
+    }
+}
