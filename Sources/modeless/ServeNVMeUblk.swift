@@ -28,6 +28,7 @@ extension ServeNVMe {
     }
 
     func runUblk(_ requested: UblkOptions) throws {
+        let entered = monotonicNanoseconds()
         TerminationSignals.block()
         var ublkOptions = requested
         let queues = requested.queues ?? SystemThread.cpuCount
@@ -55,7 +56,7 @@ extension ServeNVMe {
         try withBoundDevice(pci.description, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
-            let export = try startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions)
+            let export = try startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, entered: entered)
             claim.record("ublk \(export.deviceID) as \(export.blockDevicePath) by process \(getpid())")
             TerminationSignals.wait()
             var status: Int32 = 0
@@ -72,17 +73,22 @@ extension ServeNVMe {
 
     /// Recovers the ublk device the claim's previous holder recorded, if it is still there;
     /// otherwise adds one. Prints the `serving` line a supervisor waits for.
-    private func startOrRecover(controller: NVMeController, claim: ExportLock, pci: PCIAddress, _ ublkOptions: UblkOptions) throws -> UblkExport {
+    /// A recovery's line says how long each step took: from entering this command (its
+    /// CLOCK_MONOTONIC time is printed too, so that whoever killed the predecessor can time
+    /// the process's start) to the controller being up, and the ublk recovery itself.
+    private func startOrRecover(controller: NVMeController, claim: ExportLock, pci: PCIAddress, _ ublkOptions: UblkOptions,
+                                entered: UInt64) throws -> UblkExport {
         do {
             let backend = try NVMeUblkBackend(controller: controller, namespace: nil)
             let started = monotonicNanoseconds()
             if let previous = Self.recordedDevice(claim.previousRecord), let state = try UblkExport.state(deviceID: previous),
                state != .dead {
                 let export = try UblkExport.recover(deviceID: previous, backend, buffers: backend)
-                let milliseconds = Double(monotonicNanoseconds() - started) / 1e6
+                let done = monotonicNanoseconds()
+                func ms(_ nanoseconds: UInt64) -> String { String(format: "%.1f", Double(nanoseconds) / 1e6) }
                 printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
-                          + "in \(String(format: "%.1f", milliseconds)) ms (\(export.queues) queue(s) of depth \(export.queueDepth), "
-                          + "features \(export.features); pid \(getpid()))")
+                          + "in \(ms(done - started)) ms after the controller was up in \(ms(started - entered)) ms (entered at monotonic \(ms(entered)) ms; "
+                          + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); pid \(getpid()))")
                 return export
             }
             // Every tag of every queue in flight at once: they share the controller's I/O queue.

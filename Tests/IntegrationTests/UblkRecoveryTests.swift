@@ -30,6 +30,13 @@ extension VM {
             return pid_t(words[at + 1].prefix { $0.isNumber })
         }
 
+        /// The CLOCK_MONOTONIC milliseconds at which a recovering server entered its command.
+        static func entered(in line: String) -> Double? {
+            let words = line.split(separator: " ")
+            guard let at = words.firstIndex(of: "monotonic"), at + 1 < words.count else { return nil }
+            return Double(words[at + 1])
+        }
+
         /// Reads the supervisor's output until an instance reports serving; returns the line.
         static func nextServing(_ supervisor: ChildProcess, _ log: inout [String]) -> String? {
             while let line = supervisor.readLine(timeout: 120) {
@@ -108,7 +115,8 @@ extension VM {
                     #expect(UblkNVMeTests.blockDevice(in: serving) == device, "\(serving)")
                     pid = next
                     stalls.append(stall)
-                    print("ublk-recovery: kill \(kill): stall \(Int(stall.rounded())) ms; \(serving)")
+                    let startup = Self.entered(in: serving).map { Int(($0 - Double(start) / 1e6).rounded()) }
+                    print("ublk-recovery: kill \(kill): stall \(Int(stall.rounded())) ms, replacement entered \(startup.map { "\($0) ms" } ?? "?") after the kill; \(serving)")
                 }
                 let deadline = monotonicNanoseconds() + 600_000_000_000
                 while fio.exitStatusIfEnded() == nil && monotonicNanoseconds() < deadline { usleep(100_000) }
