@@ -60,9 +60,11 @@ public final class ExportLock {
         _ = line.withCString { pwrite(fd, $0, strlen($0), 0) }
     }
 
-    /// Gives the claim up.
-    public func release() {
-        _ = ftruncate(fd, 0)
+    /// Gives the claim up. With `keepingRecord` the record stays for the next holder (a
+    /// server that failed to start keeps its predecessor's ublk device to recover); without,
+    /// it is emptied.
+    public func release(keepingRecord: Bool = false) {
+        if !keepingRecord { _ = ftruncate(fd, 0) }
         Glibc.close(fd)
     }
 }

@@ -52,7 +52,9 @@ extension ServeNVMe {
             printError(error.message)
             throw ExitCode(Export.exitCode(error.kind))
         }
-        defer { claim.release() }
+        // The record (the ublk device) is emptied only by a clean stop, below: a server that
+        // fails to come up leaves it for the next attempt, which recovers the device.
+        defer { claim.release(keepingRecord: true) }
         try withBoundDevice(pci.description, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }

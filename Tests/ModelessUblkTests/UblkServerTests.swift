@@ -103,7 +103,11 @@ struct UblkServerTests {
         try FileAccess.replaceFile(first.path, with: Array("ublk 3 as /dev/ublkb3 by process 42\n".utf8))
         let successor = try ExportLock(claim: "nvme+0000:00:06.0", what: "NVMe controller 0000:00:06.0", containers: directory)
         #expect(successor.previousRecord == "ublk 3 as /dev/ublkb3 by process 42")
-        successor.release()
+        // A successor that fails to come up keeps the record for the next attempt.
+        successor.release(keepingRecord: true)
+        let retry = try ExportLock(claim: "nvme+0000:00:06.0", what: "NVMe controller 0000:00:06.0", containers: directory)
+        #expect(retry.previousRecord == "ublk 3 as /dev/ublkb3 by process 42")
+        retry.release()
         let next = try ExportLock(claim: "nvme+0000:00:06.0", what: "NVMe controller 0000:00:06.0", containers: directory)
         #expect(next.previousRecord == "")
         next.release()
