@@ -20,12 +20,18 @@ public final class ExportLock {
     }
 
     /// Claims `device` (a full `container/device` name); refuses if another process holds it.
-    public init(device: LogicalDeviceName, containers: ContainerDirectory = .standard) throws(UblkError) {
+    public convenience init(device: LogicalDeviceName, containers: ContainerDirectory = .standard) throws(UblkError) {
+        try self.init(claim: device.container + "+" + device.device, what: device.description, containers: containers)
+    }
+
+    /// Claims `name` (a file name: `nvme+0000:00:06.0` for a controller served directly),
+    /// described as `what` in a refusal; refuses if another process holds it.
+    public init(claim name: String, what: String, containers: ContainerDirectory = .standard) throws(UblkError) {
         let directory = Self.directory(for: containers)
         do { try FileAccess.createDirectories(directory, mode: 0o700) } catch {
             throw UblkError(.system, "cannot create the export directory \(directory): \(error)")
         }
-        path = directory + "/" + device.container + "+" + device.device + ".lock"
+        path = directory + "/" + name + ".lock"
         let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard descriptor >= 0 else { throw UblkError(.system, "cannot open \(path): \(Errno.current)") }
         guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
@@ -35,12 +41,17 @@ public final class ExportLock {
             if error == .wouldBlock {
                 throw UblkError(
                     .alreadyExported,
-                    "\(device) is already exported\(holder.isEmpty ? "" : " (\(holder))"): stop that export (SIGINT or SIGTERM to its process) first")
+                    "\(what) is already exported\(holder.isEmpty ? "" : " (\(holder))"): stop that export (SIGINT or SIGTERM to its process) first")
             }
             throw UblkError(.system, "cannot lock \(path): \(error)")
         }
         fd = descriptor
+        previousRecord = FileAccess.readTextIfPresent(path)?.trimmingBlanks() ?? ""
     }
+
+    /// What the claim's previous holder recorded (empty if nothing, or it released the claim):
+    /// a holder that died without releasing leaves its record for its successor.
+    public let previousRecord: String
 
     /// Records who holds the claim, for the next process that asks.
     public func record(_ text: String) {
@@ -49,9 +60,11 @@ public final class ExportLock {
         _ = line.withCString { pwrite(fd, $0, strlen($0), 0) }
     }
 
-    /// Gives the claim up.
-    public func release() {
-        _ = ftruncate(fd, 0)
+    /// Gives the claim up. With `keepingRecord` the record stays for the next holder (a
+    /// server that failed to start keeps its predecessor's ublk device to recover); without,
+    /// it is emptied.
+    public func release(keepingRecord: Bool = false) {
+        if !keepingRecord { _ = ftruncate(fd, 0) }
         Glibc.close(fd)
     }
 }

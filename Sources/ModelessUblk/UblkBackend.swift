@@ -64,3 +64,19 @@ public protocol UblkQueueBackend: AnyObject {
     /// The queue has stopped: release what the backend holds for it.
     func close()
 }
+
+/// A queue backend that keeps many requests in flight at once: the queue's thread starts each
+/// request and goes on fetching; the backend finishes requests on its own threads (a driver's
+/// completion DPC), queues their results and signals ``completionEvent``, an eventfd the
+/// queue's thread reads through its io_uring; the thread then takes the results and commits
+/// them to the kernel (only the queue's own thread may).
+public protocol UblkAsyncQueueBackend: UblkQueueBackend {
+    /// The eventfd signalled when results are ready for ``takeCompletions(_:)``.
+    var completionEvent: Int32 { get }
+    /// Starts `request` for `tag` with its data in `buffer`. Returns nil when the result will
+    /// come through ``takeCompletions(_:)``, or the result now (e.g. -EINVAL for a request the
+    /// device cannot take), as ``UblkQueueBackend/perform(_:buffer:)`` returns it.
+    func start(_ request: UblkRequest, tag: Int, buffer: UnsafeMutableRawBufferPointer) -> Int32?
+    /// Hands each ready (tag, result) to `body`, on the queue's thread.
+    func takeCompletions(_ body: (Int, Int32) -> Void)
+}

@@ -109,6 +109,28 @@ final class UblkControl {
         try send(.stopDevice, device: device)
     }
 
+    /// What the kernel holds about device `device` (GET_DEV_INFO): its queues, depth, flags,
+    /// state and server.
+    func deviceInfo(device: UInt32) throws(SystemError) -> ublksrv_ctrl_dev_info {
+        var info = ublksrv_ctrl_dev_info()
+        try withUnsafeMutableBytes(of: &info) { bytes throws(SystemError) in
+            _ = try send(.getDeviceInfo, device: device, buffer: bytes)
+        }
+        return info
+    }
+
+    /// Begins taking over a device whose server died (START_USER_RECOVERY). The kernel answers
+    /// EBUSY until the dead server's `/dev/ublkcN` is closed and the device quiesced.
+    func startRecovery(device: UInt32) throws(SystemError) {
+        try send(.startUserRecovery, device: device)
+    }
+
+    /// Ends the takeover (END_USER_RECOVERY): the kernel waits for every tag's fetch from the
+    /// new server, makes it the device's server and lets the queued requests go.
+    func endRecovery(device: UInt32, serverProcess: pid_t) throws(SystemError) {
+        try send(.endUserRecovery, device: device, data: UInt64(serverProcess))
+    }
+
     /// Deletes the device (DEL_DEV); the kernel waits until `/dev/ublkcN` is closed.
     func delete(device: UInt32) throws(SystemError) {
         try send(.deleteDevice, device: device)

@@ -83,7 +83,11 @@ public final class UblkExport: @unchecked Sendable {
         let control = try UblkControl()
         let offered = control.features()
         var wanted: UblkFeatures = [.ioctlEncode]
-        if configuration.userRecovery && offered.contains(.userRecovery) { wanted.insert(.userRecovery) }
+        if configuration.userRecovery && offered.contains(.userRecovery) {
+            wanted.insert(.userRecovery)
+            // Requests the dead server had taken are sent again to the next one.
+            if offered.contains(.userRecoveryReissue) { wanted.insert(.userRecoveryReissue) }
+        }
         let geometry = backend.geometry
         let info: ublksrv_ctrl_dev_info
         do {
@@ -127,6 +131,77 @@ public final class UblkExport: @unchecked Sendable {
             control: control, characterDevice: characterDevice)
     }
 
+    /// Takes over device `deviceID`, left by a server that died with user recovery on: waits
+    /// (up to `timeout`) until the kernel has quiesced it and released the dead server's
+    /// `/dev/ublkcN` (START_USER_RECOVERY answers EBUSY until then), opens it, starts the
+    /// queues with every tag fetched, and ends the recovery with this process as the server,
+    /// so that the requests that waited, and with UBLK_F_USER_RECOVERY_REISSUE those the dead
+    /// server had taken, are served. `/dev/ublkbN` stays the same block device throughout.
+    /// Fails with ``UblkError/Kind/noSuchDevice`` when there is no such device or it cannot be
+    /// recovered (no user recovery, or another geometry than `backend`'s).
+    public static func recover(
+        deviceID: UInt32, _ backend: any UblkBackend, buffers: any UblkBufferProvider = PageBufferProvider(),
+        timeout: Duration = .seconds(30)
+    ) throws(UblkError) -> UblkExport {
+        let control = try UblkControl()
+        let path = UblkInterface.blockDevicePath(deviceID)
+        let info: ublksrv_ctrl_dev_info
+        do { info = try control.deviceInfo(device: deviceID) } catch {
+            throw UblkError(.noSuchDevice, "ublk device \(deviceID) cannot be recovered: \(error)")
+        }
+        let features = UblkFeatures(rawValue: info.flags)
+        guard features.contains(.userRecovery) else {
+            throw UblkError(.noSuchDevice, "ublk device \(deviceID) was added without user recovery: it cannot be taken over")
+        }
+        guard Int(info.max_io_buf_bytes) <= backend.maximumIOBytes else {
+            throw UblkError(.noSuchDevice, "ublk device \(deviceID) takes requests of \(info.max_io_buf_bytes) bytes, more than this server's \(backend.maximumIOBytes)")
+        }
+        let deadline = monotonicNanoseconds() + timeout.wholeNanoseconds
+        while true {
+            do {
+                try control.startRecovery(device: deviceID)
+                break
+            } catch {
+                guard error.errno == .resourceBusy, monotonicNanoseconds() < deadline else {
+                    let state = (try? control.deviceInfo(device: deviceID)).flatMap { UblkDeviceState(rawValue: $0.state) }
+                    throw UblkError(.kernelRefused, "the kernel refused to start recovering \(path) (state \(state.map { "\($0)" } ?? "unknown")): \(error)")
+                }
+                usleep(1_000)
+            }
+        }
+        var characterDevice: Int32 = -1
+        var queues: [UblkQueue] = []
+        do throws(UblkError) {
+            characterDevice = try openCharacterDevice(deviceID, busyUntil: deadline)
+            let cpus = SystemThread.cpuCount
+            for index in 0..<Int(info.nr_hw_queues) {
+                let queue = try UblkQueue(
+                    index: index, depth: Int(info.queue_depth), deviceID: deviceID, characterDevice: characterDevice,
+                    ioBytes: Int(info.max_io_buf_bytes), backend: backend, buffers: buffers)
+                queues.append(queue)
+                try queue.start(cpu: index < cpus ? index : nil)
+            }
+            do { try control.endRecovery(device: deviceID, serverProcess: getpid()) } catch {
+                throw UblkError(.kernelRefused, "the kernel refused to end recovering \(path): \(error)")
+            }
+        } catch {
+            // The device stays quiesced, its requests waiting, for the next attempt.
+            for queue in queues { queue.close() }
+            if characterDevice >= 0 { Glibc.close(characterDevice) }
+            throw error
+        }
+        return UblkExport(
+            deviceID: deviceID, geometry: backend.geometry, queues: queues, depth: Int(info.queue_depth), features: features,
+            control: control, characterDevice: characterDevice)
+    }
+
+    /// The state of device `deviceID`, or nil when there is no such device.
+    public static func state(deviceID: UInt32) throws(UblkError) -> UblkDeviceState? {
+        let control = try UblkControl()
+        guard let info = try? control.deviceInfo(device: deviceID) else { return nil }
+        return UblkDeviceState(rawValue: info.state)
+    }
+
     /// Removes the block device and deletes the ublk device. Idempotent.
     public func stop() throws(UblkError) {
         let queues = lock.withLock { () -> [UblkQueue] in
@@ -158,14 +233,16 @@ public final class UblkExport: @unchecked Sendable {
     // MARK: Steps
 
     /// Opens `/dev/ublkcN`, waiting briefly for the node to appear (devtmpfs or udev makes it).
-    private static func openCharacterDevice(_ id: UInt32) throws(UblkError) -> Int32 {
+    /// With `busyUntil`, also waits while it is busy (still held by a dead server's files).
+    private static func openCharacterDevice(_ id: UInt32, busyUntil: UInt64? = nil) throws(UblkError) -> Int32 {
         let path = UblkInterface.characterDevicePath(id)
-        let deadline = monotonicNanoseconds() + 5_000_000_000
+        let deadline = busyUntil ?? monotonicNanoseconds() + 5_000_000_000
         while true {
             let fd = open(path, O_RDWR | O_CLOEXEC)
             if fd >= 0 { return fd }
             let error = Errno.current
-            guard error == .noSuchFileOrDirectory, monotonicNanoseconds() < deadline else {
+            let retry = error == .noSuchFileOrDirectory || (busyUntil != nil && error == .resourceBusy)
+            guard retry, monotonicNanoseconds() < deadline else {
                 throw UblkError(.system, "cannot open \(path): \(error)")
             }
             usleep(10_000)

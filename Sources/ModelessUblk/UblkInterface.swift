@@ -37,6 +37,8 @@ enum UblkControlCommand: UInt32 {
     case stopDevice = 0x07
     case setParameters = 0x08
     case getParameters = 0x09
+    case startUserRecovery = 0x10
+    case endUserRecovery = 0x11
     case getFeatures = 0x13
 
     /// The command number the kernel expects with UBLK_F_CMD_IOCTL_ENCODE.
@@ -58,8 +60,22 @@ enum UblkControlCommand: UInt32 {
         case .setParameters: "UBLK_U_CMD_SET_PARAMS"
         case .getParameters: "UBLK_U_CMD_GET_PARAMS"
         case .getFeatures: "UBLK_U_CMD_GET_FEATURES"
+        case .startUserRecovery: "UBLK_U_CMD_START_USER_RECOVERY"
+        case .endUserRecovery: "UBLK_U_CMD_END_USER_RECOVERY"
         }
     }
+}
+
+/// A device's state as GET_DEV_INFO reports it (UBLK_S_DEV_*).
+public enum UblkDeviceState: UInt16, Sendable {
+    /// Added (or stopped): no block device.
+    case dead = 0
+    /// Started: `/dev/ublkbN` is served.
+    case live = 1
+    /// Its server died and the device has user recovery: requests wait for a new server.
+    case quiesced = 2
+    /// Its server died and the device fails I/O until recovered (UBLK_F_USER_RECOVERY_FAIL_IO).
+    case failingIO = 3
 }
 
 /// I/O commands on `/dev/ublkcN`, ioctl-encoded (UBLK_U_IO_*).

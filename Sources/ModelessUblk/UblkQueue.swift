@@ -23,6 +23,8 @@ final class UblkQueue: @unchecked Sendable {
     private let backend: any UblkQueueBackend
     private let buffers: any UblkBufferProvider
     private let stopEvent: EventNotifier
+    /// Where the completion eventfd's read puts the counter.
+    private let completionBuffer = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
     private var thread: SystemThread?
     private let state = ConditionLock()
     private var started = false
@@ -32,6 +34,10 @@ final class UblkQueue: @unchecked Sendable {
 
     /// The user data of the stop eventfd's read; tags are below it.
     private static let stopTag = UInt64.max
+    /// The user data of an asynchronous backend's completion eventfd read.
+    private static let completionTag = UInt64.max - 1
+    /// The backend when it keeps requests in flight (nil: one request at a time, synchronously).
+    private var asyncBackend: (any UblkAsyncQueueBackend)?
 
     /// Maps the queue's descriptors and prepares its buffers and backend (nothing runs yet).
     init(index: Int, depth: Int, deviceID: UInt32, characterDevice: Int32, ioBytes: Int,
@@ -62,6 +68,7 @@ final class UblkQueue: @unchecked Sendable {
         }
         do {
             self.backend = try backend.makeQueueBackend(queue: index)
+            asyncBackend = self.backend as? any UblkAsyncQueueBackend
         } catch {
             buffers.release(queue: index)
             stopEvent.close()
@@ -105,6 +112,8 @@ final class UblkQueue: @unchecked Sendable {
         munmap(descriptors, descriptorsLength)
     }
 
+    deinit { completionBuffer.deallocate() }
+
     /// Requests that failed, and the last failure's description.
     var failureSummary: (count: Int, last: String?) { state.withLock { (failures, lastFailure) } }
 
@@ -115,8 +124,8 @@ final class UblkQueue: @unchecked Sendable {
         defer { stopBuffer.deallocate() }
         let ring: IORing
         do {
-            // Room for every tag's command and the stop read at once.
-            ring = try IORing(entries: UInt32(depth + 1), bigEntries: false, what: "ublk queue \(index)")
+            // Room for every tag's command, the stop read and the completion read at once.
+            ring = try IORing(entries: UInt32(depth + 2), bigEntries: false, what: "ublk queue \(index)")
         } catch {
             return reportStart(UblkError(.system, "\(error)"))
         }
@@ -124,6 +133,9 @@ final class UblkQueue: @unchecked Sendable {
         do {
             for tag in 0..<depth { try queue(.fetch, tag: tag, result: 0, on: ring) }
             try ring.queueRead(fd: stopEvent.fd, into: stopBuffer, length: 8, userData: Self.stopTag)
+            if let asyncBackend {
+                try ring.queueRead(fd: asyncBackend.completionEvent, into: completionBuffer, length: 8, userData: Self.completionTag)
+            }
             try ring.submit()
         } catch {
             return reportStart(UblkError(.system, "queue \(index): \(error)"))
@@ -133,7 +145,7 @@ final class UblkQueue: @unchecked Sendable {
         var stopping = false
         var early: [(UInt64, Int32)] = []
         while let completion = ring.takeCompletion() {
-            if completion.result < 0 && completion.userData != Self.stopTag {
+            if completion.result < 0 && completion.userData < Self.completionTag {
                 return reportStart(UblkError(
                     .kernelRefused, "the kernel refused UBLK_U_IO_FETCH_REQ for queue \(index), tag \(completion.userData): \(Errno(rawValue: -completion.result))"))
             }
@@ -159,6 +171,15 @@ final class UblkQueue: @unchecked Sendable {
             stopping = true
             return
         }
+        if userData == Self.completionTag, let asyncBackend {
+            do {
+                try ring.queueRead(fd: asyncBackend.completionEvent, into: completionBuffer, length: 8, userData: Self.completionTag)
+            } catch {
+                record("queue \(index): cannot wait for completions: \(error)")
+            }
+            asyncBackend.takeCompletions { tag, outcome in commit(tag, outcome, ring, &outstanding) }
+            return
+        }
         let tag = Int(userData)
         guard result == 0 else {
             // UBLK_IO_RES_ABORT: the device is stopping and this tag gets no more requests.
@@ -172,10 +193,21 @@ final class UblkQueue: @unchecked Sendable {
             let request = UblkRequest(
                 operation: operation, flags: descriptor.op_flags >> 8, startSector: descriptor.start_sector,
                 sectorCount: descriptor.nr_sectors)
-            outcome = backend.perform(request, buffer: buffers.buffer(queue: index, tag: tag))
+            if let asyncBackend {
+                // In flight: the result comes back through the completion eventfd.
+                guard let now = asyncBackend.start(request, tag: tag, buffer: buffers.buffer(queue: index, tag: tag)) else { return }
+                outcome = now
+            } else {
+                outcome = backend.perform(request, buffer: buffers.buffer(queue: index, tag: tag))
+            }
         } else {
             outcome = -Errno.notSupported.rawValue
         }
+        commit(tag, outcome, ring, &outstanding)
+    }
+
+    /// Reports `outcome` for `tag` and fetches the tag's next request.
+    private func commit(_ tag: Int, _ outcome: Int32, _ ring: IORing, _ outstanding: inout Int) {
         if outcome < 0 { record("tag \(tag): request failed with \(Errno(rawValue: -outcome))") }
         do {
             try queue(.commitAndFetch, tag: tag, result: outcome, on: ring)

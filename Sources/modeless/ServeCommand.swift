@@ -151,11 +151,24 @@ struct ServeNVMe: ParsableCommand {
     @Option(help: "How completions are noticed: msix, msi, intx or poll.")
     var irq: NVMeController.Completion = .msix
 
+    @Flag(help: "Serve the namespace to the kernel as /dev/ublkbN (modprobe ublk_drv; root) instead of as a logical device.")
+    var ublk = false
+
+    @Option(name: .customLong("ublk-queues"), help: "With --ublk: ublk queues (at most one per CPU is used).")
+    var ublkQueues: Int?
+
+    @Option(name: .customLong("queue-depth"), help: "With --ublk: requests in flight per queue (default: all the controller's I/O queue gives).")
+    var queueDepth: Int?
+
+    @Flag(name: .customLong("no-recovery"), help: "With --ublk: no user recovery (the device fails at once if this process dies).")
+    var noRecovery = false
+
     func validate() throws {
         if (model == nil) == (address == nil) { throw ValidationError("name an NVMe controller, or pass --model FILE (not both)") }
     }
 
     func run() throws {
+        if ublk { return try runUblk(UblkOptions(queues: ublkQueues, queueDepth: queueDepth, recovery: !noRecovery)) }
         TerminationSignals.block()
         if let model {
             try withModeledNVMe(backingFile: model, blocks: modelBlocks) { access, runtime in

@@ -84,6 +84,35 @@ struct UblkServerTests {
         again.release()
     }
 
+    /// A holder that died leaves its record (the ublk device to recover) for the next claim;
+    /// one that released its claim leaves none, and the next start adds a new device.
+    @Test func aDeadHoldersRecordIsLeftForItsSuccessor() throws {
+        let directory = temporaryContainerDirectory()
+        let first = try ExportLock(claim: "nvme+0000:00:06.0", what: "NVMe controller 0000:00:06.0", containers: directory)
+        #expect(first.previousRecord == "")
+        first.record("ublk 3 as /dev/ublkb3 by process 42")
+        do {
+            _ = try ExportLock(claim: "nvme+0000:00:06.0", what: "NVMe controller 0000:00:06.0", containers: directory)
+            Issue.record("a second claim succeeded")
+        } catch {
+            #expect(error.kind == .alreadyExported)
+            #expect(error.message.contains("NVMe controller 0000:00:06.0") && error.message.contains("/dev/ublkb3"), "\(error.message)")
+        }
+        first.release()
+        // A process killed while holding the claim: its lock went with it, its record stayed.
+        try FileAccess.replaceFile(first.path, with: Array("ublk 3 as /dev/ublkb3 by process 42\n".utf8))
+        let successor = try ExportLock(claim: "nvme+0000:00:06.0", what: "NVMe controller 0000:00:06.0", containers: directory)
+        #expect(successor.previousRecord == "ublk 3 as /dev/ublkb3 by process 42")
+        // A successor that fails to come up keeps the record for the next attempt.
+        successor.release(keepingRecord: true)
+        let retry = try ExportLock(claim: "nvme+0000:00:06.0", what: "NVMe controller 0000:00:06.0", containers: directory)
+        #expect(retry.previousRecord == "ublk 3 as /dev/ublkb3 by process 42")
+        retry.release()
+        let next = try ExportLock(claim: "nvme+0000:00:06.0", what: "NVMe controller 0000:00:06.0", containers: directory)
+        #expect(next.previousRecord == "")
+        next.release()
+    }
+
     @Test func aMissingDeviceIsNamed() throws {
         let directory = temporaryContainerDirectory()
         let container = try LogicalContainer(name: "exporter", directory: directory, serving: false)

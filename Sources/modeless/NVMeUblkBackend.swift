@@ -1,0 +1,186 @@
+import ModelessDevice
+import ModelessDrivers
+import ModelessSystem
+import ModelessUblk
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The NVMe driver behind a ublk device, without a logical hop: each ublk tag's buffer is a
+/// chunk of a ``DMAPool`` the controller reaches through the IOMMU, so the kernel copies a
+/// write's data straight into the pages the controller then reads, and a read's data out of
+/// the pages it wrote. Every tag is in flight at once: the queue's thread submits tagged
+/// commands and goes on fetching; the driver's completion DPC files each result for the
+/// tag's queue and signals its eventfd, and the queue's thread commits it.
+///
+/// NVMe tags carry the ublk queue in their upper 32 bits and the ublk tag in the lower ones.
+final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendable {
+    let controller: NVMeController
+    let namespace: NVMeController.Namespace
+    let geometry: UblkGeometry
+    let maximumIOBytes: Int
+    private let pools = Mutex<[Int: DMAPool]>([:])
+    private let queues = Mutex<[Int: NVMeUblkQueue]>([:])
+
+    /// Reads the namespace's geometry and what the controller offers besides Read and Write.
+    init(controller: NVMeController, namespace: UInt32?) throws {
+        self.controller = controller
+        let active = controller.identity.namespaces
+        guard let chosen = namespace.map({ id in active.first { $0.identifier == id } }) ?? active.first else {
+            let list = active.map { "\($0.identifier)" }.joined(separator: ", ")
+            throw UblkError(.noSuchDevice, namespace.map { "namespace \($0) is not active on the controller; the active ones are: \(list.isEmpty ? "none" : list)" }
+                            ?? "the controller has no active namespace")
+        }
+        self.namespace = chosen
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard chosen.blockSize >= 512, chosen.blockSize <= page, chosen.metadataSize == 0 else {
+            throw UblkError(.invalidArgument, "namespace \(chosen.identifier) has \(chosen.blockSize)-byte blocks with \(chosen.metadataSize) bytes of metadata: "
+                            + "the kernel takes blocks of 512 to \(page) bytes without metadata (format the namespace with such an LBA format)")
+        }
+        let offered = try controller.optionalCommands()
+        geometry = UblkGeometry(blockSize: chosen.blockSize, blockCount: chosen.blockCount, flushes: offered.volatileWriteCache,
+                                writesZeroes: offered.writeZeroes, discards: offered.datasetManagement)
+        maximumIOBytes = controller.maximumTransferBytes / chosen.blockSize * chosen.blockSize
+        controller.setCompletionHandler { [weak self] completion in self?.complete(completion) }
+    }
+
+    /// Files a completion for its queue's thread (from the driver's DPC).
+    private func complete(_ completion: NVMeIOCompletion) {
+        let queue = Int(completion.tag >> 32)
+        guard let target = queues.withLock({ $0[queue] }) else { return }
+        target.finish(tag: Int(completion.tag & 0xffff_ffff), result: completion.succeeded ? target.pending(Int(completion.tag & 0xffff_ffff)) : -Errno.ioError.rawValue)
+    }
+
+    func makeQueueBackend(queue: Int) throws(UblkError) -> any UblkQueueBackend {
+        guard let pool = pools.withLock({ $0[queue] }) else {
+            throw UblkError(.system, "queue \(queue) has no DMA buffers")
+        }
+        let backend: NVMeUblkQueue
+        do {
+            backend = try NVMeUblkQueue(index: queue, controller: controller, namespace: namespace, pool: pool, depth: pool.capacity)
+        } catch {
+            throw UblkError(.system, "queue \(queue): \(error)")
+        }
+        queues.withLock { $0[queue] = backend }
+        return backend
+    }
+
+    // MARK: Buffers: the driver's DMA memory
+
+    func prepare(queue: Int, depth: Int, bytes: Int) throws(UblkError) {
+        do {
+            let pool = try DMAPool(device: controller.device, chunkSize: NVMeController.transferChunkSize(dataBytes: bytes), count: depth)
+            pools.withLock { $0[queue] = pool }
+        } catch {
+            throw UblkError(.system, "cannot map \(depth) DMA buffers of \(bytes) bytes for queue \(queue): \(error)")
+        }
+    }
+
+    func buffer(queue: Int, tag: Int) -> UnsafeMutableRawBufferPointer {
+        let pool = pools.withLock { $0[queue]! }
+        // In range by construction: the tag's chunk of its own queue's pool.
+        return try! pool.buffer.hostMemory(at: tag * pool.chunkSize, count: pool.chunkSize)
+    }
+
+    func release(queue: Int) {
+        queues.withLock { _ = $0.removeValue(forKey: queue) }
+        pools.withLock { $0.removeValue(forKey: queue) }?.buffer.free()
+    }
+}
+
+/// One ublk queue's requests to the controller.
+final class NVMeUblkQueue: UblkAsyncQueueBackend, @unchecked Sendable {
+    let index: Int
+    private let controller: NVMeController
+    private let namespace: NVMeController.Namespace
+    private let pool: DMAPool
+    private let event: EventNotifier
+    /// Results filed by the DPC for the queue's thread; capacity for every tag.
+    private let ready: Mutex<[(Int, Int32)]>
+    /// Each tag's result on success (the bytes of a read or write, 0 for the rest), set when
+    /// it is submitted; read by the DPC.
+    private let successResults: UnsafeMutablePointer<Int32>
+    private let sectorsPerBlock: UInt64
+
+    init(index: Int, controller: NVMeController, namespace: NVMeController.Namespace, pool: DMAPool, depth: Int) throws {
+        self.index = index
+        self.controller = controller
+        self.namespace = namespace
+        self.pool = pool
+        event = try EventNotifier()
+        var list: [(Int, Int32)] = []
+        list.reserveCapacity(depth)
+        ready = Mutex(list)
+        successResults = .allocate(capacity: depth)
+        successResults.initialize(repeating: 0, count: depth)
+        sectorsPerBlock = UInt64(namespace.blockSize / 512)
+    }
+
+    deinit { successResults.deallocate() }
+
+    var completionEvent: Int32 { event.fd }
+
+    func pending(_ tag: Int) -> Int32 { successResults[tag] }
+
+    func finish(tag: Int, result: Int32) {
+        ready.withLock { $0.append((tag, result)) }
+        try? event.signal()  // fails only if the counter would overflow: the thread is woken anyway
+    }
+
+    func takeCompletions(_ body: (Int, Int32) -> Void) {
+        withUnsafeTemporaryAllocation(of: (Int, Int32).self, capacity: pool.capacity) { batch in
+            let count = ready.withLock { list -> Int in
+                let count = list.count
+                for (slot, entry) in list.enumerated() { batch[slot] = entry }
+                list.removeAll(keepingCapacity: true)
+                return count
+            }
+            for slot in 0..<count { body(batch[slot].0, batch[slot].1) }
+        }
+    }
+
+    func start(_ request: UblkRequest, tag: Int, buffer: UnsafeMutableRawBufferPointer) -> Int32? {
+        guard request.startSector % sectorsPerBlock == 0, UInt64(request.sectorCount) % sectorsPerBlock == 0 else {
+            return -Errno.invalidArgument.rawValue
+        }
+        let lba = request.startSector / sectorsPerBlock
+        let blocks = Int(UInt64(request.sectorCount) / sectorsPerBlock)
+        let nvmeTag = UInt64(index) << 32 | UInt64(tag)
+        let chunk = pool.chunk(tag)
+        do {
+            switch request.operation {
+            case .read, .write:
+                guard blocks > 0 else { return 0 }
+                successResults[tag] = Int32(request.byteCount)
+                try controller.submitTransfer(request.operation == .read ? .read : .write, lba: lba, blocks: blocks, chunk: chunk, of: pool,
+                                              tag: nvmeTag, namespace: namespace.identifier)
+            case .flush:
+                successResults[tag] = 0
+                try controller.submitFlush(tag: nvmeTag, namespace: namespace.identifier)
+            case .writeZeroes:
+                guard blocks > 0 else { return 0 }
+                guard blocks <= NVMeController.maximumRangeBlocks else { return -Errno.invalidArgument.rawValue }
+                successResults[tag] = 0
+                try controller.submitWriteZeroes(lba: lba, blocks: blocks, tag: nvmeTag, namespace: namespace.identifier)
+            case .discard:
+                guard blocks > 0 else { return 0 }
+                successResults[tag] = 0
+                try controller.submitDeallocate(lba: lba, blocks: blocks, chunk: chunk, of: pool, tag: nvmeTag, namespace: namespace.identifier)
+            case .writeSame:
+                return -Errno.notSupported.rawValue
+            }
+        } catch {
+            return -Errno.ioError.rawValue
+        }
+        return nil
+    }
+
+    func perform(_ request: UblkRequest, buffer: UnsafeMutableRawBufferPointer) -> Int32 {
+        // The queue calls start(_:tag:buffer:) for an asynchronous backend, never this.
+        -Errno.notSupported.rawValue
+    }
+
+    func close() { event.close() }
+}

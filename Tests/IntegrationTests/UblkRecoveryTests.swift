@@ -1,0 +1,144 @@
+import ModelessBus
+import ModelessSystem
+import ModelessUblk
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension VM {
+    /// ublk user recovery under a mounted file system: `modeless supervise` runs
+    /// `serve nvme ADDR --ublk`; with ext4 mounted on `/dev/ublkbN` and fio writing with
+    /// verification into a file on it, the driver process is killed with SIGKILL
+    /// `MODELESS_UBLK_KILLS` times (10 by default) at random moments. Each replacement
+    /// re-takes the controller and recovers the ublk device (requests in flight reissued):
+    /// fio ends without a verify error and e2fsck finds the file system clean. The stall per
+    /// kill (SIGKILL to the completion of a 4 KiB direct read issued right after it) is
+    /// printed, with its median and maximum.
+    @Suite(
+        "ublk: recovery of the NVMe driver under a mounted file system",
+        .enabled(if: FileAccess.exists(UblkInterface.controlPath),
+                 "needs /dev/ublk-control: a kernel with ublk_drv (Debian's 6.12, which scripts/setup installs)"))
+    struct UblkRecoveryTests {
+        static var kills: Int { getenv("MODELESS_UBLK_KILLS").flatMap { Int(String(cString: $0)) } ?? 10 }
+
+        /// The pid in a `serving ... pid N)` line.
+        static func pid(in line: String) -> pid_t? {
+            let words = line.split(separator: " ")
+            guard let at = words.lastIndex(of: "pid"), at + 1 < words.count else { return nil }
+            return pid_t(words[at + 1].prefix { $0.isNumber })
+        }
+
+        /// The CLOCK_MONOTONIC milliseconds at which a recovering server entered its command.
+        static func entered(in line: String) -> Double? {
+            let words = line.split(separator: " ")
+            guard let at = words.firstIndex(of: "monotonic"), at + 1 < words.count else { return nil }
+            return Double(words[at + 1])
+        }
+
+        /// Reads the supervisor's output until an instance reports serving; returns the line.
+        static func nextServing(_ supervisor: ChildProcess, _ log: inout [String]) -> String? {
+            while let line = supervisor.readLine(timeout: 120) {
+                log.append(line)
+                if line.contains("] serving ") && line.contains(" as /dev/ublkb") { return line }
+            }
+            return nil
+        }
+
+        @Test func ext4AndFioVerifyOutliveKilledDrivers() throws {
+            let environment = UblkExportTests.containerEnvironment()
+            let before = UblkExportTests.ublkDevices()
+            try UblkNVMeTests.withBoundController { nvme in
+                var template = Array("/tmp/mlr-XXXXXX".utf8CString)
+                let root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+                let config = root + "/storage.json"
+                try FileAccess.replaceFile(config, with: Array("""
+                    {"service": "ublk", "instances": 1, "stateDirectory": "\(root)/state", "startLimitBurst": 1000,
+                     "command": ["modeless", "serve", "nvme", "\(nvme)", "--ublk"]}
+                    """.utf8))
+                let supervisor = try ChildProcess(try ProgramRunner.builtProgram("modeless"), ["supervise", config], environment: environment)
+                var log: [String] = []
+                defer {
+                    supervisor.signal(SIGTERM)
+                    #expect(UblkExportTests.exitStatus(supervisor, within: 180) == 0, "\(log.joined(separator: "\n"))")
+                    #expect(UblkExportTests.ublkDevices() == before, "stopping the service removed the device")
+                }
+                guard let first = Self.nextServing(supervisor, &log), var pid = Self.pid(in: first),
+                      let device = UblkNVMeTests.blockDevice(in: first) else {
+                    Issue.record("the service did not start: \(log.joined(separator: "\n"))")
+                    return
+                }
+                let mount = try UblkExportTests.shellWith(environment, """
+                    set -e
+                    modprobe ext4
+                    timeout 300 mkfs.ext4 -q -F \(device)
+                    mkdir -p /tmp/ublk-rec-mnt
+                    mount -t ext4 \(device) /tmp/ublk-rec-mnt
+                    """)
+                try #require(mount.status == 0, "\(mount.output)")
+
+                // fio writes and verifies a file on ext4 for as long as the kills go on, round after round.
+                let fioCommand = "cd /tmp && exec fio --name=rec --filename=/tmp/ublk-rec-mnt/fio --ioengine=io_uring --direct=1 --bs=4k "
+                    + "--size=16M --iodepth=16 --rw=randwrite --verify=crc32c --do_verify=1 --verify_fatal=1 --randrepeat=0 --verify_state_save=0"
+                var fio = try ChildProcess("/bin/sh", ["-c", fioCommand], environment: environment)
+                var fioRounds = 0
+                var fioFailures: [String] = []
+                func endRound(_ run: ChildProcess) throws {
+                    let status = try run.wait()
+                    var output: [String] = []
+                    while let line = run.readLine(timeout: 1) { output.append(line) }
+                    fioRounds += 1
+                    if status != 0 || output.contains(where: { $0.contains("verify: bad") || $0.contains("err=") && !$0.contains("err= 0") }) {
+                        fioFailures.append("round \(fioRounds): status \(status)\n" + output.joined(separator: "\n"))
+                    }
+                }
+                var stalls: [Double] = []
+                var generator = SystemRandomNumberGenerator()
+                for kill in 1...Self.kills {
+                    usleep(UInt32.random(in: 300_000...1_500_000, using: &generator))
+                    if fio.exitStatusIfEnded() != nil {
+                        try endRound(fio)
+                        fio = try ChildProcess("/bin/sh", ["-c", fioCommand], environment: environment)
+                        usleep(200_000)
+                    }
+                    let start = monotonicNanoseconds()
+                    Glibc.kill(pid, SIGKILL)
+                    let probe = try TestBench.shell("timeout 120 dd if=\(device) of=/dev/null bs=4096 count=1 skip=\(kill * 7) iflag=direct 2>&1")
+                    let stall = Double(monotonicNanoseconds() - start) / 1e6
+                    #expect(probe.status == 0, "kill \(kill): the read after it failed: \(probe.output)")
+                    guard let serving = Self.nextServing(supervisor, &log), let next = Self.pid(in: serving), next != pid else {
+                        Issue.record("kill \(kill): no replacement reported serving: \(log.suffix(20).joined(separator: "\n"))")
+                        break
+                    }
+                    #expect(serving.contains("recovered"), "kill \(kill): the replacement recovered the device: \(serving)")
+                    #expect(UblkNVMeTests.blockDevice(in: serving) == device, "\(serving)")
+                    pid = next
+                    stalls.append(stall)
+                    let startup = Self.entered(in: serving).map { Int(($0 - Double(start) / 1e6).rounded()) }
+                    print("ublk-recovery: kill \(kill): stall \(Int(stall.rounded())) ms, replacement entered \(startup.map { "\($0) ms" } ?? "?") after the kill; \(serving)")
+                }
+                let deadline = monotonicNanoseconds() + 600_000_000_000
+                while fio.exitStatusIfEnded() == nil && monotonicNanoseconds() < deadline { usleep(100_000) }
+                try endRound(fio)
+                #expect(fioFailures.isEmpty, "\(fioFailures.joined(separator: "\n"))")
+                #expect(stalls.count == Self.kills, "\(log.suffix(30).joined(separator: "\n"))")
+
+                let check = try UblkExportTests.shellWith(environment, """
+                    set -e
+                    umount /tmp/ublk-rec-mnt
+                    timeout 300 e2fsck -f -n \(device)
+                    """)
+                #expect(check.status == 0, "\(check.output)")
+
+                let sorted = stalls.sorted()
+                let summary = sorted.isEmpty ? "no kills" : "kills \(sorted.count), fio rounds \(fioRounds), stall p50 \(Int(sorted[sorted.count / 2].rounded())) ms, "
+                    + "max \(Int(sorted.last!.rounded())) ms"
+                print("ublk-recovery: \(summary)")
+                if let out = getenv("MODELESS_VM_OUT").map({ String(cString: $0) }) {
+                    try? FileAccess.replaceFile(out + "/ublk-recovery.txt", with: Array((log + [summary]).joined(separator: "\n").utf8))
+                }
+            }
+        }
+    }
+}
