@@ -48,15 +48,19 @@ extension VM {
             _ = try binder.bind(.address(ours), to: .vfioPCI, force: true)
             defer { _ = try? binder.unbind(.address(ours)) }
             var interface = ""
-            for _ in 0..<100 where interface.isEmpty {
+            for _ in 0..<300 where interface.isEmpty {
                 interface = (try? TestBench.shell("ls /sys/bus/pci/devices/\(kernelNIC)/net/").output)
                     .flatMap { $0.split(whereSeparator: \.isWhitespace).first.map(String.init) } ?? ""
                 if interface.isEmpty { usleep(100_000) }
             }
             try #require(!interface.isEmpty, "the kernel's e1000 has no interface")
             let holder = try TestBench.shell("unshare -n sleep 100000 >/dev/null 2>&1 & echo $!").output.trimmingBlanks()
-            // The namespace ends with its holder, and the NIC goes back to the initial one.
-            defer { _ = try? TestBench.shell("kill \(holder); sleep 1") }
+            // The NIC goes back to the initial namespace at once (a namespace's end would return
+            // it too, but later, from a work queue), then the namespace ends with its holder.
+            defer {
+                _ = try? TestBench.shell("nsenter -t \(holder) -n ip link set \(interface) netns 1")
+                _ = try? TestBench.shell("kill \(holder)")
+            }
             let moved = try TestBench.shell("ip link set \(interface) netns \(holder)")
             try #require(moved.status == 0, "\(moved.output)")
             let peer = Peer(holder: holder, interface: interface)
