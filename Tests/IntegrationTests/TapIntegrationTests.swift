@@ -115,6 +115,8 @@ extension VM {
             try TestBench.shell("for i in $(seq \(seconds * 5)); do kill -0 \(pid) 2>/dev/null || exit 0; sleep 0.2; done; exit 1").status == 0
         }
 
+        static func tenths(_ seconds: Double) -> String { "\(Int(seconds * 10) / 10).\(Int(seconds * 10) % 10)" }
+
         static func fileSize(_ path: String) -> Int {
             var info = stat()
             return stat(path, &info) == 0 ? Int(info.st_size) : 0
@@ -135,7 +137,7 @@ extension VM {
                 let seconds = Double(monotonicNanoseconds() - started) / 1e9
                 let received = try TestBench.shell("sha256sum < /tmp/tap-received").output.prefix(64)
                 #expect(String(received) == sent, "\(Self.fileSize("/tmp/tap-received")) of \(Self.mebibytes << 20) bytes arrived")
-                print("TAP \(mode): \(Self.mebibytes) MiB in \(Int(seconds * 10) / 10).\(Int(seconds * 10) % 10) s")
+                print("TAP \(mode): \(Self.mebibytes) MiB in \(Self.tenths(seconds)) s")
                 #expect(try Self.stop(driver) == 0)
                 #expect(!Self.exists(Self.tapName), "a TAP that was not persistent goes with the driver")
                 _ = try? TestBench.shell("rm -f /tmp/tap-sent /tmp/tap-received")
@@ -152,18 +154,30 @@ extension VM {
                 let sender = try TestBench.shell("nc -N \(Self.peerAddress) 5002 < /tmp/tap-sent >/dev/null 2>&1 & echo $!").output.trimmingBlanks()
                 var killed = 0
                 var progress = 0
+                var stalls: [Double] = []
                 for _ in 0..<Self.kills {
                     // Kill only once the stream has moved on since the last restart.
                     let deadline = monotonicNanoseconds() + 180_000_000_000
                     while Self.fileSize("/tmp/tap-received") < progress + (1 << 20) && monotonicNanoseconds() < deadline { usleep(100_000) }
                     let size = Self.fileSize("/tmp/tap-received")
                     guard size >= progress + (1 << 20), size < Self.mebibytes << 20 else { break }
-                    progress = size
+                    let killedAt = monotonicNanoseconds()
                     driver.signal(SIGKILL)
                     _ = try driver.wait()
                     killed += 1
+                    progress = Self.fileSize("/tmp/tap-received")
                     #expect(Self.exists(Self.tapName), "the persistent TAP survives the kill")
                     driver = try startDriver(address, .user)
+                    let restarted = monotonicNanoseconds()
+                    // The stall: from the kill until data flows again.
+                    while Self.fileSize("/tmp/tap-received") <= progress && monotonicNanoseconds() < restarted + 120_000_000_000 { usleep(20_000) }
+                    let resumed = monotonicNanoseconds()
+                    stalls.append(Double(resumed - killedAt) / 1e9)
+                    print("TAP kill \(killed): driver restarted after \(Self.tenths(Double(restarted - killedAt) / 1e9)) s, stream resumed after \(Self.tenths(stalls.last!)) s")
+                }
+                let sorted = stalls.sorted()
+                if !sorted.isEmpty {
+                    print("TAP kills: \(killed), stall p50 \(Self.tenths(sorted[sorted.count / 2])) s, max \(Self.tenths(sorted.last!)) s")
                 }
                 #expect(killed == Self.kills, "killed \(killed) of \(Self.kills) times before the stream ended (\(progress) bytes)")
                 #expect(try Self.waitForExit(sender, seconds: 900), "the sender finished")
