@@ -115,6 +115,19 @@ extension VM {
             try TestBench.shell("for i in $(seq \(seconds * 5)); do kill -0 \(pid) 2>/dev/null || exit 0; sleep 0.2; done; exit 1").status == 0
         }
 
+        /// The CPU time (user and system) process `pid` used over the next `seconds`.
+        static func cpuSeconds(_ pid: pid_t, over seconds: UInt32) -> Double {
+            func ticks() -> Int {
+                guard let stat = FileAccess.readTextIfPresent("/proc/\(pid)/stat"),
+                      let end = stat.lastIndex(of: ")") else { return 0 }
+                let fields = stat[stat.index(after: end)...].split(separator: " ")
+                return (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)  // utime, stime (fields 14 and 15)
+            }
+            let before = ticks()
+            sleep(seconds)
+            return Double(ticks() - before) / Double(sysconf(Int32(_SC_CLK_TCK)))
+        }
+
         static func tenths(_ seconds: Double) -> String { "\(Int(seconds * 10) / 10).\(Int(seconds * 10) % 10)" }
 
         static func fileSize(_ path: String) -> Int {
@@ -138,6 +151,10 @@ extension VM {
                 let received = try TestBench.shell("sha256sum < /tmp/tap-received").output.prefix(64)
                 #expect(String(received) == sent, "\(Self.fileSize("/tmp/tap-received")) of \(Self.mebibytes << 20) bytes arrived")
                 print("TAP \(mode): \(Self.mebibytes) MiB in \(Self.tenths(seconds)) s")
+                // Idle, the driver sleeps: epoll on the TAP, interrupts from the NIC.
+                let idle = Self.cpuSeconds(driver.processID, over: 3)
+                print("TAP \(mode): idle CPU \(Int(idle * 1000)) ms in 3 s")
+                #expect(idle < 0.3, "the idle driver used \(idle) s of CPU in 3 s")
                 #expect(try Self.stop(driver) == 0)
                 #expect(!Self.exists(Self.tapName), "a TAP that was not persistent goes with the driver")
                 _ = try? TestBench.shell("rm -f /tmp/tap-sent /tmp/tap-received")
