@@ -61,6 +61,9 @@ extension VM {
                 _ = try? TestBench.shell("nsenter -t \(holder) -n ip link set \(interface) netns 1")
                 _ = try? TestBench.shell("kill \(holder)")
             }
+            // Wait until the holder is in its own namespace (unshare has run) before moving the NIC.
+            let separate = try TestBench.shell("for i in $(seq 100); do [ \"$(readlink /proc/\(holder)/ns/net)\" != \"$(readlink /proc/self/ns/net)\" ] && exit 0; sleep 0.1; done; exit 1")
+            try #require(separate.status == 0, "the namespace holder \(holder) has no namespace of its own")
             let moved = try TestBench.shell("ip link set \(interface) netns \(holder)")
             try #require(moved.status == 0, "\(moved.output)")
             let peer = Peer(holder: holder, interface: interface)
