@@ -74,9 +74,10 @@ extension RunE1000 {
             if let address { try interface.setIPv4Address(address) }
             forwarding = true
             let mac = driver.macAddress.map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: ":")
-            printLine("e1000 on \(access.backendName) \(pci), \(runtime.mode) mode, \(irq): MAC \(mac), serving TAP \(name)"
-                      + "\(tap.created ? " (created)" : " (attached)")\(tap.persistent ? ", persistent" : "")"
-                      + "\(address.map { ", \($0)" } ?? ""); pid \(getpid())")
+            // "serving " first: the line `modeless supervise` takes as the instance's readiness.
+            printLine("serving TAP \(name)\(tap.created ? " (created)" : " (attached)")\(tap.persistent ? ", persistent" : "")"
+                      + "\(address.map { ", \($0)" } ?? "") with e1000 on \(access.backendName) \(pci), \(runtime.mode) mode, \(irq): "
+                      + "MAC \(mac); pid \(getpid())")
             let failure = Self.waitForSignal { pump.failure ?? driver.failure.map { "\($0)" } }
             let stats = pump.statistics
             printLine("frames:     \(stats.toKernel) to the kernel (\(stats.notTakenByKernel) not taken), \(stats.toNIC) to the NIC in \(stats.transmitBatches) batches (\(stats.droppedToNIC) dropped)")
