@@ -145,6 +145,14 @@ const unsigned long modeless_VFIO_IOMMU_GET_INFO = VFIO_IOMMU_GET_INFO;
 const unsigned long modeless_VFIO_IOMMU_MAP_DMA = VFIO_IOMMU_MAP_DMA;
 const unsigned long modeless_VFIO_IOMMU_UNMAP_DMA = VFIO_IOMMU_UNMAP_DMA;
 
+#include <linux/if_tun.h>
+const unsigned long modeless_TUNSETIFF = TUNSETIFF;
+const unsigned long modeless_TUNSETPERSIST = TUNSETPERSIST;
+const unsigned long modeless_TUNGETIFF = TUNGETIFF;
+const unsigned short modeless_IFF_TAP = IFF_TAP;
+const unsigned short modeless_IFF_NO_PI = IFF_NO_PI;
+const unsigned short modeless_IFF_PERSIST = IFF_PERSIST;
+
 #include <errno.h>
 #include <signal.h>
 #include <sys/prctl.h>

@@ -53,6 +53,13 @@ public struct DMAByteWriter: ~Copyable {
         }
     }
 
+    /// Copies the bytes of `source` (memory outside an array, such as a frame a system call
+    /// read) to `offset`.
+    public mutating func copy(from source: UnsafeRawBufferPointer, at offset: Int) {
+        reserve(offset, source.count)
+        if let start = source.baseAddress { (base + offset).copyMemory(from: start, byteCount: source.count) }
+    }
+
     /// Sets `length` bytes from `offset` to `value`.
     public mutating func fill(_ value: UInt8, at offset: Int, length: Int) {
         reserve(offset, length)

@@ -37,6 +37,13 @@ public struct DMABytes: ~Copyable {
         }
     }
 
+    /// Lends the bytes as a raw buffer for the duration of `body`, to hand them to a system
+    /// call (`write(2)` to a TAP, a socket) without a copy. `body` must not keep the pointer.
+    @inline(__always)
+    public func withUnsafeBytes<Result>(_ body: (UnsafeRawBufferPointer) throws -> Result) rethrows -> Result {
+        try body(UnsafeRawBufferPointer(start: base, count: count))
+    }
+
     /// A copy of the bytes in an array (this allocates; for code that keeps a frame).
     public func copyToArray() -> [UInt8] {
         [UInt8](UnsafeRawBufferPointer(start: base, count: count))

@@ -8,14 +8,16 @@ import ModelessSystem
 struct RunE1000: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "e1000",
-        abstract: "Run the e1000 driver: answer ARP and ping on an address, and ping a peer.",
+        abstract: "Run the e1000 driver: answer ARP and ping on an address and ping a peer, or serve the kernel through a TAP interface (--tap).",
         discussion: "The NIC must be bound to vfio-pci or uio_pci_generic (`modeless bind ADDR`).")
 
     @Argument(help: "The NIC: 0000:00:04.0, 00:04.0 or 8086:100e.")
     var device: String
 
-    @Option(help: "The IPv4 address to answer on.")
-    var ip: String
+    @Option(help: "The IPv4 address to answer on (without --tap).")
+    var ip: String?
+
+    @OptionGroup var tapOptions: TapOptions
 
     @Option(help: "A peer to ping (after resolving it with ARP).")
     var peer: String?
@@ -38,6 +40,8 @@ struct RunE1000: ParsableCommand {
     var allowUnisolatedDMA = false
 
     func run() throws {
+        if let name = tapOptions.tap { return try runTap(name) }
+        guard let ip else { throw ValidationError("give --ip ADDRESS to answer ping on, or --tap NAME to serve the kernel through a TAP interface") }
         guard let address = EchoResponder.address(ip) else { throw ValidationError("--ip \(ip) is not an IPv4 address") }
         let peerAddress = try peer.map { text -> [UInt8] in
             guard let parsed = EchoResponder.address(text) else { throw ValidationError("--peer \(text) is not an IPv4 address") }

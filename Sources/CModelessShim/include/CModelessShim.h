@@ -120,6 +120,14 @@ extern const unsigned long modeless_VFIO_IOMMU_GET_INFO;
 extern const unsigned long modeless_VFIO_IOMMU_MAP_DMA;
 extern const unsigned long modeless_VFIO_IOMMU_UNMAP_DMA;
 
+// TUN/TAP ioctl request numbers and flags (linux/if_tun.h builds the numbers with _IOW()).
+extern const unsigned long modeless_TUNSETIFF;
+extern const unsigned long modeless_TUNSETPERSIST;
+extern const unsigned long modeless_TUNGETIFF;
+extern const unsigned short modeless_IFF_TAP;
+extern const unsigned short modeless_IFF_NO_PI;
+extern const unsigned short modeless_IFF_PERSIST;
+
 // Volatile device-register access: one load or store of exactly the given width, never
 // merged, split, reordered with other volatile accesses, or elided by the compiler.
 static inline uint8_t modeless_mmio_read8(const volatile void *address) { return *(const volatile uint8_t *)address; }
