@@ -35,7 +35,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
@@ -98,11 +98,11 @@ let package = Package(
         ),
         .target(
             name: "ModelessLogical",
-            dependencies: ["ModelessSystem"]
+            dependencies: ["ModelessSystem", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "ModelessSupervision",
-            dependencies: ["ModelessLogical", "ModelessSystem"]
+            dependencies: ["ModelessLogical", "ModelessSystem", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "ModelessUblk",
@@ -154,11 +154,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ModelessLogicalTests",
-            dependencies: ["ModelessLogical", "ModelessSystem", "modeless"]
+            dependencies: ["ModelessLogical", "ModelessSystem", "modeless", .product(name: "InMemoryLogging", package: "swift-log")]
         ),
         .testTarget(
             name: "ModelessSupervisionTests",
-            dependencies: ["ModelessSupervision", "ModelessLogical", "ModelessSystem", "modeless"]
+            dependencies: ["ModelessSupervision", "ModelessLogical", "ModelessSystem", "modeless", .product(name: "InMemoryLogging", package: "swift-log")]
         ),
         .testTarget(
             name: "ModelessDriverTests",
