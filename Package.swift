@@ -118,6 +118,8 @@ let package = Package(
             name: "ModelessExamples",
             dependencies: ["ModelessRuntime", "ModelessDevice", "ModelessModels"]
         ),
+        // Latency histograms and their pictures, for the benchmarks (no system calls).
+        .target(name: "ModelessMeasurement"),
         // Layer 6: Tools.
         .executableTarget(
             name: "modeless",
@@ -131,6 +133,7 @@ let package = Package(
                 "ModelessLogical",
                 "ModelessSupervision",
                 "ModelessUblk",
+                "ModelessMeasurement",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -171,6 +174,10 @@ let package = Package(
         .testTarget(
             name: "ModelessCLITests",
             dependencies: ["modeless", "ModelessSystem"]
+        ),
+        .testTarget(
+            name: "ModelessMeasurementTests",
+            dependencies: ["ModelessMeasurement"]
         ),
         .testTarget(
             name: "ModelessUblkTests",
