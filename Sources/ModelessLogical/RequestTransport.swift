@@ -19,6 +19,7 @@ public struct RequestTransport: Sendable, Equatable {
     /// outlast it shrink the next spins, so an idle connection stops spinning.
     public var spin: Duration
 
+    /// A transport with shared memory or not, spinning up to `spin`.
     public init(sharedMemory: Bool, spin: Duration) {
         self.sharedMemory = sharedMemory
         self.spin = spin

@@ -19,6 +19,7 @@ public protocol DeviceModel: AnyObject, Sendable {
     func connect(_ context: ModelContext)
     /// A register read; `offset` is inside the BAR, `width` 1, 2, 4 or 8.
     func read(bar: Int, offset: Int, width: Int) -> UInt64
+    /// A register write of the low `width` bytes of `value`; `offset` is inside the BAR.
     func write(bar: Int, offset: Int, width: Int, value: UInt64)
 }
 
@@ -30,6 +31,7 @@ public struct ModelFaults: Sendable, Equatable {
     /// vectors are raised again each time they are acknowledged.
     public var stuckInterrupt = false
 
+    /// Faults as given; none by default.
     public init(surpriseRemoved: Bool = false, stuckInterrupt: Bool = false) {
         self.surpriseRemoved = surpriseRemoved
         self.stuckInterrupt = stuckInterrupt
