@@ -30,7 +30,7 @@ public struct MMIORegion: @unchecked Sendable {
     /// them without copying the enum (which would retain and release its payload per access).
     private let mappedBase: UnsafeMutableRawPointer?
     private let mappedLifetime: MappingLifetime?
-    /// Failed non-throwing accesses (``load(_:)`` and ``store(_:to:)``), shared by every copy.
+    /// Failed non-throwing accesses (``load(_:function:)`` and ``store(_:to:function:)``), shared by every copy.
     public let health = RegionHealth()
 
     init(index: Int, size: Int, device: PCIAddress, backing: Backing) {

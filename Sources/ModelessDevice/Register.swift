@@ -28,7 +28,7 @@ public struct Register<Value: FixedWidthInteger & UnsignedInteger & Sendable>: S
 /// What went wrong with a region's accesses, kept by the region so that a driver's datapath
 /// can access registers without `try` and still learn, once, that its device went away.
 ///
-/// A non-throwing access (``MMIORegion/load(_:)``, ``MMIORegion/store(_:to:)``) that cannot
+/// A non-throwing access (``MMIORegion/load(_:function:)``, ``MMIORegion/store(_:to:function:)``) that cannot
 /// reach the device reads as all-ones, as a PCI read of a removed device does, and counts a
 /// fault here; the first one's description is kept.
 public final class RegionHealth: @unchecked Sendable {

@@ -3,7 +3,7 @@ import ModelessDevice
 
 /// A device implemented in software: its BARs' registers with their side effects, its
 /// configuration space, and the interrupts it offers. ``ModeledDevice`` turns a model into a
-/// ``DeviceAccess`` that a driver uses exactly as it uses a VFIO or UIO device.
+/// `DeviceAccess` that a driver uses exactly as it uses a VFIO or UIO device.
 ///
 /// A model reaches the outside world only through its ``ModelContext``: raising and lowering
 /// interrupts, reading and writing DMA memory by device address, and scheduling work for later

@@ -2,7 +2,7 @@ import ModelessBus
 import ModelessDevice
 import ModelessSystem
 
-/// A device model behind ``DeviceAccess``: a driver opened on it cannot tell it from a VFIO
+/// A device model behind `DeviceAccess`: a driver opened on it cannot tell it from a VFIO
 /// device, which is how drivers are unit-tested on any machine.
 ///
 /// Interrupts behave as on hardware: MSI vectors are edges, each raise one notification;
