@@ -9,8 +9,9 @@ import Glibc
 ///
 ///     2026-11-30T11:42:29.123Z notice [svc-1] died (killed by SIGKILL); restarting
 ///
-/// The time is UTC to the millisecond, then the level, the record's `instance` (or `container`)
-/// metadata in brackets when it has one, the message, and any other metadata as `key=value`.
+/// The time is UTC to the millisecond, then the level, the record's `instance` (else `service`,
+/// else `container`) metadata in brackets when it has one, the message, and any other metadata
+/// as `key=value`.
 /// The libraries take a `Logger`; the command line makes theirs with ``CommandLogging/logger(_:)``.
 struct LogLineHandler: LogHandler {
     var metadata: Logger.Metadata = [:]
@@ -35,9 +36,10 @@ struct LogLineHandler: LogHandler {
     /// The line for one record (without its newline).
     static func line(time: String, level: Logger.Level, message: String, metadata: Logger.Metadata) -> String {
         var metadata = metadata
-        let subject = metadata.removeValue(forKey: "instance") ?? metadata.removeValue(forKey: "container")
-        // The service is in every supervisor record: named where no instance is.
-        if subject != nil { metadata.removeValue(forKey: "service") }
+        // What the record is about: an instance, else its service (both in every supervisor
+        // record), else a container.
+        let instance = metadata.removeValue(forKey: "instance"), service = metadata.removeValue(forKey: "service")
+        let subject = instance ?? service ?? metadata.removeValue(forKey: "container")
         var line = "\(time) \(level)"
         if let subject { line += " [\(subject)]" }
         line += " " + message
