@@ -35,8 +35,10 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        // `swift package generate-documentation` (scripts/docs): the DocC catalogs of the driver-facing products.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // Layer 1: System.
@@ -98,11 +100,11 @@ let package = Package(
         ),
         .target(
             name: "ModelessLogical",
-            dependencies: ["ModelessSystem"]
+            dependencies: ["ModelessSystem", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "ModelessSupervision",
-            dependencies: ["ModelessLogical", "ModelessSystem"]
+            dependencies: ["ModelessLogical", "ModelessSystem", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "ModelessUblk",
@@ -118,6 +120,8 @@ let package = Package(
             name: "ModelessExamples",
             dependencies: ["ModelessRuntime", "ModelessDevice", "ModelessModels"]
         ),
+        // Latency histograms and their pictures, for the benchmarks (no system calls).
+        .target(name: "ModelessMeasurement"),
         // Layer 6: Tools.
         .executableTarget(
             name: "modeless",
@@ -131,6 +135,7 @@ let package = Package(
                 "ModelessLogical",
                 "ModelessSupervision",
                 "ModelessUblk",
+                "ModelessMeasurement",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -154,11 +159,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ModelessLogicalTests",
-            dependencies: ["ModelessLogical", "ModelessSystem", "modeless"]
+            dependencies: ["ModelessLogical", "ModelessSystem", "modeless", .product(name: "InMemoryLogging", package: "swift-log")]
         ),
         .testTarget(
             name: "ModelessSupervisionTests",
-            dependencies: ["ModelessSupervision", "ModelessLogical", "ModelessSystem", "modeless"]
+            dependencies: ["ModelessSupervision", "ModelessLogical", "ModelessSystem", "modeless", .product(name: "InMemoryLogging", package: "swift-log")]
         ),
         .testTarget(
             name: "ModelessDriverTests",
@@ -171,6 +176,10 @@ let package = Package(
         .testTarget(
             name: "ModelessCLITests",
             dependencies: ["modeless", "ModelessSystem"]
+        ),
+        .testTarget(
+            name: "ModelessMeasurementTests",
+            dependencies: ["ModelessMeasurement"]
         ),
         .testTarget(
             name: "ModelessUblkTests",

@@ -7,14 +7,21 @@ import ModelessSystem
 public final class ConfigSpaceAccess: @unchecked Sendable {
     /// Command register bits (PCI Local Bus Specification 6.2.2).
     public struct Command: OptionSet, Sendable {
+        /// The register's bits.
         public let rawValue: UInt16
+        /// The bits `rawValue`.
         public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// Bit 0: the device answers I/O-space accesses.
         public static let ioSpace = Command(rawValue: 1 << 0)
+        /// Bit 1: the device answers memory-space accesses (its memory BARs).
         public static let memorySpace = Command(rawValue: 1 << 1)
+        /// Bit 2: the device may master the bus (DMA, and MSI writes).
         public static let busMaster = Command(rawValue: 1 << 2)
+        /// Bit 10: the device must not assert INTx.
         public static let interruptDisable = Command(rawValue: 1 << 10)
     }
 
+    /// The device whose configuration space this is.
     public let device: PCIAddress
     /// 256 for conventional PCI, 4096 for PCI Express.
     public let size: Int
@@ -31,11 +38,17 @@ public final class ConfigSpaceAccess: @unchecked Sendable {
         ConfigSpaceAccess(device: device, size: size, file: backing)
     }
 
+    /// Reads the byte at `offset`.
     public func read8(at offset: Int) throws(DeviceError) -> UInt8 { UInt8(truncatingIfNeeded: try read(offset, 1)) }
+    /// Reads the 16-bit little-endian value at `offset` (2-byte aligned).
     public func read16(at offset: Int) throws(DeviceError) -> UInt16 { UInt16(truncatingIfNeeded: try read(offset, 2)) }
+    /// Reads the 32-bit little-endian value at `offset` (4-byte aligned).
     public func read32(at offset: Int) throws(DeviceError) -> UInt32 { UInt32(truncatingIfNeeded: try read(offset, 4)) }
+    /// Writes the byte `value` at `offset`.
     public func write8(_ value: UInt8, at offset: Int) throws(DeviceError) { try write(offset, 1, UInt64(value)) }
+    /// Writes the 16-bit `value` at `offset` (2-byte aligned).
     public func write16(_ value: UInt16, at offset: Int) throws(DeviceError) { try write(offset, 2, UInt64(value)) }
+    /// Writes the 32-bit `value` at `offset` (4-byte aligned).
     public func write32(_ value: UInt32, at offset: Int) throws(DeviceError) { try write(offset, 4, UInt64(value)) }
 
     /// The command register.
@@ -91,7 +104,9 @@ public final class ConfigSpaceAccess: @unchecked Sendable {
 
 /// Where configuration space accesses go: a file (VFIO region, sysfs `config`) or a model.
 public protocol ConfigSpaceBacking: AnyObject, Sendable {
+    /// Reads `width` (1, 2 or 4) bytes at `offset`, little-endian.
     func read(at offset: Int, width: Int, device: PCIAddress) throws(DeviceError) -> UInt64
+    /// Writes the low `width` (1, 2 or 4) bytes of `value` at `offset`, little-endian.
     func write(_ value: UInt64, at offset: Int, width: Int, device: PCIAddress) throws(DeviceError)
 }
 

@@ -11,6 +11,7 @@ public final class DMABuffer: @unchecked Sendable {
     public let size: Int
     /// The address the device uses: an IO virtual address under VFIO, a physical one under UIO.
     public let deviceAddress: UInt64
+    /// The device the buffer is mapped for.
     public let device: PCIAddress
     let base: UnsafeMutableRawPointer
     private var release: ((DMABuffer) -> Void)?
@@ -44,13 +45,21 @@ public final class DMABuffer: @unchecked Sendable {
     /// Called by the owning device when it closes first.
     func invalidate() { release = nil }
 
+    /// Reads the byte at `offset`; a volatile load, as the device may have written it.
     public func load8(at offset: Int) throws(DeviceError) -> UInt8 { try checked(offset, 1) { modeless_mmio_read8($0) } }
+    /// Reads the 16-bit value at `offset` (aligned); a volatile load.
     public func load16(at offset: Int) throws(DeviceError) -> UInt16 { try checked(offset, 2) { modeless_mmio_read16($0) } }
+    /// Reads the 32-bit value at `offset` (aligned); a volatile load.
     public func load32(at offset: Int) throws(DeviceError) -> UInt32 { try checked(offset, 4) { modeless_mmio_read32($0) } }
+    /// Reads the 64-bit value at `offset` (aligned); a volatile load.
     public func load64(at offset: Int) throws(DeviceError) -> UInt64 { try checked(offset, 8) { modeless_mmio_read64($0) } }
+    /// Writes the byte `value` at `offset`; a volatile store the device will see.
     public func store8(_ value: UInt8, at offset: Int) throws(DeviceError) { try checked(offset, 1) { modeless_mmio_write8($0, value) } }
+    /// Writes the 16-bit `value` at `offset` (aligned); a volatile store.
     public func store16(_ value: UInt16, at offset: Int) throws(DeviceError) { try checked(offset, 2) { modeless_mmio_write16($0, value) } }
+    /// Writes the 32-bit `value` at `offset` (aligned); a volatile store.
     public func store32(_ value: UInt32, at offset: Int) throws(DeviceError) { try checked(offset, 4) { modeless_mmio_write32($0, value) } }
+    /// Writes the 64-bit `value` at `offset` (aligned); a volatile store.
     public func store64(_ value: UInt64, at offset: Int) throws(DeviceError) { try checked(offset, 8) { modeless_mmio_write64($0, value) } }
 
     /// Copies `bytes` into the buffer at `offset`.

@@ -10,11 +10,15 @@ import Synchronization
 public final class DMAPool: @unchecked Sendable {
     /// One chunk of the pool: an index, its device address and its size.
     public struct Chunk: Hashable, Sendable {
+        /// The chunk's position in the pool, from 0.
         public let index: Int
+        /// The address the device uses for the chunk's first byte.
         public let deviceAddress: UInt64
     }
 
+    /// Bytes per chunk.
     public let chunkSize: Int
+    /// How many chunks the pool has.
     public let capacity: Int
     /// The memory all chunks live in.
     public let buffer: DMABuffer
@@ -51,18 +55,22 @@ public final class DMAPool: @unchecked Sendable {
         Chunk(index: index, deviceAddress: buffer.deviceAddress + UInt64(index * chunkSize))
     }
 
+    /// Reads the 32-bit value at `offset` in `chunk` (bounds-checked against the chunk).
     public func load32(_ chunk: Chunk, at offset: Int) throws(DeviceError) -> UInt32 {
         try buffer.load32(at: try position(chunk, offset, 4))
     }
 
+    /// Writes the 32-bit `value` at `offset` in `chunk` (bounds-checked against the chunk).
     public func store32(_ value: UInt32, _ chunk: Chunk, at offset: Int) throws(DeviceError) {
         try buffer.store32(value, at: try position(chunk, offset, 4))
     }
 
+    /// Reads the 64-bit value at `offset` in `chunk` (bounds-checked against the chunk).
     public func load64(_ chunk: Chunk, at offset: Int) throws(DeviceError) -> UInt64 {
         try buffer.load64(at: try position(chunk, offset, 8))
     }
 
+    /// Writes the 64-bit `value` at `offset` in `chunk` (bounds-checked against the chunk).
     public func store64(_ value: UInt64, _ chunk: Chunk, at offset: Int) throws(DeviceError) {
         try buffer.store64(value, at: try position(chunk, offset, 8))
     }

@@ -3,11 +3,13 @@ import ModelessBus
 /// One opened PCI function, whatever reaches it: VFIO, UIO, the kernel-mode emulation or a
 /// device model. Drivers are written against this and ``MMIORegion``, never a backend.
 public protocol DeviceAccess: AnyObject, Sendable {
+    /// The function's PCI address.
     var address: PCIAddress { get }
     /// `vfio`, `uio`, … for logs.
     var backendName: String { get }
     /// Every BAR, by number (memory BARs mapped, I/O BARs through the backend).
     var regions: [Int: MMIORegion] { get }
+    /// The function's configuration space.
     var config: ConfigSpaceAccess { get }
     /// How many vectors the device offers of `kind` (0: none).
     func vectorCount(_ kind: InterruptKind) -> Int

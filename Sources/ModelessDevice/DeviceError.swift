@@ -4,6 +4,7 @@ import ModelessSystem
 /// Why an operation on an opened device failed. Every case names the device and says what
 /// to do where something can be done.
 public struct DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// What kind of failure.
     public enum Kind: String, Sendable, Equatable {
         /// The device is not bound to the driver the backend needs.
         case notBound
@@ -23,11 +24,16 @@ public struct DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
         case system
     }
 
+    /// What kind of failure.
     public var kind: Kind
+    /// The device it concerns.
     public var device: PCIAddress
+    /// What happened and, where something can be done, what to do.
     public var message: String
+    /// The system call and errno, for ``Kind/system``.
     public var systemError: SystemError?
 
+    /// An error of `kind` about `device`, saying `message`.
     public init(_ kind: Kind, _ device: PCIAddress, _ message: String, systemError: SystemError? = nil) {
         self.kind = kind
         self.device = device
@@ -40,5 +46,6 @@ public struct DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
         self.init(.system, device, "\(error)", systemError: error)
     }
 
+    /// `ADDRESS: message`.
     public var description: String { "\(device): \(message)" }
 }

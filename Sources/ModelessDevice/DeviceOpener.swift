@@ -10,6 +10,7 @@ public enum DeviceOpener {
         /// Permit DMA over UIO, which has no isolation.
         public var allowUnisolatedDMA = false
 
+        /// Options with a 39-bit DMA mask and no DMA over UIO.
         public init(dmaAddressBits: Int = 39, allowUnisolatedDMA: Bool = false) {
             self.dmaAddressBits = dmaAddressBits
             self.allowUnisolatedDMA = allowUnisolatedDMA

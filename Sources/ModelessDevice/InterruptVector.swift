@@ -10,6 +10,7 @@ public enum InterruptKind: String, Sendable, CaseIterable, CustomStringConvertib
     /// Message-signalled interrupts with a per-vector table.
     case msix
 
+    /// `intx`, `msi` or `msix`, as the command line spells it.
     public var description: String { rawValue }
 }
 
@@ -19,6 +20,7 @@ public enum InterruptKind: String, Sendable, CaseIterable, CustomStringConvertib
 /// The runtime's wait thread polls ``fd`` (or blocks in ``wait()``), runs the handler, then
 /// calls ``acknowledge()``, which re-enables INTx; for MSI and MSI-X it does nothing.
 public final class InterruptVector: @unchecked Sendable {
+    /// How the vector's interrupts are signalled.
     public let kind: InterruptKind
     /// The vector number within its kind (0 for INTx).
     public let index: Int
@@ -27,6 +29,7 @@ public final class InterruptVector: @unchecked Sendable {
     /// Whether ``fd`` is an eventfd (VFIO, device models), which a waiter can also be woken
     /// through by writing to it; `/dev/uioN` is not.
     public let deliversOnEventfd: Bool
+    /// The device whose interrupt this is.
     public let device: PCIAddress
     private let waitOperation: () throws(DeviceError) -> UInt64
     private let acknowledgeOperation: () throws(DeviceError) -> Void

@@ -23,13 +23,14 @@ public struct MMIORegion: @unchecked Sendable {
     public let index: Int
     /// Size in bytes.
     public let size: Int
+    /// The device the region belongs to.
     public let device: PCIAddress
     let backing: Backing
     /// The mapping and its lifetime, apart from `backing`, so that the mapped fast path reads
     /// them without copying the enum (which would retain and release its payload per access).
     private let mappedBase: UnsafeMutableRawPointer?
     private let mappedLifetime: MappingLifetime?
-    /// Failed non-throwing accesses (``load(_:)`` and ``store(_:to:)``), shared by every copy.
+    /// Failed non-throwing accesses (``load(_:function:)`` and ``store(_:to:function:)``), shared by every copy.
     public let health = RegionHealth()
 
     init(index: Int, size: Int, device: PCIAddress, backing: Backing) {
@@ -63,14 +64,22 @@ public struct MMIORegion: @unchecked Sendable {
         return false
     }
 
+    /// Reads the byte at `offset`; throws if it is outside the region or the region was released.
     public func read8(at offset: Int) throws(DeviceError) -> UInt8 { UInt8(truncatingIfNeeded: try read(offset, 1)) }
+    /// Reads the 16-bit register at `offset` (2-byte aligned).
     public func read16(at offset: Int) throws(DeviceError) -> UInt16 { UInt16(truncatingIfNeeded: try read(offset, 2)) }
+    /// Reads the 32-bit register at `offset` (4-byte aligned).
     public func read32(at offset: Int) throws(DeviceError) -> UInt32 { UInt32(truncatingIfNeeded: try read(offset, 4)) }
+    /// Reads the 64-bit register at `offset` (8-byte aligned).
     public func read64(at offset: Int) throws(DeviceError) -> UInt64 { try read(offset, 8) }
 
+    /// Writes the byte `value` at `offset`; throws if it is outside the region or the region was released.
     public func write8(_ value: UInt8, at offset: Int) throws(DeviceError) { try write(offset, 1, UInt64(value)) }
+    /// Writes the 16-bit `value` to the register at `offset` (2-byte aligned).
     public func write16(_ value: UInt16, at offset: Int) throws(DeviceError) { try write(offset, 2, UInt64(value)) }
+    /// Writes the 32-bit `value` to the register at `offset` (4-byte aligned).
     public func write32(_ value: UInt32, at offset: Int) throws(DeviceError) { try write(offset, 4, UInt64(value)) }
+    /// Writes the 64-bit `value` to the register at `offset` (8-byte aligned).
     public func write64(_ value: UInt64, at offset: Int) throws(DeviceError) { try write(offset, 8, value) }
 
     private func check(_ offset: Int, _ width: Int) throws(DeviceError) {

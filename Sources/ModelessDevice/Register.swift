@@ -11,6 +11,7 @@ public struct Register<Value: FixedWidthInteger & UnsignedInteger & Sendable>: S
     /// The byte offset in the region.
     public let offset: Int
 
+    /// The register at byte `offset`, which must be aligned to the register's width.
     public init(_ offset: Int) {
         precondition(offset >= 0 && offset % MemoryLayout<Value>.size == 0,
                      "a \(MemoryLayout<Value>.size * 8)-bit register's offset must be aligned to its width")
@@ -20,13 +21,14 @@ public struct Register<Value: FixedWidthInteger & UnsignedInteger & Sendable>: S
     /// The register `index` entries of `stride` bytes after this one (a register array).
     public func advanced(by index: Int, stride: Int) -> Register<Value> { Register(offset + index * stride) }
 
+    /// `0xOFFSET (N bits)`.
     public var description: String { "0x\(String(offset, radix: 16)) (\(MemoryLayout<Value>.size * 8) bits)" }
 }
 
 /// What went wrong with a region's accesses, kept by the region so that a driver's datapath
 /// can access registers without `try` and still learn, once, that its device went away.
 ///
-/// A non-throwing access (``MMIORegion/load(_:)``, ``MMIORegion/store(_:to:)``) that cannot
+/// A non-throwing access (``MMIORegion/load(_:function:)``, ``MMIORegion/store(_:to:function:)``) that cannot
 /// reach the device reads as all-ones, as a PCI read of a removed device does, and counts a
 /// fault here; the first one's description is kept.
 public final class RegionHealth: @unchecked Sendable {
@@ -37,6 +39,7 @@ public final class RegionHealth: @unchecked Sendable {
         /// The backend's access failed (an I/O-port read or write through a file).
         case backend(String)
 
+        /// What failed, in words.
         public var description: String {
             switch self {
             case .accessAfterRelease(let what): "access after release: \(what)"
@@ -52,6 +55,7 @@ public final class RegionHealth: @unchecked Sendable {
     private let released = Atomic<Bool>(false)
     private let releaseReason = Mutex<String>("")
 
+    /// A region's health with no fault counted.
     public init() {}
 
     /// How many accesses failed.

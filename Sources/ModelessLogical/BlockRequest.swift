@@ -6,14 +6,18 @@
 /// - control ``geometryCode``: output `UInt64` block count, `UInt32` block size.
 /// - control ``flushCode``: no areas.
 public enum BlockRequest {
+    /// The control code that asks a block device for its geometry (block count and size).
     public static let geometryCode: UInt32 = 1
+    /// The control code that asks a block device to make written data durable.
     public static let flushCode: UInt32 = 2
     /// Where a write's data starts in the input area.
     public static let dataOffset = 16
 
     /// A parsed read or write.
     public struct Range: Sendable, Equatable {
+        /// The first block read or written.
         public var firstBlock: UInt64
+        /// How many blocks.
         public var blockCount: Int
     }
 

@@ -10,8 +10,10 @@ import Glibc
 /// Chosen, in order, from `$MODELESS_CONTAINER_DIR`, `/run/modeless/containers` for root,
 /// `$XDG_RUNTIME_DIR/modeless/containers`, and `/tmp/modeless-UID/containers`.
 public struct ContainerDirectory: Sendable, Equatable {
+    /// The directory holding the containers' sockets.
     public let path: String
 
+    /// The directory at `path` (created, mode 0700, when a container first serves there).
     public init(path: String) { self.path = path }
 
     /// The directory for this process's user and environment.

@@ -6,19 +6,27 @@ import Glibc
 
 /// What a running container says about itself: its placement, process and devices.
 public struct ContainerListing: Sendable, Equatable {
+    /// One device of a listed container.
     public struct Device: Sendable, Equatable {
+        /// The device's name in its container.
         public var name: String
+        /// How many consumers have it open.
         public var consumers: Int
 
+        /// A device named `name` open by `consumers` consumers.
         public init(name: String, consumers: Int) {
             self.name = name
             self.consumers = consumers
         }
     }
 
+    /// The container's name.
     public var name: String
+    /// Where its providers run.
     public var placement: LogicalContainer.Placement
+    /// The process serving it.
     public var processID: Int32
+    /// Its devices, sorted by name.
     public var devices: [Device]
 
     init(container: LogicalContainer) {
@@ -55,8 +63,10 @@ public struct ContainerListing: Sendable, Equatable {
 /// Finds the running containers and their devices: the registry of user containers and the
 /// kernel emulation's container, kept as the sockets in a ``ContainerDirectory``.
 public struct ContainerRegistry: Sendable {
+    /// The directory whose sockets are the running containers.
     public let directory: ContainerDirectory
 
+    /// The registry of the containers in `directory`.
     public init(directory: ContainerDirectory = .standard) { self.directory = directory }
 
     /// Every container that answers, sorted by name. Sockets nobody listens on (left by a

@@ -1,3 +1,4 @@
+import Logging
 import ModelessSystem
 
 #if canImport(Glibc)
@@ -21,6 +22,10 @@ import Glibc
 ///
 /// Only processes of the same user get in (the directory is 0700, the socket 0600, and every
 /// connection's peer credentials are checked).
+///
+/// Logs to the logger it is given: connections accepted and ended at `debug`; a connection
+/// refused, an accept or poll failure, or no thread to start for more connections at `info`
+/// (each is otherwise silent: the consumer sees its connection end, or waits for a thread).
 final class ContainerServer: @unchecked Sendable {
     /// The most threads serving one container's connections at once; beyond that, connections
     /// with messages wait for a thread to come free.
@@ -43,6 +48,7 @@ final class ContainerServer: @unchecked Sendable {
     }
 
     private let container: LogicalContainer
+    private let logger: Logger
     private let listener: UnixSocket
     private let path: String
     private let events: EventPoll
@@ -58,8 +64,9 @@ final class ContainerServer: @unchecked Sendable {
     /// The thread that ended last, joined by the next to end (or by ``stop()``).
     private var ended: SystemThread?
 
-    init(container: LogicalContainer) throws(LogicalDeviceError) {
+    init(container: LogicalContainer, logger: Logger) throws(LogicalDeviceError) {
         self.container = container
+        self.logger = logger
         try container.directory.prepare()
         Self.raiseDescriptorLimit()
         path = container.directory.socketPath(container.name)
@@ -83,6 +90,7 @@ final class ContainerServer: @unchecked Sendable {
             unlink(path)
             throw LogicalDeviceError(.system, "cannot start container \(container.name)'s server: \(error)")
         }
+        logger.debug("serving", metadata: ["socket": "\(path)"])
     }
 
     /// Binds the socket; replaces one left by a container that ended, refuses a live one.
@@ -142,6 +150,7 @@ final class ContainerServer: @unchecked Sendable {
         for connection in remaining { connection.finish() }
         events.close()
         stopSignal.close()
+        logger.debug("stopped", metadata: ["connections": "\(remaining.count)"])
     }
 
     /// Starts a thread that waits in the poll. The lock is held.
@@ -194,7 +203,10 @@ final class ContainerServer: @unchecked Sendable {
             if waitingThreads == 0 && threads.count < Self.maximumThreads {
                 // Keep one thread waiting. If none can be started, the threads there are serve
                 // the rest as they come free.
-                do { try startThread() } catch {}
+                do { try startThread() } catch {
+                    logger.info("cannot start another serving thread; connections wait for the \(threads.count) there are",
+                                metadata: ["error": "\(error)"])
+                }
             }
             return .serve(event)
         }
@@ -207,14 +219,28 @@ final class ContainerServer: @unchecked Sendable {
         let accepted: Result<UnixSocket, SystemError>
         do { accepted = .success(try listener.accept()) } catch { accepted = .failure(error) }
         rearmListener()
-        guard case .success(let socket) = accepted else {
+        let socket: UnixSocket
+        switch accepted {
+        case .success(let accepted): socket = accepted
+        case .failure(let error):
+            logger.info("cannot accept a connection; retrying in 10 ms", metadata: ["error": "\(error)"])
             usleep(10_000)  // EMFILE and the like: back off rather than spin
             return
         }
-        guard let peer = try? socket.peerCredentials(), peer.userID == getuid() else {
-            socket.close()  // another user: the directory's permissions should already stop this
+        let credentials: UnixSocket.PeerCredentials
+        do { credentials = try socket.peerCredentials() } catch {
+            logger.info("refused a connection whose peer cannot be read", metadata: ["error": "\(error)"])
+            socket.close()
             return
         }
+        guard credentials.userID == getuid() else {
+            // Another user: the directory's permissions should already stop this.
+            logger.info("refused a connection from another user",
+                        metadata: ["pid": "\(credentials.processID)", "uid": "\(credentials.userID)"])
+            socket.close()
+            return
+        }
+        let peer = credentials
         let connection: ServerConnection? = lock.withLock {
             guard !stopping else { return nil }
             let connection = ServerConnection(container: container, socket: socket, peer: peer, token: nextToken)
@@ -226,12 +252,15 @@ final class ContainerServer: @unchecked Sendable {
             socket.close()
             return
         }
+        logger.debug("connection accepted", metadata: ["pid": "\(peer.processID)", "connection": "\(connection.token)"])
         guard connection.serveArrived(with: scratch, woken: false) == .idle else {
             end(connection)
             return
         }
         do { try events.add(socket.fd, token: connection.token, [.readable, .oneShot]) } catch {
-            end(connection)  // no room in the poll (ENOMEM, ENOSPC): the consumer sees the provider end
+            // No room in the poll (ENOMEM, ENOSPC): the consumer sees the provider end.
+            logger.info("ending a connection that cannot be polled", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
+            end(connection)
         }
     }
 
@@ -254,7 +283,10 @@ final class ContainerServer: @unchecked Sendable {
         guard let connection = lock.withLock({ connections[token] }) else { return }
         switch connection.serveArrived(with: scratch, woken: true) {
         case .idle:
-            do { try events.rearm(connection.socket.fd, token: token, [.readable, .oneShot]) } catch { end(connection) }
+            do { try events.rearm(connection.socket.fd, token: token, [.readable, .oneShot]) } catch {
+                logger.info("ending a connection that cannot be polled again", metadata: ["connection": "\(token)", "error": "\(error)"])
+                end(connection)
+            }
         case .ended:
             end(connection)
         }
@@ -266,5 +298,6 @@ final class ContainerServer: @unchecked Sendable {
         guard lock.withLock({ connections.removeValue(forKey: connection.token) }) != nil else { return }
         events.remove(connection.socket.fd)
         connection.finish()
+        logger.debug("connection ended", metadata: ["connection": "\(connection.token)"])
     }
 }

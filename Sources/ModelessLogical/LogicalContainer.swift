@@ -1,3 +1,4 @@
+import Logging
 import ModelessSystem
 
 #if canImport(Glibc)
@@ -23,8 +24,11 @@ public final class LogicalContainer: @unchecked Sendable {
         case kernelEmulation = "kernel-emulation"
     }
 
+    /// The container's name: the first part of its devices' names (`name/device`).
     public let name: String
+    /// Where its providers run: a user process or the kernel emulation.
     public let placement: Placement
+    /// Where it serves and finds other containers.
     public let directory: ContainerDirectory
     /// How synchronous requests travel to and from other containers.
     public let transport: RequestTransport
@@ -44,10 +48,14 @@ public final class LogicalContainer: @unchecked Sendable {
     /// that other processes can open its devices; a running container of the same name is an
     /// error (``LogicalDeviceError/Kind/nameInUse``), a socket left by one that ended is replaced.
     /// `transport` sets how its synchronous requests to other containers travel and how its
-    /// server waits for requests.
+    /// server waits for requests. The server logs to `logger` (by default nowhere): at `debug`
+    /// connections accepted and ended, at `info` what it refused or could not do (a connection
+    /// from another user, an accept or poll failure, no thread for more connections), with the
+    /// container's name in the metadata key `container`.
     public init(
         name: String, placement: Placement = .user, directory: ContainerDirectory = .standard, serving: Bool = true,
-        transport: RequestTransport = .standard
+        transport: RequestTransport = .standard,
+        logger: Logger = Logger(label: "modeless.container", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws(LogicalDeviceError) {
         try LogicalDeviceName.validate(name, what: "container")
         if placement == .user && name == LogicalDeviceName.kernelContainer {
@@ -60,14 +68,20 @@ public final class LogicalContainer: @unchecked Sendable {
         self.placement = placement
         self.directory = directory
         self.transport = transport
-        if serving { server = try ContainerServer(container: self) }
+        if serving {
+            var logger = logger
+            logger[metadataKey: "container"] = "\(name)"
+            server = try ContainerServer(container: self, logger: logger)
+        }
     }
 
     /// The kernel emulation's container, `kernel`.
     public static func kernelEmulation(
-        directory: ContainerDirectory = .standard, transport: RequestTransport = .standard
+        directory: ContainerDirectory = .standard, transport: RequestTransport = .standard,
+        logger: Logger = Logger(label: "modeless.container", factory: { _ in SwiftLogNoOpLogHandler() })
     ) throws(LogicalDeviceError) -> LogicalContainer {
-        try LogicalContainer(name: LogicalDeviceName.kernelContainer, placement: .kernelEmulation, directory: directory, transport: transport)
+        try LogicalContainer(name: LogicalDeviceName.kernelContainer, placement: .kernelEmulation, directory: directory, transport: transport,
+                             logger: logger)
     }
 
     deinit { shutdown() }

@@ -35,15 +35,18 @@ public struct LogicalDeviceError: Error, Sendable, Equatable, CustomStringConver
         case chainExhausted = 15
     }
 
+    /// What kind of failure, which a consumer can act on.
     public var kind: Kind
     /// What happened and, where there is one, what to do about it.
     public var message: String
 
+    /// An error of `kind` saying `message`.
     public init(_ kind: Kind, _ message: String) {
         self.kind = kind
         self.message = message
     }
 
+    /// The message.
     public var description: String { message }
 
     /// A request to `device` that its provider's end left undone.

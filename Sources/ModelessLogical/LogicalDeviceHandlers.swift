@@ -12,6 +12,7 @@ public struct LogicalDeviceHandlers: Sendable {
     /// ``LogicalDeviceError/Kind/requestFailed`` with its description).
     public var request: @Sendable (RequestContext) throws -> Void
 
+    /// Handlers for a device; `open` accepts every consumer and `close` does nothing unless given.
     public init(
         open: @escaping @Sendable (ConsumerID) throws -> Void = { _ in },
         close: @escaping @Sendable (ConsumerID) -> Void = { _ in },
@@ -42,9 +43,13 @@ public struct RequestContext: Sendable {
 /// side marshals the request into the block's input area and unmarshals the reply from the
 /// output area; the provider's side does the reverse.
 public protocol RequestMarshaller: Sendable {
+    /// Consumer side: writes the request's payload into the block's input area.
     func marshalRequest(_ payload: any Sendable, into input: ParameterArea) throws
+    /// Provider side: reads the payload back from the input area, for the request handler.
     func unmarshalRequest(from input: ParameterArea) throws -> any Sendable
+    /// Provider side: writes the reply's payload into the output area.
     func marshalReply(_ payload: any Sendable, into output: ParameterArea) throws
+    /// Consumer side: reads the reply's payload back from the output area.
     func unmarshalReply(from output: ParameterArea) throws -> any Sendable
 }
 
@@ -58,6 +63,7 @@ public struct LogicalDeviceHandle: Hashable, Sendable, CustomStringConvertible {
     let slot: UInt64
     let owner: ObjectIdentifier
 
+    /// `container/device (consumer N)`.
     public var description: String { "\(name) (\(consumerID))" }
 }
 

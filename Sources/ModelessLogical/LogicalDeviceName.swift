@@ -30,6 +30,7 @@ public struct LogicalDeviceName: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// `container/device`.
     public var description: String { "\(container)/\(device)" }
 
     /// Checks one part of a name.

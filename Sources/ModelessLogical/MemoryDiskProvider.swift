@@ -9,7 +9,9 @@ import Glibc
 /// flight. Tracks the consumers that have it open, and counts closes (keeping only the most
 /// recent, so that a disk serving for months holds no more than a few KiB of them).
 public final class MemoryDiskProvider: @unchecked Sendable {
+    /// Bytes per block.
     public let blockSize: Int
+    /// Blocks on the disk.
     public let blockCount: UInt64
     private let lock = ConditionLock()
     private var storage: [UInt8]
@@ -22,6 +24,8 @@ public final class MemoryDiskProvider: @unchecked Sendable {
     public static let recentCloses = 4096
     private var requestsServed = 0
 
+    /// A zero-filled disk of `blockCount` blocks of `blockSize` bytes, answering each request
+    /// after `delayNanoseconds`.
     public init(blockCount: UInt64, blockSize: Int = 512, delayNanoseconds: UInt64 = 0) {
         self.blockSize = blockSize
         self.blockCount = blockCount

@@ -12,8 +12,11 @@
 public final class ParameterChain: @unchecked Sendable {
     /// The sizes of one block's areas.
     public struct Capacity: Sendable, Equatable {
+        /// Bytes of the input area.
         public var input: Int
+        /// Bytes of the output area.
         public var output: Int
+        /// Areas of `input` and `output` bytes.
         public init(input: Int, output: Int) {
             self.input = input
             self.output = output

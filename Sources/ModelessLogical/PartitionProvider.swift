@@ -2,9 +2,13 @@
 /// device (blocks `first ..< first + count` of the device below), forwarding each request
 /// down the stack in the next block of the originator's parameter chain.
 public final class PartitionProvider: @unchecked Sendable {
+    /// The device below, open through the container given at init.
     public let lower: LogicalDeviceHandle
+    /// The first block of the device below that the partition shows, as its block 0.
     public let firstBlock: UInt64
+    /// Blocks in the partition.
     public let blockCount: UInt64
+    /// Bytes per block, the device below's.
     public let blockSize: Int
     private let container: LogicalContainer
 

@@ -1,6 +1,8 @@
 /// What an originator says about a request, in its parameter block's header.
 public struct RequestFlags: OptionSet, Sendable, Hashable {
+    /// The flags' bits, as in the header.
     public let rawValue: UInt16
+    /// The flags whose bits are `rawValue`.
     public init(rawValue: UInt16) { self.rawValue = rawValue }
 
     /// The request was sent before, to a provider instance that failed before answering; it

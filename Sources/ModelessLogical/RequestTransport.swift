@@ -4,7 +4,7 @@ import ModelessSystem
 /// waits for requests that come to it.
 ///
 /// Every connection starts on the container's Unix socket. With ``sharedMemory``, a consumer
-/// then hands the provider a sealed shared-memory mailbox (a ``SharedMessageChannel``) and
+/// then hands the provider a sealed shared-memory mailbox (a `SharedMessageChannel`) and
 /// the open's synchronous requests, their replies and its close travel there: each side copies
 /// a message in and the other copies it out, and a waiting side spins for up to ``spin``
 /// before sleeping on the socket, where the sender rings a doorbell — but only while the
@@ -21,6 +21,7 @@ public struct RequestTransport: Sendable, Equatable {
     /// outlast it shrink the next spins, so an idle connection stops spinning.
     public var spin: Duration
 
+    /// A transport with shared memory or not, spinning up to `spin`.
     public init(sharedMemory: Bool, spin: Duration) {
         self.sharedMemory = sharedMemory
         self.spin = spin

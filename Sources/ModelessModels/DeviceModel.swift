@@ -3,7 +3,7 @@ import ModelessDevice
 
 /// A device implemented in software: its BARs' registers with their side effects, its
 /// configuration space, and the interrupts it offers. ``ModeledDevice`` turns a model into a
-/// ``DeviceAccess`` that a driver uses exactly as it uses a VFIO or UIO device.
+/// `DeviceAccess` that a driver uses exactly as it uses a VFIO or UIO device.
 ///
 /// A model reaches the outside world only through its ``ModelContext``: raising and lowering
 /// interrupts, reading and writing DMA memory by device address, and scheduling work for later
@@ -19,6 +19,7 @@ public protocol DeviceModel: AnyObject, Sendable {
     func connect(_ context: ModelContext)
     /// A register read; `offset` is inside the BAR, `width` 1, 2, 4 or 8.
     func read(bar: Int, offset: Int, width: Int) -> UInt64
+    /// A register write of the low `width` bytes of `value`; `offset` is inside the BAR.
     func write(bar: Int, offset: Int, width: Int, value: UInt64)
 }
 
@@ -30,6 +31,7 @@ public struct ModelFaults: Sendable, Equatable {
     /// vectors are raised again each time they are acknowledged.
     public var stuckInterrupt = false
 
+    /// Faults as given; none by default.
     public init(surpriseRemoved: Bool = false, stuckInterrupt: Bool = false) {
         self.surpriseRemoved = surpriseRemoved
         self.stuckInterrupt = stuckInterrupt

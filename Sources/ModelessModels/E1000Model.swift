@@ -32,16 +32,21 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
 
     /// One register write the driver made.
     public struct RegisterWrite: Sendable, Equatable {
+        /// The register's byte offset in BAR 0.
         public let offset: Int
+        /// The value written.
         public let value: UInt32
         /// Whether bus mastering was enabled when it was written.
         public let busMaster: Bool
     }
 
+    /// BAR 0: 128 KiB of registers; BAR 1: the 64-byte I/O window.
     public let barSizes = [0: 0x20000, 1: 64]
+    /// INTx, and on the 82574L one MSI vector and the MSI-X vectors.
     public var vectorCounts: [InterruptKind: Int] { variant == .i82540EM ? [.intx: 1] : [.intx: 1, .msi: 1, .msix: Self.msixVectors] }
     /// The 82574L's MSI-X vectors.
     public static let msixVectors = 5
+    /// Intel's vendor id, the variant's device id, class 020000 (Ethernet), interrupt pin A.
     public var initialConfigSpace: [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 256)
         bytes[0] = 0x86; bytes[1] = 0x80                                     // Intel
@@ -51,7 +56,9 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
         return bytes
     }
 
+    /// The MAC address the EEPROM holds.
     public let mac: [UInt8]
+    /// Which controller the model is.
     public let variant: Variant
     /// The NIC stopped answering: every register reads all-ones, writes have no effect (they
     /// are still recorded in ``writes``).
@@ -89,12 +96,14 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     private var unmaskedPending = 0
     private var msixRaised: [Int: Int] = [:]
 
+    /// A controller of `variant` whose EEPROM holds `mac` (6 bytes).
     public init(mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56], variant: Variant = .i82540EM) {
         precondition(mac.count == 6)
         self.mac = mac
         self.variant = variant
     }
 
+    /// Keeps `context` to raise interrupts and reach the descriptor rings and buffers.
     public func connect(_ context: ModelContext) { lock.withLock { self.context = context } }
 
     /// Frames the driver transmitted, oldest first.
@@ -129,6 +138,7 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
         static let gprc = 0x4074, gptc = 0x4080
     }
 
+    /// Reads a register of BAR 0 (all ones while the NIC does not respond); ICR is cleared on read.
     public func read(bar: Int, offset: Int, width: Int) -> UInt64 {
         guard bar == 0, width == 4 else { return 0 }
         let msix = inMSIXMode
@@ -154,6 +164,7 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
         return UInt64(value)
     }
 
+    /// Writes a register of BAR 0, with its side effects (reset, ring tails, interrupt mask and cause).
     public func write(bar: Int, offset: Int, width: Int, value: UInt64) {
         guard bar == 0, width == 4 else { return }
         let value = UInt32(truncatingIfNeeded: value)

@@ -11,23 +11,39 @@ import ModelessSystem
 /// factorial register ignore writes while a transfer or a factorial runs, and a cause stays
 /// pending (and the INTx line asserted) until it is acknowledged, whoever started the work.
 public final class EduModel: DeviceModel, @unchecked Sendable {
+    /// The register offsets in BAR 0 (QEMU docs/specs/edu.rst).
     public enum Register {
+        /// Identification (0x00), liveness check (0x04, reads back the inverse), factorial (0x08),
+        /// status (0x20).
         public static let identification = 0x00, liveness = 0x04, factorial = 0x08, status = 0x20
+        /// Interrupt status (0x24), raise interrupt (0x60), acknowledge interrupt (0x64).
         public static let interruptStatus = 0x24, raiseInterrupt = 0x60, acknowledgeInterrupt = 0x64
+        /// DMA source (0x80), destination (0x88), count (0x90) and command (0x98).
         public static let dmaSource = 0x80, dmaDestination = 0x88, dmaCount = 0x90, dmaCommand = 0x98
     }
 
+    /// What the identification register reads: version 1.0, `0xed`.
     public static let identification: UInt32 = 0x0100_00ed
+    /// The interrupt status bit a finished factorial raises.
     public static let factorialInterrupt: UInt32 = 0x0000_0001
+    /// The interrupt status bit a finished DMA transfer raises.
     public static let dmaInterrupt: UInt32 = 0x0000_0100
+    /// The status bit set while a factorial is computed.
     public static let statusComputing: UInt32 = 0x01
+    /// The status bit that asks for an interrupt when a factorial is done.
     public static let statusInterruptOnFactorial: UInt32 = 0x80
+    /// The device address of the device's own DMA buffer.
     public static let dmaBufferAddress: UInt64 = 0x40000
+    /// The size of the device's DMA buffer.
     public static let dmaBufferSize = 4096
+    /// The device's DMA mask: it drives 28 address bits.
     public static let dmaMask: UInt64 = (1 << 28) - 1
 
+    /// BAR 0: 1 MiB of registers.
     public let barSizes = [0: 1 << 20]
+    /// INTx and one MSI vector.
     public let vectorCounts: [InterruptKind: Int] = [.intx: 1, .msi: 1]
+    /// QEMU's edu ids (1234:11e8), interrupt pin A and an MSI capability with one 64-bit vector.
     public var initialConfigSpace: [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 256)
         bytes[0] = 0x34; bytes[1] = 0x12; bytes[2] = 0xe8; bytes[3] = 0x11   // 1234:11e8
@@ -44,6 +60,7 @@ public final class EduModel: DeviceModel, @unchecked Sendable {
 
     /// How long a factorial and a DMA transfer take (QEMU: a thread, and a 100 ms timer).
     public let factorialDelay: Duration
+    /// How long a DMA transfer takes.
     public let dmaDelay: Duration
 
     private let lock = ConditionLock()
@@ -60,15 +77,18 @@ public final class EduModel: DeviceModel, @unchecked Sendable {
     /// DMA transfers that pointed outside the device buffer or at unmapped memory.
     public private(set) var dmaFaults = 0
 
+    /// An edu device whose factorials take `factorialDelay` and DMA transfers `dmaDelay`.
     public init(factorialDelay: Duration = .microseconds(50), dmaDelay: Duration = .milliseconds(1)) {
         self.factorialDelay = factorialDelay
         self.dmaDelay = dmaDelay
     }
 
+    /// Keeps `context` to raise interrupts, reach DMA memory and schedule completions.
     public func connect(_ context: ModelContext) {
         lock.withLock { self.context = context }
     }
 
+    /// Reads a register: 4-byte accesses below 0x80, 4 or 8 bytes for DMA; anything else reads all ones.
     public func read(bar: Int, offset: Int, width: Int) -> UInt64 {
         guard width == 4 || (offset >= 0x80 && width == 8) else { return .max }
         return lock.withLock {
@@ -87,6 +107,7 @@ public final class EduModel: DeviceModel, @unchecked Sendable {
         }
     }
 
+    /// Writes a register, starting a factorial, a DMA transfer, or raising or acknowledging an interrupt.
     public func write(bar: Int, offset: Int, width: Int, value: UInt64) {
         guard width == 4 || (offset >= 0x80 && width == 8) else { return }
         let value32 = UInt32(truncatingIfNeeded: value)

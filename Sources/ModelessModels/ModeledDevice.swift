@@ -2,17 +2,22 @@ import ModelessBus
 import ModelessDevice
 import ModelessSystem
 
-/// A device model behind ``DeviceAccess``: a driver opened on it cannot tell it from a VFIO
+/// A device model behind `DeviceAccess`: a driver opened on it cannot tell it from a VFIO
 /// device, which is how drivers are unit-tested on any machine.
 ///
 /// Interrupts behave as on hardware: MSI vectors are edges, each raise one notification;
 /// INTx is a level, delivered once and masked until the driver acknowledges it, and delivered
 /// again at that point if the device still asserts it. Faults can be injected at any time.
 public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
+    /// The address given at init (0000:00:03.0 by default): the model is on no bus, this names it in messages.
     public let address: PCIAddress
+    /// `model`.
     public let backendName = "model"
+    /// The model's BARs as regions whose accesses call the model.
     public let regions: [Int: MMIORegion]
+    /// The model's configuration space.
     public let config: ConfigSpaceAccess
+    /// The model behind the device.
     public let model: any DeviceModel
     let context: ModelContext
     private let memory: ModelMemory
@@ -74,8 +79,10 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
 
     // MARK: Interrupts
 
+    /// How many vectors of `kind` the model offers.
     public func vectorCount(_ kind: InterruptKind) -> Int { model.vectorCounts[kind] ?? 0 }
 
+    /// Enables `count` vectors of `kind`, each signalled on its own eventfd as VFIO signals them.
     public func enableInterrupts(_ kind: InterruptKind, count: Int) throws(DeviceError) -> [InterruptVector] {
         guard lock.withLock({ isOpen }) else { throw DeviceError(.closed, address, "the device was closed") }
         guard count > 0, count <= vectorCount(kind) else {
@@ -104,6 +111,7 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
         }
     }
 
+    /// Disables the enabled vectors and closes their eventfds.
     public func disableInterrupts() throws(DeviceError) {
         let previous = lock.withLock { () -> [EventNotifier] in
             defer { enabled = nil }
@@ -146,6 +154,7 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
 
     // MARK: DMA, reset, close
 
+    /// Allocates a DMA buffer of at least `size` bytes that the model reaches by its device address.
     public func allocateDMA(size: Int) throws(DeviceError) -> DMABuffer {
         guard size > 0 else { throw DeviceError(.outOfRange, address, "DMA buffer size must be positive, not \(size)") }
         guard let (base, deviceAddress, length) = memory.allocate(size: size) else {
@@ -156,12 +165,16 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
         }
     }
 
+    /// How many DMA buffers are allocated and not yet released, for leak checks in tests.
     public var liveDMABufferCount: Int { memory.liveCount }
 
+    /// Refused: the models implement no function reset.
     public func reset() throws(DeviceError) {
         throw DeviceError(.unsupported, address, "the model does not implement a function reset")
     }
 
+    /// Disables interrupts, marks the regions released (later accesses are faults) and stops the
+    /// model's scheduled work. Idempotent.
     public func close() {
         let wasOpen = lock.withLock { () -> Bool in defer { isOpen = false }; return isOpen }
         guard wasOpen else { return }

@@ -13,10 +13,13 @@ import ModelessSystem
 /// Faults: commands can be made to fail with a status, to be dropped (never completed), or the
 /// controller can be put in fatal status (CSTS.CFS).
 public final class NVMeModel: DeviceModel, @unchecked Sendable {
+    /// BAR 0: 16 KiB of registers and doorbells.
     public let barSizes = [0: 0x4000]
+    /// INTx and ``msixVectors`` MSI-X vectors.
     public var vectorCounts: [InterruptKind: Int] { [.msix: msixVectors, .intx: 1] }
     /// How many MSI-X vectors the controller offers.
     public let msixVectors: Int
+    /// QEMU's NVMe ids (1b36:0010), class 010802 (NVM Express), interrupt pin A and an MSI-X capability.
     public var initialConfigSpace: [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 256)
         bytes[0] = 0x36; bytes[1] = 0x1b; bytes[2] = 0x10; bytes[3] = 0x00   // 1b36:0010
@@ -29,10 +32,14 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
 
     /// A namespace: its ID, and its size in blocks of `blockSize` (512 or 4096) bytes.
     public struct Namespace: Sendable {
+        /// The namespace ID (NSID), from 1.
         public var identifier: UInt32
+        /// Its size in blocks.
         public var blocks: Int
+        /// Bytes per block: 512 or 4096.
         public var blockSize: Int
 
+        /// A namespace `identifier` of `blocks` blocks of `blockSize` (512 or 4096) bytes.
         public init(identifier: UInt32, blocks: Int, blockSize: Int = 512) {
             precondition(identifier > 0 && (blockSize == 512 || blockSize == 4096), "NSID from 1, 512- or 4096-byte blocks")
             self.identifier = identifier
@@ -43,9 +50,11 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
 
     /// The active namespaces, by increasing ID.
     public let namespaces: [Namespace]
-    /// The first namespace's block size and count.
+    /// The first namespace's block size.
     public var blockSize: Int { namespaces[0].blockSize }
+    /// The first namespace's block count.
     public var blockCount: Int { namespaces[0].blocks }
+    /// The controller's serial number, as Identify reports it.
     public let serialNumber: String
     /// Maximum Data Transfer Size, as a power of two of 4 KiB pages.
     public let mdts: UInt8 = 5
@@ -128,6 +137,7 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
         self.storage = storage
     }
 
+    /// Keeps `context` to raise interrupts and reach queues and data buffers.
     public func connect(_ context: ModelContext) { lock.withLock { self.context = context } }
 
     /// A namespace's bytes (the first namespace's by default), for checking what a driver wrote.
@@ -140,6 +150,7 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
 
     // MARK: Registers
 
+    /// Reads a controller register (CAP, VS, CC, CSTS, AQA, ASQ, ACQ, ...).
     public func read(bar: Int, offset: Int, width: Int) -> UInt64 {
         lock.withLock {
             switch offset {
@@ -159,6 +170,7 @@ public final class NVMeModel: DeviceModel, @unchecked Sendable {
         }
     }
 
+    /// Writes a controller register or a doorbell; a submission doorbell runs the queued commands.
     public func write(bar: Int, offset: Int, width: Int, value: UInt64) {
         let value32 = UInt32(truncatingIfNeeded: value)
         lock.lock()

@@ -8,6 +8,7 @@ import Synchronization
 /// not allocate. When its owner is torn down, ``retire()`` it: queuing it afterwards (or after
 /// the runtime's ``DriverRuntime/shutdown()``) is refused and reported by the verifier.
 public final class DeferredProcedureCall: @unchecked Sendable {
+    /// The name given at ``DriverRuntime/makeDPC(_:_:)``, for traces and verifier reports.
     public let name: String
     /// Its slot in the engine's table.
     let identifier: Int32

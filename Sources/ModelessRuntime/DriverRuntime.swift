@@ -49,6 +49,7 @@ public protocol DriverRuntime: AnyObject, Sendable {
 
     /// Keeps the ISRs from running until the matching ``enableInterrupts()``. Nests.
     func disableInterrupts()
+    /// Ends the matching ``disableInterrupts()``; the ISRs run again once the outermost ends.
     func enableInterrupts()
 
     /// Detaches every interrupt and stops the runtime's threads.
@@ -118,8 +119,11 @@ extension DriverRuntime {
 
 /// Why the runtime could not do something.
 public struct RuntimeError: Error, Sendable, CustomStringConvertible {
+    /// What failed, in a sentence that names the call or resource.
     public var message: String
+    /// An error saying `message`.
     public init(_ message: String) { self.message = message }
+    /// The message.
     public var description: String { message }
 }
 
@@ -130,12 +134,15 @@ public struct RuntimeOptions: Sendable {
     /// `SCHED_FIFO` priorities: interrupt-level threads above DPC threads above ordinary ones.
     /// `nil` disables real-time scheduling.
     public var interruptPriority: Int32?
+    /// The `SCHED_FIFO` priority of DPC threads (below ``interruptPriority``); `nil` for none.
     public var dpcPriority: Int32?
     /// Record every interrupt's stages.
     public var trace: InterruptTrace?
     /// Check the driver against the kernel's rules (``DriverVerifier``).
     public var verifier: DriverVerifier?
 
+    /// Options with every CPU, interrupt-level threads at `SCHED_FIFO` 50 and DPC threads at 40,
+    /// no trace and no verifier unless given. `cpus` below 1 counts as 1.
     public init(cpus: Int = SystemThread.cpuCount, interruptPriority: Int32? = 50, dpcPriority: Int32? = 40,
                 trace: InterruptTrace? = nil, verifier: DriverVerifier? = nil) {
         self.cpus = max(1, cpus)

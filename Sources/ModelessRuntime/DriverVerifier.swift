@@ -32,11 +32,13 @@ public final class DriverVerifier: @unchecked Sendable {
         /// runtime shut down. It does not run.
         case dpcQueuedAfterTeardown = "DPC queued after teardown"
 
+        /// The rule's name as reports print it.
         public var description: String { rawValue }
     }
 
     /// One violation: the rule, the locks and code sites involved, and where it happened.
     public struct Report: Sendable, Equatable, CustomStringConvertible {
+        /// The rule broken.
         public var rule: Rule
         /// The locks involved, by class name.
         public var locks: [String]
@@ -48,6 +50,7 @@ public final class DriverVerifier: @unchecked Sendable {
         /// What happened, in a sentence.
         public var detail: String
 
+        /// A report of `rule` broken in `context`, with the locks and sites involved.
         public init(rule: Rule, locks: [String], sites: [String], context: String, detail: String) {
             self.rule = rule
             self.locks = locks
@@ -56,6 +59,7 @@ public final class DriverVerifier: @unchecked Sendable {
             self.detail = detail
         }
 
+        /// One line: `verifier: RULE: DETAIL; locks: …; sites: …; context: …`.
         public var description: String {
             var text = "verifier: \(rule): \(detail)"
             if !locks.isEmpty { text += "; locks: \(locks.joined(separator: ", "))" }
@@ -70,6 +74,7 @@ public final class DriverVerifier: @unchecked Sendable {
         case waitEvent(String)
         case call(String)
 
+        /// What is waited for, as a report names it.
         public var description: String {
             switch self {
             case .passiveLock(let name): "taking passive lock \"\(name)\""

@@ -8,6 +8,7 @@ public enum ExecutionContext: Sendable, Hashable, CustomStringConvertible {
     /// The ISR of the interrupt attached under this name is running on the thread.
     case isr(String)
 
+    /// `passive level`, `ISR "name"` or `DPC "name"`, as verifier reports name it.
     public var description: String {
         switch self {
         case .passive: "passive level"

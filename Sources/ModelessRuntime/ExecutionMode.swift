@@ -8,5 +8,6 @@ public enum ExecutionMode: String, Sendable, CaseIterable, CustomStringConvertib
     /// at interrupt level, and disabling interrupts masks the controller.
     case kernelEmulation = "kernel-emulation"
 
+    /// `user` or `kernel-emulation`, as the command line spells it.
     public var description: String { rawValue }
 }

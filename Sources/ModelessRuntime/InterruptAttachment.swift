@@ -11,7 +11,9 @@ import Synchronization
 /// set up at attach, and a failed wait or unmask is recorded here (``lastError``,
 /// ``failures``) rather than dropped.
 public final class InterruptAttachment: @unchecked Sendable {
+    /// The name given at ``DriverRuntime/attachInterrupt(_:name:acknowledge:isr:)``.
     public let name: String
+    /// The attachment's number in this runtime: the subject of its ``InterruptTrace`` records.
     public let identifier: Int32
     /// The CPU its wait (or interrupt) thread is pinned to.
     public let cpu: Int

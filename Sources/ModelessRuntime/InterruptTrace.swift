@@ -36,6 +36,7 @@ public final class InterruptTrace: @unchecked Sendable {
         /// DPC A and wait-thread wake-up are one stage on one thread, recorded once.
         case genericISRFused
 
+        /// The stage's name in traces: `real ISR enter`, `DPC start`.
         public var description: String {
             switch self {
             case .notified: "notified"
@@ -58,15 +59,21 @@ public final class InterruptTrace: @unchecked Sendable {
 
     /// One traced event.
     public struct Record: Sendable, Equatable {
+        /// The record's number, from 0, in the order records were made (across all threads).
         public var sequence: Int
+        /// What happened.
         public var stage: Stage
         /// The attachment (interrupt) or DPC it concerns; -1 for none.
         public var subject: Int32
+        /// The CPU the recording thread ran on.
         public var cpu: Int16
+        /// The recording thread's kernel thread id.
         public var thread: UInt32
+        /// When, on the monotonic clock.
         public var nanoseconds: UInt64
     }
 
+    /// How many records the trace keeps: the latest ones.
     public let capacity: Int
     private let records: UnsafeMutablePointer<Record>
     private let next = Atomic<Int>(0)
@@ -82,6 +89,8 @@ public final class InterruptTrace: @unchecked Sendable {
 
     deinit { records.deallocate() }
 
+    /// Records that `stage` happened now for `subject` (an attachment or DPC; -1 for none).
+    /// Called by the runtime; lock-free, allocation-free.
     @inline(__always)
     public func record(_ stage: Stage, _ subject: Int32) {
         let sequence = next.wrappingAdd(1, ordering: .relaxed).oldValue

@@ -173,14 +173,18 @@ public final class PassiveLock<State>: @unchecked Sendable {
 public struct LockIdentity: Sendable, Hashable, CustomStringConvertible {
     /// Spin locks disable interrupts; passive locks may sleep.
     public enum Kind: String, Sendable, Hashable { case spin, passive }
+    /// The lock's class name, as reports name it.
     public let name: String
+    /// Whether it is a spin or a passive lock.
     public let kind: Kind
 
+    /// The identity of a lock named `name` of `kind`.
     public init(name: String, kind: Kind) {
         self.name = name
         self.kind = kind
     }
 
+    /// `spin lock "name"` or `passive lock "name"`.
     public var description: String { "\(kind) lock \"\(name)\"" }
 }
 

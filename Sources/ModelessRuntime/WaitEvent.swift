@@ -15,6 +15,7 @@ import ModelessSystem
 /// Waiting in an ISR or DPC, or with interrupts disabled or a ``SpinLock`` held, is reported
 /// by the verifier. Make it with ``DriverRuntime/makeWaitEvent(_:)``.
 public final class WaitEvent: @unchecked Sendable {
+    /// The name given at ``DriverRuntime/makeWaitEvent(_:)``, for verifier reports.
     public let name: String
     let runtime: any DriverRuntime
     /// The runtime's verifier, read once: asking the runtime each time would retain it.

@@ -1,3 +1,4 @@
+import Logging
 import ModelessLogical
 import ModelessSystem
 
@@ -18,17 +19,37 @@ import Glibc
 /// the supervisor ends), reads their output without blocking, notices deaths and start
 /// timeouts, restarts, and stops everything on ``stop()``.
 ///
+/// Every event goes to the `Logger` given at ``init(_:containers:logger:)`` (with the metadata
+/// `service` and, for an instance's events, `instance`), to ``onEvent``, and to
+/// `supervisor.log` in the state directory with its time and level. Levels: `info` for what
+/// goes as planned (started, serving, stopped), `notice` for an instance that died and is
+/// restarted, `warning` for a run contained less well than asked (no cgroup) or something left
+/// behind, `error` for an instance given up on.
+///
 /// Usable as a library, or through `modeless supervise CONFIG`.
 public final class Supervisor: @unchecked Sendable {
     /// Something that happened to an instance, for logging.
     public struct Event: Sendable {
+        /// The instance (`SERVICE-N`), or the service for the supervisor's own events.
         public var instance: String
+        /// How much it matters: see ``Supervisor``.
+        public var level: Logger.Level
+        /// What happened, in words.
         public var message: String
+
+        /// An event of `instance` at `level`.
+        public init(instance: String, level: Logger.Level = .info, message: String) {
+            self.instance = instance
+            self.level = level
+            self.message = message
+        }
     }
 
+    /// The configuration the supervisor was made with (validated).
     public let configuration: SupervisorConfiguration
     /// Called for every event (start, serving, death with its cause, restart), on the
-    /// supervisor's thread. The events also go to `supervisor.log` in the state directory.
+    /// supervisor's thread. The events also go to the logger and to `supervisor.log` in the
+    /// state directory.
     public var onEvent: (@Sendable (Event) -> Void)?
     /// Called with every line an instance prints, on the supervisor's thread.
     public var onOutput: (@Sendable (String, String) -> Void)?
@@ -46,6 +67,7 @@ public final class Supervisor: @unchecked Sendable {
     private let containers: ContainerDirectory
     private let serviceGroup: ControlGroup?
     private var supervisorLock: Int32
+    private let logger: Logger
 
     private enum StartupState {
         case notStarted, running, done, failed(SupervisionError)
@@ -86,9 +108,17 @@ public final class Supervisor: @unchecked Sendable {
 
     /// Checks the configuration, prepares the state directory (mode 0700) and takes the
     /// service's supervisor lock (`supervisor.lock`), so that one supervisor runs a service.
-    public init(_ configuration: SupervisorConfiguration, containers: ContainerDirectory = .standard) throws(SupervisionError) {
+    /// Events are logged to `logger` (by default nowhere but `supervisor.log`), with the
+    /// service's name in the metadata key `service`.
+    public init(
+        _ configuration: SupervisorConfiguration, containers: ContainerDirectory = .standard,
+        logger: Logger = Logger(label: "modeless.supervisor", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) throws(SupervisionError) {
         try configuration.validate()
         self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "service"] = "\(configuration.service)"
+        self.logger = logger
         self.containers = containers
         do { watcher = try ProcessExitWatcher() } catch { throw SupervisionError("cannot watch processes: \(error)") }
         do { try FileAccess.createDirectories(configuration.stateDirectory, mode: 0o700) } catch {
@@ -265,7 +295,7 @@ public final class Supervisor: @unchecked Sendable {
         if !held.isEmpty {
             let stopped = try InstanceLock.stopSurvivors(of: held.map { slots[$0].lock }, graceSeconds: configuration.stopTimeoutSeconds)
             for (index, pids) in zip(held, stopped) {
-                report(configuration.instanceName(index),
+                report(configuration.instanceName(index), level: .warning,
                        "stopped \(pids.count) process(es) an earlier supervisor's run left (pids \(pids.map(String.init).joined(separator: ", ")))")
             }
         }
@@ -294,7 +324,7 @@ public final class Supervisor: @unchecked Sendable {
                 controlGroup = group
                 procs = try group.openProcs()
             } catch {
-                report(name, "cannot use its cgroup (\(error)): this run is contained by its process group alone")
+                report(name, level: .warning, "cannot use its cgroup (\(error)): this run is contained by its process group alone")
             }
         }
         defer { if let procs { close(procs) } }
@@ -312,7 +342,7 @@ public final class Supervisor: @unchecked Sendable {
             guard procs != nil, let retried = try? spawn(cgroupProcs: nil) else {
                 throw SupervisionError("cannot start \(name) (\(configuration.command.joined(separator: " "))): \(error)")
             }
-            report(name, "cannot start it in its cgroup (\(error)): it is contained by its process group alone")
+            report(name, level: .warning, "cannot start it in its cgroup (\(error)): it is contained by its process group alone")
             if let procs { close(procs) }
             procs = nil
             try? controlGroup?.remove()
@@ -391,9 +421,9 @@ public final class Supervisor: @unchecked Sendable {
             return (delay, refusal)
         }
         if let refusal {
-            report(name, "died (\(cause)); giving up on it: \(refusal)")
+            report(name, level: .error, "died (\(cause)); giving up on it: \(refusal)")
         } else {
-            report(name, "died (\(cause)); restarting" + (delay > 0 ? " in \(delay) s" : ""))
+            report(name, level: .notice, "died (\(cause)); restarting" + (delay > 0 ? " in \(delay) s" : ""))
         }
         finishEndings(now: now)
         writeStatus()
@@ -411,7 +441,7 @@ public final class Supervisor: @unchecked Sendable {
             }
         }
         for (index, run) in late {
-            report(configuration.instanceName(index), "\(run.stoppedBecause!): stopping it")
+            report(configuration.instanceName(index), level: .notice, "\(run.stoppedBecause!): stopping it")
             run.group.signalAll(SIGKILL)
         }
     }
@@ -429,12 +459,12 @@ public final class Supervisor: @unchecked Sendable {
                     slots[index].endingReported = true
                     return true
                 }
-                if reportNow { report(name, "waiting for the processes its last run left (group \(run.group.processGroup)) to end") }
+                if reportNow { report(name, level: .notice, "waiting for the processes its last run left (group \(run.group.processGroup)) to end") }
                 continue
             }
             forwardOutput(of: run)
             if !removeSocketUnlessServed(name) {
-                report(name, "\(containers.socketPath(name)) still answers after the instance's processes ended: left in place")
+                report(name, level: .warning, "\(containers.socketPath(name)) still answers after the instance's processes ended: left in place")
             }
             lock.withLock { slots[index].ending = nil }
         }
@@ -453,13 +483,13 @@ public final class Supervisor: @unchecked Sendable {
                     slots[index].status.failure = refusal
                     lock.broadcast()
                 }
-                report(name, "giving up on it: \(refusal)")
+                report(name, level: .error, "giving up on it: \(refusal)")
                 writeStatus()
                 continue
             }
             lock.withLock { slots[index].status.restarts += 1 }
             do { try launch(index, now: now) } catch {
-                report(name, "\(error)")
+                report(name, level: .warning, "\(error)")
                 lock.withLock {
                     slots[index].policy.couldNotStart()
                     if let refusal = slots[index].policy.refusal(at: now) {
@@ -517,7 +547,8 @@ public final class Supervisor: @unchecked Sendable {
         try? serviceGroup?.remove()
         lock.withLock { lock.broadcast() }
         let left = all.filter { !$0.group.isEmpty }.map(\.group.processGroup)
-        report(configuration.service, "stopped in \(Double((monotonicNanoseconds() - began) / 1_000_000) / 1000) s"
+        report(configuration.service, level: left.isEmpty ? .info : .warning,
+               "stopped in \(Double((monotonicNanoseconds() - began) / 1_000_000) / 1000) s"
                + (left.isEmpty ? "" : "; processes of groups \(left.map(String.init).joined(separator: ", ")) did not end after SIGKILL"))
         writeStatus()
         releaseSupervisorLock()
@@ -539,9 +570,14 @@ public final class Supervisor: @unchecked Sendable {
 
     // MARK: Reporting
 
-    private func report(_ instance: String, _ message: String) {
-        onEvent?(Event(instance: instance, message: message))
-        let line = "\(Self.timestamp()) \(instance): \(message)\n"
+    private func report(_ instance: String, level: Logger.Level = .info, _ message: String) {
+        if instance == configuration.service {
+            logger.log(level: level, "\(message)")
+        } else {
+            logger.log(level: level, "\(message)", metadata: ["instance": "\(instance)"])
+        }
+        onEvent?(Event(instance: instance, level: level, message: message))
+        let line = "\(Self.timestamp()) \(level) \(instance): \(message)\n"
         let path = configuration.stateDirectory + "/supervisor.log"
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return }

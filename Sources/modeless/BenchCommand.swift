@@ -1,6 +1,7 @@
 import ArgumentParser
 import ModelessBus
 import ModelessDevice
+import ModelessMeasurement
 import ModelessModels
 import ModelessRuntime
 
@@ -51,6 +52,19 @@ struct BenchInterrupts: ParsableCommand {
     @Option(help: "Rounds: the configurations are measured this many times, interleaved, and the median ratio is reported.")
     var rounds = 3
 
+    @Flag(help: "Print the results as JSON, with each path's latency histogram (progress goes to standard error).")
+    var json = false
+
+    @Option(name: .customLong("histogram-svg"), help: ArgumentHelp("Write a picture of the latency histograms to FILE (SVG).", valueName: "FILE"))
+    var histogramSVG: String?
+
+    func validate() throws {
+        guard samples > 0, rounds > 0, seconds > 0 else {
+            throw ValidationError("--samples, --rounds and --seconds must be positive (got \(samples), \(rounds), \(seconds))")
+        }
+        if let histogramSVG { try HistogramPictureFile.validate(histogramSVG) }
+    }
+
     func run() throws {
         let source: () throws -> (device: any DeviceAccess, vector: InterruptVector)
         if let device {
@@ -68,11 +82,24 @@ struct BenchInterrupts: ParsableCommand {
         }
         let benchmark = InterruptBenchmark(samples: samples, rateSeconds: seconds, openSource: source)
         var rows: [[InterruptBenchmark.Result]] = []
+        let progress = BenchProgress(toStandardError: json)
         for round in 1...rounds {
-            printLine("round \(round) of \(rounds)…")
+            progress.line("round \(round) of \(rounds)…")
             rows.append([try benchmark.baseline(), try benchmark.runtime(.user), try benchmark.runtime(.kernelEmulation)])
         }
         func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        let report = InterruptBenchReport(rows: rows, samples: samples, seconds: seconds, source: device ?? "software (device model MSI)")
+        if let histogramSVG {
+            let picture = LatencyHistogramPicture(
+                title: "Interrupt to real ISR, \(interruptSourceName(device)): \(rows.count) × \(samples) samples per path (\(BuildConfiguration.name) build)",
+                series: report.paths.map { .init(name: $0.name, histogram: $0.histogram) })
+            try HistogramPictureFile.write(picture, to: histogramSVG)
+            progress.line("histogram picture written to \(histogramSVG)")
+        }
+        if json {
+            printLine(try benchJSON(report))
+            return
+        }
         printLine("")
         printLine("| path | p50 µs | p99 µs | p50 ÷ baseline | p99 ÷ baseline | ISR calls/s | interrupts/s | calls/s ÷ baseline |")
         printLine("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -102,6 +129,65 @@ func fixed(_ value: Double, _ digits: Int) -> String {
     }
     return text
 }
+
+/// The interrupt benchmark's results as `bench interrupts --json` prints them: for each path the
+/// medians over the rounds (as the table shows them) and the latency histogram of every sample
+/// of every round, in nanoseconds.
+struct InterruptBenchReport: Encodable {
+    struct Path: Encodable {
+        var name: String
+        /// Medians over the rounds of each round's exact p50 and p99 (µs), and of their ratios
+        /// to the baseline's in the same round.
+        var p50Microseconds: Double
+        var p99Microseconds: Double
+        var p50RatioToBaseline: Double
+        var p99RatioToBaseline: Double
+        var isrCallsPerSecond: Double
+        var interruptsPerSecond: Double
+        var callsPerSecondRatioToBaseline: Double
+        /// Every round's samples together.
+        var latency: LatencySummary
+        var histogram: LatencyHistogram
+
+        enum CodingKeys: String, CodingKey {
+            case name, p50Microseconds, p99Microseconds, p50RatioToBaseline, p99RatioToBaseline
+            case isrCallsPerSecond, interruptsPerSecond, callsPerSecondRatioToBaseline, latency
+        }
+    }
+
+    var benchmark = "interrupts"
+    /// `debug` or `release`: a debug build's numbers are not comparable.
+    var build = BuildConfiguration.name
+    var source: String
+    var samplesPerRound: Int
+    var floodSeconds: Double
+    var rounds: Int
+    var paths: [Path]
+
+    init(rows: [[InterruptBenchmark.Result]], samples: Int, seconds: Double, source: String) {
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        self.source = source
+        samplesPerRound = samples
+        floodSeconds = seconds
+        rounds = rows.count
+        paths = rows[0].indices.map { column in
+            let results = rows.map { $0[column] }
+            var histogram = LatencyHistogram()
+            for result in results { histogram.add(result.histogram) }
+            return Path(
+                name: results[0].name, p50Microseconds: median(results.map(\.p50)), p99Microseconds: median(results.map(\.p99)),
+                p50RatioToBaseline: median(rows.map { $0[column].p50 / $0[0].p50 }),
+                p99RatioToBaseline: median(rows.map { $0[column].p99 / $0[0].p99 }),
+                isrCallsPerSecond: median(results.map(\.handlerCallsPerSecond)),
+                interruptsPerSecond: median(results.map(\.interruptsPerSecond)),
+                callsPerSecondRatioToBaseline: median(rows.map { $0[column].handlerCallsPerSecond / $0[0].handlerCallsPerSecond }),
+                latency: LatencySummary(name: results[0].name, histogram: histogram), histogram: histogram)
+        }
+    }
+}
+
+/// Where the interrupts came from, for a picture's title.
+private func interruptSourceName(_ device: String?) -> String { device.map { "VFIO loopback on \($0)" } ?? "software source" }
 
 #if canImport(Glibc)
 import Glibc

@@ -91,6 +91,7 @@ struct BenchFailover: ParsableCommand {
 
         var recoveries: [UInt64] = []
         var failure: String?
+        let progress = ProgressLine("failover:", total: kills, unit: "kills recovered")
         for kill in 1...kills {
             guard workload.failure == nil else { break }
             guard supervisor.waitUntilServing(seconds: recoveryTimeout), workload.waitForProgress(seconds: recoveryTimeout) else {
@@ -108,6 +109,7 @@ struct BenchFailover: ParsableCommand {
                 break
             }
             recoveries.append(recovered - killedAt)
+            progress.update(kill)
         }
         workload.stop()
         let verification = workload.verifyAll()

@@ -1,4 +1,5 @@
 import ModelessDevice
+import ModelessMeasurement
 import ModelessModels
 import ModelessRuntime
 import ModelessSystem
@@ -11,6 +12,8 @@ struct InterruptBenchmark {
         var name: String
         var p50: Double
         var p99: Double
+        /// Every latency sample, in nanoseconds.
+        var histogram: LatencyHistogram
         var handlerCallsPerSecond: Double
         var interruptsPerSecond: Double
     }
@@ -134,7 +137,7 @@ struct InterruptBenchmark {
                            _ calls: Int, _ interrupts: Int, _ seconds: Double) -> Result {
         let sorted = Array(latencies.values).sorted()
         func percentile(_ p: Double) -> Double { Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]) / 1000 }
-        return Result(name: name, p50: percentile(0.50), p99: percentile(0.99),
+        return Result(name: name, p50: percentile(0.50), p99: percentile(0.99), histogram: LatencyHistogram(sorted),
                       handlerCallsPerSecond: Double(calls) / seconds, interruptsPerSecond: Double(interrupts) / seconds)
     }
 }

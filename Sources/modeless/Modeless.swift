@@ -19,6 +19,7 @@ struct Modeless: ParsableCommand {
     static func main() {
         do {
             var command = try parseAsRoot()
+            if command is any BenchmarkCommand { BuildConfiguration.warnIfDebug() }
             if let driverCommand = command as? any DriverCommand { try driverCommand.refuseUnsupportedDevice() }
             try command.run()
         } catch {

@@ -41,6 +41,11 @@ struct RunEdu: ParsableCommand {
     @Flag(help: "Record and print every interrupt's stages.")
     var trace = false
 
+    @Option(name: .customLong("trace-json"), help: ArgumentHelp(
+        "Record every interrupt's stages and write them to FILE in Chrome's trace-event format (opens in Perfetto or chrome://tracing).",
+        valueName: "FILE"))
+    var traceJSON: String?
+
     @Flag(help: "Allow DMA over UIO, which gives the device no DMA isolation (it can write any memory).")
     var allowUnisolatedDMA = false
 
@@ -53,6 +58,7 @@ struct RunEdu: ParsableCommand {
         if model == (device != nil) {
             throw ValidationError("name an edu device, or pass --model (not both)")
         }
+        if let traceJSON { try TraceJSONFile.validate(traceJSON) }
     }
 
     func run() throws {
@@ -82,7 +88,7 @@ struct RunEdu: ParsableCommand {
         }
         defer { access.close() }
 
-        let traceRecords = trace ? InterruptTrace() : nil
+        let traceRecords = trace || traceJSON != nil ? InterruptTrace() : nil
         let options = RuntimeOptions(interruptPriority: noRealtime ? nil : 50, dpcPriority: noRealtime ? nil : 40, trace: traceRecords,
                                      verifier: verifier)
         let runtime: any DriverRuntime
@@ -100,7 +106,8 @@ struct RunEdu: ParsableCommand {
             printLine(report.description)
             let counts = driver.interruptCounts
             printLine("ISR:            \(counts.isrCalls) calls for \(counts.interrupts) interrupts")
-            if let traceRecords { printLine("trace:\n" + traceRecords.render()) }
+            if let traceRecords, trace { printLine("trace:\n" + traceRecords.render()) }
+            if let traceRecords, let traceJSON { try TraceJSONFile.write(traceRecords, to: traceJSON) }
             guard report.alive, report.dmaMatches else { throw ExitCode(1) }
         } catch let exit as ExitCode {
             throw exit

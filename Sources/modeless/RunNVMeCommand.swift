@@ -102,11 +102,13 @@ extension RunNVMe {
         var copy: [UInt8] = []
         if readTo != nil { copy.reserveCapacity(total) }
         let start = monotonicNanoseconds()
+        let progress = ProgressLine("read check:", total: readMiB, unit: "MiB read")
         for offset in stride(from: 0, to: total, by: chunk) {
             let bytes = try controller.read(lba: UInt64(offset / blockSize), blocks: min(chunk, total - offset) / blockSize,
                                             namespace: namespace.identifier)
             digest.update(bytes)
             if readTo != nil { copy += bytes }
+            progress.update((offset + bytes.count) >> 20)
         }
         let elapsed = monotonicNanoseconds() - start
         printLine("read check: \(readMiB) MiB from block 0 of namespace \(namespace.identifier) (blocks 0-\(total / blockSize - 1)), sha256 \(digest.hexDigest()), \(fixed(Double(elapsed) / 1e6, 1)) ms, \(writeMiB > 0 ? "before any write" : "nothing written")")
@@ -126,14 +128,18 @@ extension RunNVMe {
         printLine("--destructive: overwriting namespace \(identifier) of controller \(serial), LBA 0-\(total / blockSize - 1) (\(total / blockSize) blocks, \(total) bytes)")
         var generator = PatternGenerator(seed: 0x5eed)
         let start = monotonicNanoseconds()
+        let writing = ProgressLine("verify:", total: writeMiB, unit: "MiB written")
         for offset in stride(from: 0, to: total, by: chunk) {
             try controller.write(lba: UInt64(offset / blockSize), generator.bytes(min(chunk, total - offset)), namespace: identifier)
+            writing.update(min(total, offset + chunk) >> 20)
         }
         try controller.flush(namespace: identifier)
         let written = monotonicNanoseconds()
         generator = PatternGenerator(seed: 0x5eed)
+        let reading = ProgressLine("verify:", total: writeMiB, unit: "MiB read back and compared")
         for offset in stride(from: 0, to: total, by: chunk) {
             let length = min(chunk, total - offset)
+            defer { reading.update((offset + length) >> 20) }
             let back = try controller.read(lba: UInt64(offset / blockSize), blocks: length / blockSize, namespace: identifier)
             guard back == generator.bytes(length) else {
                 printError("verify failed in the \(length)-byte chunk at offset \(offset)")

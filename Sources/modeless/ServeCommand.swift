@@ -58,12 +58,20 @@ struct ServeOptions: ParsableArguments {
         }
         let logical: LogicalContainer
         do {
+            // The server's log lines (MODELESS_LOG_LEVEL=debug shows every connection).
+            let logger = try CommandLogging.logger("modeless.container")
             logical = kernel
-                ? try LogicalContainer.kernelEmulation(transport: transport.requestTransport)
-                : try LogicalContainer(name: container ?? defaultContainer, transport: transport.requestTransport)
-        } catch {
+                ? try LogicalContainer.kernelEmulation(transport: transport.requestTransport, logger: logger)
+                : try LogicalContainer(name: container ?? defaultContainer, transport: transport.requestTransport, logger: logger)
+        } catch let error as LoggingSetupError {
+            printError("\(error)")
+            throw ExitCode(64)
+        } catch let error as LogicalDeviceError {
             printError("\(error)")
             throw ExitCode(error.kind == .invalidName ? 64 : 1)
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
         }
         defer { logical.shutdown() }
         do {

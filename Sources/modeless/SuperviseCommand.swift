@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import ModelessSupervision
 import ModelessSystem
 
@@ -103,20 +104,22 @@ struct Supervise: ParsableCommand {
 
     func run() throws {
         let configuration = try SupervisorConfigurationFile.load(config)
+        let logger: Logger
+        do { logger = try CommandLogging.logger("modeless.supervisor") } catch { throw ValidationError("\(error)") }
         TerminationSignals.block()
         let supervisor: Supervisor
         do {
-            supervisor = try Supervisor(configuration)
-            supervisor.onEvent = { printLine("[\($0.instance)] \($0.message)") }
-            supervisor.onOutput = { printLine("[\($0)] \($1)") }
+            // Every line with its time and level (see LogLineHandler); an instance's own output at info.
+            supervisor = try Supervisor(configuration, logger: logger)
+            supervisor.onOutput = { logger.info("\($1)", metadata: ["instance": "\($0)"]) }
             try supervisor.start()
         } catch {
             printError("\(error)")
             throw ExitCode(1)
         }
-        printLine("supervising \(configuration.service): \(configuration.instances) instance(s), state in \(configuration.stateDirectory), containment: \(supervisor.containment)")
+        logger.info("supervising \(configuration.service): \(configuration.instances) instance(s), state in \(configuration.stateDirectory), containment: \(supervisor.containment)")
         TerminationSignals.wait()
-        printLine("stopping \(configuration.service)")
+        logger.info("stopping \(configuration.service)")
         supervisor.stop()
     }
 }

@@ -228,9 +228,13 @@ struct SupervisorAbuseTests {
         var output: [String] = []
         while serving.count < 2, let line = first.readLine(timeout: 30) {
             output.append(line)
-            for name in ["svc-0", "svc-1"] where line == "[\(name)] serving" { serving.insert(name) }
+            // Each line carries its time (UTC, milliseconds) and level: `2026-11-30T11:42:29.123Z info [svc-0] serving`.
+            if let match = line.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info \[(svc-[01])\] serving/) {
+                serving.insert(String(match.1))
+            }
         }
         #expect(serving.count == 2, "\(output.joined(separator: "\n"))")
+        #expect(output.contains { $0.wholeMatch(of: /\S+Z info supervising svc: 2 instance\(s\), .*/) != nil }, "\(output.joined(separator: "\n"))")
         let before = processesOfService(state)
         #expect(before.filter { $0.command == "modeless" }.count == 2, "\(before)")
 

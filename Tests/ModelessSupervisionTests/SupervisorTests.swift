@@ -1,3 +1,5 @@
+import InMemoryLogging
+import Logging
 import ModelessLogical
 import ModelessSystem
 import Testing
@@ -32,7 +34,9 @@ struct SupervisorTests {
     }
 
     @Test func aKilledInstanceIsRestartedUnderItsNameAndTheCauseIsLogged() throws {
-        let supervisor = try Supervisor(try configuration(["serve", "memory-disk", "--device", "disk"], instances: 2), containers: containers)
+        let records = InMemoryLogHandler()
+        let supervisor = try Supervisor(try configuration(["serve", "memory-disk", "--device", "disk"], instances: 2), containers: containers,
+                                        logger: Logger(label: "test", factory: { _ in records }))
         try supervisor.start()
         defer { supervisor.stop() }
         #expect(supervisor.waitUntilServing(seconds: 30))
@@ -47,7 +51,16 @@ struct SupervisorTests {
         #expect(status.instances.map(\.name) == ["svc-0", "svc-1"])
         #expect(status.instances[1].restarts == 1)
         let log = try FileAccess.readText(root + "/state/supervisor.log")
-        #expect(log.contains("svc-1: died (killed by SIGKILL)"))
+        #expect(log.contains("notice svc-1: died (killed by SIGKILL)"), "\(log)")
+        // The same events went to the logger passed in, with their level and the instance in the metadata.
+        let died = records.entries.filter { $0.message.description.hasPrefix("died (killed by SIGKILL); restarting") }
+        #expect(died.count == 1, "\(records.entries)")
+        #expect(died.first?.level == .notice)
+        #expect(died.first?.metadata["instance"] == "svc-1")
+        #expect(died.first?.metadata["service"] == "svc")
+        let serving = records.entries.filter { $0.message.description == "serving" }.compactMap { $0.metadata["instance"]?.description }
+        #expect(serving.sorted() == ["svc-0", "svc-1", "svc-1"], "\(records.entries)")
+        #expect(records.entries.allSatisfy { $0.level == .info || $0.level == .notice }, "\(records.entries)")
         // The restarted instance serves again under its name, and a consumer can reach it.
         let consumer = try LogicalContainer(name: "reader", directory: containers, serving: false)
         let handle = try consumer.open("svc-1/disk")
@@ -59,13 +72,19 @@ struct SupervisorTests {
     }
 
     @Test func anInstanceThatCannotStartIsGivenUpOn() throws {
+        let records = InMemoryLogHandler()
         let supervisor = try Supervisor(
-            try configuration(["serve", "nvme", "--model", root + "/no/such/dir/disk.img"], startAttempts: 2), containers: containers)
+            try configuration(["serve", "nvme", "--model", root + "/no/such/dir/disk.img"], startAttempts: 2), containers: containers,
+            logger: Logger(label: "test", factory: { _ in records }))
         try supervisor.start()
         defer { supervisor.stop() }
         #expect(eventually { supervisor.instances[0].phase == .failed })
         #expect(supervisor.instances[0].lastCause == "exited with status 1")
-        #expect(try FileAccess.readText(root + "/state/supervisor.log").contains("giving up"))
+        let log = try FileAccess.readText(root + "/state/supervisor.log")
+        #expect(log.split(separator: "\n").contains { $0.contains(" error svc-0: ") && $0.contains("giving up") }, "\(log)")
+        let givenUp = records.entries.filter { $0.level == .error }
+        #expect(givenUp.count == 1 && givenUp[0].message.description.contains("giving up") && givenUp[0].metadata["instance"] == "svc-0",
+                "\(records.entries)")
     }
 
     @Test func badConfigurationsAreRefusedWithTheReason() throws {

@@ -13,6 +13,7 @@ import Glibc
 /// therefore refused unless ``Options/allowUnisolatedDMA`` is set, and then come from locked
 /// pages whose physical addresses are read from `/proc/self/pagemap` (root only).
 public final class UIODevice: DeviceAccess, @unchecked Sendable {
+    /// Choices made when opening a device.
     public struct Options: Sendable {
         /// Allow DMA without an IOMMU. The device then reaches all of memory: use only with a
         /// device and driver you trust.
@@ -20,15 +21,20 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
         /// The device's DMA address width: without an IOMMU, buffers must lie physically below 2^bits.
         public var dmaAddressBits: Int
 
+        /// Options with DMA refused and a 64-bit DMA mask.
         public init(allowUnisolatedDMA: Bool = false, dmaAddressBits: Int = 64) {
             self.allowUnisolatedDMA = allowUnisolatedDMA
             self.dmaAddressBits = dmaAddressBits
         }
     }
 
+    /// The device's PCI address.
     public let address: PCIAddress
+    /// `uio`.
     public let backendName = "uio"
+    /// The mapped memory BARs, by BAR number.
     public let regions: [Int: MMIORegion]
+    /// The configuration space, through sysfs's `config` file.
     public let config: ConfigSpaceAccess
     /// The UIO node, `/dev/uioN`.
     public let node: String
@@ -115,8 +121,10 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
 
     deinit { close() }
 
+    /// 1 for INTx if the device has an interrupt pin, else 0: UIO offers nothing else.
     public func vectorCount(_ kind: InterruptKind) -> Int { kind == .intx && hasINTx ? 1 : 0 }
 
+    /// Enables the INTx vector, signalled through `/dev/uioN`; any other kind is unsupported.
     public func enableInterrupts(_ kind: InterruptKind, count: Int) throws(DeviceError) -> [InterruptVector] {
         try checkOpen()
         guard kind == .intx, count == 1, hasINTx else {
@@ -154,6 +162,7 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
             trigger: nil)]
     }
 
+    /// Disables INTx (the command register's interrupt-disable bit) and stops listening.
     public func disableInterrupts() throws(DeviceError) {
         try checkOpen()
         guard state.withLock({ state in
@@ -167,6 +176,7 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
         try config.setINTxDisabled(true)
     }
 
+    /// Resets the device through sysfs's `reset` file, where the kernel offers one.
     public func reset() throws(DeviceError) {
         try checkOpen()
         guard FileAccess.exists(resetPath) else { throw DeviceError(.unsupported, address, "does not support a function reset") }
@@ -177,6 +187,7 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
         guard state.withLock({ $0.isOpen }) else { throw DeviceError(.closed, address, "the device was closed") }
     }
 
+    /// Disables interrupts, unmaps every BAR and DMA buffer and closes the device's files. Idempotent.
     public func close() {
         let wasOpen = state.withLock { state in defer { state.isOpen = false }; return state.isOpen }
         guard wasOpen else { return }

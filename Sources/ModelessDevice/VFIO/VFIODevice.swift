@@ -19,15 +19,21 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         /// are allocated below 2^bits. QEMU's edu device has 28.
         public var dmaAddressBits: Int
 
+        /// Options with a 39-bit DMA mask.
         public init(dmaAddressBits: Int = 39) {
             self.dmaAddressBits = dmaAddressBits
         }
     }
 
+    /// The device's PCI address.
     public let address: PCIAddress
+    /// `vfio`.
     public let backendName = "vfio"
+    /// The mapped memory BARs, by BAR number.
     public let regions: [Int: MMIORegion]
+    /// The configuration space, through the VFIO device's config region.
     public let config: ConfigSpaceAccess
+    /// Whether VFIO offers a reset for this device (`VFIO_DEVICE_FLAGS_RESET`).
     public let supportsReset: Bool
     let deviceFD: Int32
     let container: VFIOContainer
@@ -150,8 +156,10 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         return region
     }
 
+    /// How many vectors of `kind` VFIO offers for this device.
     public func vectorCount(_ kind: InterruptKind) -> Int { vectorCounts[kind] ?? 0 }
 
+    /// Resets the device through VFIO (`VFIO_DEVICE_RESET`); unsupported where ``supportsReset`` is false.
     public func reset() throws(DeviceError) {
         guard supportsReset else { throw DeviceError(.unsupported, address, "does not support a function reset") }
         try checkOpen()
@@ -164,6 +172,8 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         guard state.withLock({ $0.isOpen }) else { throw DeviceError(.closed, address, "the device was closed") }
     }
 
+    /// Disables interrupts, unmaps every DMA buffer and BAR and closes the device (its group and
+    /// container close with the last device using them). Idempotent.
     public func close() {
         let wasOpen = state.withLock { state in
             defer { state.isOpen = false }

@@ -4,6 +4,8 @@ import ModelessBus
 import ModelessSystem
 
 extension VFIODevice {
+    /// Enables `count` vectors of `kind`, each signalled on its own eventfd
+    /// (`VFIO_DEVICE_SET_IRQS` with `VFIO_IRQ_SET_ACTION_TRIGGER`).
     public func enableInterrupts(_ kind: InterruptKind, count: Int) throws(DeviceError) -> [InterruptVector] {
         try checkOpen()
         let available = vectorCount(kind)
@@ -42,6 +44,7 @@ extension VFIODevice {
         }
     }
 
+    /// Disables the enabled vectors and closes their eventfds.
     public func disableInterrupts() throws(DeviceError) {
         try checkOpen()
         do { try disableInterruptsUnchecked() } catch { throw DeviceError(error, address) }
