@@ -14,6 +14,9 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
     public let regions: [Int: MMIORegion]
     public let config: ConfigSpaceAccess
     public let model: any DeviceModel
+    /// The removal channel, as VFIO's request interrupt: ``requestRemoval()`` stands in for
+    /// the kernel's unbind or hot-unplug; drivers report a surprise removal on it.
+    public let removal: DeviceRemoval?
     let context: ModelContext
     private let memory: ModelMemory
     private let worker: ModelWorker
@@ -31,7 +34,10 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
         self.address = address
         self.model = model
         memory = ModelMemory(addressBits: dmaAddressBits)
-        do { worker = try ModelWorker() } catch { throw DeviceError(error, address) }
+        do {
+            worker = try ModelWorker()
+            removal = try DeviceRemoval()
+        } catch { throw DeviceError(error, address) }
         context = ModelContext(memory: memory, worker: worker)
         configSpace = ModelConfigSpace(model.initialConfigSpace)
         config = .emulated(device: address, size: 256, backing: configSpace)
@@ -57,6 +63,11 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
             configSpace.surpriseRemoved = newValue.surpriseRemoved
         }
     }
+
+    /// What the kernel does on an unbind or a hot-unplug of a VFIO device: asks the driver,
+    /// through the request interrupt, to release the device. The device keeps answering until
+    /// it is closed (set ``faults`` to pull it out as well).
+    public func requestRemoval() { removal?.request() }
 
     var busMasterEnabled: Bool { configSpace.command & 0x4 != 0 }
 

@@ -35,6 +35,12 @@ public final class Supervisor: @unchecked Sendable {
     /// How the instances are contained: a cgroup each where one could be made, else a
     /// process group each.
     public let containment: InstanceContainment
+    /// Whether the device the instances drive is there to drive: nil when it is, else why not
+    /// ("0000:01:00.0 was removed"). Set before ``start()``; without it, devices are not
+    /// looked at. An instance that ends while its device is gone is not restarted (phase
+    /// ``InstanceStatus/Phase/waitingForDevice``) until this says the device is back; such an
+    /// end counts neither against the start limit nor as a failed start.
+    public var deviceAvailability: (@Sendable () -> String?)?
 
     private let lock = ConditionLock()
     private var slots: [Slot]
@@ -371,6 +377,10 @@ public final class Supervisor: @unchecked Sendable {
         run.group.signalAll(SIGKILL)
         let now = monotonicNanoseconds()
         let cause = run.stoppedBecause.map { "\($0) (\(exit))" } ?? exit
+        if let absence = deviceAvailability?() {
+            waitForDevice(index, run: run, cause: cause, absence: absence, now: now)
+            return
+        }
         let (delay, refusal): (Double, String?) = lock.withLock {
             let delay = slots[index].policy.ended(startedAt: run.startedAt, at: now, served: run.served)
             let refusal = slots[index].policy.refusal(at: now + UInt64(delay * 1e9))
@@ -398,6 +408,28 @@ public final class Supervisor: @unchecked Sendable {
         finishEndings(now: now)
         writeStatus()
     }
+
+    /// The run of instance `index` ended while its device is gone: no restart until the device
+    /// is back (``restartDue(now:)`` checks), and the end does not count against the restart policy.
+    private func waitForDevice(_ index: Int, run: Run, cause: String, absence: String, now: UInt64) {
+        lock.withLock {
+            slots[index].run = nil
+            slots[index].ending = run
+            slots[index].endedAt = now
+            slots[index].endingReported = false
+            slots[index].status.lastCause = cause
+            slots[index].status.processID = nil
+            slots[index].status.phase = .waitingForDevice
+            slots[index].restartAt = now + Self.devicePollInterval
+            lock.broadcast()
+        }
+        report(configuration.instanceName(index), "ended (\(cause)) with its device gone (\(absence)); waiting for the device to return")
+        finishEndings(now: now)
+        writeStatus()
+    }
+
+    /// How often an instance waiting for its device looks again.
+    static let devicePollInterval: UInt64 = 200_000_000
 
     /// Kills the runs that have not served within the start timeout; their death then counts
     /// as a failed start.
@@ -446,6 +478,23 @@ public final class Supervisor: @unchecked Sendable {
         }
         for index in due {
             let name = configuration.instanceName(index)
+            if let absence = deviceAvailability?() {
+                let first = lock.withLock { () -> Bool in
+                    defer {
+                        slots[index].status.phase = .waitingForDevice
+                        slots[index].restartAt = now + Self.devicePollInterval
+                    }
+                    return slots[index].status.phase != .waitingForDevice
+                }
+                if first {
+                    report(name, "waiting for its device to return (\(absence))")
+                    writeStatus()
+                }
+                continue
+            }
+            if lock.withLock({ slots[index].status.phase == .waitingForDevice }) {
+                report(name, "its device is back: starting it")
+            }
             if let refusal = lock.withLock({ slots[index].policy.refusal(at: now) }) {
                 lock.withLock {
                     slots[index].restartAt = nil

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ModelessBus
 import ModelessSupervision
 import ModelessSystem
 
@@ -18,10 +19,13 @@ import ModelessSystem
 ///       "startTimeoutSeconds": 60,
 ///       "stopTimeoutSeconds": 5,
 ///       "cgroup": true,
-///       "environment": {}
+///       "environment": {},
+///       "device": "0000:00:06.0"
 ///     }
 ///
-/// Only `service` and `command` are required. A command starting with `modeless` runs this
+/// Only `service` and `command` are required. With `device`, an instance that ends while that
+/// PCI function is gone (unplugged, or not bound to a user-mode driver) is restarted only once
+/// it is back. A command starting with `modeless` runs this
 /// program.
 struct SupervisorConfigurationFile: Decodable {
     var service: String
@@ -37,10 +41,11 @@ struct SupervisorConfigurationFile: Decodable {
     var stopTimeoutSeconds: Double?
     var cgroup: Bool?
     var environment: [String: String]?
+    var device: String?
 
     private enum CodingKeys: String, CodingKey, CaseIterable {
         case service, instances, command, stateDirectory, restartDelaySeconds, restartMaxDelaySeconds, startAttempts
-        case startLimitBurst, startLimitIntervalSeconds, startTimeoutSeconds, stopTimeoutSeconds, cgroup, environment
+        case startLimitBurst, startLimitIntervalSeconds, startTimeoutSeconds, stopTimeoutSeconds, cgroup, environment, device
     }
 
     /// The keys of a configuration file, to name a misspelt one.
@@ -78,6 +83,16 @@ struct SupervisorConfigurationFile: Decodable {
         return configuration
     }
 
+    /// The `device` of the configuration file at `path`, if it names one: a PCI address.
+    static func device(in path: String) throws -> PCIAddress? {
+        guard let data = FileManager.default.contents(atPath: path),
+              let text = try? JSONDecoder().decode(SupervisorConfigurationFile.self, from: data).device else { return nil }
+        guard let address = PCIAddress(text) else {
+            throw ValidationError("\(path): device \"\(text)\" is not a PCI address (give one as 0000:00:06.0)")
+        }
+        return address
+    }
+
     private static func describe(_ error: any Error) -> String {
         switch error as? DecodingError {
         case .keyNotFound(let key, _): "the key \"\(key.stringValue)\" is missing"
@@ -103,10 +118,14 @@ struct Supervise: ParsableCommand {
 
     func run() throws {
         let configuration = try SupervisorConfigurationFile.load(config)
+        let device = try SupervisorConfigurationFile.device(in: config)
         TerminationSignals.block()
+        let presence = device.map { DevicePresence($0) }
+        defer { presence?.stop() }
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(configuration)
+            if let presence { supervisor.deviceAvailability = { presence.unavailability() } }
             supervisor.onEvent = { printLine("[\($0.instance)] \($0.message)") }
             supervisor.onOutput = { printLine("[\($0)] \($1)") }
             try supervisor.start()
