@@ -23,8 +23,8 @@ public enum RemovalCause: Sendable, Equatable, CustomStringConvertible {
 /// where a driver that found the device gone reports it, so that both reach the driver's
 /// remove routine the same way (``DriverRuntime/onRemoval``, in ModelessRuntime).
 ///
-/// It is an eventfd, closed when the last holder (the device, a watcher) lets go of it, so
-/// that a watcher never reads a descriptor number that was reused. VFIO registers it as the device request interrupt when the device is
+/// It is an eventfd, closed when the last holder (the open device, a watcher) lets go of it
+/// (``letGo()``), so that nobody reads or writes a descriptor number that was reused. VFIO registers it as the device request interrupt when the device is
 /// opened, and the kernel adds to it when it wants the device back; ``report(_:)`` adds to it
 /// from the driver's side. The first cause is kept: a request after a surprise removal (or
 /// the reverse) does not change what the driver is told.
@@ -33,6 +33,8 @@ public final class DeviceRemoval: @unchecked Sendable {
     /// 0: no cause yet; 1: one is being recorded; 2: ``recorded`` holds it (set once).
     private let state = Atomic<Int>(0)
     private var recorded: RemovalCause?
+    /// The device while it is open, and each watcher: the eventfd closes when none is left.
+    private let holders = Atomic<Int>(1)
 
     /// A new channel with its own eventfd.
     public init(system: any SystemCalls = LinuxSystemCalls()) throws(SystemError) {
@@ -52,13 +54,37 @@ public final class DeviceRemoval: @unchecked Sendable {
     /// level, an ISR's included: it takes no lock and only writes the eventfd.
     public func report(_ cause: RemovalCause) {
         guard record(cause) else { return }
-        try? notifier.signal()
+        signal()
     }
 
     /// What the kernel does when it wants the device back: signals the eventfd without a
     /// cause. For backends and models that stand in for the kernel.
     public func request() {
+        signal()
+    }
+
+    /// Adds a holder (a watcher): the eventfd stays open until it lets go. False when every
+    /// holder already let go (the device was closed, nobody watches): the eventfd is closed.
+    public func hold() -> Bool {
+        var count = holders.load(ordering: .acquiring)
+        while count > 0 {
+            let (exchanged, current) = holders.compareExchange(expected: count, desired: count + 1, ordering: .acquiringAndReleasing)
+            if exchanged { return true }
+            count = current
+        }
+        return false
+    }
+
+    /// Removes a holder (the device when it closes, a watcher when it ends); the last closes the eventfd.
+    public func letGo() {
+        if holders.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 { notifier.close() }
+    }
+
+    /// Adds one to the eventfd while it is open.
+    private func signal() {
+        guard hold() else { return }
         try? notifier.signal()
+        letGo()
     }
 
     /// Takes the eventfd's count after it became readable and returns the cause: the reported

@@ -176,6 +176,7 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
         guard wasOpen else { return }
         try? disableInterrupts()
         for region in regions.values { region.health.markReleased("the device was closed") }
+        removal?.letGo()
         worker.stop()
     }
 }

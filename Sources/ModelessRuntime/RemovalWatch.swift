@@ -24,20 +24,33 @@ public final class RemovalWatch: @unchecked Sendable {
     init(_ removal: DeviceRemoval, name: String, _ remove: @escaping @Sendable (RemovalCause) -> Void) throws(SystemError) {
         self.removal = removal
         stopSignal = try EventNotifier()
+        guard removal.hold() else { return }  // The device was closed: nothing will announce its removal.
         let stopFD = stopSignal.fd
-        thread = try SystemThread(name: "\(name) remove") { [removal, watcher] in
-            watcher.identifier.store(WatcherThread.current, ordering: .releasing)
-            var descriptors = [pollfd(fd: removal.fd, events: Int16(POLLIN), revents: 0),
-                               pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
-            while true {
-                let ready = poll(&descriptors, 2, -1)
-                if ready < 0 && errno == EINTR { continue }
-                if ready < 0 || descriptors[1].revents != 0 { return }
-                guard descriptors[0].revents != 0 else { continue }
-                if let cause = removal.take() {
-                    remove(cause)
-                    return
-                }
+        do {
+            thread = try SystemThread(name: "\(name) remove") { [removal, watcher] in
+                defer { removal.letGo() }
+                Self.watch(removal, stopFD: stopFD, watcher, remove)
+            }
+        } catch {
+            removal.letGo()
+            throw error
+        }
+    }
+
+    /// The watch thread: waits for the removal or the stop signal; calls `remove` on a removal.
+    private static func watch(_ removal: DeviceRemoval, stopFD: Int32, _ watcher: WatcherThread,
+                              _ remove: @Sendable (RemovalCause) -> Void) {
+        watcher.identifier.store(WatcherThread.current, ordering: .releasing)
+        var descriptors = [pollfd(fd: removal.fd, events: Int16(POLLIN), revents: 0),
+                           pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+        while true {
+            let ready = poll(&descriptors, 2, -1)
+            if ready < 0 && errno == EINTR { continue }
+            if ready < 0 || descriptors[1].revents != 0 { return }
+            guard descriptors[0].revents != 0 else { continue }
+            if let cause = removal.take() {
+                remove(cause)
+                return
             }
         }
     }

@@ -166,13 +166,18 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         var irq = vfio_irq_info()
         irq.argsz = UInt32(MemoryLayout<vfio_irq_info>.size)
         irq.index = requestIRQIndex
-        do {
+        do throws(SystemError) {
             _ = try system.ioctl(deviceFD, modeless_VFIO_DEVICE_GET_IRQ_INFO, &irq, "VFIO_DEVICE_GET_IRQ_INFO", "\(address) request")
             guard irq.count > 0 else { return nil }
             let removal = try DeviceRemoval(system: system)
-            try setIRQs(deviceFD, system: system, address: address, index: requestIRQIndex, "request interrupt",
-                        flags: UInt32(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER),
-                        start: 0, count: 1, fds: [removal.fd])
+            do throws(SystemError) {
+                try setIRQs(deviceFD, system: system, address: address, index: requestIRQIndex, "request interrupt",
+                            flags: UInt32(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER),
+                            start: 0, count: 1, fds: [removal.fd])
+            } catch {
+                removal.letGo()
+                throw error
+            }
             return removal
         } catch { throw DeviceError(error, address) }
     }
@@ -199,9 +204,10 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         guard wasOpen else { return }
         try? disableInterruptsUnchecked()
         if removal != nil {
-            // The kernel stops signalling the eventfd; the eventfd itself goes with its last holder.
+            // The kernel stops signalling the eventfd; the eventfd closes once no watcher holds it.
             try? setIRQs(index: Self.requestIRQIndex, "request interrupt",
                          flags: UInt32(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER), start: 0, count: 0, fds: [])
+            removal?.letGo()
         }
         let buffers = state.withLock { state in
             defer { state.buffers.removeAll() }
