@@ -41,9 +41,12 @@ struct Unbind: ParsableCommand {
     @Flag(help: "Check and print what would be done, changing nothing.")
     var dryRun = false
 
+    @Flag(help: "If a Modeless driver holds the device through VFIO, ask it to release it (its remove routine fails its I/O and closes the device) and unbind once it has; without this, a held device is refused.")
+    var release = false
+
     func run() throws {
         try reportingErrors { () throws(BusError) in
-            let report = try PCIBinder().unbind(try DeviceSelector(parsing: device), dryRun: dryRun)
+            let report = try PCIBinder().unbind(try DeviceSelector(parsing: device), releasing: release, dryRun: dryRun)
             let driver = report.device.driver ?? "no driver"
             printReport(report, dryRun: dryRun, done: "restored to \(driver)", already: "on \(driver)")
         }

@@ -155,8 +155,11 @@ struct ServeNVMe: ParsableCommand {
         try withBoundDevice(address!, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
+            // Removed: requests already fail with deviceRemoved; end serving and release the device.
+            controller.onRemoval { _ in kill(getpid(), SIGTERM) }
             let provider = try NVMeBlockProvider(controller: controller)
             try options.serve(defaultContainer: "nvme") { _ in provider.handlers }
+            if let failure = controller.failure, failure.isDeviceRemoval { throw failure }
         }
     }
 }

@@ -57,6 +57,7 @@ struct RemovalTests {
             #expect(controller.failure == removed)
             #expect(removed.isDeviceRemoval)
             #expect("\(removed)".contains("device removed"))
+            #expect(eventually { removedAt.withLock { $0 } != nil }, "the owner is told after the commands failed")
             #expect(removedAt.withLock { $0?.0 } == .requested)
             #expect(removedAt.withLock { $0?.1 } == .passive, "the remove routine runs at passive level")
             let again = monotonicNanoseconds()
