@@ -372,12 +372,13 @@ public final class Supervisor: @unchecked Sendable {
               let run = lock.withLock({ slots[index].run }) else { return }
         let name = configuration.instanceName(index)
         forwardOutput(of: run)
-        let exit = Self.describe(exitStatus: run.process.exitStatusIfEnded() ?? ((try? run.process.wait()) ?? -1))
+        let exitStatus = run.process.exitStatusIfEnded() ?? ((try? run.process.wait()) ?? -1)
+        let exit = Self.describe(exitStatus: exitStatus)
         // Whatever else the instance started goes with it, before a replacement can start.
         run.group.signalAll(SIGKILL)
         let now = monotonicNanoseconds()
         let cause = run.stoppedBecause.map { "\($0) (\(exit))" } ?? exit
-        if let absence = deviceAvailability?() {
+        if let absence = deviceAbsence(afterExitStatus: exitStatus) {
             waitForDevice(index, run: run, cause: cause, absence: absence, now: now)
             return
         }
@@ -430,6 +431,24 @@ public final class Supervisor: @unchecked Sendable {
 
     /// How often an instance waiting for its device looks again.
     static let devicePollInterval: UInt64 = 200_000_000
+    /// How long an orderly end (exit status 0: a driver that released its removed device) may
+    /// precede the kernel's completing the removal.
+    static let removalSettleTime: UInt64 = 3_000_000_000
+
+    /// Why the device is gone, if it is, after an instance ended with `exitStatus`. A driver
+    /// answering a removal releases its device and exits 0 just before the kernel takes the
+    /// device off the bus (or unbinds it), so after such an end the device gets a moment to go.
+    private func deviceAbsence(afterExitStatus exitStatus: Int32) -> String? {
+        guard let deviceAvailability else { return nil }
+        if let absence = deviceAvailability() { return absence }
+        guard exitStatus == 0 else { return nil }
+        let deadline = monotonicNanoseconds() + Self.removalSettleTime
+        while monotonicNanoseconds() < deadline {
+            usleep(50_000)
+            if let absence = deviceAvailability() { return absence }
+        }
+        return nil
+    }
 
     /// Kills the runs that have not served within the start timeout; their death then counts
     /// as a failed start.
