@@ -39,7 +39,8 @@ public final class Supervisor: @unchecked Sendable {
     /// ("0000:01:00.0 was removed"). Set before ``start()``; without it, devices are not
     /// looked at. An instance that ends while its device is gone is not restarted (phase
     /// ``InstanceStatus/Phase/waitingForDevice``) until this says the device is back; such an
-    /// end counts neither against the start limit nor as a failed start.
+    /// end counts neither as a failed start nor as a quick death, and the device's return
+    /// restarts the start limit's count.
     public var deviceAvailability: (@Sendable () -> String?)?
 
     private let lock = ConditionLock()
@@ -511,7 +512,11 @@ public final class Supervisor: @unchecked Sendable {
                 }
                 continue
             }
-            if lock.withLock({ slots[index].status.phase == .waitingForDevice }) {
+            if lock.withLock({ () -> Bool in
+                guard slots[index].status.phase == .waitingForDevice else { return false }
+                slots[index].policy.deviceReturned()
+                return true
+            }) {
                 report(name, "its device is back: starting it")
             }
             if let refusal = lock.withLock({ slots[index].policy.refusal(at: now) }) {

@@ -5,6 +5,8 @@ import ModelessDevice
 /// ends with exit status 0, having released the device, instead of failing.
 func reportRemoval(_ error: any Error) -> Bool {
     guard let failure = error as? any DeviceRemovalReporting, failure.isDeviceRemoval else { return false }
-    printLine("device removed: \(error); the driver stopped and failed what was in flight, the device is released")
+    let what = "\(error)"
+    printLine((what.hasPrefix("device removed") ? what : "device removed: " + what)
+              + "; the driver stopped and failed what was in flight; releasing the device")
     return true
 }

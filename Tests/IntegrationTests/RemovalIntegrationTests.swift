@@ -19,10 +19,10 @@ extension VM {
 
         /// The hot-plug NVMe, present and bound to vfio-pci.
         func pluggedAndBound() throws -> PCIAddress {
-            if (try? HotplugBench.nvme()) == nil {
+            if HotplugBench.plugged() == nil {
                 let reply = try HotplugBench.plug()
                 try #require(reply.contains("\"return\""), "device_add: \(reply)")
-                try #require(HotplugBench.wait(30) { (try? HotplugBench.nvme()) != nil }, "the re-plugged NVMe did not appear")
+                try #require(HotplugBench.wait(30) { HotplugBench.plugged() != nil }, "the re-plugged NVMe did not appear")
             }
             let address = try HotplugBench.nvme()
             if TestBench.driver(of: address) != UserModeDriver.vfioPCI.rawValue {
