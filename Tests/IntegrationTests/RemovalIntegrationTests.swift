@@ -97,6 +97,30 @@ extension VM {
             _ = try PCIBinder().bind(.address(address), to: .vfioPCI)
         }
 
+        /// UIO has no request channel: another tool's unbind from uio_pci_generic goes through at
+        /// once, and the driver learns of it from the kernel's uevent, stops and exits 0.
+        @Test func anUnbindFromUIOIsSeenThroughTheKernelsEvent() throws {
+            let nic = try TestBench.e1000(1)
+            let binder = PCIBinder()
+            _ = try binder.bind(.address(nic), to: .uioPCIGeneric)
+            defer { _ = try? binder.unbind(.address(nic)) }
+            let driver = try ChildProcess(try ProgramRunner.builtProgram("modeless"),
+                                          ["run", "e1000", nic.description, "--ip", "10.9.0.2", "--seconds", "300",
+                                           "--allow-unisolated-dma"])
+            let first = driver.readLine(timeout: 120) ?? ""
+            try #require(first.hasPrefix("e1000 on uio"), "the driver did not start: \(first)")
+            usleep(500_000)
+            let start = monotonicNanoseconds()
+            let unbind = try TestBench.shell("echo \(nic) > /sys/bus/pci/drivers/uio_pci_generic/unbind")
+            #expect(unbind.status == 0, "\(unbind.output)")
+            let (status, output, elapsed) = finish(driver, since: start)
+            print("UIO unbind to exit: \(elapsed / 1_000_000) ms\n\(output)")
+            #expect(status == 0, "\(output)")
+            #expect(output.contains("device removed"), "\(output)")
+            #expect(output.contains("UIO has no request channel"), "\(output)")
+            #expect(elapsed < Self.exitBound)
+        }
+
         /// A plain unbind still refuses while the driver holds the device, changing nothing.
         @Test func unbindWithoutReleaseIsStillRefused() throws {
             let address = try pluggedAndBound()
