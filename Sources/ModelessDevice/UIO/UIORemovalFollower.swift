@@ -12,6 +12,9 @@ final class UIORemovalFollower: @unchecked Sendable {
     private let stopping = Stopping()
     private var thread: SystemThread?
 
+    /// How long the event thread waits before looking at the stop flag: what closing the device waits at most.
+    static let pollMilliseconds: Int32 = 50
+
     private final class Stopping: Sendable {
         let flag = Atomic<Bool>(false)
     }
@@ -33,7 +36,7 @@ final class UIORemovalFollower: @unchecked Sendable {
             thread = try SystemThread(name: "uio removal \(address)") { [stopping] in
                 defer { removal.letGo() }
                 while !stopping.flag.load(ordering: .acquiring) {
-                    guard let event = try? owner.monitor.next(timeoutMilliseconds: 200), event.address == address,
+                    guard let event = try? owner.monitor.next(timeoutMilliseconds: Self.pollMilliseconds), event.address == address,
                           event.action == "unbind" || event.action == "remove" else { continue }
                     removal.report(.surprise("the kernel took it from uio_pci_generic (\(event.action)) without asking: UIO has no request channel"))
                     return
