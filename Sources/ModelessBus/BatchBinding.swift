@@ -95,8 +95,10 @@ extension PCIBinder {
     /// Gives back every function the selectors name, all or nothing, like ``bind(all:to:force:dryRun:persist:)``.
     ///
     /// With `persist`, each function's override is removed as well; a function that is not on
-    /// a user-mode driver but has an override then only loses its override.
-    public func unbind(all selectors: [DeviceSelector], dryRun: Bool = false,
+    /// a user-mode driver but has an override then only loses its override. With `releasing`,
+    /// a Modeless driver holding a function through VFIO is asked to release it (see
+    /// ``unbind(_:releasing:dryRun:)``).
+    public func unbind(all selectors: [DeviceSelector], releasing: Bool = false, dryRun: Bool = false,
                        persist: OverrideStore? = nil) throws(BatchError) -> [DeviceOutcome] {
         let targets = try resolveAll(selectors)
         var checked: [DeviceOutcome] = []
@@ -104,7 +106,7 @@ extension PCIBinder {
         var overrideOnly: Set<PCIAddress> = []
         for target in targets {
             do throws(BusError) {
-                let report = try unbind(.address(target.device.address), dryRun: true)
+                let report = try unbind(.address(target.device.address), releasing: releasing, dryRun: true)
                 checked.append(DeviceOutcome(name: target.name, state: .done(report)))
             } catch where error.kind == .notBound && persist != nil {
                 do throws(BusError) {
@@ -138,7 +140,7 @@ extension PCIBinder {
                 continue
             }
             do throws(BusError) {
-                let report = try unbind(.address(target.device.address))
+                let report = try unbind(.address(target.device.address), releasing: releasing)
                 done.append(DeviceOutcome(name: target.name, state: .done(report)))
             } catch {
                 throw BatchError(failure: error, outcomes: undo(done, failed: target, error: error, remaining: targets)

@@ -104,8 +104,10 @@ public struct PCIBinder: Sendable {
     /// has no record, releases it from its user-mode driver and lets the kernel choose).
     ///
     /// Refused, before anything changes, while a process holds the device through its
-    /// user-mode node.
-    public func unbind(_ selector: DeviceSelector, dryRun: Bool = false) throws(BusError) -> Report {
+    /// user-mode node; with `releasing`, a Modeless driver holding it through VFIO is asked
+    /// to release it instead (the kernel's device request, which its remove routine answers
+    /// by failing its I/O and closing the device), and the unbind completes once it has.
+    public func unbind(_ selector: DeviceSelector, releasing: Bool = false, dryRun: Bool = false) throws(BusError) -> Report {
         let device = try bus.resolve(selector)
         let record = try store.record(for: device.address)
         guard record != nil || device.isBoundForUserMode else {
@@ -121,8 +123,12 @@ public struct PCIBinder: Sendable {
             return Report(device: device, steps: [], alreadyDone: true, node: nil)
         }
         try checkPermission(device)
-        try checkNotHeld(device)
         var steps: [String] = []
+        if releasing, let drivers = releasableHolders(device) {
+            steps += drivers.map { "ask pid \($0.pid) (\($0.command)), which has \($0.node) open, to release it (VFIO device request)" }
+        } else {
+            try checkNotHeld(device)
+        }
         if let target, !bus.isDriverRegistered(target) {
             steps.append("load kernel module \(target)")
             if !dryRun { try loadModule(target, for: target) }
@@ -155,6 +161,16 @@ public struct PCIBinder: Sendable {
         throw BusError(.heldByProcess,
                        "\(device.address) is held by a process: \(holders.map(\.description).joined(separator: "; ")); moving it now would wait until the process lets go",
                        remedy: "stop the process first (kill \(pids)), then try again; --force does not override this")
+    }
+
+    /// The holders when every one is a Modeless driver holding the device through VFIO, which
+    /// answers the kernel's device request by releasing it; nil when there is none, or any
+    /// other holder (that one would keep the kernel's unbind waiting).
+    private func releasableHolders(_ device: PCIDevice) -> [NodeHolder]? {
+        let holders = bus.holders(of: device)
+        guard !holders.isEmpty, device.driver == UserModeDriver.vfioPCI.rawValue,
+              holders.allSatisfy({ $0.command == "modeless" && $0.node.hasPrefix("/dev/vfio/") }) else { return nil }
+        return holders
     }
 
     /// Refuses when a block device of the function carries a partition table or a file system,

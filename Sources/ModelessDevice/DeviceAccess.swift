@@ -23,9 +23,15 @@ public protocol DeviceAccess: AnyObject, Sendable {
     func reset() throws(DeviceError)
     /// Releases everything: interrupts, DMA buffers and their IOMMU mappings, regions, descriptors.
     func close()
+    /// Where the device's removal is announced (the kernel's request to release it, a driver's
+    /// report that it stopped answering); `nil` for a backend without one.
+    var removal: DeviceRemoval? { get }
 }
 
 extension DeviceAccess {
+    /// No removal channel: the backend cannot hear the kernel ask for the device.
+    public var removal: DeviceRemoval? { nil }
+
     /// BAR `index`, or ``DeviceError`` `.unsupported` naming the BARs the device has.
     public func region(_ index: Int) throws(DeviceError) -> MMIORegion {
         guard let region = regions[index] else {

@@ -33,6 +33,10 @@ public struct LogicalDeviceError: Error, Sendable, Equatable, CustomStringConver
         case system = 14
         /// The parameter chain has no unused block left for a downstream request.
         case chainExhausted = 15
+        /// The provider's device was removed (unplugged, unbound, or it stopped answering):
+        /// the request was not done, and none will be until the device is back and the
+        /// provider restarted (a supervisor does that when the device returns).
+        case deviceRemoved = 16
     }
 
     /// What kind of failure, which a consumer can act on.

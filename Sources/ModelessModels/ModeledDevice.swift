@@ -19,6 +19,9 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
     public let config: ConfigSpaceAccess
     /// The model behind the device.
     public let model: any DeviceModel
+    /// The removal channel, as VFIO's request interrupt: ``requestRemoval()`` stands in for
+    /// the kernel's unbind or hot-unplug; drivers report a surprise removal on it.
+    public let removal: DeviceRemoval?
     let context: ModelContext
     private let memory: ModelMemory
     private let worker: ModelWorker
@@ -36,7 +39,10 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
         self.address = address
         self.model = model
         memory = ModelMemory(addressBits: dmaAddressBits)
-        do { worker = try ModelWorker() } catch { throw DeviceError(error, address) }
+        do {
+            worker = try ModelWorker()
+            removal = try DeviceRemoval()
+        } catch { throw DeviceError(error, address) }
         context = ModelContext(memory: memory, worker: worker)
         configSpace = ModelConfigSpace(model.initialConfigSpace)
         config = .emulated(device: address, size: 256, backing: configSpace)
@@ -62,6 +68,11 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
             configSpace.surpriseRemoved = newValue.surpriseRemoved
         }
     }
+
+    /// What the kernel does on an unbind or a hot-unplug of a VFIO device: asks the driver,
+    /// through the request interrupt, to release the device. The device keeps answering until
+    /// it is closed (set ``faults`` to pull it out as well).
+    public func requestRemoval() { removal?.request() }
 
     var busMasterEnabled: Bool { configSpace.command & 0x4 != 0 }
 
@@ -180,6 +191,7 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
         guard wasOpen else { return }
         try? disableInterrupts()
         for region in regions.values { region.health.markReleased("the device was closed") }
+        removal?.letGo()
         worker.stop()
     }
 }

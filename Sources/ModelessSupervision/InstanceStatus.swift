@@ -15,6 +15,9 @@ public struct InstanceStatus: Sendable, Equatable {
         case failed
         /// Stopped by the supervisor.
         case stopped
+        /// Ended with its device gone (unplugged, unbound); started again once the device is
+        /// back (``Supervisor/deviceAvailability``).
+        case waitingForDevice = "waiting-for-device"
     }
 
     public var name: String

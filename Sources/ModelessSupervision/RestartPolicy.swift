@@ -55,6 +55,14 @@ struct RestartPolicy {
     /// Counts a start that could not be made at all (the program could not be run).
     mutating func couldNotStart() { failedStartsInARow += 1 }
 
+    /// The instance's device came back after a removal: the starts and deaths before it say
+    /// nothing about the device now there, so the limits count afresh.
+    mutating func deviceReturned() {
+        starts.removeAll()
+        quickDeathsInARow = 0
+        failedStartsInARow = 0
+    }
+
     static func seconds(_ value: Double) -> String {
         value == value.rounded() ? String(Int(value)) : String(value)
     }

@@ -81,9 +81,10 @@ public final class ServiceClient: @unchecked Sendable {
         if let handle { try? container.close(handle) }
     }
 
-    /// Whether `error` means the instance is gone (rather than that the request failed).
+    /// Whether `error` means the instance is gone, or its device is (rather than that the
+    /// request failed): the client then tries the other instances.
     static func isInstanceFailure(_ error: LogicalDeviceError) -> Bool {
-        [.providerTerminated, .noSuchContainer, .noSuchDevice].contains(error.kind)
+        [.providerTerminated, .noSuchContainer, .noSuchDevice, .deviceRemoved].contains(error.kind)
     }
 
     /// The open instance, or the first of the instances that opens, starting after the

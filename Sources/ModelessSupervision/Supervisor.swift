@@ -56,6 +56,13 @@ public final class Supervisor: @unchecked Sendable {
     /// How the instances are contained: a cgroup each where one could be made, else a
     /// process group each.
     public let containment: InstanceContainment
+    /// Whether the device the instances drive is there to drive: nil when it is, else why not
+    /// ("0000:01:00.0 was removed"). Set before ``start()``; without it, devices are not
+    /// looked at. An instance that ends while its device is gone is not restarted (phase
+    /// ``InstanceStatus/Phase/waitingForDevice``) until this says the device is back; such an
+    /// end counts neither as a failed start nor as a quick death, and the device's return
+    /// restarts the start limit's count.
+    public var deviceAvailability: (@Sendable () -> String?)?
 
     private let lock = ConditionLock()
     private var slots: [Slot]
@@ -396,11 +403,16 @@ public final class Supervisor: @unchecked Sendable {
               let run = lock.withLock({ slots[index].run }) else { return }
         let name = configuration.instanceName(index)
         forwardOutput(of: run)
-        let exit = Self.describe(exitStatus: run.process.exitStatusIfEnded() ?? ((try? run.process.wait()) ?? -1))
+        let exitStatus = run.process.exitStatusIfEnded() ?? ((try? run.process.wait()) ?? -1)
+        let exit = Self.describe(exitStatus: exitStatus)
         // Whatever else the instance started goes with it, before a replacement can start.
         run.group.signalAll(SIGKILL)
         let now = monotonicNanoseconds()
         let cause = run.stoppedBecause.map { "\($0) (\(exit))" } ?? exit
+        if let absence = deviceAbsence(afterExitStatus: exitStatus) {
+            waitForDevice(index, run: run, cause: cause, absence: absence, now: now)
+            return
+        }
         let (delay, refusal): (Double, String?) = lock.withLock {
             let delay = slots[index].policy.ended(startedAt: run.startedAt, at: now, served: run.served)
             let refusal = slots[index].policy.refusal(at: now + UInt64(delay * 1e9))
@@ -427,6 +439,46 @@ public final class Supervisor: @unchecked Sendable {
         }
         finishEndings(now: now)
         writeStatus()
+    }
+
+    /// The run of instance `index` ended while its device is gone: no restart until the device
+    /// is back (``restartDue(now:)`` checks), and the end does not count against the restart policy.
+    private func waitForDevice(_ index: Int, run: Run, cause: String, absence: String, now: UInt64) {
+        lock.withLock {
+            slots[index].run = nil
+            slots[index].ending = run
+            slots[index].endedAt = now
+            slots[index].endingReported = false
+            slots[index].status.lastCause = cause
+            slots[index].status.processID = nil
+            slots[index].status.phase = .waitingForDevice
+            slots[index].restartAt = now + Self.devicePollInterval
+            lock.broadcast()
+        }
+        report(configuration.instanceName(index), "ended (\(cause)) with its device gone (\(absence)); waiting for the device to return")
+        finishEndings(now: now)
+        writeStatus()
+    }
+
+    /// How often an instance waiting for its device looks again.
+    static let devicePollInterval: UInt64 = 200_000_000
+    /// How long an orderly end (exit status 0: a driver that released its removed device) may
+    /// precede the kernel's completing the removal.
+    static let removalSettleTime: UInt64 = 3_000_000_000
+
+    /// Why the device is gone, if it is, after an instance ended with `exitStatus`. A driver
+    /// answering a removal releases its device and exits 0 just before the kernel takes the
+    /// device off the bus (or unbinds it), so after such an end the device gets a moment to go.
+    private func deviceAbsence(afterExitStatus exitStatus: Int32) -> String? {
+        guard let deviceAvailability else { return nil }
+        if let absence = deviceAvailability() { return absence }
+        guard exitStatus == 0 else { return nil }
+        let deadline = monotonicNanoseconds() + Self.removalSettleTime
+        while monotonicNanoseconds() < deadline {
+            usleep(50_000)
+            if let absence = deviceAvailability() { return absence }
+        }
+        return nil
     }
 
     /// Kills the runs that have not served within the start timeout; their death then counts
@@ -476,6 +528,27 @@ public final class Supervisor: @unchecked Sendable {
         }
         for index in due {
             let name = configuration.instanceName(index)
+            if let absence = deviceAvailability?() {
+                let first = lock.withLock { () -> Bool in
+                    defer {
+                        slots[index].status.phase = .waitingForDevice
+                        slots[index].restartAt = now + Self.devicePollInterval
+                    }
+                    return slots[index].status.phase != .waitingForDevice
+                }
+                if first {
+                    report(name, "waiting for its device to return (\(absence))")
+                    writeStatus()
+                }
+                continue
+            }
+            if lock.withLock({ () -> Bool in
+                guard slots[index].status.phase == .waitingForDevice else { return false }
+                slots[index].policy.deviceReturned()
+                return true
+            }) {
+                report(name, "its device is back: starting it")
+            }
             if let refusal = lock.withLock({ slots[index].policy.refusal(at: now) }) {
                 lock.withLock {
                     slots[index].restartAt = nil

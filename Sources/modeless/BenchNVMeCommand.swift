@@ -73,6 +73,7 @@ struct BenchNVMe: ParsableCommand {
             }
         }
         while monotonicNanoseconds() < end {
+            if let failure = controller.failure, failure.isDeviceRemoval { try removed(failure, load) }
             if controller.completion == .poll {
                 try controller.pollCompletions { load.complete($0) }
             } else {
@@ -93,6 +94,16 @@ struct BenchNVMe: ParsableCommand {
         let failed = load.failed.load(ordering: .relaxed)
         if failed > 0 { throw NVMeController.Failure.badRequest("\(failed) reads failed") }
         return Double(counted) / elapsed
+    }
+
+    /// The controller was removed under the load: waits (briefly) for the reads in flight to
+    /// complete with the failure, says how many did, and throws it.
+    private func removed(_ failure: NVMeController.Failure, _ load: RandomReadLoad) throws -> Never {
+        load.running.store(false, ordering: .relaxed)
+        let deadline = monotonicNanoseconds() + 1_000_000_000
+        while load.inFlight.load(ordering: .acquiring) > 0 && monotonicNanoseconds() < deadline { usleep(1000) }
+        printLine("removed under load: \(load.completed.load(ordering: .relaxed)) reads completed, \(load.failed.load(ordering: .relaxed)) failed with the removal, \(load.inFlight.load(ordering: .relaxed)) still in flight")
+        throw failure
     }
 }
 

@@ -93,6 +93,9 @@ struct Unbind: ParsableCommand {
     @Flag(help: "Check and print what would be done, changing nothing.")
     var dryRun = false
 
+    @Flag(help: "If a Modeless driver holds the device through VFIO, ask it to release it (its remove routine fails its I/O and closes the device) and unbind once it has; without this, a held device is refused.")
+    var release = false
+
     func run() throws {
         let binder = PCIBinder()
         let store = persist ? OverrideStore.standard(configDirectory: selection.configDir) : nil
@@ -106,7 +109,7 @@ struct Unbind: ParsableCommand {
                     including: { $0.isBoundForUserMode || records[$0.address] != nil || overrides[$0.address] != nil },
                     noneIncluded: "on a user-mode driver" + (store == nil ? "" : " or with a persistent override"))
             } catch { throw BatchError(failure: error, outcomes: []) }
-            let outcomes = try binder.unbind(all: selectors, dryRun: dryRun, persist: store)
+            let outcomes = try binder.unbind(all: selectors, releasing: release, dryRun: dryRun, persist: store)
             return (outcomes, store.map { "persistent override removed from \($0.directory)" })
         }
     }

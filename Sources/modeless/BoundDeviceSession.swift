@@ -6,7 +6,8 @@ import ModelessRuntime
 /// What every `run` and `bench` command on a bound device does around its own work: resolve
 /// the device the person named, open it with the backend its driver calls for, start a runtime
 /// in `mode`, run `body`, and release everything. A bad name exits with its documented code;
-/// any other failure prints what went wrong and exits with 1.
+/// the device's removal (the driver's remove routine or datapath found it gone) ends with 0
+/// once the device is released; any other failure prints what went wrong and exits with 1.
 func withBoundDevice(_ text: String, mode: ExecutionMode, options: DeviceOpener.Options = .init(),
                      verifier: DriverVerifier? = nil, _ body: (PCIAddress, any DeviceAccess, any DriverRuntime) throws -> Void) throws {
     let address: PCIAddress
@@ -16,7 +17,11 @@ func withBoundDevice(_ text: String, mode: ExecutionMode, options: DeviceOpener.
         defer { access.close() }
         let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
         defer { runtime.shutdown() }
-        try body(address, access, runtime)
+        do {
+            try body(address, access, runtime)
+        } catch where reportRemoval(error) {
+            return
+        }
     } catch let exit as ExitCode {
         throw exit
     } catch {

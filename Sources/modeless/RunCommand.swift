@@ -111,6 +111,8 @@ struct RunEdu: ParsableCommand {
             guard report.alive, report.dmaMatches else { throw ExitCode(1) }
         } catch let exit as ExitCode {
             throw exit
+        } catch where reportRemoval(error) {
+            return
         } catch {
             printError("\(error)")
             throw ExitCode(1)

@@ -67,7 +67,7 @@ struct RunE1000: ParsableCommand {
             let mac = driver.macAddress.map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: ":")
             printLine("e1000 on \(access.backendName) \(pci), \(runtime.mode) mode, \(driver.interruptScheme.map { "\($0)" } ?? "poll"): MAC \(mac), answering on \(ip)")
             let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
-            while !driver.linkUp && monotonicNanoseconds() < deadline { usleep(10_000) }
+            while !driver.linkUp && driver.removal == nil && monotonicNanoseconds() < deadline { usleep(10_000) }
             printLine("link:       \(driver.linkUp ? "up" : "down")")
             var failed = false
             if let peerAddress {
@@ -75,7 +75,8 @@ struct RunE1000: ParsableCommand {
                 printLine("ping \(peer!): \(answered) of \(count) answered")
                 failed = answered != count
             }
-            while monotonicNanoseconds() < deadline { usleep(50_000) }
+            while driver.removal == nil && monotonicNanoseconds() < deadline { usleep(50_000) }
+            if let failure = driver.failure, failure.isDeviceRemoval { throw failure }
             let stats = driver.statistics
             printLine("answered:   \(responder.answeredARP) ARP requests, \(responder.answeredEchoes) echo requests")
             printLine("frames:     \(stats.framesReceived) received (\(stats.bytesReceived) bytes), \(stats.framesSent) sent (\(stats.bytesSent) bytes)")

@@ -189,7 +189,10 @@ struct ServeNVMe: ParsableCommand {
         try withBoundDevice(address!, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
+            // Removed: requests already fail with deviceRemoved; end serving and release the device.
+            controller.onRemoval { _ in kill(getpid(), SIGTERM) }
             try serveNamespaces(of: controller)
+            if let failure = controller.failure, failure.isDeviceRemoval { throw failure }
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import ModelessBus
 import ModelessSupervision
 import ModelessSystem
 
@@ -19,10 +20,13 @@ import ModelessSystem
 ///       "startTimeoutSeconds": 60,
 ///       "stopTimeoutSeconds": 5,
 ///       "cgroup": true,
-///       "environment": {}
+///       "environment": {},
+///       "device": "0000:00:06.0"
 ///     }
 ///
-/// Only `service` and `command` are required. A command starting with `modeless` runs this
+/// Only `service` and `command` are required. With `device`, an instance that ends while that
+/// PCI function is gone (unplugged, or not bound to a user-mode driver) is restarted only once
+/// it is back. A command starting with `modeless` runs this
 /// program.
 struct SupervisorConfigurationFile: Decodable {
     var service: String
@@ -38,10 +42,11 @@ struct SupervisorConfigurationFile: Decodable {
     var stopTimeoutSeconds: Double?
     var cgroup: Bool?
     var environment: [String: String]?
+    var device: String?
 
     private enum CodingKeys: String, CodingKey, CaseIterable {
         case service, instances, command, stateDirectory, restartDelaySeconds, restartMaxDelaySeconds, startAttempts
-        case startLimitBurst, startLimitIntervalSeconds, startTimeoutSeconds, stopTimeoutSeconds, cgroup, environment
+        case startLimitBurst, startLimitIntervalSeconds, startTimeoutSeconds, stopTimeoutSeconds, cgroup, environment, device
     }
 
     /// The keys of a configuration file, to name a misspelt one.
@@ -79,6 +84,16 @@ struct SupervisorConfigurationFile: Decodable {
         return configuration
     }
 
+    /// The `device` of the configuration file at `path`, if it names one: a PCI address.
+    static func device(in path: String) throws -> PCIAddress? {
+        guard let data = FileManager.default.contents(atPath: path),
+              let text = try? JSONDecoder().decode(SupervisorConfigurationFile.self, from: data).device else { return nil }
+        guard let address = PCIAddress(text) else {
+            throw ValidationError("\(path): device \"\(text)\" is not a PCI address (give one as 0000:00:06.0)")
+        }
+        return address
+    }
+
     private static func describe(_ error: any Error) -> String {
         switch error as? DecodingError {
         case .keyNotFound(let key, _): "the key \"\(key.stringValue)\" is missing"
@@ -106,11 +121,15 @@ struct Supervise: ParsableCommand {
         let configuration = try SupervisorConfigurationFile.load(config)
         let logger: Logger
         do { logger = try CommandLogging.logger("modeless.supervisor") } catch { throw ValidationError("\(error)") }
+        let device = try SupervisorConfigurationFile.device(in: config)
         TerminationSignals.block()
+        let presence = device.map { DevicePresence($0) }
+        defer { presence?.stop() }
         let supervisor: Supervisor
         do {
             // Every line with its time and level (see LogLineHandler); an instance's own output at info.
             supervisor = try Supervisor(configuration, logger: logger)
+            if let presence { supervisor.deviceAvailability = { presence.unavailability() } }
             supervisor.onOutput = { logger.info("\($1)", metadata: ["instance": "\($0)"]) }
             try supervisor.start()
         } catch {

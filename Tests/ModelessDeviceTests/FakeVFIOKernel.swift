@@ -19,6 +19,8 @@ final class FakeVFIOKernel: SystemCalls, @unchecked Sendable {
         var eventfds: Set<Int32> = []
         var failures: [String: Errno] = [:]
         var groupViable = true
+        /// Whether the device offers the request interrupt (VFIO_PCI_REQ_IRQ_INDEX), as vfio-pci does.
+        var requestInterruptOffered = true
         var config = [UInt8](repeating: 0, count: 256)
         var calls: [String] = []
         var lastErrno = Errno(rawValue: 0)
@@ -146,7 +148,8 @@ final class FakeVFIOKernel: SystemCalls, @unchecked Sendable {
         case modeless_VFIO_DEVICE_GET_IRQ_INFO:
             if failing("VFIO_DEVICE_GET_IRQ_INFO") { return -1 }
             let irq = argument.assumingMemoryBound(to: vfio_irq_info.self)
-            irq.pointee.count = irq.pointee.index <= 1 ? 1 : 0
+            let offersRequest = state.withLock { $0.requestInterruptOffered }
+            irq.pointee.count = irq.pointee.index <= 1 || (irq.pointee.index == 4 && offersRequest) ? 1 : 0  // INTx, MSI, request
             return 0
         case modeless_VFIO_DEVICE_SET_IRQS:
             if failing("VFIO_DEVICE_SET_IRQS") { return -1 }

@@ -155,8 +155,11 @@ func fired(_ vector: InterruptVector) -> Bool {
     @Test func failedInterruptSetupClosesItsEventfds() throws {
         let kernel = FakeVFIOKernel()
         let device = try openEdu(kernel)
+        let open = kernel.openEventfds  // The device request interrupt's, while the device is open.
         kernel.fail("VFIO_DEVICE_SET_IRQS", with: .invalidArgument)
         #expect(throws: DeviceError.self) { try device.enableInterrupts(.msi, count: 1) }
+        #expect(kernel.openEventfds == open)
+        device.close()
         #expect(kernel.openEventfds == 0)
     }
 

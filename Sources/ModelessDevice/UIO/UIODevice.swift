@@ -38,6 +38,10 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
     public let config: ConfigSpaceAccess
     /// The UIO node, `/dev/uioN`.
     public let node: String
+    /// UIO has no device request channel: this reports the kernel's unbind or removal events
+    /// after the fact, as a surprise removal (``UIORemovalFollower``); nil without event access.
+    public var removal: DeviceRemoval? { removalFollower?.removal }
+    private let removalFollower: UIORemovalFollower?
     let options: Options
     let system: any SystemCalls
     let uioFD: Int32
@@ -117,6 +121,7 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
         }
         self.descriptors = descriptors
         self.barMappings = mappings
+        removalFollower = UIORemovalFollower(address, system: system)
     }
 
     deinit { close() }
@@ -201,6 +206,7 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
         lifetime.end()
         for (base, size) in barMappings { _ = system.munmap(base, size) }
         for fd in descriptors.reversed() { _ = system.close(fd) }
+        removalFollower?.stop()
     }
 }
 

@@ -35,6 +35,10 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     public let config: ConfigSpaceAccess
     /// Whether VFIO offers a reset for this device (`VFIO_DEVICE_FLAGS_RESET`).
     public let supportsReset: Bool
+    /// The device request interrupt (`VFIO_PCI_REQ_IRQ_INDEX`), registered at open: the kernel
+    /// signals it when it wants the device back (an unbind, a hot-unplug) and waits until the
+    /// device is closed. `nil` only when the kernel offers no request interrupt.
+    public let removal: DeviceRemoval?
     let deviceFD: Int32
     let container: VFIOContainer
     let system: any SystemCalls
@@ -55,6 +59,8 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
 
     /// VFIO's fixed region and interrupt indexes for PCI devices (linux/vfio.h).
     static let configRegionIndex: UInt32 = 7
+    /// `VFIO_PCI_REQ_IRQ_INDEX`: the device request interrupt, one eventfd.
+    static let requestIRQIndex: UInt32 = 4
     static func irqIndex(_ kind: InterruptKind) -> UInt32 {
         switch kind {
         case .intx: 0
@@ -129,6 +135,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
                 counts[kind] = Int(irq.count)
             }
             vectorCounts = counts
+            removal = try Self.registerRequest(deviceFD, irqCount: info.num_irqs, address, system)
         } catch {
             lifetime.end()
             for (base, size) in mappings { _ = system.munmap(base, size) }
@@ -156,6 +163,31 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         return region
     }
 
+    /// Registers a new ``DeviceRemoval``'s eventfd as the device request interrupt, so that
+    /// the kernel's unbind or hot-unplug reaches the driver instead of blocking until the
+    /// process exits ("No device request channel registered"). `nil` when the kernel offers none.
+    private static func registerRequest(_ deviceFD: Int32, irqCount: UInt32, _ address: PCIAddress,
+                                        _ system: any SystemCalls) throws(DeviceError) -> DeviceRemoval? {
+        guard requestIRQIndex < irqCount else { return nil }
+        var irq = vfio_irq_info()
+        irq.argsz = UInt32(MemoryLayout<vfio_irq_info>.size)
+        irq.index = requestIRQIndex
+        do throws(SystemError) {
+            _ = try system.ioctl(deviceFD, modeless_VFIO_DEVICE_GET_IRQ_INFO, &irq, "VFIO_DEVICE_GET_IRQ_INFO", "\(address) request")
+            guard irq.count > 0 else { return nil }
+            let removal = try DeviceRemoval(system: system)
+            do throws(SystemError) {
+                try setIRQs(deviceFD, system: system, address: address, index: requestIRQIndex, "request interrupt",
+                            flags: UInt32(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER),
+                            start: 0, count: 1, fds: [removal.fd])
+            } catch {
+                removal.letGo()
+                throw error
+            }
+            return removal
+        } catch { throw DeviceError(error, address) }
+    }
+
     /// How many vectors of `kind` VFIO offers for this device.
     public func vectorCount(_ kind: InterruptKind) -> Int { vectorCounts[kind] ?? 0 }
 
@@ -181,6 +213,12 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         }
         guard wasOpen else { return }
         try? disableInterruptsUnchecked()
+        if removal != nil {
+            // The kernel stops signalling the eventfd; the eventfd closes once no watcher holds it.
+            try? setIRQs(index: Self.requestIRQIndex, "request interrupt",
+                         flags: UInt32(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER), start: 0, count: 0, fds: [])
+            removal?.letGo()
+        }
         let buffers = state.withLock { state in
             defer { state.buffers.removeAll() }
             return state.buffers

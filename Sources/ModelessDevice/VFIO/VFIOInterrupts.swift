@@ -65,17 +65,29 @@ extension VFIODevice {
 
     /// VFIO_DEVICE_SET_IRQS: `struct vfio_irq_set` followed by `fds` (its flexible `data` array).
     func setIRQs(_ kind: InterruptKind, flags: UInt32, start: UInt32, count: UInt32, fds: [Int32]) throws(SystemError) {
+        try setIRQs(index: Self.irqIndex(kind), "\(kind)", flags: flags, start: start, count: count, fds: fds)
+    }
+
+    /// VFIO_DEVICE_SET_IRQS on IRQ index `index` (`name` for errors).
+    func setIRQs(index: UInt32, _ name: String, flags: UInt32, start: UInt32, count: UInt32, fds: [Int32]) throws(SystemError) {
+        try Self.setIRQs(deviceFD, system: system, address: address, index: index, name, flags: flags,
+                         start: start, count: count, fds: fds)
+    }
+
+    /// VFIO_DEVICE_SET_IRQS on `deviceFD`: `struct vfio_irq_set` followed by `fds` (its flexible `data` array).
+    static func setIRQs(_ deviceFD: Int32, system: any SystemCalls, address: PCIAddress, index: UInt32, _ name: String,
+                        flags: UInt32, start: UInt32, count: UInt32, fds: [Int32]) throws(SystemError) {
         let header = MemoryLayout<vfio_irq_set>.size
         var bytes = [UInt8](repeating: 0, count: header + 4 * fds.count)
         let total = bytes.count
-        _ = try system.checked("VFIO_DEVICE_SET_IRQS", "\(address) \(kind)") {
+        _ = try system.checked("VFIO_DEVICE_SET_IRQS", "\(address) \(name)") {
             bytes.withUnsafeMutableBytes { raw in
                 raw.storeBytes(of: UInt32(total), toByteOffset: 0, as: UInt32.self)
                 raw.storeBytes(of: flags, toByteOffset: 4, as: UInt32.self)
-                raw.storeBytes(of: Self.irqIndex(kind), toByteOffset: 8, as: UInt32.self)
+                raw.storeBytes(of: index, toByteOffset: 8, as: UInt32.self)
                 raw.storeBytes(of: start, toByteOffset: 12, as: UInt32.self)
                 raw.storeBytes(of: count, toByteOffset: 16, as: UInt32.self)
-                for (index, fd) in fds.enumerated() { raw.storeBytes(of: fd, toByteOffset: header + 4 * index, as: Int32.self) }
+                for (position, fd) in fds.enumerated() { raw.storeBytes(of: fd, toByteOffset: header + 4 * position, as: Int32.self) }
                 return system.ioctl(deviceFD, modeless_VFIO_DEVICE_SET_IRQS, raw.baseAddress)
             }
         }

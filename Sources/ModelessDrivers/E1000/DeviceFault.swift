@@ -10,10 +10,30 @@ import Synchronization
 /// datapath is one atomic load.
 final class DeviceFault: @unchecked Sendable {
     private let raised = Atomic<Bool>(false)
+    private let removed = Atomic<Bool>(false)
     private let reason: SpinLock<String?>
+    /// Where a device found not answering is reported as a surprise removal, if the backend has one.
+    private let removal: DeviceRemoval?
 
-    init(runtime: any DriverRuntime, name: String) {
+    init(runtime: any DriverRuntime, name: String, removal: DeviceRemoval? = nil) {
         reason = runtime.makeSpinLock("\(name) fault", nil)
+        self.removal = removal
+    }
+
+    /// Whether the first report was the device's removal (``reportRemoval(_:)``).
+    var wasRemoved: Bool { isRaised && removed.load(ordering: .acquiring) }
+
+    /// Records that the device was removed (the remove routine), unless something was
+    /// reported before.
+    func reportRemoval(_ cause: RemovalCause) {
+        guard !isRaised else { return }
+        let first = reason.withLock { reason -> Bool in
+            guard reason == nil else { return false }
+            reason = cause.description
+            return true
+        }
+        if first { removed.store(true, ordering: .releasing) }
+        raised.store(true, ordering: .releasing)
     }
 
     /// Whether the device has been reported as not responding.
@@ -23,13 +43,17 @@ final class DeviceFault: @unchecked Sendable {
     /// The first report, if any.
     var description: String? { isRaised ? reason.withLock { $0 } : nil }
 
-    /// Records `what` unless something was reported before.
+    /// Records `what` unless something was reported before, and reports the device's surprise
+    /// removal, so that the driver's remove routine runs as for a requested removal.
     func report(_ what: String) {
         guard !isRaised else { return }
-        reason.withLock { reason in
-            if reason == nil { reason = what }
+        let first = reason.withLock { reason -> Bool in
+            guard reason == nil else { return false }
+            reason = what
+            return true
         }
         raised.store(true, ordering: .releasing)
+        if first { removal?.report(.surprise(what)) }
     }
 
     /// Records a failed DMA access.

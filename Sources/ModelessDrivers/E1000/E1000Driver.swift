@@ -19,12 +19,14 @@ import ModelessSystem
 /// - **Failure**: a NIC that stops answering (a register reads all-ones, the register region
 ///   counts a failed access) is reported once in ``failure``; every later call fails with it.
 public final class E1000Driver: @unchecked Sendable {
-    public enum Failure: Error, CustomStringConvertible, Equatable {
+    public enum Failure: Error, DeviceRemovalReporting, CustomStringConvertible, Equatable {
         case timedOut(String)
         case badFrame(String)
         case badConfiguration(String)
         /// The NIC stopped answering (or was never there): registers read all-ones.
         case notResponding(String)
+        /// The NIC was removed: the kernel asked for it back (an unbind, a hot-unplug).
+        case removed(String)
         /// No transmit descriptor is free and the caller cannot wait (an ISR, a DPC, a frame
         /// handler, or with interrupts disabled).
         case transmitRingFull
@@ -36,8 +38,17 @@ public final class E1000Driver: @unchecked Sendable {
             case .timedOut(let what): "timed out: \(what)"
             case .badFrame(let what), .badConfiguration(let what): what
             case .notResponding(let what): "device not responding: \(what)"
+            case .removed(let why): why
             case .transmitRingFull: "no transmit descriptor is free and the caller may not wait for one"
             case .stopped: "the e1000 driver was stopped"
+            }
+        }
+
+        /// Whether the failure says the NIC is gone (removed, or not answering).
+        public var isDeviceRemoval: Bool {
+            switch self {
+            case .notResponding, .removed: true
+            default: false
             }
         }
     }
@@ -119,6 +130,7 @@ public final class E1000Driver: @unchecked Sendable {
     struct Lifecycle {
         var attachments: [InterruptAttachment] = []
         var poller: SystemThread?
+        var removalWatch: RemovalWatch?
         var stopped = false
     }
 
@@ -157,7 +169,7 @@ public final class E1000Driver: @unchecked Sendable {
         progress = runtime.makeWaitEvent("e1000 progress")
         macAddress = try Self.probeAndReset(device, registers, variant, runtime: runtime, event: progress)
 
-        fault = DeviceFault(runtime: runtime, name: "e1000")
+        fault = DeviceFault(runtime: runtime, name: "e1000", removal: device.removal)
         receiveRing = DescriptorRing(memory: try device.allocateDMA(size: ringSize * DescriptorRing.descriptorSize),
                                      count: ringSize, fault: fault)
         transmitRing = DescriptorRing(memory: try device.allocateDMA(size: ringSize * DescriptorRing.descriptorSize),
@@ -169,18 +181,34 @@ public final class E1000Driver: @unchecked Sendable {
         lifecycle = runtime.makePassiveLock("e1000 lifecycle", Lifecycle())
         do {
             try start(mode)
+            let watch = try runtime.onRemoval(of: device, name: "e1000") { [weak self] cause in self?.remove(cause) }
+            lifecycle.withLock { $0.removalWatch = watch }
         } catch {
             stop()
             throw error
         }
     }
 
+    /// The remove routine, at passive level (the kernel's `.remove()`): the NIC is going away.
+    /// Every later call fails with ``Failure/removed(_:)`` (or ``Failure/notResponding(_:)``
+    /// when the driver found it not answering first), receive processing does nothing more,
+    /// and senders waiting for a descriptor wake; the owner then stops the driver and closes
+    /// the device, which lets the kernel finish the unbind or unplug.
+    public func remove(_ cause: RemovalCause) {
+        fault.reportRemoval(cause)
+        receive.withLock { $0.stopping = true }
+        progress.signal()
+    }
+
+    /// Why the NIC went away, once it did (removed, or found not answering).
+    public var removal: String? { fault.description }
+
     /// Fails with ``Failure/notResponding(_:)`` once the NIC has been seen not answering (or
     /// the register region counted a failed access).
     @inline(__always)
     func checkResponding() throws {
         noteRegionFaults()
-        if fault.isRaised { throw Failure.notResponding(fault.description ?? "") }
+        if fault.isRaised { throw fault.wasRemoved ? Failure.removed(fault.description ?? "") : Failure.notResponding(fault.description ?? "") }
     }
 
     /// Reports the register region's first failed access, if it counted any.
@@ -193,7 +221,7 @@ public final class E1000Driver: @unchecked Sendable {
     /// Why the driver stopped working, once the NIC stopped answering; nil while it works.
     public var failure: Failure? {
         noteRegionFaults()
-        return fault.description.map { Failure.notResponding($0) }
+        return fault.description.map { fault.wasRemoved ? Failure.removed($0) : Failure.notResponding($0) }
     }
 
     /// Whether the link is up (STATUS.LU). A STATUS reading all-ones is reported in ``failure``.
@@ -237,6 +265,8 @@ public final class E1000Driver: @unchecked Sendable {
         lifecycle.withLock { life in
             guard !life.stopped else { return }
             life.stopped = true
+            life.removalWatch?.cancel()
+            life.removalWatch = nil
             receive.withLock { $0.stopping = true }
             life.poller?.join()
             life.poller = nil

@@ -20,12 +20,15 @@ import ModelessSystem
 /// - **DPC**: moves them to ``Causes/completed`` under the spin lock and signals the event the
 ///   waiters sleep on.
 public final class EduDriver: @unchecked Sendable {
-    public enum Failure: Error, Equatable, CustomStringConvertible {
+    public enum Failure: Error, DeviceRemovalReporting, Equatable, CustomStringConvertible {
         case notEdu(identification: UInt32)
         case timedOut(String)
         case dataMismatch(firstDifference: Int)
         /// The device's registers read all ones: it was removed or stopped answering.
         case notResponding
+        /// The device was removed (``RemovalCause``): the kernel asked for it back, or it
+        /// stopped answering. Operations in flight fail with this, and so does every later one.
+        case removed(String)
         case device(String)
 
         public var description: String {
@@ -34,7 +37,16 @@ public final class EduDriver: @unchecked Sendable {
             case .timedOut(let what): "timed out waiting for \(what)"
             case .dataMismatch(let first): "DMA data differs from byte \(first) on"
             case .notResponding: "device not responding: its registers read all ones (removed, or reset under the driver)"
+            case .removed(let why): why
             case .device(let message): message
+            }
+        }
+
+        /// Whether the failure says the device is gone (removed, or not answering).
+        public var isDeviceRemoval: Bool {
+            switch self {
+            case .notResponding, .removed: true
+            default: false
             }
         }
     }
@@ -47,6 +59,8 @@ public final class EduDriver: @unchecked Sendable {
         var completed: EduInterruptCause = []
         /// Set once, by the ISR, when the device stopped answering.
         var notResponding = false
+        /// Set once, by the remove routine: why the device went away.
+        var removed: String?
     }
 
     /// How long start waits for work a previous driver left running (QEMU's DMA timer is 100 ms).
@@ -64,6 +78,7 @@ public final class EduDriver: @unchecked Sendable {
     private let causes: SpinLock<Causes>
     private let completion: WaitEvent
     private var attachment: InterruptAttachment?
+    private var removalWatch: RemovalWatch?
 
     /// Checks the device, brings it to a known state, then enables bus mastering and one
     /// interrupt vector of `interrupt` and attaches the ISR. Waits (for a previous driver's
@@ -97,11 +112,42 @@ public final class EduDriver: @unchecked Sendable {
                     }
                     handOn.queue()
                 })
+            removalWatch = try runtime.onRemoval(of: device, name: "edu") { [weak self] cause in self?.remove(cause) }
         } catch {
+            if let attachment { runtime.detachInterrupt(attachment) }
             try? device.disableInterrupts()
             try? device.config.setBusMastering(false)
             throw error
         }
+    }
+
+    /// The remove routine, at passive level (the kernel's `.remove()`): the device is going
+    /// away. Waiters wake and fail with ``Failure/removed(_:)``, later operations fail with it
+    /// at once; the owner then stops the driver and closes the device, which lets the kernel
+    /// finish the unbind or unplug.
+    public func remove(_ cause: RemovalCause) {
+        causes.withLock { shared in
+            if shared.removed == nil { shared.removed = cause.description }
+        }
+        completion.signal()
+    }
+
+    /// Why the device was removed, once it was.
+    public var removal: String? { causes.withLock { $0.removed } }
+
+    /// Throws once the device is gone: ``Failure/notResponding`` if it was found not
+    /// answering, else ``Failure/removed(_:)`` if it was removed.
+    private func throwIfRemoved() throws(Failure) {
+        let (gone, removed) = causes.withLock { ($0.notResponding, $0.removed) }
+        if gone { throw .notResponding }
+        if let removed { throw .removed(removed) }
+    }
+
+    /// Records that the device stopped answering and reports it as a surprise removal, so that
+    /// the remove routine runs as for a requested one.
+    private func reportNotResponding() {
+        causes.withLock { $0.notResponding = true }
+        device.removal?.report(.surprise("edu's registers read all ones"))
     }
 
     /// Waits until the device computes nothing and transfers nothing, then acknowledges every
@@ -144,17 +190,23 @@ public final class EduDriver: @unchecked Sendable {
     /// as ``Failure/notResponding`` rather than as a timeout.
     private func wait(for cause: EduInterruptCause, _ what: @autoclosure () -> String) throws {
         var gone = false
+        var removed: String?
         let arrived = completion.wait(timeout: operationTimeout) {
             causes.withLock { shared in
                 if shared.notResponding { gone = true; return true }
+                if let why = shared.removed { removed = why; return true }
                 guard shared.completed.isSuperset(of: cause) else { return false }
                 shared.completed.subtract(cause)
                 return true
             }
         }
-        if gone { throw Failure.notResponding }
+        if gone {
+            reportNotResponding()
+            throw Failure.notResponding
+        }
+        if let removed { throw Failure.removed(removed) }
         if !arrived && registers.load(EduRegister.identification) == .max {
-            causes.withLock { $0.notResponding = true }
+            reportNotResponding()
             throw Failure.notResponding
         }
         guard arrived else { throw Failure.timedOut(what()) }
@@ -174,6 +226,7 @@ public final class EduDriver: @unchecked Sendable {
     /// n! computed by the device (modulo 2^32), completion signalled by interrupt.
     public func factorial(_ n: UInt32) throws -> UInt32 {
         try runtime.mightSleep("the factorial of \(n)")
+        try throwIfRemoved()
         registers.store(EduStatus.raiseInterruptOnFactorial.rawValue, to: EduRegister.status)
         registers.store(n, to: EduRegister.factorial)
         try wait(for: .factorialDone, "the factorial of \(n)")
@@ -183,6 +236,7 @@ public final class EduDriver: @unchecked Sendable {
     /// Raises an interrupt with `cause` through the device's raise register and waits for it.
     public func raiseInterrupt(_ cause: UInt32 = 0x1000) throws {
         try runtime.mightSleep("interrupt 0x\(String(cause, radix: 16))")
+        try throwIfRemoved()
         registers.store(cause, to: EduRegister.raiseInterrupt)
         try wait(for: EduInterruptCause(rawValue: cause), "interrupt 0x\(String(cause, radix: 16))")
     }
@@ -190,6 +244,7 @@ public final class EduDriver: @unchecked Sendable {
     /// Copies `data` (at most 4 KiB) RAM → device → RAM by DMA and returns what came back.
     public func dmaRoundTrip(_ data: [UInt8]) throws -> [UInt8] {
         try runtime.mightSleep("a DMA round trip")
+        try throwIfRemoved()
         let source = try device.allocateDMA(size: data.count)
         defer { source.free() }
         let destination = try device.allocateDMA(size: data.count)
@@ -214,8 +269,10 @@ public final class EduDriver: @unchecked Sendable {
         (attachment?.isrCalls ?? 0, attachment?.interrupts ?? 0)
     }
 
-    /// Detaches the ISR, then disables the device's interrupts and bus mastering.
+    /// Ends the removal watch, detaches the ISR, then disables the device's interrupts and bus
+    /// mastering. Legal from the remove routine.
     public func stop() {
+        removalWatch?.cancel()
         if let attachment { runtime.detachInterrupt(attachment) }
         attachment = nil
         try? device.disableInterrupts()

@@ -29,7 +29,18 @@ public final class NVMeBlockProvider: Sendable {
         LogicalDeviceHandlers(request: { context in try self.handle(context.block) })
     }
 
+    /// A request the controller failed because it was removed (or stopped answering) fails
+    /// with ``LogicalDeviceError/Kind/deviceRemoved``, so that consumers can tell a device
+    /// that went away from a request that failed.
     private func handle(_ block: ParameterBlock) throws {
+        do {
+            try serve(block)
+        } catch let failure as NVMeController.Failure where failure.isDeviceRemoval {
+            throw LogicalDeviceError(.deviceRemoved, "\(failure); the device is released, and the service resumes once it is back")
+        }
+    }
+
+    private func serve(_ block: ParameterBlock) throws {
         switch block.requestType {
         case .read:
             let range = try BlockRequest.range(of: block, blockSize: blockSize, totalBlocks: blockCount)

@@ -100,6 +100,10 @@ public final class NVMeController: @unchecked Sendable {
     /// Hand tagged and closure completions over, outside the ISR: one DPC per I/O queue.
     private(set) var handOvers: [DeferredProcedureCall] = []
     private var attachments: [InterruptAttachment] = []
+    private var removalWatch: RemovalWatch?
+    /// Called by the remove routine after the controller failed everything (the device's owner
+    /// ending a service, say).
+    private let removalObserver: SpinLock<(@Sendable (RemovalCause) -> Void)?>
     /// The handler tagged I/O completes to, registered once.
     let taggedHandler: SpinLock<(@Sendable (NVMeIOCompletion) -> Void)?>
     /// The bounce buffer and its PRP list page, one synchronous request at a time.
@@ -162,12 +166,30 @@ public final class NVMeController: @unchecked Sendable {
         completed = runtime.makeWaitEvent("nvme completion")
         taggedHandler = runtime.makeSpinLock("nvme tagged handler", nil)
         failureState = runtime.makeSpinLock("nvme failure", nil)
+        removalObserver = runtime.makeSpinLock("nvme removal observer", nil)
         do {
             try start()
+            removalWatch = try runtime.onRemoval(of: device, name: "nvme") { [weak self] cause in self?.remove(cause) }
         } catch {
             stop()
             throw error
         }
+    }
+
+    /// The remove routine, at passive level (the kernel's `.remove()`): the controller is going
+    /// away. Commands in flight fail with ``Failure/removed(_:)`` (synchronous waiters wake,
+    /// tagged and closure commands complete with it) and every later request fails with it at
+    /// once; the owner then stops the controller and closes the device, which lets the kernel
+    /// finish the unbind or unplug. A controller found lost first keeps that failure.
+    public func remove(_ cause: RemovalCause) {
+        lose(.removed(cause.description))
+        removalObserver.withLock { $0 }?(cause)
+    }
+
+    /// Calls `observe` (at passive level) once the controller was removed, after the remove
+    /// routine failed what was in flight: how the device's owner learns to end its service.
+    public func onRemoval(_ observe: @escaping @Sendable (RemovalCause) -> Void) {
+        removalObserver.withLock { $0 = observe }
     }
 
     // MARK: Probe and reset
@@ -337,6 +359,7 @@ public final class NVMeController: @unchecked Sendable {
     /// Fails what is in flight with ``Failure/stopped``, detaches the ISRs, disables the
     /// controller and frees the queues. Later calls fail with ``Failure/stopped``.
     public func stop() {
+        removalWatch?.cancel()
         lose(.stopped)
         for attachment in attachments { runtime.detachInterrupt(attachment) }
         attachments.removeAll()

@@ -2,7 +2,7 @@ import ModelessDevice
 
 extension NVMeController {
     /// Why a request, or the controller, failed.
-    public enum Failure: Error, Equatable, CustomStringConvertible {
+    public enum Failure: Error, DeviceRemovalReporting, Equatable, CustomStringConvertible {
         /// The probe found no answer at BAR 0 (CAP reads all-ones or the region cannot be reached).
         case notResponding(String)
         /// Something answers, but not as an NVMe controller (CAP and VS say what).
@@ -13,6 +13,9 @@ extension NVMeController {
         /// The controller stopped answering (CSTS reads all-ones, or its registers cannot be
         /// reached); every later request fails with this, and so did those in flight.
         case deviceLost(String)
+        /// The controller was removed: the kernel asked for it back (an unbind, a hot-unplug).
+        /// Commands in flight failed with this, and every later request fails with it.
+        case removed(String)
         /// ``NVMeController/stop()`` was called.
         case stopped
         case commandFailed(String, statusType: UInt8, statusCode: UInt8)
@@ -25,9 +28,18 @@ extension NVMeController {
             case .timedOut(let what): "timed out: \(what)"
             case .controllerFatal: "the controller reported a fatal status (CSTS.CFS); it must be restarted"
             case .deviceLost(let why): "the NVMe controller stopped answering (\(why)); restart the driver once it is back"
+            case .removed(let why): why
             case .stopped: "the NVMe controller was stopped"
             case .commandFailed(let what, let type, let code): "\(what) failed: status type \(type), code 0x\(String(code, radix: 16))"
             case .badRequest(let what): what
+            }
+        }
+
+        /// Whether the failure says the controller is gone (removed, or not answering).
+        public var isDeviceRemoval: Bool {
+            switch self {
+            case .deviceLost, .removed, .notResponding: true
+            default: false
             }
         }
     }
@@ -54,6 +66,8 @@ extension NVMeController {
         guard first else { return }
         isLost.store(true, ordering: .releasing)
         failInFlight()
+        // Found gone on the datapath: a surprise removal, handled as a requested one.
+        if case .deviceLost(let why) = failure { device.removal?.report(.surprise(why)) }
     }
 
     /// Fails the commands in flight on both queues (after ``lose(_:)``; again after a
