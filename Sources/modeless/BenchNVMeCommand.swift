@@ -118,7 +118,7 @@ final class RandomReadLoad: @unchecked Sendable {
     let running = Atomic<Bool>(true)
     /// Each read's latency, from its submission to its completion handler (the 65,536 tags
     /// an NVMe queue can have at most).
-    let latency = LatencyHistogram(tags: 65536)
+    let latency = TaggedLatencyHistogram(tags: 65536)
     let completed = Atomic<Int>(0)
     let failed = Atomic<Int>(0)
     let inFlight = Atomic<Int>(0)

@@ -89,14 +89,14 @@ extension NVMeController {
             }
             prp2 = base + UInt64(list)
         }
-        try submit(.transfer(direction == .read ? .read : .write, namespace: namespace.identifier, lba: lba, blocks: blocks,
-                             prp1: base, prp2: prp2), to: io, as: .tagged, tag: tag)
+        try withIOQueue(submissionQueueIndex()) { try submit(.transfer(direction == .read ? .read : .write, namespace: namespace.identifier, lba: lba, blocks: blocks,
+                             prp1: base, prp2: prp2), to: $0, as: .tagged, tag: tag) }
     }
 
     /// Starts a Flush of `namespace` (the first active one when nil).
     public func submitFlush(tag: UInt64, namespace identifier: UInt32? = nil) throws {
         let namespace = try namespace(identifier)
-        try submit(NVMeCommand(.flush, namespace: namespace.identifier), to: io, as: .tagged, tag: tag)
+        try withIOQueue(submissionQueueIndex()) { try submit(NVMeCommand(.flush, namespace: namespace.identifier), to: $0, as: .tagged, tag: tag) }
     }
 
     /// Starts a Write Zeroes of `blocks` blocks (at most 65,536) at `lba` of `namespace`.
@@ -110,7 +110,7 @@ extension NVMeController {
         command.dword10 = UInt32(truncatingIfNeeded: lba)
         command.dword11 = UInt32(truncatingIfNeeded: lba >> 32)
         command.dword12 = UInt32(blocks - 1)
-        try submit(command, to: io, as: .tagged, tag: tag)
+        try withIOQueue(submissionQueueIndex()) { try submit(command, to: $0, as: .tagged, tag: tag) }
     }
 
     /// Starts a Dataset Management with the Deallocate attribute for one range, `blocks`
@@ -132,7 +132,7 @@ extension NVMeController {
         command.prp1 = chunk.deviceAddress
         command.dword10 = 0                    // NR: one range (0-based)
         command.dword11 = Self.deallocateAttribute
-        try submit(command, to: io, as: .tagged, tag: tag)
+        try withIOQueue(submissionQueueIndex()) { try submit(command, to: $0, as: .tagged, tag: tag) }
     }
 
     /// The most blocks a Write Zeroes covers (NLB is 16 bits, 0-based).

@@ -5,7 +5,7 @@ import CModelessShim
 /// on the measured path: SPDK perf's and fio's way. Any thread may record; counts are atomic.
 /// Also keeps the start time of each tag in flight, so a completion handler can record the
 /// latency of the command it completes.
-final class LatencyHistogram: @unchecked Sendable {
+final class TaggedLatencyHistogram: @unchecked Sendable {
     /// Buckets: 16 for 0–15 ns, then 16 per power of two up to 2^63.
     private static let bucketCount = 16 * 61
     private let counts = UnsafeMutablePointer<UInt32>.allocate(capacity: bucketCount)
