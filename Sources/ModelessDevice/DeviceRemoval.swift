@@ -11,6 +11,7 @@ public enum RemovalCause: Sendable, Equatable, CustomStringConvertible {
     /// pulled out, powered off or fell off the bus. `why` says what the driver saw.
     case surprise(String)
 
+    /// "device removed: …" and the cause, as drivers and commands report it.
     public var description: String {
         switch self {
         case .requested: "device removed: the kernel asked for it back (unbind or hot-unplug)"
@@ -21,7 +22,7 @@ public enum RemovalCause: Sendable, Equatable, CustomStringConvertible {
 
 /// A device's removal channel: where the kernel's request to release the device arrives, and
 /// where a driver that found the device gone reports it, so that both reach the driver's
-/// remove routine the same way (``DriverRuntime/onRemoval``, in ModelessRuntime).
+/// remove routine the same way (`DriverRuntime.onRemoval(of:name:)`, in ModelessRuntime).
 ///
 /// It is an eventfd, closed when the last holder (the open device, a watcher) lets go of it
 /// (``letGo()``), so that nobody reads or writes a descriptor number that was reused. VFIO registers it as the device request interrupt when the device is

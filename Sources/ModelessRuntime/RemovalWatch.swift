@@ -8,7 +8,7 @@ import Glibc
 
 /// A driver's remove routine, waiting for its device's removal: the kernel's request to
 /// release the device (VFIO's device request interrupt: an unbind, a hot-unplug) or the
-/// driver's own report that the device stopped answering (``DeviceRemoval/report(_:)``).
+/// driver's own report that the device stopped answering (`DeviceRemoval.report(_:)`).
 ///
 /// The routine runs once, at passive level, on the watch's own thread, as the kernel calls a
 /// PCI driver's `.remove()`: it may wait and sleep; it stops I/O, fails what is outstanding
@@ -83,7 +83,7 @@ private final class WatcherThread: Sendable {
 extension DriverRuntime {
     /// Calls `remove` once, at passive level, when `device` is removed: the kernel asks for it
     /// back (an unbind or a hot-unplug, through VFIO's device request interrupt) or the driver
-    /// reports it gone (``DeviceRemoval/report(_:)``, on finding all-ones). `nil` when the
+    /// reports it gone (`DeviceRemoval.report(_:)`, on finding all-ones). `nil` when the
     /// backend has no removal channel (UIO: see docs/device-access.md); the driver then learns
     /// of a removal only from its own register reads.
     public func onRemoval(of device: any DeviceAccess, name: String,

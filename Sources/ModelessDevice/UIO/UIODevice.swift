@@ -39,7 +39,7 @@ public final class UIODevice: DeviceAccess, @unchecked Sendable {
     /// The UIO node, `/dev/uioN`.
     public let node: String
     /// UIO has no device request channel: this reports the kernel's unbind or removal events
-    /// after the fact, as a surprise removal (``UIORemovalFollower``); nil without event access.
+    /// after the fact, as a surprise removal (`UIORemovalFollower`); nil without event access.
     public var removal: DeviceRemoval? { removalFollower?.removal }
     private let removalFollower: UIORemovalFollower?
     let options: Options
