@@ -62,11 +62,7 @@ extension PCIBinder {
                 checked.append(DeviceOutcome(name: target.name, state: .refused(error)))
             }
         }
-        if firstFailure == nil, let persist {
-            do throws(BusError) { try persist.checkWritable() } catch { firstFailure = error }
-        }
-        if let firstFailure { throw BatchError(failure: firstFailure, outcomes: unchangedUnlessRefused(checked)) }
-        if dryRun { return checked }
+        if try endOfChecks(checked, firstFailure: firstFailure, persist: persist, dryRun: dryRun) { return checked }
 
         var done: [DeviceOutcome] = []
         for target in targets {
@@ -127,11 +123,7 @@ extension PCIBinder {
                 checked.append(DeviceOutcome(name: target.name, state: .refused(error)))
             }
         }
-        if firstFailure == nil, let persist {
-            do throws(BusError) { try persist.checkWritable() } catch { firstFailure = error }
-        }
-        if let firstFailure { throw BatchError(failure: firstFailure, outcomes: unchangedUnlessRefused(checked)) }
-        if dryRun { return checked }
+        if try endOfChecks(checked, firstFailure: firstFailure, persist: persist, dryRun: dryRun) { return checked }
 
         var done: [DeviceOutcome] = []
         for target in targets {
@@ -195,6 +187,19 @@ extension PCIBinder {
         }
         if let firstFailure { throw BatchError(failure: firstFailure, outcomes: outcomes) }
         return targets
+    }
+
+    /// After every function was checked: throws the first refusal (or an override directory
+    /// that cannot be written) with every function reported unchanged; true for a dry run,
+    /// which ends here with what was checked.
+    private func endOfChecks(_ checked: [DeviceOutcome], firstFailure: BusError?, persist: OverrideStore?,
+                             dryRun: Bool) throws(BatchError) -> Bool {
+        var failure = firstFailure
+        if failure == nil, let persist {
+            do throws(BusError) { try persist.checkWritable() } catch { failure = error }
+        }
+        if let failure { throw BatchError(failure: failure, outcomes: unchangedUnlessRefused(checked)) }
+        return dryRun
     }
 
     private func unchangedUnlessRefused(_ outcomes: [DeviceOutcome]) -> [DeviceOutcome] {

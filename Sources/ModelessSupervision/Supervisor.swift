@@ -111,6 +111,17 @@ public final class Supervisor: @unchecked Sendable {
         var controlGroup: ControlGroup?
         /// Set when starting the instance in its cgroup failed: its runs use the process group alone.
         var cgroupUnusable = false
+
+        /// `run` ended for `cause` at `now`: it becomes the ending run, whose leftovers are stopped
+        /// before anything else starts.
+        mutating func ended(_ run: Run, cause: String, at now: UInt64) {
+            self.run = nil
+            ending = run
+            endedAt = now
+            endingReported = false
+            status.lastCause = cause
+            status.processID = nil
+        }
     }
 
     /// Checks the configuration, prepares the state directory (mode 0700) and takes the
@@ -416,12 +427,7 @@ public final class Supervisor: @unchecked Sendable {
         let (delay, refusal): (Double, String?) = lock.withLock {
             let delay = slots[index].policy.ended(startedAt: run.startedAt, at: now, served: run.served)
             let refusal = slots[index].policy.refusal(at: now + UInt64(delay * 1e9))
-            slots[index].run = nil
-            slots[index].ending = run
-            slots[index].endedAt = now
-            slots[index].endingReported = false
-            slots[index].status.lastCause = cause
-            slots[index].status.processID = nil
+            slots[index].ended(run, cause: cause, at: now)
             if let refusal {
                 slots[index].status.phase = .failed
                 slots[index].status.failure = refusal
@@ -445,12 +451,7 @@ public final class Supervisor: @unchecked Sendable {
     /// is back (``restartDue(now:)`` checks), and the end does not count against the restart policy.
     private func waitForDevice(_ index: Int, run: Run, cause: String, absence: String, now: UInt64) {
         lock.withLock {
-            slots[index].run = nil
-            slots[index].ending = run
-            slots[index].endedAt = now
-            slots[index].endingReported = false
-            slots[index].status.lastCause = cause
-            slots[index].status.processID = nil
+            slots[index].ended(run, cause: cause, at: now)
             slots[index].status.phase = .waitingForDevice
             slots[index].restartAt = now + Self.devicePollInterval
             lock.broadcast()

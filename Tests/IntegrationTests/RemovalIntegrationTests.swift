@@ -35,8 +35,14 @@ extension VM {
         func startLoad(_ address: PCIAddress) throws -> ChildProcess {
             let load = try ChildProcess(try ProgramRunner.builtProgram("modeless"),
                                         ["bench", "nvme", address.description, "--seconds", "300", "--depths", "4"])
-            let header = load.readLine(timeout: 120) ?? ""
-            try #require(header.hasPrefix("| path |"), "the load did not start: \(header)")
+            // Before the table: the debug build's warning and the queue line.
+            var seen: [String] = []
+            var started = false
+            while let line = load.readLine(timeout: 120) {
+                if line.hasPrefix("| path |") { started = true; break }
+                seen.append(line)
+            }
+            try #require(started, "the load did not start: \(seen.joined(separator: "\n"))")
             usleep(1_000_000)  // Reads in flight.
             return load
         }
