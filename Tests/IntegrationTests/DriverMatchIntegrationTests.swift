@@ -66,10 +66,13 @@ extension VM {
         }
 
         /// `modeless run ADDR` names the driver it picked before that driver runs; edu runs its
-        /// whole self-test, e1000 answers for a second, NVMe only identifies (no media write).
-        @Test(arguments: [("edu", [String]()), ("e1000", ["--ip", "169.254.7.1", "--seconds", "1"]), ("nvme", ["--verify-mib", "0"])])
-        func runWithoutADriverNamePicksIt(_ owner: String, _ arguments: [String]) throws {
-            let sample = try #require(try Self.samples().first { $0.owner == owner })
+        /// whole self-test, e1000 (on the 82540EM and on the 82574L) answers for a second, NVMe
+        /// only identifies (no media write).
+        @Test(arguments: [("edu", "1234:11e8", [String]()), ("e1000", "8086:100e", ["--ip", "169.254.7.1", "--seconds", "1"]),
+                          ("e1000", "8086:10d3", ["--ip", "169.254.7.1", "--seconds", "1"]), ("nvme", "1b36:0010", ["--verify-mib", "0"])])
+        func runWithoutADriverNamePicksIt(_ owner: String, _ ids: String, _ arguments: [String]) throws {
+            let parts = ids.split(separator: ":").compactMap { UInt16($0, radix: 16) }
+            let sample = (owner: owner, address: try TestBench.address(vendor: parts[0], device: parts[1]), ids: ids)
             let binder = PCIBinder()
             _ = try binder.bind(.address(sample.address), to: .vfioPCI, force: true)
             defer { _ = try? binder.unbind(.address(sample.address)) }
