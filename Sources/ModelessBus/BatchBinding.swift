@@ -102,22 +102,15 @@ extension PCIBinder {
         var overrideOnly: Set<PCIAddress> = []
         for target in targets {
             do throws(BusError) {
-                let report = try unbind(.address(target.device.address), releasing: releasing, dryRun: true)
-                checked.append(DeviceOutcome(name: target.name, state: .done(report)))
-            } catch where error.kind == .notBound && persist != nil {
                 do throws(BusError) {
-                    if try persist?.override(for: target.device.address) != nil {
-                        overrideOnly.insert(target.device.address)
-                        checked.append(DeviceOutcome(name: target.name, state: .overrideRemoved(target.device.address)))
-                        continue
-                    }
-                } catch {
-                    firstFailure = firstFailure ?? error
-                    checked.append(DeviceOutcome(name: target.name, state: .refused(error)))
-                    continue
+                    let report = try unbind(.address(target.device.address), releasing: releasing, dryRun: true)
+                    checked.append(DeviceOutcome(name: target.name, state: .done(report)))
+                } catch where error.kind == .notBound && persist != nil {
+                    // Not on a user-mode driver: with an override, only the override goes.
+                    guard try persist?.override(for: target.device.address) != nil else { throw error }
+                    overrideOnly.insert(target.device.address)
+                    checked.append(DeviceOutcome(name: target.name, state: .overrideRemoved(target.device.address)))
                 }
-                firstFailure = firstFailure ?? error
-                checked.append(DeviceOutcome(name: target.name, state: .refused(error)))
             } catch {
                 firstFailure = firstFailure ?? error
                 checked.append(DeviceOutcome(name: target.name, state: .refused(error)))
