@@ -13,7 +13,9 @@
 //   4. Supervision - ModelessSupervision (instances as fault domains: supervisor, saved state, failover)
 //   4. Kernel interfaces - ModelessUblk (logical block devices served to the kernel through ublk)
 //   5. Drivers  - ModelessDrivers (edu sample driver)
-//   6. Tools    - the `modeless` command line
+//   6. Services - ModelessServices (provider hosting and workloads: `run`, `serve`, `export`)
+//   6. Command line - ModelessCommandLine (exit codes, printing and option groups both executables share)
+//   7. Tools    - the `modeless` command line and `modeless-bench`, the benchmarks it forwards to
 import PackageDescription
 
 // Linux only: VFIO, UIO, eventfd, futex and sysfs have no equivalent elsewhere. Swift 6.2 or later
@@ -32,6 +34,7 @@ let package = Package(
         .library(name: "ModelessUblk", targets: ["ModelessUblk"]),
         .library(name: "ModelessDrivers", targets: ["ModelessDrivers"]),
         .executable(name: "modeless", targets: ["modeless"]),
+        .executable(name: "modeless-bench", targets: ["modeless-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -122,10 +125,28 @@ let package = Package(
         ),
         // Latency histograms and their pictures, for the benchmarks (no system calls).
         .target(name: "ModelessMeasurement"),
-        // Layer 6: Tools.
-        .executableTarget(
-            name: "modeless",
+        // Layer 6: what both executables share. The command line's conventions: exit codes,
+        // printing, option groups, a bound device's session, benchmark reports.
+        .target(
+            name: "ModelessCommandLine",
             dependencies: [
+                "ModelessSystem",
+                "ModelessBus",
+                "ModelessDevice",
+                "ModelessRuntime",
+                "ModelessDrivers",
+                "ModelessLogical",
+                "ModelessMeasurement",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Services: drivers and providers hosted in a process (`run`, `serve`, `export`) and the
+        // workloads the benchmarks reuse.
+        .target(
+            name: "ModelessServices",
+            dependencies: [
+                "ModelessCommandLine",
+                "CModelessShim",
                 "ModelessSystem",
                 "ModelessBus",
                 "ModelessDevice",
@@ -138,6 +159,39 @@ let package = Package(
                 "ModelessMeasurement",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Layer 7: Tools. The command line: argument parsing and printing.
+        .executableTarget(
+            name: "modeless",
+            dependencies: [
+                "ModelessCommandLine",
+                "ModelessServices",
+                "ModelessSystem",
+                "ModelessBus",
+                "ModelessLogical",
+                "ModelessSupervision",
+                "ModelessDrivers",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The benchmarks (`modeless bench …` runs this program installed beside `modeless`).
+        .executableTarget(
+            name: "modeless-bench",
+            dependencies: [
+                "ModelessCommandLine",
+                "ModelessServices",
+                "ModelessSystem",
+                "ModelessBus",
+                "ModelessDevice",
+                "ModelessModels",
+                "ModelessRuntime",
+                "ModelessDrivers",
+                "ModelessLogical",
+                "ModelessSupervision",
+                "ModelessMeasurement",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Tests.
@@ -163,7 +217,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ModelessSupervisionTests",
-            dependencies: ["ModelessSupervision", "ModelessLogical", "ModelessSystem", "modeless", .product(name: "InMemoryLogging", package: "swift-log")]
+            dependencies: ["ModelessSupervision", "ModelessLogical", "ModelessSystem", "modeless", "modeless-bench", .product(name: "InMemoryLogging", package: "swift-log")]
         ),
         .testTarget(
             name: "ModelessDriverTests",
@@ -175,7 +229,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ModelessCLITests",
-            dependencies: ["modeless", "ModelessSystem"]
+            dependencies: ["modeless", "modeless-bench", "ModelessSystem"]
         ),
         .testTarget(
             name: "ModelessMeasurementTests",
@@ -187,7 +241,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["modeless", "ModelessBus", "ModelessDevice", "ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessLogical", "ModelessSupervision", "ModelessUblk"]
+            dependencies: ["modeless", "modeless-bench", "ModelessBus", "ModelessDevice", "ModelessRuntime", "ModelessModels", "ModelessDrivers", "ModelessLogical", "ModelessSupervision", "ModelessUblk"]
         ),
     ]
 )

@@ -1,5 +1,7 @@
 import ArgumentParser
+import ModelessCommandLine
 import ModelessLogical
+import ModelessServices
 import ModelessSystem
 
 #if canImport(Glibc)

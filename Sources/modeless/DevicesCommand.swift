@@ -1,4 +1,5 @@
 import ArgumentParser
+import ModelessCommandLine
 import ModelessLogical
 
 struct Devices: ParsableCommand {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import ModelessBus
+import ModelessCommandLine
 import ModelessDrivers
 
 struct Drivers: ParsableCommand {

@@ -1,5 +1,7 @@
 import ArgumentParser
 import ModelessBus
+import ModelessCommandLine
+import ModelessServices
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -58,8 +60,3 @@ struct DeviceDescription {
     }
 }
 
-extension String {
-    func leftPadded(to width: Int) -> String {
-        String(repeating: "0", count: max(0, width - count)) + self
-    }
-}

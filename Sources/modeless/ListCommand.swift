@@ -1,7 +1,9 @@
 import ArgumentParser
 import FoundationEssentials
 import ModelessBus
+import ModelessCommandLine
 import ModelessDrivers
+import ModelessServices
 
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,4 +1,6 @@
 import ArgumentParser
+import ModelessCommandLine
+import ModelessServices
 import ModelessSystem
 
 @main
@@ -10,7 +12,7 @@ struct Modeless: ParsableCommand {
             Exit codes: \(ExitStatus.table)
             """,
         version: ModelessVersion.current,
-        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Export.self, Supervise.self, Status.self]
+        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Serve.self, Devices.self, Consume.self, Export.self, Supervise.self, Status.self]
             + [Drivers.self, Overrides.self]
     )
 
@@ -19,7 +21,6 @@ struct Modeless: ParsableCommand {
     static func main() {
         do {
             var command = try parseAsRoot()
-            if command is any BenchmarkCommand { BuildConfiguration.warnIfDebug() }
             if let driverCommand = command as? any DriverCommand { try driverCommand.refuseUnsupportedDevice() }
             try command.run()
         } catch {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import ModelessBus
+import ModelessCommandLine
 
 struct Overrides: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ModelessCommandLine
 import ModelessSupervision
 
 #if canImport(Glibc)

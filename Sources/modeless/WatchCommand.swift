@@ -1,5 +1,6 @@
 import ArgumentParser
 import ModelessBus
+import ModelessCommandLine
 
 extension UdevMonitor.Source: ExpressibleByArgument {}
 

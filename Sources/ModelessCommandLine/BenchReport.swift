@@ -1,0 +1,75 @@
+import ArgumentParser
+import FoundationEssentials
+import ModelessMeasurement
+import ModelessSystem
+
+/// How this program was compiled, for benchmark reports.
+package enum BuildConfiguration {
+    #if DEBUG
+    package static let name = "debug"
+    #else
+    package static let name = "release"
+    #endif
+
+    /// The warning a benchmark prints first in a debug build (nil in a release build).
+    package static var debugWarning: String? {
+        guard name == "debug" else { return nil }
+        return """
+            WARNING: this modeless is a DEBUG build (unoptimized, with assertions): its benchmark \
+            numbers are slower than and not comparable with a release build's. \
+            Build with `swift build -c release` and run .build/release/modeless bench …
+            """
+    }
+
+    /// Prints ``debugWarning`` on standard error between two rules of `!` (in bold red on a terminal).
+    package static func warnIfDebug() {
+        guard let warning = debugWarning else { return }
+        let (bold, plain) = isatty(2) == 1 ? ("\u{1B}[1;31m", "\u{1B}[0m") : ("", "")
+        let rule = String(repeating: "!", count: 78)
+        var text = "\n\(rule)\n\(bold)\(warning)\(plain)\n\(rule)\n\n"
+        text.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
+    }
+}
+
+/// Where a benchmark writes its progress: standard output, or standard error when standard
+/// output carries its JSON.
+package struct BenchProgress {
+    var toStandardError: Bool
+
+    package init(toStandardError: Bool) { self.toStandardError = toStandardError }
+
+    package func line(_ text: String) {
+        if toStandardError {
+            var text = text + "\n"
+            text.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
+        } else {
+            printLine(text)
+        }
+    }
+}
+
+/// Writes a latency histogram picture, refusing a FILE that could not be written before
+/// anything runs (``validate(_:option:)``).
+package enum HistogramPictureFile {
+    package static func validate(_ path: String, option: String = "--histogram-svg") throws {
+        try TraceJSONFile.validate(path, option: option)
+    }
+
+    package static func write(_ picture: LatencyHistogramPicture, to path: String) throws {
+        do { try FileAccess.replaceFile(path, with: Array(picture.svg.utf8), mode: 0o644) } catch {
+            printError("cannot write the histogram picture to \(path): \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Encodes a benchmark report as pretty JSON with sorted keys.
+package func benchJSON<T: Encodable>(_ value: T) throws -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    return String(decoding: try encoder.encode(value), as: UTF8.self)
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

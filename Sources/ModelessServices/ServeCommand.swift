@@ -1,0 +1,224 @@
+import ArgumentParser
+import ModelessCommandLine
+import ModelessDevice
+import ModelessDrivers
+import ModelessLogical
+import ModelessModels
+import ModelessRuntime
+import ModelessSupervision
+
+package struct Serve: ParsableCommand {
+    package static let configuration = CommandConfiguration(
+        abstract: "Provide a logical device from this process until SIGINT or SIGTERM.",
+        discussion: """
+            The process becomes container --container (default: the provider's own name); consumers \
+            anywhere open CONTAINER/DEVICE. `modeless devices` lists what is served.
+            """,
+        subcommands: [ServeMemoryDisk.self, ServePartition.self, ServeNVMe.self, ServeBlockGateway.self, ServeBenchPeer.self])
+
+    package init() {}
+}
+
+/// The options every `serve` command shares.
+struct ServeOptions: ParsableArguments {
+    @Option(help: "The container (process namespace) to serve from.")
+    var container: String?
+
+    @Option(help: "The device's name in the container (default: blk0, or the provider's own).")
+    var device: String?
+
+    @Flag(help: "Serve from the kernel emulation's container, `kernel`, instead of a user container.")
+    var kernel = false
+
+    @OptionGroup var transport: TransportOptions
+
+    /// Starts the container, creates the device from `handlers`, prints where it is, and
+    /// serves until a termination signal. Started by `modeless supervise`, the process is one
+    /// instance of a service: its requests are recorded in its state file's ledger, and one sent
+    /// again after a failover is answered from a ledger if it was executed.
+    func serve(defaultContainer: String, defaultDevice: String = "blk0", _ makeHandlers: (LogicalContainer) throws -> LogicalDeviceHandlers) throws {
+        try serveDevices(defaultContainer: defaultContainer) { container in
+            [(device ?? defaultDevice, try makeHandlers(container))]
+        }
+    }
+
+    /// Like ``serve(defaultContainer:defaultDevice:_:)``, for a provider of several devices:
+    /// `makeDevices` names each one (in the container) with its handlers.
+    func serveDevices(defaultContainer: String,
+                      _ makeDevices: (LogicalContainer) throws -> [(name: String, handlers: LogicalDeviceHandlers)]) throws {
+        TerminationSignals.block()
+        let instance: SupervisedInstance?
+        do { instance = try SupervisedInstance.fromEnvironment() } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
+        if let instance {
+            printLine("instance \(instance.name), start \(instance.start), state \(instance.state.path)")
+            if !instance.interruptedRequests.isEmpty {
+                printLine("the previous instance died with \(instance.interruptedRequests.count) request(s) in flight: "
+                          + instance.interruptedRequests.map { String($0, radix: 16) }.joined(separator: " "))
+            }
+        }
+        let logical: LogicalContainer
+        do {
+            // The server's log lines (MODELESS_LOG_LEVEL=debug shows every connection).
+            let logger = try CommandLogging.logger("modeless.container")
+            logical = kernel
+                ? try LogicalContainer.kernelEmulation(transport: transport.requestTransport, logger: logger)
+                : try LogicalContainer(name: container ?? defaultContainer, transport: transport.requestTransport, logger: logger)
+        } catch let error as LoggingSetupError {
+            printError("\(error)")
+            throw ExitCode(64)
+        } catch let error as LogicalDeviceError {
+            printError("\(error)")
+            throw ExitCode(error.kind == .invalidName ? 64 : 1)
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
+        defer { logical.shutdown() }
+        do {
+            for (device, handlers) in try makeDevices(logical) {
+                let name = try logical.createDevice(device, handlers: instance?.guarding(handlers) ?? handlers)
+                printLine("serving \(name) (pid \(getpid()))")
+            }
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
+        TerminationSignals.wait()
+    }
+}
+
+struct ServeMemoryDisk: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "memory-disk", abstract: "A block device in memory.")
+
+    @OptionGroup var options: ServeOptions
+
+    @Option(help: "Blocks.")
+    var blocks: UInt64 = 2048
+
+    @Option(name: .customLong("block-size"), help: "Bytes per block.")
+    var blockSize = 512
+
+    @Option(name: .customLong("delay-ms"), help: "Milliseconds each request takes (to keep requests in flight).")
+    var delayMs = 0
+
+    func run() throws {
+        let disk = MemoryDiskProvider(blockCount: blocks, blockSize: blockSize, delayNanoseconds: UInt64(delayMs) * 1_000_000)
+        try options.serve(defaultContainer: "memory") { _ in disk.handlers }
+    }
+}
+
+struct ServePartition: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "partition", abstract: "A block service consuming another block device: a window of its blocks.")
+
+    @OptionGroup var options: ServeOptions
+
+    @Option(help: "The block device below, container/device.")
+    var of: String
+
+    @Option(help: "The window's first block on the device below.")
+    var first: UInt64 = 0
+
+    @Option(help: "The window's size in blocks (default: to the end).")
+    var blocks: UInt64?
+
+    func run() throws {
+        try options.serve(defaultContainer: "partition") { container in
+            try PartitionProvider(container: container, lower: of, firstBlock: first, blockCount: blocks).handlers
+        }
+    }
+}
+
+struct ServeNVMe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nvme", abstract: "The NVMe driver as the provider of a logical block device per namespace.",
+        discussion: """
+            The controller must be bound to vfio-pci (`modeless bind ADDR`). Every active namespace is served: \
+            the first as --device (default blk0), namespace N after it as DEVICE-nN (e.g. blk0-n2); with \
+            --namespace N only namespace N, as --device. With --model FILE the driver runs on the NVMe device \
+            model instead, its namespace kept in FILE so that it outlives the process.
+            """)
+
+    @OptionGroup var options: ServeOptions
+
+    @OptionGroup var namespaceOption: NVMeNamespaceOption
+
+    @Argument(help: "The NVMe controller: 0000:00:06.0, 00:06.0 or 1b36:0010. Omit with --model.")
+    var address: String?
+
+    @Option(help: "Run on the NVMe device model, its namespace in this file (created if missing).")
+    var model: String?
+
+    @Option(name: .customLong("model-blocks"), help: "The model's namespace size in 512-byte blocks.")
+    var modelBlocks = 8192
+
+    @Option(help: "Execution mode: user or kernel-emulation.")
+    var mode: ExecutionMode = .user
+
+    @Option(help: "How completions are noticed: msix, msi, intx or poll.")
+    var irq: NVMeController.Completion = .msix
+
+    @Flag(help: "Serve the namespace to the kernel as /dev/ublkbN (modprobe ublk_drv; root) instead of as a logical device.")
+    var ublk = false
+
+    @Option(name: .customLong("ublk-queues"), help: "With --ublk: ublk queues (at most one per CPU is used).")
+    var ublkQueues: Int?
+
+    @Option(name: .customLong("queue-depth"), help: "With --ublk: requests in flight per queue (default: all the controller's I/O queue gives).")
+    var queueDepth: Int?
+
+    @Flag(name: .customLong("no-recovery"), help: "With --ublk: no user recovery (the device fails at once if this process dies).")
+    var noRecovery = false
+
+    func validate() throws {
+        if (model == nil) == (address == nil) { throw ValidationError("name an NVMe controller, or pass --model FILE (not both)") }
+    }
+
+    func run() throws {
+        if ublk { return try runUblk(UblkOptions(queues: ublkQueues, queueDepth: queueDepth, recovery: !noRecovery)) }
+        TerminationSignals.block()
+        if let model {
+            try withModeledNVMe(backingFile: model, blocks: modelBlocks) { access, runtime in
+                let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
+                defer { controller.stop() }
+                try serveNamespaces(of: controller)
+            }
+            return
+        }
+        try withBoundDevice(address!, mode: mode) { _, access, runtime in
+            let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
+            defer { controller.stop() }
+            // Removed: requests already fail with deviceRemoved; end serving and release the device.
+            controller.onRemoval { _ in kill(getpid(), SIGTERM) }
+            try serveNamespaces(of: controller)
+            if let failure = controller.failure, failure.isDeviceRemoval { throw failure }
+        }
+    }
+}
+
+extension ServeNVMe {
+    /// Runs `body` with the NVMe model (its namespace in `backingFile`) and a runtime in this
+    /// command's mode.
+    func withModeledNVMe(backingFile: String, blocks: Int, _ body: (any DeviceAccess, any DriverRuntime) throws -> Void) throws {
+        do {
+            let access = try ModeledDevice(try NVMeModel(blocks: blocks, serialNumber: "model-nvme0", backingFile: backingFile))
+            defer { access.close() }
+            let runtime = try makeRuntime(mode)
+            defer { runtime.shutdown() }
+            try body(access, runtime)
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

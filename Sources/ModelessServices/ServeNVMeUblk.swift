@@ -1,0 +1,129 @@
+import ArgumentParser
+import Foundation
+import ModelessBus
+import ModelessCommandLine
+import ModelessDevice
+import ModelessDrivers
+import ModelessRuntime
+import ModelessSystem
+import ModelessUblk
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `modeless serve nvme ADDR --ublk`: the NVMe driver serves the kernel directly, as
+/// `/dev/ublkbN`, with the driver's DMA buffers as ublk's per-tag buffers (see
+/// docs/kernel-interfaces.md).
+///
+/// The controller is claimed in the export directory (`…/exports/nvme+ADDR.lock`, recording
+/// the ublk device); a process started while a previous one holds the claim is refused. One
+/// that finds the claim free but recorded (its predecessor was killed) recovers that ublk
+/// device instead of adding one: the block device, and a file system mounted on it, stay.
+extension ServeNVMe {
+    /// The ublk options of `serve nvme`.
+    struct UblkOptions {
+        /// Queues; nil for one per CPU.
+        var queues: Int?
+        var queueDepth: Int?
+        var recovery: Bool
+    }
+
+    func runUblk(_ requested: UblkOptions) throws {
+        let entered = monotonicNanoseconds()
+        TerminationSignals.block()
+        var ublkOptions = requested
+        let queues = requested.queues ?? SystemThread.cpuCount
+        ublkOptions.queues = queues
+        guard let address else {
+            printError("--ublk serves a controller bound to vfio-pci: name it (ADDR), not --model")
+            throw ExitCode(64)
+        }
+        guard irq != .poll else {
+            printError("--ublk needs completion interrupts (the driver's DPC hands results to the ublk queues): use --irq msix, msi or intx")
+            throw ExitCode(64)
+        }
+        let claim: ExportLock
+        let pci: PCIAddress
+        do {
+            if queues < 1 { throw UblkError(.invalidArgument, "\(queues) queues: a ublk device needs at least one") }
+            try UblkExport.checkDriver()
+            do { pci = try PCIBus().resolve(try DeviceSelector(parsing: address)).address } catch { throw ExitStatus.fail(error) }
+            claim = try ExportLock(claim: "nvme+\(pci)", what: "NVMe controller \(pci)")
+        } catch let error as UblkError {
+            printError(error.message)
+            throw ExitCode(Export.exitCode(error.kind))
+        }
+        // The record (the ublk device) is emptied only by a clean stop, below: a server that
+        // fails to come up leaves it for the next attempt, which recovers the device.
+        defer { claim.release(keepingRecord: true) }
+        try withBoundDevice(pci.description, mode: mode) { _, access, runtime in
+            let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
+            defer { controller.stop() }
+            let export = try startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, entered: entered)
+            claim.record("ublk \(export.deviceID) as \(export.blockDevicePath) by process \(getpid())")
+            TerminationSignals.wait()
+            var status: Int32 = 0
+            do { try export.stop() } catch {
+                printError("\(error)")
+                status = 1
+            }
+            claim.record("")
+            let failed = export.failedRequests
+            printLine("stopped \(export.blockDevicePath); \(failed.count) request(s) failed\(failed.last.map { " (last: \($0))" } ?? "")")
+            if status != 0 { throw ExitCode(status) }
+        }
+    }
+
+    /// Recovers the ublk device the claim's previous holder recorded, if it is still there;
+    /// otherwise adds one. Prints the `serving` line a supervisor waits for.
+    /// A recovery's line says how long each step took: from entering this command (its
+    /// CLOCK_MONOTONIC time is printed too, so that whoever killed the predecessor can time
+    /// the process's start) to the controller being up, and the ublk recovery itself.
+    private func startOrRecover(controller: NVMeController, claim: ExportLock, pci: PCIAddress, _ ublkOptions: UblkOptions,
+                                entered: UInt64) throws -> UblkExport {
+        do {
+            let backend = try NVMeUblkBackend(controller: controller, namespace: nil)
+            let started = monotonicNanoseconds()
+            if let previous = Self.recordedDevice(claim.previousRecord), let state = try UblkExport.state(deviceID: previous),
+               state != .dead {
+                let export = try UblkExport.recover(deviceID: previous, backend, buffers: backend)
+                let done = monotonicNanoseconds()
+                func ms(_ nanoseconds: UInt64) -> String { String(format: "%.1f", Double(nanoseconds) / 1e6) }
+                printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
+                          + "in \(ms(done - started)) ms after the controller was up in \(ms(started - entered)) ms (entered at monotonic \(ms(entered)) ms; "
+                          + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); pid \(getpid()))")
+                return export
+            }
+            // Every tag of every queue in flight at once: they share the controller's I/O queue.
+            let entries = controller.queueEntries - 1
+            let queues = ublkOptions.queues ?? SystemThread.cpuCount
+            let most = entries / queues
+            guard most >= 1 else {
+                throw UblkError(.invalidArgument, "the controller's I/O queue holds \(entries) commands, fewer than \(queues) queues need: use --ublk-queues \(entries) or fewer")
+            }
+            let depth = ublkOptions.queueDepth ?? most
+            guard depth >= 1, depth <= most else {
+                throw UblkError(.invalidArgument, "a queue depth of \(depth) is more than the controller can give: its I/O queue holds \(entries) commands in flight, "
+                                + "\(most) for each of \(queues) queue(s); use --queue-depth 1-\(most) (or fewer --ublk-queues)")
+            }
+            let configuration = UblkConfiguration(queues: queues, queueDepth: depth, userRecovery: ublkOptions.recovery)
+            let export = try UblkExport.start(backend, configuration: configuration, buffers: backend)
+            let geometry = export.geometry
+            printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath) (\(geometry.blockCount) blocks of \(geometry.blockSize) bytes, "
+                      + "\(export.queues) queue(s) of depth \(export.queueDepth), flush \(geometry.flushes ? "yes" : "no"), discard \(geometry.discards ? "yes" : "no"), "
+                      + "write-zeroes \(geometry.writesZeroes ? "yes" : "no"), requests up to \(backend.maximumIOBytes) bytes, features \(export.features); pid \(getpid()))")
+            return export
+        } catch let error as UblkError {
+            printError(error.message)
+            throw ExitCode(Export.exitCode(error.kind))
+        }
+    }
+
+    /// The ublk device number in a claim's record (`ublk N as ...`), if any.
+    static func recordedDevice(_ record: String) -> UInt32? {
+        let words = record.split(separator: " ")
+        guard words.count >= 2, words[0] == "ublk" else { return nil }
+        return UInt32(words[1])
+    }
+}
