@@ -15,32 +15,16 @@ struct Bench: ParsableCommand {
         subcommands: [BenchInterrupts.self, BenchNVMe.self, BenchE1000.self, BenchLogical.self, BenchFailover.self, BenchDatapath.self,
                       BenchInterruptPath.self, BenchInterruptDatapath.self])
 
-    /// Parses the command line and runs the benchmark, warning first when this is a debug build.
+    /// Parses the command line and runs the benchmark, warning first when this is a debug build:
+    /// its numbers would measure the unoptimized code, not the drivers.
     static func main() {
         do {
             var command = try parseAsRoot()
-            BuildConfiguration.warnIfDebug()
+            if !(command is Bench) { BuildConfiguration.warnIfDebug() }
             try command.run()
         } catch {
             exit(withError: error)
         }
-    }
-
-    /// Every benchmark says loudly when it runs from a debug build: its numbers then measure
-    /// the unoptimized code (several times slower, with exclusivity checks and no inlining),
-    /// not the drivers.
-    func validate() throws {
-        #if DEBUG
-        var text = """
-            ******************************************************************************
-            modeless: WARNING: this is a DEBUG build. Benchmark numbers from it measure
-            unoptimized code and are not comparable with anything: build and run
-            `swift build -c release` and .build/release/modeless for numbers to keep.
-            ******************************************************************************
-
-            """
-        text.withUTF8 { buffer in _ = write(2, buffer.baseAddress, buffer.count) }
-        #endif
     }
 }
 

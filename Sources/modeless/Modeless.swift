@@ -12,14 +12,17 @@ struct Modeless: ParsableCommand {
             Exit codes: \(ExitStatus.table)
             """,
         version: ModelessVersion.current,
-        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Serve.self, Devices.self, Consume.self, Export.self, Supervise.self, Status.self]
+        subcommands: [List.self, Info.self, Bind.self, Unbind.self, Watch.self, Run.self, Bench.self, Serve.self, Devices.self, Consume.self, Export.self, Supervise.self, Status.self]
             + [Drivers.self, Overrides.self]
     )
 
     /// Parses the command line and runs the command; a driver's `run` command first has the
-    /// device it names checked against the driver's match table.
+    /// device it names checked against the driver's match table. `modeless bench …` runs
+    /// `modeless-bench …` in this process's place, before any parsing, so that its help and
+    /// errors are the benchmarks' own.
     static func main() {
         do {
+            if let arguments = BenchForwarding.benchArguments(CommandLine.arguments) { try BenchForwarding.replaceProcess(with: arguments) }
             var command = try parseAsRoot()
             if let driverCommand = command as? any DriverCommand { try driverCommand.refuseUnsupportedDevice() }
             try command.run()
