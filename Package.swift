@@ -123,8 +123,9 @@ let package = Package(
             name: "ModelessExamples",
             dependencies: ["ModelessRuntime", "ModelessDevice", "ModelessModels"]
         ),
-        // Latency histograms and their pictures, for the benchmarks (no system calls).
-        .target(name: "ModelessMeasurement"),
+        // Latency histograms (lock-free per-tag recording too) and their pictures, for the
+        // benchmarks (no system calls).
+        .target(name: "ModelessMeasurement", dependencies: ["CModelessShim"]),
         // Layer 6: what both executables share. The command line's conventions: exit codes,
         // printing, option groups, a bound device's session, benchmark reports.
         .target(

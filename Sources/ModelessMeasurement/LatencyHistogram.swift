@@ -83,8 +83,25 @@ public struct LatencyHistogram: Sendable, Equatable {
         public var count: UInt64
     }
 
+    /// How many buckets values up to `UInt64.max` use: a fixed array of this many counters,
+    /// indexed by ``bucketIndex(of:)``, counts any value without growing (what a recorder that
+    /// cannot allocate on its measured path keeps, as ``TaggedLatencyHistogram`` does), and
+    /// ``init(bucketCounts:minimum:maximum:total:)`` turns the counts into a histogram.
+    public static let bucketCount = bucketIndex(of: .max) + 1
+
+    /// A histogram of counts kept elsewhere: `bucketCounts[i]` values in bucket `i` (see
+    /// ``bucketIndex(of:)``), the smallest and the largest of them, and their sum.
+    public init(bucketCounts: [UInt64], minimum: UInt64, maximum: UInt64, total: Double) {
+        precondition(bucketCounts.count <= Self.bucketCount, "\(bucketCounts.count) bucket counts: a histogram has \(Self.bucketCount) buckets")
+        counts = bucketCounts.lastIndex { $0 > 0 }.map { Array(bucketCounts[...$0]) } ?? []
+        count = counts.reduce(0, +)
+        self.minimum = count == 0 ? 0 : minimum
+        self.maximum = count == 0 ? 0 : maximum
+        self.total = count == 0 ? 0 : total
+    }
+
     /// The bucket that counts `value`.
-    static func bucketIndex(of value: UInt64) -> Int {
+    public static func bucketIndex(of value: UInt64) -> Int {
         guard value >= subBuckets else { return Int(value) }
         let exponent = 63 - value.leadingZeroBitCount  // value is in [2^exponent, 2^(exponent+1))
         let shift = exponent - subBucketBits
