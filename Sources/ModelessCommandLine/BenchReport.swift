@@ -6,6 +6,7 @@ import ModelessSystem
 /// How this program was compiled, for benchmark reports.
 package enum BuildConfiguration {
     #if DEBUG
+    /// `debug` or `release`.
     package static let name = "debug"
     #else
     package static let name = "release"
@@ -36,8 +37,10 @@ package enum BuildConfiguration {
 package struct BenchProgress {
     var toStandardError: Bool
 
+    /// Progress on standard error when `toStandardError`, else on standard output.
     package init(toStandardError: Bool) { self.toStandardError = toStandardError }
 
+    /// Writes one line.
     package func line(_ text: String) {
         if toStandardError {
             var text = text + "\n"
@@ -51,10 +54,12 @@ package struct BenchProgress {
 /// Writes a latency histogram picture, refusing a FILE that could not be written before
 /// anything runs (``validate(_:option:)``).
 package enum HistogramPictureFile {
+    /// Refuses (exit status 64) a FILE in a directory that does not exist or cannot be written.
     package static func validate(_ path: String, option: String = "--histogram-svg") throws {
         try TraceJSONFile.validate(path, option: option)
     }
 
+    /// Writes `picture` as SVG to `path`, replacing it; exit status 1 if it cannot.
     package static func write(_ picture: LatencyHistogramPicture, to path: String) throws {
         do { try FileAccess.replaceFile(path, with: Array(picture.svg.utf8), mode: 0o644) } catch {
             printError("cannot write the histogram picture to \(path): \(error)")

@@ -7,6 +7,7 @@ import Glibc
 
 /// The documented exit codes of `modeless` (docs/cli.md lists them too).
 package enum ExitStatus {
+    /// The exit code of a refusal of `kind`.
     package static func code(for kind: BusError.Kind) -> Int32 {
         switch kind {
         case .systemFailure: 1
@@ -32,6 +33,7 @@ package enum ExitStatus {
     /// device `modeless run ADDR` names.
     package static let unsupportedDevice: Int32 = 68
 
+    /// Every exit code with its meaning, for `modeless --help`.
     package static let table = """
         0 success; 1 unexpected system failure; 64 malformed address or arguments; \
         65 vendor:device id matches several devices; 66 no such device; \
@@ -57,8 +59,15 @@ package func printError(_ message: String) {
     text.withUTF8 { buffer in _ = write(2, buffer.baseAddress, buffer.count) }
 }
 
-/// Prints a line and flushes at once, so output piped to another program arrives in time.
+/// Prints a line and flushes at once, so output piped to another program arrives in time; on
+/// standard error instead while ``TextLines/toStandardError`` is set (a benchmark whose standard
+/// output carries its JSON).
 package func printLine(_ line: String) {
+    if TextLines.toStandardError.load(ordering: .relaxed) {
+        var text = line + "\n"
+        text.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
+        return
+    }
     print(line)
     fflush(nil)
 }

@@ -24,5 +24,6 @@ package struct NVMeNamespaceOption: ParsableArguments {
         }
     }
 
+    /// No --namespace: the first active namespace.
     package init() {}
 }

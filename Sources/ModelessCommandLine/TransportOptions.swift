@@ -24,6 +24,7 @@ package struct TransportOptions: ParsableArguments {
         }
     }
 
+    /// The transport the options ask for.
     package var requestTransport: RequestTransport {
         switch transport {
         case .socket: .socket
@@ -31,5 +32,6 @@ package struct TransportOptions: ParsableArguments {
         }
     }
 
+    /// The standard transport.
     package init() {}
 }

@@ -24,5 +24,6 @@ package struct VerifyOption: ParsableArguments {
         throw ExitCode(1)
     }
 
+    /// No --verify.
     package init() {}
 }

@@ -45,6 +45,7 @@ package struct DeviceJSON: Encodable {
     /// The sample driver whose match table takes the device (`modeless run ADDR` runs it).
     var matchingDriver: String?
 
+    /// The JSON of `device`, with its names, driver, IOMMU group and kernel uses as `bus` finds them.
     package init(_ device: PCIDevice, bus: PCIBus) {
         func hex<T: BinaryInteger>(_ value: T, _ width: Int) -> String {
             let digits = String(value, radix: 16)

@@ -8,6 +8,8 @@ import ModelessUblk
 import Glibc
 #endif
 
+/// `modeless export CONTAINER/DEVICE --ublk`: a logical block device served to the kernel as
+/// `/dev/ublkbN` (docs/kernel-interfaces.md).
 package struct Export: ParsableCommand {
     package static let configuration = CommandConfiguration(
         abstract: "Export a logical block device to the Linux kernel as a block device, until SIGINT or SIGTERM.",

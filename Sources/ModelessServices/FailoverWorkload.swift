@@ -6,20 +6,27 @@ import ModelessSystem
 /// service through a ``ServiceClient`` and reading each back at once, remembering what every
 /// block should hold.
 package final class FailoverWorkload: @unchecked Sendable {
+    /// The client of the service, which fails over between its instances.
     package let client: ServiceClient
+    /// The service device's block size, in bytes.
     package let blockSize: Int
     private let container: LogicalContainer
     private let blocks: Int
     private let lock = ConditionLock()
     private var expected: [Int: UInt64] = [:]
+    /// Writes acknowledged (each executed once).
     package private(set) var writes = 0
+    /// Reads that returned what the block should hold.
     package private(set) var verifiedReads = 0
+    /// Each failover the client made, with when it made it (monotonic nanoseconds).
     package private(set) var failovers: [(ServiceClient.Failover, UInt64)] = []
     private var completions = 0
     private var failureText: String?
     private var stopping = false
     private var thread: SystemThread?
 
+    /// A workload on `device` of the service `instances` provide, over blocks 0 to `blocks` - 1,
+    /// waiting up to `recoverySeconds` for an instance to answer after a failure.
     package init(instances: [String], device: String, blocks: Int, recoverySeconds: Double) throws {
         container = try LogicalContainer(name: "failover-bench-\(getpid())", serving: false)
         client = ServiceClient(container: container, instances: instances, device: device, recoverySeconds: recoverySeconds)
@@ -41,12 +48,15 @@ package final class FailoverWorkload: @unchecked Sendable {
         }
     }
 
+    /// What went wrong (a read that did not match, a request that failed), if anything did.
     package var failure: String? { lock.withLock { failureText } }
 
+    /// Starts writing and reading back on a thread of its own.
     package func start() {
         thread = try? SystemThread(name: "failover load") { [unowned self] in self.run() }
     }
 
+    /// Stops the thread and waits for it.
     package func stop() {
         lock.withLock { stopping = true }
         thread?.join()

@@ -8,6 +8,7 @@ import Synchronization
 /// Interrupt-to-handler latency and sustained rate, for a bare eventfd wake-up and for the
 /// runtime's two modes, measured in one run so that they can be compared as ratios.
 package struct InterruptBenchmark {
+    /// One path's latencies (µs) and sustained rates.
     package struct Result {
         package var name: String
         package var p50: Double
@@ -18,11 +19,15 @@ package struct InterruptBenchmark {
         package var interruptsPerSecond: Double
     }
 
+    /// Latency samples per path.
     package let samples: Int
+    /// Seconds of flooding for the sustained rate.
     package let rateSeconds: Double
     /// Where interrupts come from: a fresh device per run (a model, or a real device's vector).
     package let openSource: () throws -> (device: any DeviceAccess, vector: InterruptVector)
 
+    /// A benchmark of `samples` latencies and `rateSeconds` of flooding per path, each path on an
+    /// interrupt source `openSource` opens (a device model's MSI, or a device bound to vfio-pci).
     package init(samples: Int, rateSeconds: Double, openSource: @escaping () throws -> (device: any DeviceAccess, vector: InterruptVector)) {
         self.samples = samples
         self.rateSeconds = rateSeconds

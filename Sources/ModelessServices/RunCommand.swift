@@ -9,6 +9,8 @@ import ModelessRuntime
 extension ExecutionMode: ExpressibleByArgument {}
 extension InterruptKind: ExpressibleByArgument {}
 
+/// `modeless run`: a sample driver on a device bound to a user-mode driver, or on its model, in
+/// either execution mode (`run edu|nvme|e1000`, or `run ADDR` for the driver whose table takes it).
 package struct Run: ParsableCommand {
     package static let configuration = CommandConfiguration(
         abstract: "Run a sample driver on a bound device or on its model.",

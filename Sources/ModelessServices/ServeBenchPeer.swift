@@ -44,6 +44,7 @@ struct ServeBenchPeer: ParsableCommand {
 
 /// A device whose requests copy their input to their output.
 package enum EchoDevice {
+    /// The handlers of an echo device.
     package static let handlers = LogicalDeviceHandlers(request: { context in try echo(context.block) })
 
     @inline(never)

@@ -7,6 +7,9 @@ import ModelessModels
 import ModelessRuntime
 import ModelessSupervision
 
+/// `modeless serve`: this process becomes a container providing a logical device (a memory disk,
+/// a partition, the NVMe driver per namespace or through ublk, the e1000 block gateway) until
+/// SIGINT or SIGTERM; `modeless supervise` runs these as service instances.
 package struct Serve: ParsableCommand {
     package static let configuration = CommandConfiguration(
         abstract: "Provide a logical device from this process until SIGINT or SIGTERM.",

@@ -51,6 +51,9 @@ package struct SupervisorConfigurationFile: Decodable {
     /// The keys of a configuration file, to name a misspelt one.
     static let keys = CodingKeys.allCases.map(\.rawValue)
 
+    /// The configuration in the file at `path`, validated; a command starting with `modeless` runs
+    /// the `modeless` beside this program. Refuses an unreadable file, bad JSON and unknown keys,
+    /// naming what was wrong.
     package static func load(_ path: String) throws -> SupervisorConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ValidationError("cannot read the configuration file \(path)")

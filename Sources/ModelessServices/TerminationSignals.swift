@@ -5,6 +5,7 @@ import Glibc
 /// SIGINT and SIGTERM, blocked in every thread so that a long-running command can wait for
 /// them and shut down in order. Call ``block()`` before starting any thread.
 package enum TerminationSignals {
+    /// Blocks SIGINT and SIGTERM in this thread and the threads it starts afterwards.
     package static func block() {
         var set = signals
         pthread_sigmask(SIG_BLOCK, &set, nil)

@@ -20,13 +20,28 @@ struct Bench: ParsableCommand {
     static func main() {
         do {
             var command = try parseAsRoot()
-            if !(command is Bench) { BuildConfiguration.warnIfDebug() }
+            if command is BenchInterrupts || command is any JSONBenchmark { BuildConfiguration.warnIfDebug() }
+            if let benchmark = command as? any JSONBenchmark, benchmark.output.json { TextLines.toStandardError.store(true, ordering: .relaxed) }
             try command.run()
         } catch {
             exit(withError: error)
         }
     }
 }
+
+/// A benchmark with `--json` (``BenchOutputOptions``): its text lines go to standard error when
+/// it prints JSON.
+protocol JSONBenchmark {
+    var output: BenchOutputOptions { get }
+}
+
+extension BenchNVMe: JSONBenchmark {}
+extension BenchE1000: JSONBenchmark {}
+extension BenchLogical: JSONBenchmark {}
+extension BenchFailover: JSONBenchmark {}
+extension BenchDatapath: JSONBenchmark {}
+extension BenchInterruptPath: JSONBenchmark {}
+extension BenchInterruptDatapath: JSONBenchmark {}
 
 struct BenchInterrupts: ParsableCommand {
     static let configuration = CommandConfiguration(

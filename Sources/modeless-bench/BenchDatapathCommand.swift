@@ -39,6 +39,8 @@ struct BenchDatapath: ParsableCommand {
     @Flag(help: "Read with a completion closure per read (readAsync) instead of tags, for comparison.")
     var closureReads = false
 
+    @OptionGroup var output: BenchOutputOptions
+
     func validate() throws {
         guard frames >= 0, ios >= 0 else { throw ValidationError("--frames and --ios must not be negative") }
         guard batch > 0 else { throw ValidationError("--batch must be positive") }
@@ -46,9 +48,12 @@ struct BenchDatapath: ParsableCommand {
     }
 
     func run() throws {
+        var results = BenchResults(benchmark: "datapath", parameters: [
+            "frames": "\(frames)", "ios": "\(ios)", "batch": "\(batch)", "depth": "\(depth)", "closure-reads": "\(closureReads)"])
         do {
-            if frames > 0 { try runE1000() }
-            if ios > 0 { try runNVMe() }
+            if frames > 0 { try runE1000(&results) }
+            if ios > 0 { try runNVMe(&results) }
+            try output.finish(results)
         } catch let exit as ExitCode {
             throw exit
         } catch {
@@ -57,7 +62,7 @@ struct BenchDatapath: ParsableCommand {
         }
     }
 
-    private func runE1000() throws {
+    private func runE1000(_ results: inout BenchResults) throws {
         let model = E1000Model()
         model.loopback = true
         let device = try ModeledDevice(model)
@@ -88,9 +93,10 @@ struct BenchDatapath: ParsableCommand {
             throw E1000Driver.Failure.badFrame("\(wrong) frames came back wrong and the model dropped \(model.droppedFrames)")
         }
         printLine("e1000: \(frames) frames sent and received back in order in \(fixed(elapsed, 2)) s")
+        results.add("e1000 model, batches of \(batch)", ["frames": Double(frames), "seconds": elapsed, "framesPerSecond": Double(frames) / elapsed])
     }
 
-    private func runNVMe() throws {
+    private func runNVMe(_ results: inout BenchResults) throws {
         let model = NVMeModel(blocks: 16384)
         let device = try ModeledDevice(model)
         defer { device.close() }
@@ -135,6 +141,8 @@ struct BenchDatapath: ParsableCommand {
         let elapsed = Double(monotonicNanoseconds() - start) / 1e9
         guard failed == 0 else { throw NVMeController.Failure.badRequest("\(failed) reads failed") }
         printLine("nvme: \(ios) 4 KiB reads (\(closureReads ? "a closure each" : "tagged")), \(depth) in flight, in \(fixed(elapsed, 2)) s")
+        results.add("nvme model, \(closureReads ? "a closure each" : "tagged"), depth \(depth)",
+                    ["reads": Double(ios), "seconds": elapsed, "readsPerSecond": Double(ios) / elapsed])
     }
 }
 

@@ -39,6 +39,8 @@ struct BenchE1000: ParsableCommand {
     @Option(help: "Ask the NIC to write back every Nth transmit descriptor (RS; 1 to half the ring; default: the driver's, 32).")
     var reportEvery: Int?
 
+    @OptionGroup var output: BenchOutputOptions
+
     func validate() throws {
         guard Self.mac(to) != nil else { throw ValidationError("--to must be a MAC address such as 52:54:00:12:34:02, not \(to)") }
         guard seconds > 0 else { throw ValidationError("--seconds must be positive") }
@@ -53,6 +55,8 @@ struct BenchE1000: ParsableCommand {
 
     func run() throws {
         let destination = Self.mac(to)!
+        var results = BenchResults(benchmark: "e1000", parameters: [
+            "device": device, "mode": "\(mode)", "to": to, "seconds": "\(seconds)", "batch": "\(batch)", "ring": "\(ring)"])
         try withBoundDevice(device, mode: mode) { _, access, runtime in
             let driver = try E1000Driver(device: access, runtime: runtime, receive: .caller, ringSize: ring,
                                          transmitReportInterval: reportEvery)
@@ -81,7 +85,11 @@ struct BenchE1000: ParsableCommand {
             printLine("| --- | ---: | ---: | ---: | ---: | ---: |")
             printLine("| Modeless e1000, \(mode), batches of \(batch), RS every \(driver.transmitReportInterval) | \(sent) | \(counted) "
                       + "| \(fixed(elapsed, 2)) | \(Int(Double(counted) / elapsed)) | \(fixed(accesses, 3)) |")
+            results.add("Modeless e1000, \(mode), batches of \(batch), RS every \(driver.transmitReportInterval)", [
+                "framesSent": Double(sent), "framesCountedByNIC": Double(counted), "seconds": elapsed,
+                "framesPerSecond": Double(counted) / elapsed, "mmioAccessesPerFrame": accesses])
         }
+        try output.finish(results)
     }
 }
 

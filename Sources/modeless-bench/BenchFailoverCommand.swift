@@ -1,6 +1,7 @@
 import ArgumentParser
 import ModelessCommandLine
 import ModelessLogical
+import ModelessMeasurement
 import ModelessServices
 import ModelessSupervision
 import ModelessSystem
@@ -43,6 +44,8 @@ struct BenchFailover: ParsableCommand {
 
     @Option(help: "Seconds a single recovery may take before the run fails.")
     var recoveryTimeout = 60.0
+
+    @OptionGroup var output: BenchOutputOptions
 
     func validate() throws {
         guard kills >= 1, blocks >= 1, maxDelayMs >= 0, recoveryTimeout > 0 else {
@@ -127,6 +130,15 @@ struct BenchFailover: ParsableCommand {
         if !sorted.isEmpty {
             printLine("recovery ms:             p50 \(milliseconds(sorted[sorted.count / 2]))  max \(milliseconds(sorted.last!))  min \(milliseconds(sorted.first!))")
         }
+        var results = BenchResults(benchmark: "failover", parameters: [
+            "config": config, "device": device, "kills": "\(kills)", "blocks": "\(blocks)", "max-delay-ms": "\(maxDelayMs)"])
+        // The latency measured: from each SIGKILL to the first request another instance answered.
+        results.add("\(configuration.service), \(configuration.instances) instance(s): kill to recovery", [
+            "kills": Double(kills), "recovered": Double(recoveries.count), "writesAcknowledged": Double(workload.writes),
+            "readsVerified": Double(workload.verifiedReads), "failovers": Double(workload.failovers.count),
+            "blocksChecked": Double(verification.checked), "blocksMismatched": Double(verification.mismatches),
+            "providerExecutions": Double(after.executed - before.executed), "answeredFromLedger": Double(after.replayed - before.replayed)],
+            latency: LatencyHistogram(recoveries))
         let problems = [failure, workload.failure, verification.mismatches > 0 ? "\(verification.mismatches) blocks did not verify" : nil,
                         recoveries.count < kills ? "only \(recoveries.count) of \(kills) kills recovered" : nil].compactMap { $0 }
         guard problems.isEmpty else {
@@ -134,6 +146,7 @@ struct BenchFailover: ParsableCommand {
             throw ExitCode(1)
         }
         printLine("ok: every write acknowledged once, every block verified, no request hung")
+        try output.finish(results)
     }
 
     private func counters(_ configuration: SupervisorConfiguration) -> SupervisedInstance.Counters {

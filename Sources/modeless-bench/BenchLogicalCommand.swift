@@ -34,6 +34,8 @@ struct BenchLogical: ParsableCommand {
     @Option(name: .customLong("payload"), help: "Bytes of input (echoed as output) per request.")
     var payload = 64
 
+    @OptionGroup var output: BenchOutputOptions
+
     func run() throws {
         let directory = ContainerDirectory.standard
         try directory.prepare()
@@ -92,6 +94,18 @@ struct BenchLogical: ParsableCommand {
         printLine("| synchronous request to another process, shared memory, \(spinText(local.transport)) spin (standard) | \(format(median["remote"]!)) | \(format(median["remote"]! / median["raw"]!, 2)) |")
         printLine("| asynchronous requests to another process, \(depth) in flight | \(format(median["async"]!)) | \(format(median["async"]! / median["raw"]!, 2)) |")
         printLine("asynchronous: \(format(1e9 / median["async"]!)) requests/s; synchronous: \(format(1e9 / median["remote"]!)) round trips/s")
+        var results = BenchResults(benchmark: "logical", parameters: [
+            "requests": "\(requests)", "rounds": "\(rounds)", "depth": "\(depth)", "payload": "\(payload)"])
+        for (key, name, baseline) in [("direct", "direct Swift call of the handler (baseline)", "direct"),
+                                      ("local", "request to a device in the same container", "direct"),
+                                      ("raw", "raw Unix-socket ping-pong, \(messageBytes) bytes (baseline)", "raw"),
+                                      ("socket", "synchronous request to another process, socket", "raw"),
+                                      ("nospin", "synchronous request to another process, shared memory, no spin", "raw"),
+                                      ("remote", "synchronous request to another process, shared memory, \(spinText(local.transport)) spin (standard)", "raw"),
+                                      ("async", "asynchronous requests to another process, \(depth) in flight", "raw")] {
+            results.add(name, ["nanosecondsPerRequest": median[key]!, "ratioToBaseline": median[key]! / median[baseline]!,
+                               "roundsNanosecondsPerRequestMin": samples[key]!.min()!, "roundsNanosecondsPerRequestMax": samples[key]!.max()!])
+        }
         try overSocket.close(socketHandle)
         try withoutSpin.close(noSpinHandle)
         overSocket.shutdown()
@@ -99,6 +113,7 @@ struct BenchLogical: ParsableCommand {
         try local.close(remoteHandle)
         try local.close(localHandle)
         local.shutdown()
+        try output.finish(results)
     }
 
     /// Nanoseconds per call of `body`, over `requests` calls.

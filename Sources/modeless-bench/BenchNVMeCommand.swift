@@ -3,6 +3,7 @@ import ModelessBus
 import ModelessCommandLine
 import ModelessDevice
 import ModelessDrivers
+import ModelessMeasurement
 import ModelessRuntime
 import ModelessServices
 import ModelessSystem
@@ -15,7 +16,7 @@ struct BenchNVMe: ParsableCommand {
         discussion: """
             Reads random 4 KiB-aligned blocks of a namespace (--namespace N; default the first active one) with tagged asynchronous reads, keeping \
             DEPTH reads in flight (each completion submits the next), for SECONDS at each depth, and reports reads/s with the \
-            latency percentiles p50, p99 and p99.9 (submission to completion handler, to within 1/16). Compare with the kernel's driver on the \
+            latency percentiles p50, p99 and p99.9 (submission to completion handler, to within 1/32; --json gives the histograms). Compare with the kernel's driver on the \
             same device with fio (scripts/bench/nvme-vs-kernel does both in one VM boot).
             """)
 
@@ -36,7 +37,12 @@ struct BenchNVMe: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Queue depths to measure.")
     var depths: [Int] = [1, 32]
 
+    @OptionGroup var output: BenchOutputOptions
+
     func run() throws {
+        var results = BenchResults(benchmark: "nvme", parameters: [
+            "device": device, "mode": "\(mode)", "irq": "\(irq)", "seconds": "\(seconds)",
+            "depths": depths.map(String.init).joined(separator: " "), "namespace": namespaceOption.namespace.map(String.init) ?? "first active"])
         try withBoundDevice(device, mode: mode) { _, access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
@@ -56,8 +62,11 @@ struct BenchNVMe: ParsableCommand {
                 let iops = try measure(controller, load, depth: depth)
                 let latency = [0.5, 0.99, 0.999].map { load.latency.percentile($0).map { fixed(Double($0) / 1000, 1) } ?? "n/a" }
                 printLine("| Modeless NVMe, \(mode), \(irq) | \(depth) | \(Int(iops)) | \(latency.joined(separator: " | ")) |")
+                results.add("Modeless NVMe, \(mode), \(irq), depth \(depth)", ["queueDepth": Double(depth), "readsPerSecond": iops],
+                            latency: load.latency.histogram)
             }
         }
+        try output.finish(results)
     }
 
     private func measure(_ controller: NVMeController, _ load: RandomReadLoad, depth: Int) throws -> Double {
