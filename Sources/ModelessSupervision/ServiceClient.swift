@@ -19,9 +19,12 @@ public final class ServiceClient: @unchecked Sendable {
         public var requestID: UInt64
     }
 
+    /// The container the instances' providers are reached through; requests are sent on its
+    /// connections.
     public let container: LogicalContainer
     /// The instances' container names, in the order they are tried.
     public let instances: [String]
+    /// The logical device's name inside each instance's container (`disk` in `storage-0/disk`).
     public let device: String
     /// How long to keep trying to reach an instance after a failure before giving up.
     public let recoverySeconds: Double
