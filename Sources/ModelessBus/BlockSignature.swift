@@ -28,6 +28,8 @@ public struct BlockSignature: Sendable, Equatable, CustomStringConvertible {
     /// (`blkid_do_safeprobe` returned -2), so none is named.
     public var isAmbiguous: Bool
 
+    /// A signature with the probe's values; every field is optional, as libblkid reports only what
+    /// it found.
     public init(partitionTable: String? = nil, partitionTableUUID: String? = nil, type: String? = nil,
                 usage: String? = nil, uuid: String? = nil, label: String? = nil, isAmbiguous: Bool = false) {
         self.partitionTable = partitionTable
