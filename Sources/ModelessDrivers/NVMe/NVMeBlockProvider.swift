@@ -5,6 +5,7 @@ import ModelessLogical
 /// controller takes synchronous requests one at a time, so requests from several consumers
 /// need no lock here.
 public final class NVMeBlockProvider: Sendable {
+    /// The started controller the requests go to; the provider does not stop it.
     public let controller: NVMeController
     /// The namespace served.
     public let namespace: UInt32
