@@ -48,6 +48,8 @@ public struct PCIBinder: Sendable {
     /// overrides the last, since the kernel's unbind would wait for that process without end.
     ///
     /// - Parameters:
+    ///   - selector: the device: an address, `vendor:device` ids, an interface or a block device.
+    ///   - driver: the user-mode driver to bind it to.
     ///   - force: bind even if the device is infrastructure, is in use by the kernel (an
     ///     interface up, a disk mounted) or holds data.
     ///   - dryRun: check everything and report the steps without changing anything.

@@ -23,7 +23,7 @@ public struct LinuxKernelControl: PCIKernelControl {
     public init() {}
 
     /// Writes `text` to the sysfs file `path` (`bind`, `unbind`, `driver_override`, `new_id`).
-    /// - Throws: ``SystemError`` with the kernel's `errno` when the write is refused.
+    /// - Throws: `SystemError` with the kernel's `errno` when the write is refused.
     public func write(_ text: String, to path: String) throws(SystemError) {
         try FileAccess.writeText(text, to: path)
     }

@@ -73,7 +73,7 @@ public final class SupervisedInstance: @unchecked Sendable {
 
     /// `handlers` with every request guarded: a request with a request id is recorded in the
     /// ledger when it begins and when it completes, before its reply goes out; a request
-    /// marked ``RequestFlags/reissued`` that this instance or a sibling recorded as completed
+    /// marked `RequestFlags.reissued` that this instance or a sibling recorded as completed
     /// without output is answered from that record and not executed again.
     public func guarding(_ handlers: LogicalDeviceHandlers) -> LogicalDeviceHandlers {
         var guarded = handlers

@@ -8,7 +8,8 @@ import Glibc
 /// an in-process kernel (recording calls, faking VFIO, injecting failures).
 ///
 /// Each method returns the raw result and `errno` convention of its C call (-1 and `errno`,
-/// or `MAP_FAILED`); ``SystemCallsExtensions`` turns that into ``SystemError``.
+/// or `MAP_FAILED`); ``checked(_:_:_:)`` and the other methods of its extension turn that into
+/// ``SystemError``.
 public protocol SystemCalls: Sendable {
     /// `open(2)`: a descriptor, or -1 with `errno` set.
     func open(_ path: String, _ flags: Int32, _ mode: mode_t) -> Int32

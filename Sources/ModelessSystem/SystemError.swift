@@ -17,7 +17,7 @@ public struct SystemError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The error number the kernel returned.
     public var errno: Errno
 
-    /// The failure of `operation` on `subject` with `errno`; callers pass ``Errno/current`` right
+    /// The failure of `operation` on `subject` with `errno`; callers pass `Errno.current` right
     /// after the failed call.
     public init(_ operation: String, _ subject: String, errno: Errno) {
         self.operation = operation

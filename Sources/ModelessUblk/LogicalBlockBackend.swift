@@ -5,7 +5,7 @@ import ModelessSystem
 import Glibc
 #endif
 
-/// Serves a ublk device from a logical block device (any provider of the ``BlockRequest``
+/// Serves a ublk device from a logical block device (any provider of the `BlockRequest`
 /// layout: the memory disk, a partition, the NVMe driver), in this process's container.
 ///
 /// Each queue opens the device itself (its own consumer and connection) and sends one
@@ -15,7 +15,7 @@ import Glibc
 /// WRITE_ZEROES becomes writes of zeroes; DISCARD is not offered, as the layout has no request
 /// for it.
 public final class LogicalBlockBackend: UblkBackend {
-    /// The logical device served, by its name in ``LogicalContainer``.
+    /// The logical device served, by its name in `LogicalContainer`.
     public let deviceName: String
     /// The geometry read from the device at ``init(device:container:chainBlocks:)``: its block size
     /// and count, with flush and write-zeroes offered and discard not.

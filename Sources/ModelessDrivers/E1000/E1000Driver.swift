@@ -11,7 +11,7 @@ import ModelessSystem
 ///   mastering and interrupts are enabled, so that whatever a killed predecessor left behind
 ///   is gone; then the MAC address from the EEPROM, link up, and both descriptor rings.
 /// - **Datapath**: ``receiveFrames(budget:_:)`` and ``transmitFrames(count:_:)`` lend frames as
-///   views of the DMA buffers themselves, under the rings' ``SpinLock``s (shared with the
+///   views of the DMA buffers themselves, under the rings' `SpinLock`s (shared with the
 ///   receive DPC): no allocation and no reference counting per frame, no register access that
 ///   throws.
 /// - **Interrupts**: the acknowledge routine reads ICR; the ISR masks the receive causes and
@@ -67,7 +67,7 @@ public final class E1000Driver: @unchecked Sendable {
         case caller
     }
 
-    /// The NIC's PCI function, as opened by ``DeviceOpener`` or a device model.
+    /// The NIC's PCI function, as opened by `DeviceOpener` or a device model.
     public let device: any DeviceAccess
     /// The runtime whose ISR, DPCs and locks the driver uses: user mode or the kernel emulation.
     public let runtime: any DriverRuntime

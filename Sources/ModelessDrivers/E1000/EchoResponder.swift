@@ -9,7 +9,7 @@ import ModelessRuntime
 /// and counted in ``droppedPackets``.
 ///
 /// ``handle(_:)`` runs where the driver delivers frames (its receive DPC, with interrupts
-/// disabled): it shares its state through a ``SpinLock`` and never waits. ``ping(_:count:timeoutSeconds:)``
+/// disabled): it shares its state through a `SpinLock` and never waits. ``ping(_:count:timeoutSeconds:)``
 /// waits, at passive level only.
 public final class EchoResponder: @unchecked Sendable {
     /// The Ethernet address it answers ARP with and sends from, 6 bytes.

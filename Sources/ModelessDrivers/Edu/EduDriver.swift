@@ -16,8 +16,8 @@ import ModelessSystem
 /// - **Acknowledge routine** (the generic ISR's device part): reads the interrupt status and
 ///   writes it back to the acknowledge register; a status of all ones from a device whose
 ///   identification reads all ones too means the device stopped answering.
-/// - **ISR**: adds the causes to ``Causes/fromISR`` under the spin lock and queues the DPC.
-/// - **DPC**: moves them to ``Causes/completed`` under the spin lock and signals the event the
+/// - **ISR**: adds the causes to `Causes.fromISR` under the spin lock and queues the DPC.
+/// - **DPC**: moves them to `Causes.completed` under the spin lock and signals the event the
 ///   waiters sleep on.
 public final class EduDriver: @unchecked Sendable {
     /// Why an edu operation, or the driver, failed.
@@ -27,7 +27,7 @@ public final class EduDriver: @unchecked Sendable {
         case dataMismatch(firstDifference: Int)
         /// The device's registers read all ones: it was removed or stopped answering.
         case notResponding
-        /// The device was removed (``RemovalCause``): the kernel asked for it back, or it
+        /// The device was removed (`RemovalCause`): the kernel asked for it back, or it
         /// stopped answering. Operations in flight fail with this, and so does every later one.
         case removed(String)
         case device(String)
@@ -71,7 +71,7 @@ public final class EduDriver: @unchecked Sendable {
     /// 32-bit interrupt status can look like it.
     private static let deviceGone = UInt64.max
 
-    /// The edu function, as opened by ``DeviceOpener`` or a device model.
+    /// The edu function, as opened by `DeviceOpener` or a device model.
     public let device: any DeviceAccess
     /// The runtime whose ISR, DPCs and locks the driver uses: user mode or the kernel emulation.
     public let runtime: any DriverRuntime

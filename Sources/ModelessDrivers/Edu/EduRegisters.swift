@@ -62,8 +62,8 @@ public struct EduInterruptCause: OptionSet, Sendable, Hashable {
     public let rawValue: UInt32
     /// Causes from a status register value; unknown bits are kept.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
-    /// A factorial started with ``EduStatus/raiseInterruptOnFactorial`` finished.
+    /// A factorial started with the status register's raise-interrupt bit (`EduStatus.raiseInterruptOnFactorial`) finished.
     public static let factorialDone = EduInterruptCause(rawValue: 1 << 0)
-    /// A DMA transfer started with ``EduDMACommand/raiseInterrupt`` finished.
+    /// A DMA transfer started with the DMA command's raise-interrupt bit (`EduDMACommand.raiseInterrupt`) finished.
     public static let dmaDone = EduInterruptCause(rawValue: 1 << 8)
 }

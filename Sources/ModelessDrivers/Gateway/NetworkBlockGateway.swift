@@ -14,7 +14,7 @@ import ModelessRuntime
 /// processing never waits for the disk; each completion sends the reply datagram.
 ///
 /// ``handle(_:)`` runs where the NIC driver delivers frames (its receive DPC, with interrupts
-/// disabled), so the gateway's state is behind a ``SpinLock`` and nothing there waits.
+/// disabled), so the gateway's state is behind a `SpinLock` and nothing there waits.
 public final class NetworkBlockGateway: @unchecked Sendable {
     /// The container the gateway provides ``device`` in and opens ``lower`` from.
     public let container: LogicalContainer

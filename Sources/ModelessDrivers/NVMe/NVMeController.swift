@@ -15,14 +15,14 @@ import Synchronization
 /// offers enough (else sharing them; the admin queue shares vector 0 with the first), and
 /// otherwise one; each as large as CAP.MQES allows, up to ``maximumQueueEntries``. I/O: Read,
 /// Write and Flush on any active namespace, synchronous through a bounce buffer or
-/// asynchronous into ``DMAPool`` chunks, submitted to the calling CPU's queue, completed by
+/// asynchronous into `DMAPool` chunks, submitted to the calling CPU's queue, completed by
 /// interrupts (MSI-X, MSI or INTx, through the runtime) or by polling. Doorbells are batched:
 /// one completion head write per drained batch, and one submission tail write per batch of
 /// submissions made while completions are handed over (or inside ``batchSubmissions(_:)``).
 ///
 /// Synchronization follows the kernel's rules: the ISR and the DPC share each queue's state
-/// through a ``SpinLock``; synchronous callers sleep on a ``WaitEvent``; the bounce buffer is
-/// taken one request at a time under a ``PassiveLock``. A controller that stops answering is
+/// through a `SpinLock`; synchronous callers sleep on a `WaitEvent`; the bounce buffer is
+/// taken one request at a time under a `PassiveLock`. A controller that stops answering is
 /// reported once: ``failure`` is set, commands in flight fail with it, and every later call
 /// gets it at once.
 public final class NVMeController: @unchecked Sendable {
@@ -74,7 +74,7 @@ public final class NVMeController: @unchecked Sendable {
         public var blockCount: UInt64
     }
 
-    /// The controller's PCI function, as opened by ``DeviceOpener`` or a device model.
+    /// The controller's PCI function, as opened by `DeviceOpener` or a device model.
     public let device: any DeviceAccess
     /// The runtime whose ISR, DPCs and locks the driver uses: user mode or the kernel emulation.
     public let runtime: any DriverRuntime
