@@ -17,8 +17,11 @@ import Glibc
 /// The binder writes the marks before it moves the function, since udev runs the rules when the
 /// node appears, and removes them once the function is given back.
 public struct AccessMarkers: Sendable {
+    /// The directory holding the marks (`/run/modeless/access` in ``PCIBinder``'s standard store),
+    /// with `vfio/` and `pci/` below it.
     public let directory: String
 
+    /// The marks under `directory`; nothing is created until a mark is written.
     public init(directory: String) {
         self.directory = directory
     }

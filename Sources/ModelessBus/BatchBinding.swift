@@ -18,6 +18,7 @@ public struct DeviceOutcome: Sendable {
 
     /// The selector as the caller wrote it (`eth1`, `03:00.0`).
     public var name: String
+    /// What happened to the function.
     public var state: State
 }
 
@@ -29,11 +30,13 @@ public struct BatchError: Error, Sendable, CustomStringConvertible {
     /// Every function of the call, in the order named.
     public var outcomes: [DeviceOutcome]
 
+    /// A refusal whose exit code comes from `failure`, reporting every function's `outcomes`.
     public init(failure: BusError, outcomes: [DeviceOutcome]) {
         self.failure = failure
         self.outcomes = outcomes
     }
 
+    /// The first failure's message and remedy; the outcomes are for the caller to print.
     public var description: String { failure.description }
 }
 

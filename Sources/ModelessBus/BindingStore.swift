@@ -15,7 +15,9 @@ public struct BindingStore: Sendable {
         public var originalOverride: String?
     }
 
+    /// The state directory (`/run/modeless` by default), which also holds the access marks.
     public let directory: String
+    /// The JSON record of the functions Modeless bound and the driver each had before.
     public var file: String { "\(directory)/bindings.json" }
 
     /// The store at `$MODELESS_STATE_DIR`, or `/run/modeless`.
@@ -23,6 +25,7 @@ public struct BindingStore: Sendable {
         BindingStore(directory: getenv("MODELESS_STATE_DIR").map { String(cString: $0) } ?? "/run/modeless")
     }
 
+    /// The store in `directory`; the directory is created at the first record.
     public init(directory: String) {
         self.directory = directory
     }
@@ -42,6 +45,9 @@ public struct BindingStore: Sendable {
         }
     }
 
+    /// What `address` had before Modeless bound it, or nil if Modeless did not bind it.
+    /// - Throws: ``BusError`` of kind ``BusError/Kind/systemFailure`` when the record exists but
+    ///   cannot be read or parsed.
     public func record(for address: PCIAddress) throws(BusError) -> Record? {
         try load()[address]
     }

@@ -28,6 +28,8 @@ public struct BlockSignature: Sendable, Equatable, CustomStringConvertible {
     /// (`blkid_do_safeprobe` returned -2), so none is named.
     public var isAmbiguous: Bool
 
+    /// A signature with the probe's values; every field is optional, as libblkid reports only what
+    /// it found.
     public init(partitionTable: String? = nil, partitionTableUUID: String? = nil, type: String? = nil,
                 usage: String? = nil, uuid: String? = nil, label: String? = nil, isAmbiguous: Bool = false) {
         self.partitionTable = partitionTable
@@ -67,7 +69,7 @@ public struct BlockSignature: Sendable, Equatable, CustomStringConvertible {
     /// Probes the block device or file at `path` for a partition table and a superblock, read-only.
     ///
     /// - Returns: the signature, or `nil` when libblkid finds none.
-    /// - Throws: ``SystemError`` when the path cannot be opened or read.
+    /// - Throws: `SystemError` when the path cannot be opened or read.
     public static func probe(_ path: String) throws(SystemError) -> BlockSignature? {
         errno = 0
         guard let probe = blkid_new_probe_from_filename(path) else {

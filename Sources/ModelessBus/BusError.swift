@@ -45,18 +45,22 @@ public struct BusError: Error, Sendable, Equatable, CustomStringConvertible {
         case systemFailure
     }
 
+    /// What kind of failure this is: it chooses the command line's exit code.
     public var kind: Kind
     /// What was wrong, naming the device or input.
     public var message: String
     /// What to do about it.
     public var remedy: String
 
+    /// A failure of `kind`: `message` says what was wrong (naming the device or input), `remedy`
+    /// what to do (empty when there is nothing to do).
     public init(_ kind: Kind, _ message: String, remedy: String) {
         self.kind = kind
         self.message = message
         self.remedy = remedy
     }
 
+    /// The message, and the remedy on a second line after `hint:` when there is one.
     public var description: String {
         remedy.isEmpty ? message : "\(message)\n  hint: \(remedy)"
     }

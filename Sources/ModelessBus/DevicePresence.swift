@@ -9,6 +9,7 @@ import Synchronization
 /// A supervisor asks it before restarting an instance whose device may be gone
 /// (`Supervisor.deviceAvailability`).
 public final class DevicePresence: @unchecked Sendable {
+    /// The function watched.
     public let address: PCIAddress
     private let bus: PCIBus
     private let shared = Shared()

@@ -37,6 +37,8 @@ public enum DeviceSelector: Sendable, Equatable, CustomStringConvertible {
                        remedy: "name the device as \(Self.acceptedForms); `modeless list` shows them")
     }
 
+    /// The selector as a person writes it: an address in the kernel's spelling, `vvvv:dddd`, or the
+    /// interface or block device name.
     public var description: String {
         switch self {
         case .address(let address): address.description

@@ -16,6 +16,7 @@ public enum KernelUse: Sendable, Equatable, Codable, CustomStringConvertible {
         }
     }
 
+    /// The use in words for refusals and `modeless list`, e.g. "network interface eth1 (up)".
     public var description: String {
         switch self {
         case .networkInterface(let name, let isUp):

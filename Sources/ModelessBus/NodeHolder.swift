@@ -12,6 +12,7 @@ public struct NodeHolder: Sendable, Equatable, CustomStringConvertible {
     /// The node it has open, as the kernel names it (`/dev/vfio/6`).
     public var node: String
 
+    /// A holder: process `pid`, named `command`, with `node` open.
     public init(pid: Int32, command: String, node: String) {
         self.pid = pid
         self.command = command

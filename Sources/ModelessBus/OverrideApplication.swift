@@ -1,7 +1,9 @@
 extension PCIBinder {
     /// What applying one persistent override did.
     public struct AppliedOverride: Sendable {
+        /// The function the override names.
         public var address: PCIAddress
+        /// The override as read from its file.
         public var override: OverrideStore.Override
         /// The bind's report, or why it was refused (the function is absent, in use, …).
         public var result: Result<Report, BusError>

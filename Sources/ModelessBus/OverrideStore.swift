@@ -22,6 +22,7 @@ public struct OverrideStore: Sendable {
         /// binds even infrastructure, a device the kernel uses or one whose disks hold data.
         public var force: Bool
 
+        /// An override binding to `driver`, passing `force` to the bind at boot.
         public init(driver: UserModeDriver, force: Bool = false) {
             self.driver = driver
             self.force = force
@@ -49,6 +50,7 @@ public struct OverrideStore: Sendable {
             ?? getenv("MODELESS_CONFIG_DIR").map { String(cString: $0) } ?? defaultConfigDirectory)
     }
 
+    /// The store whose overrides live in `configDirectory/overrides`, one file per function.
     public init(configDirectory: String) {
         self.configDirectory = configDirectory
     }

@@ -9,6 +9,9 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
     /// The function number, 0–7.
     public var function: UInt8
 
+    /// The address `domain:bus:device.function`.
+    /// - Precondition: `device` < 32 and `function` < 8 (the fields' widths); parse text with
+    ///   ``init(_:)``, which answers nil instead.
     public init(domain: UInt32 = 0, bus: UInt8, device: UInt8, function: UInt8) {
         precondition(device < 32 && function < 8, "PCI device must be < 32 and function < 8")
         self.domain = domain
@@ -43,10 +46,13 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
         "\(hex(domain, width: 4)):\(hex(bus, width: 2)):\(hex(device, width: 2)).\(String(function, radix: 16))"
     }
 
+    /// Bus order: by domain, bus, device, then function, as `lspci` lists them.
     public static func < (lhs: PCIAddress, rhs: PCIAddress) -> Bool {
         (lhs.domain, lhs.bus, lhs.device, lhs.function) < (rhs.domain, rhs.bus, rhs.device, rhs.function)
     }
 
+    /// Decodes the kernel's spelling from a JSON string (the binding record, the override files).
+    /// - Throws: `DecodingError.dataCorrupted` naming the text when it is not an address.
     public init(from decoder: any Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
         guard let address = PCIAddress(text) else {
@@ -55,6 +61,7 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
         self = address
     }
 
+    /// Encodes the address as a string in the kernel's spelling, `0000:03:00.0`.
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(description)

@@ -5,14 +5,18 @@ public struct PCIBar: Sendable, Equatable, Codable {
 
     /// BAR number, 0–5.
     public var index: Int
+    /// Memory or I/O port space.
     public var space: Space
     /// The bus address the kernel assigned.
     public var start: UInt64
     /// Size in bytes.
     public var size: UInt64
+    /// A memory BAR that takes two BAR slots and may lie above 4 GiB.
     public var is64Bit: Bool
+    /// A memory BAR the CPU may read ahead and merge writes to (not registers with side effects).
     public var isPrefetchable: Bool
 
+    /// A BAR as sysfs's `resource` file describes it.
     public init(index: Int, space: Space, start: UInt64, size: UInt64, is64Bit: Bool, isPrefetchable: Bool) {
         self.index = index
         self.space = space

@@ -11,10 +11,15 @@ import Glibc
 /// puts back the previous driver and `driver_override`, so a failed bind or unbind leaves
 /// the device as it was.
 public struct PCIBinder: Sendable {
+    /// Where devices are found and read.
     public let bus: PCIBus
+    /// How the binder writes to sysfs and loads modules; tests substitute a recording double.
     public let kernel: any PCIKernelControl
+    /// The record of what each function had before Modeless bound it, for giving it back.
     public let store: BindingStore
 
+    /// A binder of the devices of `bus` through `kernel`, recording in `store` (by default the
+    /// running system's, with the record in `$MODELESS_STATE_DIR` or `/run/modeless`).
     public init(bus: PCIBus = PCIBus(), kernel: any PCIKernelControl = LinuxKernelControl(),
                 store: BindingStore = .standard()) {
         self.bus = bus
@@ -43,6 +48,8 @@ public struct PCIBinder: Sendable {
     /// overrides the last, since the kernel's unbind would wait for that process without end.
     ///
     /// - Parameters:
+    ///   - selector: the device: an address, `vendor:device` ids, an interface or a block device.
+    ///   - driver: the user-mode driver to bind it to.
     ///   - force: bind even if the device is infrastructure, is in use by the kernel (an
     ///     interface up, a disk mounted) or holds data.
     ///   - dryRun: check everything and report the steps without changing anything.

@@ -5,12 +5,17 @@ import ModelessSystem
 /// `sysfsRoot`, `procRoot` and `devRoot` are `/sys`, `/proc` and `/dev` on a real system; tests
 /// point them at a directory tree that stands in for the kernel.
 public struct PCIBus: Sendable {
+    /// Where sysfs is mounted: devices are read from `sysfsRoot/bus/pci/devices`.
     public let sysfsRoot: String
+    /// Where procfs is mounted: mounts, swaps and the processes holding device nodes are read there.
     public let procRoot: String
     /// Where block device nodes are found by name (`/dev/nvme0n1`), to probe them for data.
     public let devRoot: String
+    /// The ID database that names vendors, devices and classes.
     public let names: PCINames
 
+    /// The bus as the kernel under the given roots shows it; the defaults are the running system's.
+    /// Nothing is read until a device is asked for.
     public init(sysfsRoot: String = "/sys", procRoot: String = "/proc", devRoot: String = "/dev", names: PCINames = .shared) {
         self.sysfsRoot = sysfsRoot
         self.procRoot = procRoot

@@ -7,53 +7,76 @@ public struct PCIConfigSpace: Sendable, Equatable {
     /// The bytes as read: 64 (unprivileged sysfs read), 256 (conventional) or 4096 (PCIe extended).
     public let bytes: [UInt8]
 
+    /// A view of `bytes`, read from sysfs's `config` file or a device model.
     public init(bytes: [UInt8]) {
         self.bytes = bytes
     }
 
     /// Offsets of the standard header fields (PCI Local Bus Specification, type 0/1 header).
     public enum Offset {
+        /// Vendor ID, 16 bits.
         public static let vendorID = 0x00
+        /// Device ID, 16 bits.
         public static let deviceID = 0x02
+        /// Command register, 16 bits (memory space, bus master, INTx disable, ...).
         public static let command = 0x04
+        /// Status register, 16 bits (capability list, INTx status, errors).
         public static let status = 0x06
+        /// Revision ID, 8 bits.
         public static let revision = 0x08
+        /// Class code, 24 bits from here: programming interface, subclass, base class.
         public static let classCode = 0x09
+        /// Header type, 8 bits (bit 7: multi-function).
         public static let headerType = 0x0E
+        /// Subsystem vendor ID, 16 bits (type 0 header).
         public static let subsystemVendorID = 0x2C
+        /// Subsystem ID, 16 bits (type 0 header).
         public static let subsystemID = 0x2E
+        /// Capabilities pointer, 8 bits: the first capability's offset.
         public static let capabilitiesPointer = 0x34
+        /// Interrupt line, 8 bits: the legacy IRQ routing the firmware wrote.
         public static let interruptLine = 0x3C
+        /// Interrupt pin, 8 bits: 0 for none, 1–4 for INTA#–INTD#.
         public static let interruptPin = 0x3D
     }
 
     /// Status register bit 4: the function has a capability list.
     public static let statusCapabilitiesList: UInt16 = 1 << 4
 
+    /// The byte at `offset`, or nil outside the bytes read.
     public func byte(at offset: Int) -> UInt8? {
         offset >= 0 && offset < bytes.count ? bytes[offset] : nil
     }
 
+    /// The little-endian 16-bit value at `offset`, or nil if any of its bytes was not read.
     public func word(at offset: Int) -> UInt16? {
         guard offset >= 0, offset + 2 <= bytes.count else { return nil }
         return UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8
     }
 
+    /// The little-endian 32-bit value at `offset`, or nil if any of its bytes was not read.
     public func dword(at offset: Int) -> UInt32? {
         guard let low = word(at: offset), let high = word(at: offset + 2) else { return nil }
         return UInt32(low) | UInt32(high) << 16
     }
 
+    /// The vendor ID, or nil if fewer than 2 bytes were read.
     public var vendorID: UInt16? { word(at: Offset.vendorID) }
+    /// The device ID.
     public var deviceID: UInt16? { word(at: Offset.deviceID) }
+    /// The command register.
     public var command: UInt16? { word(at: Offset.command) }
+    /// The status register.
     public var status: UInt16? { word(at: Offset.status) }
+    /// The revision ID.
     public var revision: UInt8? { byte(at: Offset.revision) }
     /// The 24-bit class code: base class, subclass, programming interface.
     public var classCode: UInt32? {
         guard let progIf = byte(at: 0x09), let sub = byte(at: 0x0A), let base = byte(at: 0x0B) else { return nil }
         return UInt32(base) << 16 | UInt32(sub) << 8 | UInt32(progIf)
     }
+    /// The header layout without the multi-function bit: 0 for an endpoint, 1 for a PCI-to-PCI
+    /// bridge, 2 for a CardBus bridge.
     public var headerType: UInt8? { byte(at: Offset.headerType).map { $0 & 0x7F } }
     /// The interrupt pin: 0 for none, 1–4 for INTA#–INTD#.
     public var interruptPin: UInt8? { byte(at: Offset.interruptPin) }
@@ -126,11 +149,14 @@ public struct PCICapability: Sendable, Equatable, Codable {
         case sata = 0x12, advancedFeatures = 0x13, enhancedAllocation = 0x14
     }
 
+    /// The capability's id: a standard ``ID`` raw value, or an extended capability's 16-bit id.
     public var id: UInt16
+    /// The capability's offset in configuration space.
     public var offset: Int
     /// Whether this is a PCI Express extended capability (offset ≥ 0x100).
     public var isExtended: Bool
 
+    /// A capability as a walk found it.
     public init(id: UInt16, offset: Int, isExtended: Bool) {
         self.id = id
         self.offset = offset
@@ -165,25 +191,36 @@ public struct PCICapability: Sendable, Equatable, Codable {
 public struct InterruptCapabilities: Sendable, Equatable, Codable {
     /// MSI support from the MSI capability.
     public struct MSI: Sendable, Equatable, Codable {
+        /// Vectors the function can use (Multiple Message Capable): 1, 2, 4, ... 32.
         public var vectors: Int
+        /// The function takes a 64-bit message address.
         public var is64Bit: Bool
+        /// The function can mask each vector on its own.
         public var perVectorMasking: Bool
     }
 
     /// MSI-X support from the MSI-X capability: vector count and where its table lives.
     public struct MSIX: Sendable, Equatable, Codable {
+        /// Vectors in the MSI-X table (Table Size + 1), up to 2048.
         public var vectors: Int
+        /// The BAR holding the vector table (BIR).
         public var tableBAR: Int
+        /// The table's byte offset in that BAR.
         public var tableOffset: Int
+        /// The BAR holding the pending bit array.
         public var pendingBAR: Int
+        /// The pending bit array's byte offset in that BAR.
         public var pendingOffset: Int
     }
 
     /// 0 when the function has no legacy interrupt, else 1–4 for INTA#–INTD#.
     public var intxPin: UInt8
+    /// MSI, or nil without an MSI capability (or when configuration space could not be read).
     public var msi: MSI?
+    /// MSI-X, or nil without an MSI-X capability (or when configuration space could not be read).
     public var msix: MSIX?
 
+    /// The mechanisms found: the INTx pin and the MSI and MSI-X capabilities, if any.
     public init(intxPin: UInt8, msi: MSI? = nil, msix: MSIX? = nil) {
         self.intxPin = intxPin
         self.msi = msi

@@ -3,18 +3,28 @@
 ///
 /// A snapshot: read it again with ``PCIBus/device(at:)`` after a bind or unbind.
 public struct PCIDevice: Sendable, Equatable {
+    /// Where the function sits: domain, bus, device and function.
     public var address: PCIAddress
+    /// The vendor ID (`8086` for Intel).
     public var vendorID: UInt16
+    /// The device ID, which with the vendor names the chip.
     public var deviceID: UInt16
+    /// The subsystem vendor ID: who made the board around the chip.
     public var subsystemVendorID: UInt16
+    /// The subsystem ID, the board maker's own number.
     public var subsystemID: UInt16
     /// The 24-bit class code (base class, subclass, programming interface).
     public var classCode: UInt32
+    /// The revision ID (a chip stepping).
     public var revision: UInt8
 
+    /// The vendor's name from pci.ids, or nil when the database lacks it.
     public var vendorName: String?
+    /// The device's name from pci.ids, or nil when the database lacks it.
     public var deviceName: String?
+    /// The subsystem's name from pci.ids, or nil when the database lacks it.
     public var subsystemName: String?
+    /// The class's name from pci.ids (`Ethernet controller`), or nil when the database lacks it.
     public var className: String?
 
     /// The kernel driver bound now, or `nil` when none is.
@@ -27,12 +37,17 @@ public struct PCIDevice: Sendable, Equatable {
     public var iommuGroupPeers: [PCIAddress]
     /// The NUMA node, or `nil` when the platform does not say.
     public var numaNode: Int?
+    /// The BARs the kernel assigned (empty ones left out), from sysfs's `resource` file.
     public var bars: [PCIBar]
+    /// INTx, MSI and MSI-X as configuration space describes them.
     public var interrupts: InterruptCapabilities
+    /// Every capability found in configuration space, standard and extended.
     public var capabilities: [PCICapability]
     /// Whether all 256 bytes of configuration space could be read (needs root); if not, the
     /// capability list and interrupt details are unknown.
     public var capabilitiesReadable: Bool
+    /// What the kernel uses the function for now (its network interfaces, its block devices, their
+    /// mounts and holders): the reasons a bind may be refused.
     public var kernelUses: [KernelUse]
 
     /// The 16-bit base class and subclass, as `lspci -nn` shows them in brackets.
@@ -65,6 +80,7 @@ public enum UserModeDriver: String, Sendable, CaseIterable, Codable {
     /// UIO: register access and INTx only; no DMA isolation.
     case uioPCIGeneric = "uio_pci_generic"
 
+    /// The kernel driver names, for telling a function bound for user mode from another.
     public static let names = Set(allCases.map(\.rawValue))
 
     /// The kernel module that provides the driver.

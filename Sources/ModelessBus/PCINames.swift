@@ -22,14 +22,17 @@ public final class PCINames: Sendable {
         }
     }
 
+    /// The vendor's name, or nil when the database lacks it (or cannot be read).
     public func vendor(_ vendor: UInt16) -> String? {
         lookup { modeless_pci_vendor_name($0, $1, $2, Int32(vendor)) }
     }
 
+    /// The device's name under `vendor`, or nil when the database lacks it.
     public func device(vendor: UInt16, device: UInt16) -> String? {
         lookup { modeless_pci_device_name($0, $1, $2, Int32(vendor), Int32(device)) }
     }
 
+    /// The subsystem's name for a device, or nil when the database lacks it.
     public func subsystem(vendor: UInt16, device: UInt16, subsystemVendor: UInt16, subsystem: UInt16) -> String? {
         lookup {
             modeless_pci_subsystem_name($0, $1, $2, Int32(vendor), Int32(device), Int32(subsystemVendor), Int32(subsystem))

@@ -16,6 +16,7 @@ public struct PCIEvent: Sendable, Equatable, CustomStringConvertible {
     /// The sysfs path below `/sys`.
     public var devicePath: String
 
+    /// The event in one line, e.g. `bind 0000:00:04.0 driver=vfio-pci`.
     public var description: String {
         "\(action) \(address?.description ?? devicePath)" + (driver.map { " driver=\($0)" } ?? "")
     }
@@ -26,6 +27,7 @@ public struct PCIEvent: Sendable, Equatable, CustomStringConvertible {
 /// ``Source/udev`` gets events after udev has processed them (rules applied, nodes created);
 /// ``Source/kernel`` gets them straight from the kernel, which works where no udev daemon runs.
 public final class UdevMonitor {
+    /// Where events come from: the udev daemon or the kernel directly.
     public enum Source: String, Sendable, CaseIterable {
         case udev, kernel
 
@@ -37,6 +39,7 @@ public final class UdevMonitor {
 
     private let context: OpaquePointer
     private let monitor: OpaquePointer
+    /// Where this monitor's events come from.
     public let source: Source
 
     /// Starts listening. Events that happen from now on are queued until read.

@@ -14,6 +14,7 @@ public final class CountdownTimerDriver: @unchecked Sendable {
         case notATimer(identification: UInt32)
         case timedOut
 
+        /// What went wrong, with the identification found or the wait that ran out.
         public var description: String {
             switch self {
             case .notATimer(let identification):

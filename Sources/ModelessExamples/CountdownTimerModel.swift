@@ -10,8 +10,12 @@ import Synchronization
 /// interrupt cause at 0x0C (bit 0: expired; write the bit to acknowledge it). One MSI vector,
 /// or INTx, held asserted while a cause is pending.
 public final class CountdownTimerModel: DeviceModel, @unchecked Sendable {
+    /// BAR0 only, 16 bytes: the four 32-bit registers.
     public let barSizes = [0: 16]
+    /// One INTx line or one MSI vector; no MSI-X.
     public let vectorCounts: [InterruptKind: Int] = [.intx: 1, .msi: 1]
+    /// Configuration space of 256 bytes: vendor 1234, device 7133, class 0880 (other system
+    /// peripheral), INTA, and an MSI capability with one vector at 0x40.
     public var initialConfigSpace: [UInt8] {
         var bytes = [UInt8](repeating: 0, count: 256)
         bytes[0] = 0x34; bytes[1] = 0x12; bytes[2] = 0x33; bytes[3] = 0x71   // 1234:7133
@@ -33,10 +37,14 @@ public final class CountdownTimerModel: DeviceModel, @unchecked Sendable {
     private let state = Mutex(State())
     private let contextSlot = Mutex<ModelContext?>(nil)
 
+    /// A stopped timer with no cause pending.
     public init() {}
 
+    /// Keeps the context through which the model raises its interrupt; `ModeledDevice` calls it.
     public func connect(_ context: ModelContext) { contextSlot.withLock { $0 = context } }
 
+    /// A register read of BAR0: the registers above for 4-byte accesses at their offsets, all ones
+    /// for any other width or offset (as a real device answers an access it does not decode).
     public func read(bar: Int, offset: Int, width: Int) -> UInt64 {
         guard width == 4 else { return UInt64.max }
         return state.withLock { state in
@@ -50,6 +58,8 @@ public final class CountdownTimerModel: DeviceModel, @unchecked Sendable {
         }
     }
 
+    /// A register write of BAR0: a count at 0x04 starts a countdown of that many milliseconds (0
+    /// stops it), a 1 in bit 0 at 0x0C acknowledges the expiry; other writes are ignored.
     public func write(bar: Int, offset: Int, width: Int, value: UInt64) {
         guard width == 4 else { return }
         let context = contextSlot.withLock { $0 }

@@ -15,8 +15,9 @@ public struct LatencyHistogram: Sendable, Equatable {
     private(set) var counts: [UInt64] = []
     /// The number of values recorded.
     public private(set) var count: UInt64 = 0
-    /// The smallest and largest values recorded (0 when empty).
+    /// The smallest value recorded (0 when empty).
     public private(set) var minimum: UInt64 = 0
+    /// The largest value recorded (0 when empty), exact rather than a bucket's bound.
     public private(set) var maximum: UInt64 = 0
     private var total: Double = 0
 

@@ -11,17 +11,24 @@
 public struct LatencyHistogramPicture {
     /// One curve: its name (for the legend) and its histogram.
     public struct Series {
+        /// The series' name in the legend (a benchmark's path or configuration).
         public var name: String
+        /// The latencies drawn, in nanoseconds.
         public var histogram: LatencyHistogram
+        /// A curve named `name` of `histogram`.
         public init(name: String, histogram: LatencyHistogram) {
             self.name = name
             self.histogram = histogram
         }
     }
 
+    /// The heading drawn above the plot.
     public var title: String
+    /// The curves, drawn in this order with the colours cycled.
     public var series: [Series]
+    /// The picture's width in SVG user units (pixels at 100 %).
     public var width = 900.0
+    /// The picture's height in SVG user units (pixels at 100 %).
     public var height = 480.0
 
     static let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]

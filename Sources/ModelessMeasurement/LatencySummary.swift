@@ -8,9 +8,13 @@ public struct LatencySummary: Codable, Sendable, Equatable {
     public var name: String
     /// Always `ns`.
     public var unit: String
+    /// How many values were recorded.
     public var count: UInt64
+    /// The smallest value recorded, in nanoseconds (0 when none was).
     public var min: UInt64
+    /// The largest value recorded, in nanoseconds (0 when none was).
     public var max: UInt64
+    /// The arithmetic mean of the values, in nanoseconds (exact, not from the buckets).
     public var mean: Double
     /// `p50`, `p90`, `p99`, `p99.9`, `p99.99`: see ``LatencyHistogram/value(atPercentile:)``.
     public var percentiles: [String: UInt64]

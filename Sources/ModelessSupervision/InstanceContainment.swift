@@ -15,6 +15,8 @@ public enum InstanceContainment: Sendable, Equatable, CustomStringConvertible {
     /// A process group per instance only; `reason` says why no cgroup is used.
     case processGroup(reason: String)
 
+    /// The containment in words for `modeless supervise`'s start line and `modeless status`: the
+    /// cgroup parent's path, or why each instance has only a process group.
     public var description: String {
         switch self {
         case .controlGroup(let parent): "cgroup v2 (\(parent)) and a process group per instance"

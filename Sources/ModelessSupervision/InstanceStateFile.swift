@@ -18,6 +18,8 @@ public final class InstanceStateFile: @unchecked Sendable {
     static let size = ledgerOffset + RequestLedger.size
 
     let file: SharedMemoryFile
+    /// The shared-memory file's path, which the supervisor passes to the instance as
+    /// `MODELESS_INSTANCE_STATE`.
     public var path: String { file.path }
     /// The driver's resume data.
     public let record: SavedRecord

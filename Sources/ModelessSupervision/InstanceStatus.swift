@@ -2,6 +2,8 @@ import ModelessSystem
 
 /// One instance as the supervisor sees it.
 public struct InstanceStatus: Sendable, Equatable {
+    /// Where an instance is in its life, as the status file and `modeless status` show it; the raw
+    /// value is the word written there.
     public enum Phase: String, Sendable {
         /// Started, not yet serving.
         case starting
@@ -20,8 +22,13 @@ public struct InstanceStatus: Sendable, Equatable {
         case waitingForDevice = "waiting-for-device"
     }
 
+    /// The instance's name from the service configuration (`storage-0`), which is also its
+    /// container's name.
     public var name: String
+    /// The process the instance runs as, or nil while none does (failed, stopped, waiting for its
+    /// device).
     public var processID: Int32?
+    /// Where the instance is in its life.
     public var phase: Phase
     /// How many times it was started again after dying.
     public var restarts: Int
@@ -56,14 +63,20 @@ public struct InstanceStatus: Sendable, Equatable {
 /// The supervisor's status file, `supervisor.status` in the state directory: the service,
 /// the supervisor's process, and a line per instance. Replaced atomically on every change.
 public struct SupervisorStatus: Sendable, Equatable {
+    /// The service's name: the configuration file's name without `.json`.
     public var service: String
+    /// The process of `modeless supervise` that wrote the file; `modeless status` checks that it
+    /// still runs before trusting the lines.
     public var supervisorProcessID: Int32
+    /// Every instance of the service, in the configuration's order.
     public var instances: [InstanceStatus]
     /// How the instances are contained: "cgroup" or "process-group" (see ``InstanceContainment``).
     public var containment: String
     /// The containment in words: the cgroup's path, or why there is none.
     public var containmentDetail: String
 
+    /// A status as the supervisor writes it; `containment` and `containmentDetail` are `-` when
+    /// unknown (a status file from a supervisor that did not record them).
     public init(service: String, supervisorProcessID: Int32, instances: [InstanceStatus], containment: String = "-",
                 containmentDetail: String = "-") {
         self.service = service

@@ -30,7 +30,10 @@ public struct RequestLedger: @unchecked Sendable {
 
     /// One remembered request.
     public struct Entry: Sendable, Equatable {
+        /// The consumer's request id (`RequestHeader`'s), the same when a request is sent again after
+        /// a failover.
         public var requestID: UInt64
+        /// Whether the request was begun, completed or interrupted.
         public var progress: Progress
         /// The failure it completed with, nil for success.
         public var failure: LogicalDeviceError.Kind?

@@ -4,7 +4,7 @@ import ModelessSystem
 /// A consumer of a supervised service: one logical device provided by several instances
 /// (`storage-0/disk`, `storage-1/disk`, ...). Requests go to one instance; when it fails, the
 /// client moves to a surviving or restarted instance and sends the failed request again, with
-/// the same request id and marked ``RequestFlags/reissued``, so that the provider executes it
+/// the same request id and marked `RequestFlags.reissued`, so that the provider executes it
 /// only once. The caller sees every request answered exactly once.
 public final class ServiceClient: @unchecked Sendable {
     /// A move from a failed instance to another.
@@ -19,9 +19,12 @@ public final class ServiceClient: @unchecked Sendable {
         public var requestID: UInt64
     }
 
+    /// The container the instances' providers are reached through; requests are sent on its
+    /// connections.
     public let container: LogicalContainer
     /// The instances' container names, in the order they are tried.
     public let instances: [String]
+    /// The logical device's name inside each instance's container (`disk` in `storage-0/disk`).
     public let device: String
     /// How long to keep trying to reach an instance after a failure before giving up.
     public let recoverySeconds: Double

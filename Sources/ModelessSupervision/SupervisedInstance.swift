@@ -14,6 +14,8 @@ import Glibc
 public final class SupervisedInstance: @unchecked Sendable {
     /// The instance's name, which is also its container's.
     public let name: String
+    /// The instance's saved state: its resume record and its request ledger, which survive the
+    /// process and are read by its replacement.
     public let state: InstanceStateFile
     /// The directory holding every instance's state file.
     public let stateDirectory: String
@@ -36,6 +38,7 @@ public final class SupervisedInstance: @unchecked Sendable {
         /// Requests sent again after a failover and answered from a ledger without executing.
         public var replayed: UInt64 = 0
 
+        /// Counters starting from the given values; a restarted instance starts from its saved record's.
         public init(executed: UInt64 = 0, replayed: UInt64 = 0) {
             self.executed = executed
             self.replayed = replayed
@@ -70,7 +73,7 @@ public final class SupervisedInstance: @unchecked Sendable {
 
     /// `handlers` with every request guarded: a request with a request id is recorded in the
     /// ledger when it begins and when it completes, before its reply goes out; a request
-    /// marked ``RequestFlags/reissued`` that this instance or a sibling recorded as completed
+    /// marked `RequestFlags.reissued` that this instance or a sibling recorded as completed
     /// without output is answered from that record and not executed again.
     public func guarding(_ handlers: LogicalDeviceHandlers) -> LogicalDeviceHandlers {
         var guarded = handlers

@@ -7,7 +7,9 @@ import Glibc
 /// A program started in the background, with its output (stdout and stderr) readable line by
 /// line: for supervising driver processes and for tests that kill them.
 public final class ChildProcess: @unchecked Sendable {
+    /// The child's process id: what to signal, and the leader of its process group when it has one.
     public let processID: pid_t
+    /// The executable that runs: the program given, found in `PATH` when it was a bare name.
     public let program: String
     private let output: Int32
     private var buffered: [UInt8] = []
@@ -28,6 +30,9 @@ public final class ChildProcess: @unchecked Sendable {
         /// A descriptor the process inherits (across its exec), or nil.
         public var inherited: Int32?
 
+        /// A containment that kills the child with `deathSignal` (default `SIGKILL`) when the starting
+        /// thread ends, optionally starts it in the cgroup whose `cgroup.procs` is open as
+        /// `cgroupProcs`, and passes it `inherited` across its exec. The descriptors stay the caller's.
         public init(deathSignal: Int32? = SIGKILL, cgroupProcs: Int32? = nil, inherited: Int32? = nil) {
             self.deathSignal = deathSignal
             self.cgroupProcs = cgroupProcs

@@ -8,6 +8,8 @@ public final class ConditionLock: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
+    /// A lock whose condition's timed waits use `CLOCK_MONOTONIC`, so that a change of the wall
+    /// clock never shortens or stretches a timeout.
     public init() {
         pthread_mutex_init(mutex, nil)
         var attributes = pthread_condattr_t()
@@ -24,7 +26,9 @@ public final class ConditionLock: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    /// Takes the mutex (`pthread_mutex_lock`), blocking until it is free. Not reentrant.
     public func lock() { pthread_mutex_lock(mutex) }
+    /// Releases the mutex (`pthread_mutex_unlock`); the calling thread must hold it.
     public func unlock() { pthread_mutex_unlock(mutex) }
 
     /// Waits for a broadcast or signal; the lock must be held, and is held again on return.
@@ -40,9 +44,15 @@ public final class ConditionLock: @unchecked Sendable {
         return pthread_cond_timedwait(condition, mutex, &deadline) == 0
     }
 
+    /// Wakes every thread waiting on the condition (`pthread_cond_broadcast`); call it with the
+    /// lock held after changing the state they wait for.
     public func broadcast() { pthread_cond_broadcast(condition) }
+    /// Wakes one thread waiting on the condition (`pthread_cond_signal`), when any one of them can
+    /// take the change.
     public func signal() { pthread_cond_signal(condition) }
 
+    /// Runs `body` with the mutex held and releases it however `body` ends; returns what `body`
+    /// returns and rethrows what it throws.
     @inline(__always)
     public func withLock<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
         lock()

@@ -9,6 +9,7 @@ public struct ControlGroup: Sendable, Equatable {
     /// The directory, under the cgroup2 mount.
     public let path: String
 
+    /// The cgroup at `path`, a directory under the cgroup2 mount; nothing is checked or created.
     public init(path: String) { self.path = path }
 
     /// The cgroup this process is in, if the cgroup v2 hierarchy is mounted (on its own or

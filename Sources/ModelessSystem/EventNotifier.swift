@@ -7,6 +7,8 @@ import Glibc
 /// VFIO signals interrupts by adding to one; a wait thread blocks reading it. Owns its
 /// descriptor: ``close()`` releases it, and so does `deinit` if it was not closed.
 public final class EventNotifier: @unchecked Sendable {
+    /// The eventfd's descriptor, for handing to the kernel (VFIO's `VFIO_DEVICE_SET_IRQS`) or to
+    /// an ``EventPoll``; valid until ``close()``.
     public let fd: Int32
     private let system: any SystemCalls
     private var isOpen = true

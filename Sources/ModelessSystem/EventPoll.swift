@@ -17,7 +17,9 @@ public final class EventPoll: @unchecked Sendable {
     /// What to wait for on a descriptor (`EPOLLIN`, `EPOLLONESHOT`). End of stream, a hang-up
     /// and an error are always reported, as readable.
     public struct Interest: OptionSet, Sendable {
+        /// The `EPOLL*` bits.
         public let rawValue: UInt32
+        /// An interest from raw `EPOLL*` bits.
         public init(rawValue: UInt32) { self.rawValue = rawValue }
 
         /// `EPOLLIN`: a read would not block (data, a connection to accept, or the end).
@@ -34,6 +36,7 @@ public final class EventPoll: @unchecked Sendable {
         public var events: UInt32
     }
 
+    /// The epoll instance's descriptor; valid until ``close()``.
     public let fd: Int32
     private let closeLock = ConditionLock()
     private var isOpen = true

@@ -14,6 +14,7 @@ public struct NetworkInterface: Sendable {
     /// The interface's name.
     public let name: String
 
+    /// The interface called `name` (`eth1`, `tap0`); whether it exists is found at the first call.
     public init(_ name: String) { self.name = name }
 
     /// `ARPHRD_ETHER` (<net/if_arp.h>, not in Swift's Glibc module): an Ethernet address.
@@ -45,6 +46,7 @@ public struct NetworkInterface: Sendable {
             return [UInt8(value >> 24), UInt8(truncatingIfNeeded: value >> 16), UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)]
         }
 
+        /// The address in the `a.b.c.d/n` form ``init(_:)`` parses.
         public var description: String { bytes.map(String.init).joined(separator: ".") + "/\(prefixLength)" }
     }
 

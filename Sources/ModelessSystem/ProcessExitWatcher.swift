@@ -12,6 +12,9 @@ public final class ProcessExitWatcher: @unchecked Sendable {
     private var watched: [pid_t: Int32] = [:]
     private let waker: EventNotifier
 
+    /// A watcher with no process yet and the eventfd ``wake()`` writes to.
+    /// - Throws: ``SystemError`` when the eventfd cannot be created (the process is out of
+    ///   descriptors).
     public init() throws(SystemError) {
         waker = try EventNotifier(nonBlocking: true)
     }

@@ -7,9 +7,11 @@ import Glibc
 public enum ProcessTable {
     /// One line of `/proc/PID/stat`, the fields used here.
     public struct Entry: Sendable, Equatable {
+        /// The process id (field 1).
         public var processID: pid_t
         /// The state letter (`R`, `S`, `D`, `Z` for a zombie, ...).
         public var state: Character
+        /// The process group it belongs to (field 5).
         public var processGroup: pid_t
         /// Clock ticks after boot at which it started: with the pid, names one process for good.
         public var startTime: UInt64

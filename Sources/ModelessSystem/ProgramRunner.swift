@@ -11,6 +11,7 @@ public struct ProgramResult: Sendable, Equatable {
     /// Its standard output and standard error, interleaved as written.
     public var output: String
 
+    /// A result of exit status `status` that printed `output`.
     public init(status: Int32, output: String) {
         self.status = status
         self.output = output

@@ -9,7 +9,9 @@ import Glibc
 /// stored). Every access is bounds-checked; the mapping and the file descriptor are released
 /// by ``close()`` or when the value is released.
 public final class SharedMemoryFile: @unchecked Sendable {
+    /// The mapped file's path, which other processes open to share the memory.
     public let path: String
+    /// The mapping's length in bytes, the file's size; every access must fall inside it.
     public let size: Int
     private let base: UnsafeMutableRawPointer
     private var isClosed = false

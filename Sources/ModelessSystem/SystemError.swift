@@ -17,12 +17,16 @@ public struct SystemError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The error number the kernel returned.
     public var errno: Errno
 
+    /// The failure of `operation` on `subject` with `errno`; callers pass `Errno.current` right
+    /// after the failed call.
     public init(_ operation: String, _ subject: String, errno: Errno) {
         self.operation = operation
         self.subject = subject
         self.errno = errno
     }
 
+    /// `operation subject: message (errno N)`, e.g.
+    /// `open /dev/vfio/12: Device or resource busy (errno 16)`.
     public var description: String {
         "\(operation) \(subject): \(errno.description) (errno \(errno.rawValue))"
     }

@@ -14,6 +14,8 @@ public final class SystemThread: @unchecked Sendable {
         /// A `SCHED_FIFO` priority (1–99), or `nil` for ordinary scheduling.
         public var realtimePriority: Int32?
 
+        /// A placement on `cpu` (any CPU when nil) at `SCHED_FIFO` priority `realtimePriority`
+        /// (ordinary scheduling when nil).
         public init(cpu: Int? = nil, realtimePriority: Int32? = nil) {
             self.cpu = cpu
             self.realtimePriority = realtimePriority
@@ -23,12 +25,16 @@ public final class SystemThread: @unchecked Sendable {
     /// What the thread got: a pinning or priority the system refused is reported here (and
     /// the thread runs anyway, unpinned or with ordinary priority).
     public struct Outcome: Sendable, Equatable {
+        /// The thread is pinned to the CPU asked for (false when none was asked for or it was refused).
         public var pinned: Bool
+        /// The thread runs under `SCHED_FIFO` (false when not asked for or refused).
         public var realtime: Bool
         /// Why a request was refused, e.g. `SCHED_FIFO: Operation not permitted`.
         public var refusals: [String]
     }
 
+    /// The thread's name, as `ps -L` and `/proc/PID/task/TID/comm` show it (the kernel keeps 15
+    /// bytes).
     public let name: String
     private var thread = pthread_t()
     private let started = ConditionLock()

@@ -17,6 +17,8 @@ public enum TapError: Error, Equatable, Sendable, CustomStringConvertible {
     /// Any other failed system call.
     case system(SystemError)
 
+    /// What was wrong and what to do, naming the interface (for example "load the TUN/TAP driver
+    /// with `modprobe tun`").
     public var description: String {
         switch self {
         case .invalidName(let name, let reason):

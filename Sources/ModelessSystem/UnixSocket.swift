@@ -13,10 +13,13 @@ import Glibc
 public final class UnixSocket: @unchecked Sendable {
     /// Who is at the other end of a connection, as the kernel recorded at `connect`.
     public struct PeerCredentials: Sendable, Equatable {
+        /// The peer's process id when it connected.
         public var processID: Int32
+        /// The peer's effective user id when it connected.
         public var userID: UInt32
     }
 
+    /// The socket's descriptor; valid until ``close()``.
     public let fd: Int32
     /// The path this socket was bound or connected to, for messages.
     public let path: String

@@ -10,6 +10,8 @@ import Glibc
 /// holder's process and block device. The lock ends with its process however it ends, so a
 /// crashed export never blocks the next one.
 public final class ExportLock {
+    /// The lock file's path, under ``directory(for:)``; it holds the holder's process id and block
+    /// device while the claim lasts.
     public let path: String
     private let fd: Int32
 

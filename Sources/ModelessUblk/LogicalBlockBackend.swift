@@ -5,7 +5,7 @@ import ModelessSystem
 import Glibc
 #endif
 
-/// Serves a ublk device from a logical block device (any provider of the ``BlockRequest``
+/// Serves a ublk device from a logical block device (any provider of the `BlockRequest`
 /// layout: the memory disk, a partition, the NVMe driver), in this process's container.
 ///
 /// Each queue opens the device itself (its own consumer and connection) and sends one
@@ -15,8 +15,13 @@ import Glibc
 /// WRITE_ZEROES becomes writes of zeroes; DISCARD is not offered, as the layout has no request
 /// for it.
 public final class LogicalBlockBackend: UblkBackend {
+    /// The logical device served, by its name in `LogicalContainer`.
     public let deviceName: String
+    /// The geometry read from the device at ``init(device:container:chainBlocks:)``: its block size
+    /// and count, with flush and write-zeroes offered and discard not.
     public let geometry: UblkGeometry
+    /// The largest request, in bytes, whose parameter chain fits one logical-device message (at most
+    /// 512 KiB, halved until it fits); the kernel is told to send nothing larger.
     public let maximumIOBytes: Int
     /// Parameter blocks per request: this device's and the stack's below it.
     public let chainBlocks: Int
@@ -57,6 +62,9 @@ public final class LogicalBlockBackend: UblkBackend {
         maximumIOBytes = size
     }
 
+    /// Opens the device again for queue `queue`, with its own consumer, connection and parameter
+    /// chains, so that queues never share a lock.
+    /// - Throws: ``UblkError/Kind/noSuchDevice`` when the device can no longer be opened.
     public func makeQueueBackend(queue: Int) throws(UblkError) -> any UblkQueueBackend {
         do {
             return try LogicalQueueBackend(

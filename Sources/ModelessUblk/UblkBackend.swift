@@ -11,6 +11,8 @@ public struct UblkGeometry: Sendable, Equatable {
     /// The device can forget a range (DISCARD).
     public var discards: Bool
 
+    /// A geometry of `blockCount` blocks of `blockSize` bytes (a power of two from 512 to the page
+    /// size) offering the operations whose flags are true.
     public init(blockSize: Int, blockCount: UInt64, flushes: Bool, writesZeroes: Bool, discards: Bool) {
         self.blockSize = blockSize
         self.blockCount = blockCount
@@ -25,6 +27,7 @@ public struct UblkGeometry: Sendable, Equatable {
 
 /// One request from the kernel, as its descriptor gives it.
 public struct UblkRequest: Sendable, Equatable {
+    /// What the kernel asks for: read, write, flush, discard or write-zeroes.
     public var operation: UblkOperation
     /// The UBLK_IO_F_* flags (FUA, NOUNMAP, ...).
     public var flags: UInt32
@@ -33,6 +36,7 @@ public struct UblkRequest: Sendable, Equatable {
     /// How many 512-byte sectors.
     public var sectorCount: UInt32
 
+    /// A request as a queue decodes it from the tag's I/O descriptor; tests build them directly.
     public init(operation: UblkOperation, flags: UInt32, startSector: UInt64, sectorCount: UInt32) {
         self.operation = operation
         self.flags = flags

@@ -31,8 +31,11 @@ public final class PageBufferProvider: UblkBufferProvider {
     private var regions: [Int: Region] = [:]
     private let lock = ConditionLock()
 
+    /// A provider with no buffers yet; each queue's are mapped at ``prepare(queue:depth:bytes:)``.
     public init() {}
 
+    /// Maps `depth` slots of `bytes` rounded up to whole pages for `queue`, private and anonymous.
+    /// - Throws: ``UblkError/Kind/system`` naming the size when `mmap` fails.
     public func prepare(queue: Int, depth: Int, bytes: Int) throws(UblkError) {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let slot = (bytes + page - 1) / page * page
@@ -43,11 +46,13 @@ public final class PageBufferProvider: UblkBufferProvider {
         lock.withLock { regions[queue] = Region(base: base, length: length, slot: slot) }
     }
 
+    /// Tag `tag`'s slot on `queue`, a whole number of pages; `queue` must have been prepared.
     public func buffer(queue: Int, tag: Int) -> UnsafeMutableRawBufferPointer {
         let region = lock.withLock { regions[queue]! }
         return UnsafeMutableRawBufferPointer(start: region.base + tag * region.slot, count: region.slot)
     }
 
+    /// Unmaps `queue`'s slots; a queue never prepared, or already released, is ignored.
     public func release(queue: Int) {
         guard let region = lock.withLock({ regions.removeValue(forKey: queue) }) else { return }
         munmap(region.base, region.length)

@@ -18,13 +18,17 @@ public struct UblkError: Error, Sendable, Equatable, CustomStringConvertible {
         case system
     }
 
+    /// What went wrong, for choosing an exit code or a retry.
     public var kind: Kind
+    /// What was wrong and what to do, naming the device, value or command.
     public var message: String
 
+    /// An error of `kind` explained by `message`.
     public init(_ kind: Kind, _ message: String) {
         self.kind = kind
         self.message = message
     }
 
+    /// The message alone: it already says what failed.
     public var description: String { message }
 }

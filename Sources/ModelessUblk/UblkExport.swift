@@ -15,6 +15,8 @@ public struct UblkConfiguration: Sendable, Equatable {
     /// device waiting (requests queued) for a new server instead of failing it at once.
     public var userRecovery: Bool
 
+    /// A configuration of `queues` queues (default one per CPU) of `queueDepth` tags each, with user
+    /// recovery asked for unless `userRecovery` is false. ``validate()`` checks the values.
     public init(queues: Int = SystemThread.cpuCount, queueDepth: Int = 64, userRecovery: Bool = true) {
         self.queues = queues
         self.queueDepth = queueDepth
@@ -45,6 +47,7 @@ public final class UblkExport: @unchecked Sendable {
     public let geometry: UblkGeometry
     /// Queues and their depth, as the kernel accepted them.
     public let queues: Int
+    /// Tags (requests in flight) per queue, as the kernel accepted them.
     public let queueDepth: Int
     /// Feature flags the device runs with (as the kernel reported them after ADD_DEV).
     public let features: UblkFeatures

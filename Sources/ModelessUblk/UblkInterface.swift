@@ -91,7 +91,9 @@ enum UblkIOCommand: UInt32 {
 /// Feature flags of a ublk device (UBLK_F_*): asked for at ADD_DEV, and reported by
 /// GET_FEATURES as what the running kernel supports.
 public struct UblkFeatures: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    /// The UBLK_F_* bits, as ADD_DEV and GET_FEATURES carry them.
     public let rawValue: UInt64
+    /// Flags from their UBLK_F_* bits; unknown bits are kept.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
 
     /// UBLK_F_SUPPORT_ZERO_COPY.
@@ -113,6 +115,7 @@ public struct UblkFeatures: OptionSet, Sendable, Hashable, CustomStringConvertib
     /// UBLK_F_ZONED.
     public static let zoned = UblkFeatures(rawValue: 1 << 8)
 
+    /// The flags' names joined by commas (`user-recovery, ioctl-encode`), unknown bits in hex.
     public var description: String {
         let names: [(UblkFeatures, String)] = [
             (.zeroCopy, "zero-copy"), (.completeInTask, "complete-in-task"), (.needGetData, "need-get-data"),

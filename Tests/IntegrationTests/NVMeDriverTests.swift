@@ -13,25 +13,6 @@ extension VM {
     /// 512-byte blocks, 64 MiB of 4096-byte blocks).
     @Suite("NVMe driver on the real controller")
     struct NVMeDriverIntegrationTests {
-        func withController(_ mode: ExecutionMode, _ completion: NVMeController.Completion,
-                            _ body: (NVMeController) throws -> Void) throws {
-            let nvme = try TestBench.nvme()
-            let binder = PCIBinder()
-            _ = try binder.bind(.address(nvme), to: .vfioPCI, force: true)
-            defer { _ = try? binder.unbind(.address(nvme)) }
-            let device = try DeviceOpener.open(nvme)
-            defer { device.close() }
-            let verifier = DriverVerifier()
-            let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
-            defer { runtime.shutdown() }
-            do {
-                let controller = try NVMeController(device: device, runtime: runtime, completion: completion)
-                defer { controller.stop() }
-                try body(controller)
-            }
-            #expect(verifier.reports.isEmpty, "\(verifier.reports)")
-        }
-
         /// A predecessor killed mid-I/O (tagged reads submitted, completions never taken, no
         /// stop: its process gone) leaves the controller enabled; the next start resets it,
         /// works, and takes none of the predecessor's completions as its own.
@@ -53,7 +34,7 @@ extension VM {
                 runtime.shutdown()
                 device.close()  // Killed: no stop().
             }
-            try withController(mode, completion) { controller in
+            try TestBench.withNVMeController(mode, completion) { controller in
                 let tags = Mutex<[UInt64]>([])
                 controller.setCompletionHandler { entry in tags.withLock { $0.append(entry.tag) } }
                 try controller.write(lba: 64, [UInt8](repeating: 0x42, count: 4096))
@@ -71,7 +52,7 @@ extension VM {
         @Test(arguments: [(ExecutionMode.user, NVMeController.Completion.msix), (.kernelEmulation, .msix),
                           (.user, .intx), (.kernelEmulation, .intx), (.user, .poll)])
         func identifyWriteReadVerify(_ mode: ExecutionMode, _ completion: NVMeController.Completion) throws {
-            try withController(mode, completion) { controller in
+            try TestBench.withNVMeController(mode, completion) { controller in
                 let identity = try #require(controller.identity)
                 #expect(identity.vendorID == 0x1b36)
                 #expect(identity.serialNumber == "modeless-nvme0")
@@ -102,7 +83,7 @@ extension VM {
         /// 64 MiB of random data, written through the driver and read back identical.
         @Test(arguments: ExecutionMode.allCases)
         func sixtyFourMiBOfRandomData(_ mode: ExecutionMode) throws {
-            try withController(mode, .msix) { (controller) throws in
+            try TestBench.withNVMeController(mode, .msix) { (controller) throws in
                 var generator = SystemRandomNumberGenerator()
                 let chunk = controller.maximumTransfer
                 let seed = generator.next()
@@ -128,7 +109,7 @@ extension VM {
         }
 
         @Test func badRequestsAreRefusedBeforeReachingTheDevice() throws {
-            try withController(.user, .msix) { (controller) throws in
+            try TestBench.withNVMeController(.user, .msix) { (controller) throws in
                 #expect(throws: NVMeController.Failure.self) { try controller.read(lba: 262_143, blocks: 2) }
                 #expect(throws: NVMeController.Failure.self) { try controller.read(lba: 0, blocks: 0) }
                 #expect(throws: NVMeController.Failure.self) { try controller.write(lba: 0, [1, 2, 3]) }

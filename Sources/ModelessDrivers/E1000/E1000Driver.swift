@@ -11,7 +11,7 @@ import ModelessSystem
 ///   mastering and interrupts are enabled, so that whatever a killed predecessor left behind
 ///   is gone; then the MAC address from the EEPROM, link up, and both descriptor rings.
 /// - **Datapath**: ``receiveFrames(budget:_:)`` and ``transmitFrames(count:_:)`` lend frames as
-///   views of the DMA buffers themselves, under the rings' ``SpinLock``s (shared with the
+///   views of the DMA buffers themselves, under the rings' `SpinLock`s (shared with the
 ///   receive DPC): no allocation and no reference counting per frame, no register access that
 ///   throws.
 /// - **Interrupts**: the acknowledge routine reads ICR; the ISR masks the receive causes and
@@ -19,6 +19,8 @@ import ModelessSystem
 /// - **Failure**: a NIC that stops answering (a register reads all-ones, the register region
 ///   counts a failed access) is reported once in ``failure``; every later call fails with it.
 public final class E1000Driver: @unchecked Sendable {
+    /// Why a driver call, or the driver, failed; every later call fails with the first failure
+    /// that ends the driver (not responding, removed, stopped).
     public enum Failure: Error, DeviceRemovalReporting, CustomStringConvertible, Equatable {
         case timedOut(String)
         case badFrame(String)
@@ -33,6 +35,7 @@ public final class E1000Driver: @unchecked Sendable {
         /// The driver was stopped.
         case stopped
 
+        /// What failed, in a sentence for the command line.
         public var description: String {
             switch self {
             case .timedOut(let what): "timed out: \(what)"
@@ -64,7 +67,9 @@ public final class E1000Driver: @unchecked Sendable {
         case caller
     }
 
+    /// The NIC's PCI function, as opened by `DeviceOpener` or a device model.
     public let device: any DeviceAccess
+    /// The runtime whose ISR, DPCs and locks the driver uses: user mode or the kernel emulation.
     public let runtime: any DriverRuntime
     /// The controller found at start.
     public let variant: E1000Variant

@@ -16,6 +16,7 @@ public enum E1000InterruptScheme: Sendable, Equatable, CustomStringConvertible {
     /// mode reading ICR need not clear it).
     case msixShared
 
+    /// The mode in words for the driver's start line: the line kind, or which MSI-X layout.
     public var description: String {
         switch self {
         case .line(let kind): "\(kind)"

@@ -27,7 +27,7 @@ extension E1000Driver {
     /// Sends up to `count` frames in one batch. `fill(index, &writer)` writes frame `index`
     /// of the batch (0, 1, …) straight into its transmit buffer, at most
     /// ``maximumFrame`` bytes without FCS; the frame's length is what it wrote
-    /// (``DMAByteWriter/count``). The NIC pads frames shorter than 60 bytes and appends the FCS.
+    /// (`DMAByteWriter.count`). The NIC pads frames shorter than 60 bytes and appends the FCS.
     ///
     /// Descriptors the NIC has finished are reclaimed first; the batch is cut to the free
     /// descriptors, so it never overruns the ring, and the tail register is written once.

@@ -37,6 +37,7 @@ public struct E1000Variant: Sendable, Equatable, CustomStringConvertible {
         return all.first { $0.deviceID == device }
     }
 
+    /// The controller's name (`82540EM`, `82574L`).
     public var description: String { name }
 
     // MARK: EERD

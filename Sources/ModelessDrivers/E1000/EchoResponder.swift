@@ -9,10 +9,12 @@ import ModelessRuntime
 /// and counted in ``droppedPackets``.
 ///
 /// ``handle(_:)`` runs where the driver delivers frames (its receive DPC, with interrupts
-/// disabled): it shares its state through a ``SpinLock`` and never waits. ``ping(_:count:timeoutSeconds:)``
+/// disabled): it shares its state through a `SpinLock` and never waits. ``ping(_:count:timeoutSeconds:)``
 /// waits, at passive level only.
 public final class EchoResponder: @unchecked Sendable {
+    /// The Ethernet address it answers ARP with and sends from, 6 bytes.
     public let mac: [UInt8]
+    /// The IPv4 address it answers for, 4 bytes in network order.
     public let ip: [UInt8]
     private let send: @Sendable ([UInt8]) throws -> Void
     private let runtime: any DriverRuntime

@@ -16,21 +16,23 @@ import ModelessSystem
 /// - **Acknowledge routine** (the generic ISR's device part): reads the interrupt status and
 ///   writes it back to the acknowledge register; a status of all ones from a device whose
 ///   identification reads all ones too means the device stopped answering.
-/// - **ISR**: adds the causes to ``Causes/fromISR`` under the spin lock and queues the DPC.
-/// - **DPC**: moves them to ``Causes/completed`` under the spin lock and signals the event the
+/// - **ISR**: adds the causes to `Causes.fromISR` under the spin lock and queues the DPC.
+/// - **DPC**: moves them to `Causes.completed` under the spin lock and signals the event the
 ///   waiters sleep on.
 public final class EduDriver: @unchecked Sendable {
+    /// Why an edu operation, or the driver, failed.
     public enum Failure: Error, DeviceRemovalReporting, Equatable, CustomStringConvertible {
         case notEdu(identification: UInt32)
         case timedOut(String)
         case dataMismatch(firstDifference: Int)
         /// The device's registers read all ones: it was removed or stopped answering.
         case notResponding
-        /// The device was removed (``RemovalCause``): the kernel asked for it back, or it
+        /// The device was removed (`RemovalCause`): the kernel asked for it back, or it
         /// stopped answering. Operations in flight fail with this, and so does every later one.
         case removed(String)
         case device(String)
 
+        /// What failed, with the value read or the wait that ran out.
         public var description: String {
             switch self {
             case .notEdu(let identification): "not an edu device: identification 0x\(String(identification, radix: 16)) (edu reads 0x\(String(EduIdentification.expected, radix: 16)))"
@@ -69,8 +71,11 @@ public final class EduDriver: @unchecked Sendable {
     /// 32-bit interrupt status can look like it.
     private static let deviceGone = UInt64.max
 
+    /// The edu function, as opened by `DeviceOpener` or a device model.
     public let device: any DeviceAccess
+    /// The runtime whose ISR, DPCs and locks the driver uses: user mode or the kernel emulation.
     public let runtime: any DriverRuntime
+    /// The interrupt kind the driver was started with (MSI by default, or INTx).
     public let interruptKind: InterruptKind
     /// How long an operation waits for its interrupt before it fails.
     public var operationTimeout: Duration = .seconds(10)
@@ -282,13 +287,20 @@ public final class EduDriver: @unchecked Sendable {
 
 /// What the edu driver's self-test found: identical on every mode and backend.
 public struct EduReport: Equatable, Sendable, CustomStringConvertible {
+    /// The identification register (0x010000ed on QEMU's edu: version 1.0).
     public var identification: UInt32
+    /// The liveness register gave back the complement of the value written.
     public var alive: Bool
+    /// Each input and the factorial the device computed for it (modulo 2^32).
     public var factorials: [UInt32: UInt32]
+    /// Interrupts raised through the raise register and seen by the DPC.
     public var interruptsRaised: Int
+    /// Bytes sent to the device's buffer by DMA and read back.
     public var dmaBytes: Int
+    /// The bytes read back were the bytes sent.
     public var dmaMatches: Bool
 
+    /// A report of the given results.
     public init(identification: UInt32, alive: Bool, factorials: [UInt32: UInt32], interruptsRaised: Int,
                 dmaBytes: Int, dmaMatches: Bool) {
         self.identification = identification
@@ -299,6 +311,7 @@ public struct EduReport: Equatable, Sendable, CustomStringConvertible {
         self.dmaMatches = dmaMatches
     }
 
+    /// The report as `modeless run edu` prints it: a line per check.
     public var description: String {
         let factorialText = factorials.keys.sorted().map { "\($0)! = \(factorials[$0]!)" }.joined(separator: ", ")
         return """

@@ -58,10 +58,12 @@ struct EduDMACommand: OptionSet {
 /// Why the device interrupted: the interrupt status register's bits. Any other bit is a cause
 /// software raised through the raise register.
 public struct EduInterruptCause: OptionSet, Sendable, Hashable {
+    /// The interrupt status register's value.
     public let rawValue: UInt32
+    /// Causes from a status register value; unknown bits are kept.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
-    /// A factorial started with ``EduStatus/raiseInterruptOnFactorial`` finished.
+    /// A factorial started with the status register's raise-interrupt bit (`EduStatus.raiseInterruptOnFactorial`) finished.
     public static let factorialDone = EduInterruptCause(rawValue: 1 << 0)
-    /// A DMA transfer started with ``EduDMACommand/raiseInterrupt`` finished.
+    /// A DMA transfer started with the DMA command's raise-interrupt bit (`EduDMACommand.raiseInterrupt`) finished.
     public static let dmaDone = EduInterruptCause(rawValue: 1 << 8)
 }

@@ -8,24 +8,36 @@
 ///
 /// A request and its reply fit one Ethernet frame: at most ``maximumData`` bytes of data.
 public struct BlockGatewayMessage: Equatable, Sendable {
+    /// What a request asks for: read blocks, or write the data that follows the header.
     public enum Operation: UInt8, Sendable {
         case read = 1
         case write = 2
     }
 
+    /// The four bytes every message starts with, `MLBK`.
     public static let magic: [UInt8] = Array("MLBK".utf8)
+    /// Bytes before the data: magic (4), operation (1), status (1), tag (4), first block (8) and
+    /// block count (2).
     public static let headerSize = 20
     /// The most data one message carries (two 512-byte blocks).
     public static let maximumData = 1024
 
+    /// Read or write.
     public var operation: Operation
+    /// A reply (operation | 0x80 on the wire) rather than a request.
     public var isReply: Bool
+    /// A reply's status: 0 for success, else a `LogicalDeviceError.Kind` raw value; 0 in requests.
     public var status: UInt8
+    /// The requester's tag, echoed in the reply so it can match replies to requests.
     public var tag: UInt32
+    /// The first 512-byte block.
     public var firstBlock: UInt64
+    /// How many blocks; at most ``maximumData`` / 512.
     public var blockCount: UInt16
+    /// A write's data, or a successful read reply's; empty otherwise.
     public var data: [UInt8]
 
+    /// A message; a request by default (`isReply` false, status 0).
     public init(operation: Operation, isReply: Bool = false, status: UInt8 = 0, tag: UInt32, firstBlock: UInt64,
                 blockCount: UInt16, data: [UInt8] = []) {
         self.operation = operation

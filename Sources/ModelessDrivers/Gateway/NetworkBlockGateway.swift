@@ -14,12 +14,17 @@ import ModelessRuntime
 /// processing never waits for the disk; each completion sends the reply datagram.
 ///
 /// ``handle(_:)`` runs where the NIC driver delivers frames (its receive DPC, with interrupts
-/// disabled), so the gateway's state is behind a ``SpinLock`` and nothing there waits.
+/// disabled), so the gateway's state is behind a `SpinLock` and nothing there waits.
 public final class NetworkBlockGateway: @unchecked Sendable {
+    /// The container the gateway provides ``device`` in and opens ``lower`` from.
     public let container: LogicalContainer
+    /// The logical device the gateway provides (`net0` by default).
     public let device: String
+    /// The block device requests are forwarded to (`blocksvc/blk0`).
     public let lower: String
+    /// The IPv4 address (4 bytes) whose datagrams the gateway takes.
     public let ip: [UInt8]
+    /// The UDP port whose datagrams the gateway takes (7470 by default).
     public let port: UInt16
     /// Parameter blocks per request: one for `net0` and one for each level of the stack
     /// below it (the partition service and the disk under it take two).

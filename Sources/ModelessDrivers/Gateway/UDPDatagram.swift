@@ -1,12 +1,19 @@
 /// An IPv4 UDP datagram in an Ethernet frame: parsed from a received frame, or built into one.
 /// Only what a sample network service needs: no options, no fragments.
 public struct UDPDatagram: Equatable, Sendable {
+    /// The sender's Ethernet address, 6 bytes.
     public var sourceMAC: [UInt8]
+    /// The receiver's Ethernet address, 6 bytes.
     public var destinationMAC: [UInt8]
+    /// The sender's IPv4 address, 4 bytes in network order.
     public var sourceIP: [UInt8]
+    /// The receiver's IPv4 address, 4 bytes in network order.
     public var destinationIP: [UInt8]
+    /// The sender's UDP port.
     public var sourcePort: UInt16
+    /// The receiver's UDP port.
     public var destinationPort: UInt16
+    /// The UDP payload, without headers.
     public var payload: [UInt8]
 
     /// The UDP header (RFC 768), from its start.
@@ -18,6 +25,7 @@ public struct UDPDatagram: Equatable, Sendable {
         static let size = 8
     }
 
+    /// A datagram to build into a frame with its addresses, ports and payload.
     public init(sourceMAC: [UInt8], destinationMAC: [UInt8], sourceIP: [UInt8], destinationIP: [UInt8],
                 sourcePort: UInt16, destinationPort: UInt16, payload: [UInt8]) {
         self.sourceMAC = sourceMAC

@@ -10,6 +10,9 @@ public struct DriverIdentity: Sendable, Hashable, CustomStringConvertible {
     /// The table: the driver takes a function that matches any entry.
     public let matches: [PCIMatch]
 
+    /// A driver called `name` (the word `modeless run` takes) taking the functions that match any
+    /// of `matches`.
+    /// - Precondition: `matches` is not empty: a driver that takes nothing cannot be offered a device.
     public init(name: String, summary: String, matches: [PCIMatch]) {
         precondition(!matches.isEmpty, "a driver's match table needs at least one entry")
         self.name = name
@@ -27,5 +30,6 @@ public struct DriverIdentity: Sendable, Hashable, CustomStringConvertible {
         matches.map { entry in entry.name.map { "\(entry) (\($0))" } ?? entry.description }.joined(separator: ", ")
     }
 
+    /// The name with the ids it supports, e.g. `edu (1234:11e8 (QEMU edu))`.
     public var description: String { "\(name) (\(supportedIDs))" }
 }

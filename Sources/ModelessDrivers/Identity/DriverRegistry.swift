@@ -1,8 +1,11 @@
 /// The drivers a program knows and how it picks one for a device: the narrowest matching
 /// entry across all tables wins, ties going to the driver listed first.
 public struct DriverRegistry: Sendable {
+    /// The drivers known, in the order that breaks ties between equally narrow matches.
     public let drivers: [DriverIdentity]
 
+    /// A registry of `drivers`.
+    /// - Precondition: the names are unique, so that ``driver(named:)`` finds one.
     public init(_ drivers: [DriverIdentity]) {
         precondition(Set(drivers.map(\.name)).count == drivers.count, "driver names must be unique")
         self.drivers = drivers
@@ -11,6 +14,7 @@ public struct DriverRegistry: Sendable {
     /// The sample drivers: edu, e1000 and NVMe.
     public static let samples = DriverRegistry([.edu, .e1000, .nvme])
 
+    /// The driver called `name` (`edu`, `e1000`, `nvme`), or nil if the registry has none.
     public func driver(named name: String) -> DriverIdentity? {
         drivers.first { $0.name == name }
     }
@@ -36,12 +40,16 @@ public struct DriverRegistry: Sendable {
 
 /// A driver offered a device outside its match table.
 public struct DriverMismatch: Error, Sendable, CustomStringConvertible {
+    /// The driver asked for.
     public let driver: DriverIdentity
+    /// The function's address, as the caller named it.
     public let address: String
+    /// The function's ids, as read from its configuration header.
     public let identity: PCIIdentity
     /// The driver whose table takes the device, if any.
     public let instead: DriverIdentity?
 
+    /// What the driver supports and what the device is; ``remedy`` says which driver to use.
     public var description: String {
         "the \(driver.name) driver does not support \(address) \(identity): it supports \(driver.supportedIDs)"
     }

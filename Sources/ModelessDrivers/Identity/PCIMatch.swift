@@ -1,13 +1,19 @@
 /// What a driver's match table is compared with: the ids in a PCI function's configuration
 /// header (vendor, device, subsystem vendor and device, class code).
 public struct PCIIdentity: Sendable, Hashable, CustomStringConvertible {
+    /// Vendor ID.
     public var vendor: UInt16
+    /// Device ID.
     public var device: UInt16
+    /// Subsystem vendor ID (0 when the function has none, e.g. a bridge).
     public var subsystemVendor: UInt16
+    /// Subsystem device ID (0 when the function has none).
     public var subsystemDevice: UInt16
     /// Base class, subclass and programming interface, in the low 24 bits.
     public var classCode: UInt32
 
+    /// An identity; the subsystem ids and class code default to 0, for tables and tests that name
+    /// only vendor and device.
     public init(vendor: UInt16, device: UInt16, subsystemVendor: UInt16 = 0, subsystemDevice: UInt16 = 0, classCode: UInt32 = 0) {
         self.vendor = vendor
         self.device = device
@@ -31,9 +37,13 @@ public struct PCIIdentity: Sendable, Hashable, CustomStringConvertible {
 /// PCIMatch(classCode: 0x01_08_02, name: "NVM Express")   // any vendor
 /// ```
 public struct PCIMatch: Sendable, Hashable, CustomStringConvertible {
+    /// The vendor ID to compare, or nil for any vendor.
     public var vendor: UInt16?
+    /// The device ID to compare, or nil for any device.
     public var device: UInt16?
+    /// The subsystem vendor ID to compare, or nil for any.
     public var subsystemVendor: UInt16?
+    /// The subsystem device ID to compare, or nil for any.
     public var subsystemDevice: UInt16?
     /// The class code to compare, under ``classMask``.
     public var classCode: UInt32

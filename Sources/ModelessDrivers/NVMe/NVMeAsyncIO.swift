@@ -1,7 +1,7 @@
 import ModelessDevice
 import ModelessRuntime
 
-/// Asynchronous reads and writes into and out of chunks of a ``DMAPool``: with a closure per
+/// Asynchronous reads and writes into and out of chunks of a `DMAPool`: with a closure per
 /// command, or allocation-free with a caller's tag per command and one completion handler
 /// registered once (or a visitor when polling). Their completions come from the ISR through
 /// the DPC, or from ``pollCompletions(_:)``.
@@ -196,7 +196,7 @@ extension NVMeController {
     /// into `chunk` of `pool` (page-aligned, at most two pages) and returns at once;
     /// `completion` runs later, from the completion DPC (or from ``pollCompletions()`` when
     /// polling), with the outcome. Up to the I/O queue's size less one may be in flight. Each
-    /// call allocates its handler; ``submitRead(lba:blocks:into:of:tag:namespace:)`` does not.
+    /// call allocates its handler; ``submitRead(lba:blocks:into:of:tag:namespace:queue:)`` does not.
     public func readAsync(lba: UInt64, blocks: Int, into chunk: DMAPool.Chunk, of pool: DMAPool, namespace: UInt32? = nil,
                           completion: @escaping @Sendable (Result<Void, Failure>) -> Void) throws {
         try submitWithHandler(try ioCommand(.read, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace),
@@ -231,7 +231,7 @@ extension NVMeController {
     }
 
     /// Starts writing `blocks` blocks at `lba` of `namespace` from `chunk` of `pool`,
-    /// allocation-free, with `tag`; see ``submitRead(lba:blocks:into:of:tag:namespace:)``.
+    /// allocation-free, with `tag`; see ``submitRead(lba:blocks:into:of:tag:namespace:queue:)``.
     public func submitWrite(lba: UInt64, blocks: Int, from chunk: DMAPool.Chunk, of pool: DMAPool, tag: UInt64,
                             namespace: UInt32? = nil, queue: Int? = nil) throws {
         let command = try ioCommand(.write, lba: lba, blocks: blocks, chunk: chunk, pool: pool, namespace: namespace)

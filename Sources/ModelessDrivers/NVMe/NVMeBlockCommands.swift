@@ -11,6 +11,7 @@ public struct NVMeOptionalCommands: Sendable, Equatable {
     /// A volatile write cache is present (VWC bit 0): Flush makes writes durable.
     public var volatileWriteCache: Bool
 
+    /// The optional commands as Identify Controller's ONCS and VWC fields report them.
     public init(datasetManagement: Bool, writeZeroes: Bool, volatileWriteCache: Bool) {
         self.datasetManagement = datasetManagement
         self.writeZeroes = writeZeroes

@@ -1,10 +1,11 @@
 import ModelessLogical
 
 /// The NVMe driver as the provider of a logical block device: reads, writes, geometry and
-/// flush requests (``BlockRequest``'s layout) become commands on one namespace. The
+/// flush requests (`BlockRequest`'s layout) become commands on one namespace. The
 /// controller takes synchronous requests one at a time, so requests from several consumers
 /// need no lock here.
 public final class NVMeBlockProvider: Sendable {
+    /// The started controller the requests go to; the provider does not stop it.
     public let controller: NVMeController
     /// The namespace served.
     public let namespace: UInt32
@@ -30,7 +31,7 @@ public final class NVMeBlockProvider: Sendable {
     }
 
     /// A request the controller failed because it was removed (or stopped answering) fails
-    /// with ``LogicalDeviceError/Kind/deviceRemoved``, so that consumers can tell a device
+    /// with `LogicalDeviceError.Kind.deviceRemoved`, so that consumers can tell a device
     /// that went away from a request that failed.
     private func handle(_ block: ParameterBlock) throws {
         do {

@@ -15,14 +15,14 @@ import Synchronization
 /// offers enough (else sharing them; the admin queue shares vector 0 with the first), and
 /// otherwise one; each as large as CAP.MQES allows, up to ``maximumQueueEntries``. I/O: Read,
 /// Write and Flush on any active namespace, synchronous through a bounce buffer or
-/// asynchronous into ``DMAPool`` chunks, submitted to the calling CPU's queue, completed by
+/// asynchronous into `DMAPool` chunks, submitted to the calling CPU's queue, completed by
 /// interrupts (MSI-X, MSI or INTx, through the runtime) or by polling. Doorbells are batched:
 /// one completion head write per drained batch, and one submission tail write per batch of
 /// submissions made while completions are handed over (or inside ``batchSubmissions(_:)``).
 ///
 /// Synchronization follows the kernel's rules: the ISR and the DPC share each queue's state
-/// through a ``SpinLock``; synchronous callers sleep on a ``WaitEvent``; the bounce buffer is
-/// taken one request at a time under a ``PassiveLock``. A controller that stops answering is
+/// through a `SpinLock`; synchronous callers sleep on a `WaitEvent`; the bounce buffer is
+/// taken one request at a time under a `PassiveLock`. A controller that stops answering is
 /// reported once: ``failure`` is set, commands in flight fail with it, and every later call
 /// gets it at once.
 public final class NVMeController: @unchecked Sendable {
@@ -42,6 +42,8 @@ public final class NVMeController: @unchecked Sendable {
         /// Metadata bytes per block of the format in use (0 for most).
         public var metadataSize: Int
 
+        /// A namespace `identifier` of `blockCount` blocks of `blockSize` bytes, with `metadataSize`
+        /// bytes of metadata per block.
         public init(identifier: UInt32, blockSize: Int, blockCount: UInt64, metadataSize: Int = 0) {
             self.identifier = identifier
             self.blockSize = blockSize
@@ -52,9 +54,13 @@ public final class NVMeController: @unchecked Sendable {
 
     /// What Identify Controller and the active namespaces' Identify Namespace said.
     public struct Identity: Sendable, Equatable {
+        /// VID: the PCI vendor ID the controller reports.
         public var vendorID: UInt16
+        /// SN, with the blanks that pad it removed.
         public var serialNumber: String
+        /// MN, with the blanks that pad it removed.
         public var modelNumber: String
+        /// FR, with the blanks that pad it removed.
         public var firmwareRevision: String
         /// NN: the highest namespace ID the controller supports (not how many are active).
         public var namespaceLimit: UInt32
@@ -64,14 +70,19 @@ public final class NVMeController: @unchecked Sendable {
         public var maximumTransfer: Int?
         /// The first active namespace's block size and count (0 when none is active).
         public var blockSize: Int
+        /// The first active namespace's block count (0 when none is active).
         public var blockCount: UInt64
     }
 
+    /// The controller's PCI function, as opened by `DeviceOpener` or a device model.
     public let device: any DeviceAccess
+    /// The runtime whose ISR, DPCs and locks the driver uses: user mode or the kernel emulation.
     public let runtime: any DriverRuntime
+    /// How completions are noticed: an interrupt of this kind, or polling.
     public let completion: Completion
     /// How long a command may take before it is reported as timed out.
     public let commandTimeout: Duration
+    /// What Identify said at start; set before the initializer returns, so never nil afterwards.
     public private(set) var identity: Identity!
     /// The largest transfer this driver issues: MDTS, the PRP list page and the bounce buffer bound it.
     public private(set) var maximumTransfer = 128 * 1024

@@ -21,6 +21,8 @@ extension NVMeController {
         case commandFailed(String, statusType: UInt8, statusCode: UInt8)
         case badRequest(String)
 
+        /// What failed, with the detail the case carries (the command and its status, the request
+        /// refused and why).
         public var description: String {
             switch self {
             case .notResponding(let why): "device not responding: \(why)"
@@ -124,6 +126,7 @@ public struct NVMeIOCompletion: Sendable, Equatable {
     public let tag: UInt64
     /// Status Code Type and Status Code; both zero on success.
     public let statusType: UInt8
+    /// Status Code (SC) within the type; see the NVMe base specification's status tables.
     public let statusCode: UInt8
     /// The controller was lost or stopped before completing the command (see
     /// ``NVMeController/failure``); the status is meaningless then.

@@ -25,7 +25,7 @@ enum NVMeSlot: Equatable {
 /// One submission queue and its completion queue in DMA memory, with their doorbells, and
 /// what each command in flight waits for.
 ///
-/// Everything that changes is in ``State``, behind one ``SpinLock``: submitters, the ISR, the
+/// Everything that changes is in ``State``, behind one `SpinLock`: submitters, the ISR, the
 /// DPC and pollers take it for a few stores each, so the ISR never waits for a sleeping thread.
 /// Command identifiers come from a preallocated free list of `entries − 1` (the most commands
 /// a queue holds) and index fixed tables, so two commands in flight never share one and
