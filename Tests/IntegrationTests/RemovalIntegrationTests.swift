@@ -88,9 +88,9 @@ extension VM {
         /// `modeless unbind --release` while the driver reads: within the 10 s from the
         /// command's start to the driver's exit, less only the debug build's own start (the same
         /// binary started and its arguments parsed, measured alongside, warm: ArgumentParser's
-        /// debug-only checks and 24 libraries over 9p take seconds under emulation, a release
-        /// build milliseconds). The command's checks, its process scan, the kernel's request, the
-        /// driver's release and the unbind all count.
+        /// debug-only checks and loading 20 libraries over 9p take seconds under emulation, a
+        /// release build milliseconds). The command's checks, its process scan, the kernel's
+        /// request, the driver's release and the unbind all count.
         @Test func unbindWhileTheDriverRunsReleasesTheDevice() throws {
             let address = try pluggedAndBound()
             let mark = try TestBench.shell("dmesg").output.count
