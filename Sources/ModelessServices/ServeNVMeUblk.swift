@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import ModelessBus
 import ModelessCommandLine
 import ModelessDevice
@@ -89,7 +89,7 @@ extension ServeNVMe {
                state != .dead {
                 let export = try UblkExport.recover(deviceID: previous, backend, buffers: backend)
                 let done = monotonicNanoseconds()
-                func ms(_ nanoseconds: UInt64) -> String { String(format: "%.1f", Double(nanoseconds) / 1e6) }
+                func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
                 printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
                           + "in \(ms(done - started)) ms after the controller was up in \(ms(started - entered)) ms (entered at monotonic \(ms(entered)) ms; "
                           + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); pid \(getpid()))")

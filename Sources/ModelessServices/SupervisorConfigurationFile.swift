@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import ModelessBus
 import ModelessSupervision
 import ModelessSystem
@@ -62,8 +62,8 @@ package struct SupervisorConfigurationFile: Decodable {
         do { file = try JSONDecoder().decode(SupervisorConfigurationFile.self, from: data) } catch {
             throw ValidationError("\(path) is not a valid supervisor configuration (see docs/supervision.md): \(describe(error))")
         }
-        if let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
-            let unknown = object.keys.filter { !keys.contains($0) }.sorted()
+        if let object = try? JSONDecoder().decode(TopLevelKeys.self, from: data) {
+            let unknown = object.names.filter { !keys.contains($0) }.sorted()
             guard unknown.isEmpty else {
                 throw ValidationError("\(path): unknown key(s) \(unknown.joined(separator: ", ")); the keys are \(keys.joined(separator: ", ")) (see docs/supervision.md)")
             }
@@ -100,8 +100,25 @@ package struct SupervisorConfigurationFile: Decodable {
         switch error as? DecodingError {
         case .keyNotFound(let key, _): "the key \"\(key.stringValue)\" is missing"
         case .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
-            (context.codingPath.map(\.stringValue).joined(separator: ".") + " " + context.debugDescription).trimmingCharacters(in: .whitespaces)
+            (context.codingPath.map(\.stringValue).joined(separator: ".") + " " + context.debugDescription).trimmingBlanks()
         default: "\(error)"
         }
+    }
+}
+
+/// The top-level key names of a JSON object, to find misspelt ones without full Foundation
+/// (which would load ICU into every `modeless` command).
+private struct TopLevelKeys: Decodable {
+    struct Name: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    let names: [String]
+
+    init(from decoder: any Decoder) throws {
+        names = try decoder.container(keyedBy: Name.self).allKeys.map(\.stringValue)
     }
 }

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Logging
 import ModelessBus
 import ModelessCommandLine
@@ -26,7 +26,10 @@ struct Supervise: ParsableCommand {
         do { logger = try CommandLogging.logger("modeless.supervisor") } catch { throw ValidationError("\(error)") }
         let device = try SupervisorConfigurationFile.device(in: config)
         TerminationSignals.block()
-        let presence = device.map { DevicePresence($0) }
+        // A device re-plugged while the instance waits is bound again by its persistent override (docs/supervision.md).
+        let presence = device.map {
+            DevicePresence($0, rebinding: .init(report: { logger.notice("\($0)") }))
+        }
         defer { presence?.stop() }
         let supervisor: Supervisor
         do {
@@ -43,5 +46,22 @@ struct Supervise: ParsableCommand {
         TerminationSignals.wait()
         logger.info("stopping \(configuration.service)")
         supervisor.stop()
+    }
+}
+
+/// The top-level key names of a JSON object, to find misspelt ones without full Foundation
+/// (which would load ICU into every `modeless` command).
+private struct TopLevelKeys: Decodable {
+    struct Name: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    let names: [String]
+
+    init(from decoder: any Decoder) throws {
+        names = try decoder.container(keyedBy: Name.self).allKeys.map(\.stringValue)
     }
 }
