@@ -58,6 +58,28 @@ public enum RecoverableExport {
         return (export, .added)
     }
 
+    /// The block layer's request timeout ``shortenRequestTimeout(of:)`` sets: how long at most a
+    /// request the dead server had taken keeps the device from being quiesced for recovery.
+    public static let requestTimeoutMilliseconds = 1000
+
+    /// Sets `/sys/block/ublkbN/queue/io_timeout` to ``requestTimeoutMilliseconds`` (the
+    /// kernel's default is 30 s).
+    ///
+    /// Why: when a server dies, the kernel notices it through the io_uring commands it cancels,
+    /// the fetches waiting in the kernel. A queue whose every tag the server had taken (a
+    /// synchronous backend working through a burst) has no such command, and the kernel's ublk
+    /// driver (6.12) then notices the death only when one of those requests times out: its
+    /// timeout handler sees the dying server and quiesces the device. Until then
+    /// `START_USER_RECOVERY` answers EBUSY, so the block layer's 30 s timeout was the stall.
+    /// While the server lives, the handler only restarts the timer, so a shorter timeout costs
+    /// a timer per slow request and fails nothing.
+    public static func shortenRequestTimeout(of export: UblkExport) throws(UblkError) {
+        let path = "/sys/block/ublkb\(export.deviceID)/queue/io_timeout"
+        do { try FileAccess.writeText(String(requestTimeoutMilliseconds), to: path) } catch {
+            throw UblkError(.system, "cannot set the request timeout of \(export.blockDevicePath) (\(path)): \(error)")
+        }
+    }
+
     /// How device `deviceID`'s block device differs from `geometry` (read from sysfs), or nil
     /// when it matches or sysfs does not say.
     static func geometryMismatch(deviceID: UInt32, _ geometry: UblkGeometry) -> String? {

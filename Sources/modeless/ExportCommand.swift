@@ -82,6 +82,10 @@ struct Export: ParsableCommand {
             printError("\(error)")
             throw ExitCode(64)
         }
+        if export.features.contains(.userRecovery) {
+            // A failure only makes a recovery slower: said, not fatal.
+            do { try RecoverableExport.shortenRequestTimeout(of: export) } catch { printError("warning: \(error.message)") }
+        }
         let geometry = export.geometry
         let how: String
         switch origin {

@@ -45,6 +45,21 @@ extension VM {
             return String(part.prefix { $0 != "(" }).trimmingBlanks()
         }
 
+        /// Seconds since midnight (UTC) now, and of a log line's leading time
+        /// (`2026-11-30T15:21:19.270Z ...`), to time the supervisor's steps from the kill.
+        static func secondsOfDayNow() -> Double {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            return Double(now.tv_sec % 86_400) + Double(now.tv_nsec) / 1e9
+        }
+
+        static func secondsOfDay(inLogLine line: String) -> Double? {
+            guard let time = line.split(separator: " ").first?.split(separator: "T").last?.dropLast() else { return nil }
+            let parts = time.split(separator: ":").compactMap { Double($0) }
+            guard parts.count == 3 else { return nil }
+            return parts[0] * 3600 + parts[1] * 60 + parts[2]
+        }
+
         static func tunFlags(_ name: String) -> Int? {
             FileAccess.readTextIfPresent("/sys/class/net/\(name)/tun_flags").flatMap { Int($0.trimmingBlanks().dropFirst(2), radix: 16) }
         }
@@ -59,8 +74,10 @@ extension VM {
                 var template = Array("/tmp/mts-XXXXXX".utf8CString)
                 let root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
                 let config = root + "/tap.json"
+                // The kills are deliberate: a start-limit window of 1 s keeps the supervisor's back-off
+                // for instances that die soon after starting out of the stall.
                 try FileAccess.replaceFile(config, with: Array("""
-                    {"service": "mtap", "instances": 1, "stateDirectory": "\(root)/state", "startLimitBurst": 1000,
+                    {"service": "mtap", "instances": 1, "stateDirectory": "\(root)/state", "startLimitBurst": 1000, "startLimitIntervalSeconds": 1,
                      "command": ["modeless", "run", "e1000", "\(address)", "--tap", "\(Bench.tapName)", "--tap-address", "\(Bench.tapAddress)"]}
                     """.utf8))
                 let supervisor = try ChildProcess(try ProgramRunner.builtProgram("modeless"), ["supervise", config], environment: environment)
@@ -95,7 +112,8 @@ extension VM {
                     while Bench.fileSize("/tmp/tap-received") < progress + (1 << 20) && monotonicNanoseconds() < deadline { usleep(100_000) }
                     let size = Bench.fileSize("/tmp/tap-received")
                     guard size >= progress + (1 << 20), size < Bench.mebibytes << 20 else { break }
-                    let killedAt = monotonicNanoseconds()
+                    let killedAt = monotonicNanoseconds(), killedAtTimeOfDay = Self.secondsOfDayNow()
+                    let logBefore = log.count
                     kill(pid, SIGKILL)
                     killed += 1
                     progress = Bench.fileSize("/tmp/tap-received")
@@ -112,7 +130,13 @@ extension VM {
                     let resumed = monotonicNanoseconds()
                     stalls.append(Double(resumed - killedAt) / 1e9)
                     let entered = Self.number(after: "monotonic", in: serving).map { ($0 - Double(killedAt) / 1e6) / 1000 }
-                    print("TAP supervised kill \(killed): stall \(Bench.tenths(stalls.last!)) s; replacement entered \(entered.map(Bench.tenths) ?? "?") s after the kill, "
+                    // The supervisor's "started (pid N)": from the kill to there, it noticed the
+                    // death and waited for the killed process to be gone (its device released);
+                    // from there to entering, the new process was executed and loaded.
+                    let started = log[logBefore...].first { $0.contains("] started (pid") }.flatMap(Self.secondsOfDay(inLogLine:))
+                        .map { $0 - killedAtTimeOfDay }
+                    print("TAP supervised kill \(killed): stall \(Bench.tenths(stalls.last!)) s; replacement started by the supervisor "
+                          + "\(started.map(Bench.tenths) ?? "?") s and entered \(entered.map(Bench.tenths) ?? "?") s after the kill, "
                           + "\(Self.startup(in: serving)), serving seen \(Bench.tenths(Double(servingAt - killedAt) / 1e9)) s after the kill, "
                           + "data again \(Bench.tenths(Double(resumed - servingAt) / 1e9)) s after that")
                 }

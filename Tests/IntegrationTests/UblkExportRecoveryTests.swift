@@ -41,8 +41,10 @@ extension VM {
             var template = Array("/tmp/mler-XXXXXX".utf8CString)
             let root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
             let config = root + "/export.json"
+            // The kills are deliberate: a start-limit window of 1 s keeps the supervisor's back-off
+            // for instances that die soon after starting out of the stall.
             try FileAccess.replaceFile(config, with: Array("""
-                {"service": "mexp", "instances": 1, "stateDirectory": "\(root)/state", "startLimitBurst": 1000,
+                {"service": "mexp", "instances": 1, "stateDirectory": "\(root)/state", "startLimitBurst": 1000, "startLimitIntervalSeconds": 1,
                  "command": ["modeless", "export", "mem/blk0", "--ublk"]}
                 """.utf8))
             let supervisor = try ChildProcess(try ProgramRunner.builtProgram("modeless"), ["supervise", config], environment: environment)
