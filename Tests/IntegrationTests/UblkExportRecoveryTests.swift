@@ -81,8 +81,15 @@ extension VM {
                 """], environment: environment)
             var stalls: [Double] = []
             var generator = SystemRandomNumberGenerator()
+            // The writer's files so far (each is made before it is copied onto ext4).
+            func written() -> Int { ((try? FileAccess.listDirectory(sources)) ?? []).count }
+            var progress = 0
             for kill in stride(from: 1, through: Self.kills, by: 1) {
-                usleep(UInt32.random(in: 300_000...1_500_000, using: &generator))
+                // Each kill comes once the writer has moved on since the last one, while it writes.
+                let deadline = monotonicNanoseconds() + 120_000_000_000
+                while written() < progress + 2 && writer.exitStatusIfEnded() == nil && monotonicNanoseconds() < deadline { usleep(50_000) }
+                progress = written()
+                usleep(UInt32.random(in: 100_000...800_000, using: &generator))
                 let start = monotonicNanoseconds()
                 Glibc.kill(pid, SIGKILL)
                 let probe = try TestBench.shell("timeout 120 dd if=\(device) of=/dev/null bs=4096 count=1 skip=\(kill * 7) iflag=direct 2>&1")
