@@ -16,7 +16,9 @@ package struct Export: ParsableCommand {
         discussion: """
             With --ublk the device becomes /dev/ublkbN through the kernel's ublk driver (`modprobe ublk_drv`, \
             Linux 6.0 or later; needs root). Prints `exported DEVICE as /dev/ublkbN ...` once the block device \
-            exists; on SIGINT or SIGTERM removes it and exits. Exit codes: 64 bad arguments, 66 no such \
+            exists; on SIGINT or SIGTERM removes it and exits. With user recovery (the default), an export \
+            killed while serving leaves /dev/ublkbN waiting, and the next export of the same device takes it \
+            over (under `modeless supervise`, the replacement instance). Exit codes: 64 bad arguments, 66 no such \
             device, 69 ublk driver not loaded, 75 already exported, 76 the kernel refused, 77 not permitted.
             """)
 
@@ -35,32 +37,45 @@ package struct Export: ParsableCommand {
     @Flag(name: .customLong("no-recovery"), help: "Do not ask for UBLK_F_USER_RECOVERY: the device fails at once if this process dies.")
     var noRecovery = false
 
+    @Option(help: ArgumentHelp(
+        "Run as instance NAME of `modeless supervise` (which gives this option): NAME is the container this process's requests come from, and the ready line starts with `serving`, the line the supervisor waits for.",
+        valueName: "NAME"))
+    var container: String?
+
     package func validate() throws {
         if !ublk { throw ValidationError("say how to export: --ublk") }
+        if let container {
+            do { try LogicalDeviceName.validate(container, what: "container") } catch { throw ValidationError("--container \(container): \(error)") }
+        }
     }
 
     package func run() throws {
+        let entered = monotonicNanoseconds()
         TerminationSignals.block()
         let configuration = UblkConfiguration(queues: queues, queueDepth: queueDepth, userRecovery: !noRecovery)
         let export: UblkExport
+        let origin: RecoverableExport.Origin
         let claim: ExportLock
-        let container: LogicalContainer
+        let consumer: LogicalContainer
         do {
             try configuration.validate()
             let name = try LogicalDeviceName(parsing: device, defaultContainer: "")
             try UblkExport.checkDriver()
             claim = try ExportLock(device: name)
+            // Until a clean stop empties it, the claim's record names the ublk device, for a
+            // replacement to recover: a start that fails keeps its predecessor's.
             do {
-                container = try LogicalContainer(name: "export-\(getpid())", serving: false)
+                consumer = try LogicalContainer(name: container ?? "export-\(getpid())", serving: false)
             } catch {
-                claim.release()
+                claim.release(keepingRecord: true)
                 throw UblkError(.system, "\(error)")
             }
             do {
-                export = try UblkExport.start(LogicalBlockBackend(device: name.description, container: container), configuration: configuration)
+                (export, origin) = try RecoverableExport.startOrRecover(
+                    LogicalBlockBackend(device: name.description, container: consumer), claim: claim, configuration: configuration)
             } catch {
-                container.shutdown()
-                claim.release()
+                consumer.shutdown()
+                claim.release(keepingRecord: true)
                 throw error
             }
         } catch let error as UblkError {
@@ -70,9 +85,20 @@ package struct Export: ParsableCommand {
             printError("\(error)")
             throw ExitCode(64)
         }
-        claim.record("as \(export.blockDevicePath) by process \(getpid())")
+        if export.features.contains(.userRecovery) {
+            // A failure only makes a recovery slower: said, not fatal.
+            do { try RecoverableExport.shortenRequestTimeout(of: export) } catch { printError("warning: \(error.message)") }
+        }
         let geometry = export.geometry
-        printLine("exported \(device) as \(export.blockDevicePath) (\(geometry.blockCount) blocks of \(geometry.blockSize) bytes, "
+        let how: String
+        switch origin {
+        case .added: how = ""
+        case .recovered(let state):
+            let tenths = (monotonicNanoseconds() - entered) / 100_000
+            how = "recovered from state \(state) \(tenths / 10).\(tenths % 10) ms after entering (at monotonic \(entered / 1_000_000) ms), "
+        }
+        // Under `modeless supervise` the line starts with "serving ", the instance's readiness.
+        printLine("\(container == nil ? "exported" : "serving") \(device) as \(export.blockDevicePath) (\(how)\(geometry.blockCount) blocks of \(geometry.blockSize) bytes, "
                   + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); pid \(getpid()))")
         TerminationSignals.wait()
         var status: Int32 = 0
@@ -80,7 +106,7 @@ package struct Export: ParsableCommand {
             printError(error.message)
             status = 1
         }
-        container.shutdown()
+        consumer.shutdown()
         claim.release()
         let failed = export.failedRequests
         printLine("stopped \(export.blockDevicePath); \(failed.count) request(s) failed\(failed.last.map { " (last: \($0))" } ?? "")")

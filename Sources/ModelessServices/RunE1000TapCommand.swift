@@ -26,11 +26,23 @@ struct TapOptions: ParsableArguments {
     @Option(name: .customLong("ring-size"), help: "With --tap: descriptors per ring (a multiple of 8, 8 to 4096).")
     var ringSize = 256
 
+    @Option(help: ArgumentHelp(
+        "With --tap: run as instance NAME of `modeless supervise` (which gives this option): the TAP is made persistent so that it outlives a kill of this process and the next instance attaches to it, and is deleted when this process is stopped with SIGINT or SIGTERM (unless --persist).",
+        valueName: "NAME"))
+    var container: String?
+
+    /// Whether this process is an instance of `modeless supervise`.
+    var supervised: Bool { container != nil }
+
     func validate() throws {
         if let tap {
             do { try TapInterface.validate(tap) } catch { throw ValidationError(error.description) }
         }
         if tap == nil && (persist || tapAddress != nil) { throw ValidationError("--persist and --tap-address go with --tap NAME") }
+        if tap == nil && container != nil {
+            throw ValidationError("--container names a supervised instance, and only the TAP mode (--tap NAME) runs under `modeless supervise`: the ping responder (--ip) stops by itself")
+        }
+        if let container, container.isEmpty { throw ValidationError("--container needs the instance's name") }
         if let tapAddress, NetworkInterface.IPv4Address(tapAddress) == nil {
             throw ValidationError("--tap-address \(tapAddress) is not an IPv4 address with prefix, e.g. 10.0.0.2/24")
         }
@@ -43,7 +55,13 @@ extension RunE1000 {
     /// brings it up, then forwards until SIGINT or SIGTERM, or until the NIC or the pump fails
     /// (exit 1, for a supervisor to restart). A failure before forwarding deletes a TAP this
     /// run created, so a refused start leaves no interface behind.
+    ///
+    /// As a supervised instance (`--container`), the TAP is persistent while the service runs:
+    /// a killed instance leaves it, with its addresses, routes and the connections over it, for
+    /// the replacement to attach to; SIGINT or SIGTERM (the supervisor stopping the service)
+    /// deletes it unless `--persist` asked to keep it.
     func runTap(_ name: String) throws {
+        let entered = monotonicNanoseconds()
         if ip != nil || peer != nil { throw ValidationError("--ip and --peer are for the ping responder; with --tap the kernel's IP stack answers") }
         let interrupt: InterruptKind?
         switch irq {
@@ -55,17 +73,21 @@ extension RunE1000 {
         let address = tapOptions.tapAddress.flatMap(NetworkInterface.IPv4Address.init)
         TerminationSignals.block()
         let tap: TapInterface
-        do { tap = try TapInterface.open(name, persistent: tapOptions.persist) } catch {
+        let keepAcrossKills = tapOptions.persist || tapOptions.supervised
+        do { tap = try TapInterface.open(name, persistent: keepAcrossKills) } catch {
             printError(error.description)
             throw ExitCode(Self.exitCode(error))
         }
         var forwarding = false
         defer { if forwarding { tap.close() } else { tap.abandon() } }
         let verifier = verification.makeVerifier()
+        let opening = monotonicNanoseconds()
         try withBoundDevice(device, mode: mode, options: .init(allowUnisolatedDMA: allowUnisolatedDMA), verifier: verifier) { pci, access, runtime in
+            let opened = monotonicNanoseconds()
             let driver = try E1000Driver(device: access, runtime: runtime, receive: interrupt.map { .interrupts($0) } ?? .pollingThread,
                                          ringSize: tapOptions.ringSize)
             defer { driver.stop() }
+            let driverUp = monotonicNanoseconds()
             let pump = try E1000TapPump(driver: driver, tap: tap, batch: tapOptions.tapBatch)
             defer { pump.stop() }
             let interface = NetworkInterface(name)
@@ -74,12 +96,22 @@ extension RunE1000 {
             try interface.setUp(true)
             if let address { try interface.setIPv4Address(address) }
             forwarding = true
+            let serving = monotonicNanoseconds()
             let mac = driver.macAddress.map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: ":")
+            let startup = TapStartup(entered: entered, opening: opening, opened: opened, driverUp: driverUp, serving: serving)
             // "serving " first: the line `modeless supervise` takes as the instance's readiness.
             printLine("serving TAP \(name)\(tap.created ? " (created)" : " (attached)")\(tap.persistent ? ", persistent" : "")"
                       + "\(address.map { ", \($0)" } ?? "") with e1000 on \(access.backendName) \(pci), \(runtime.mode) mode, \(irq): "
-                      + "MAC \(mac); pid \(getpid())")
+                      + "MAC \(mac)\(tapOptions.container.map { ", instance \($0)" } ?? ""); pid \(getpid()); \(startup)")
+            let linkDeadline = serving + TapStartup.linkWait
+            while !driver.linkUp && driver.failure == nil && monotonicNanoseconds() < linkDeadline { usleep(1_000) }
+            printLine(driver.linkUp ? "link up \(TapStartup.milliseconds(monotonicNanoseconds() - serving)) ms after serving"
+                                    : "link still down \(TapStartup.milliseconds(TapStartup.linkWait)) ms after serving")
             let failure = Self.waitForSignal { pump.failure ?? driver.failure.map { "\($0)" } }
+            if failure == nil && tapOptions.supervised && !tapOptions.persist {
+                // The supervisor stops the service: its TAP goes with it.
+                tap.remove()
+            }
             let stats = pump.statistics
             printLine("frames:     \(stats.toKernel) to the kernel (\(stats.notTakenByKernel) not taken), \(stats.toNIC) to the NIC in \(stats.transmitBatches) batches (\(stats.droppedToNIC) dropped)")
             if let failure {
@@ -113,5 +145,31 @@ extension RunE1000 {
         case .notPermitted: 77
         case .system: 1
         }
+    }
+}
+
+/// When each step of a TAP driver's start ended, on CLOCK_MONOTONIC, for the ready line: how
+/// long opening the device (VFIO or UIO, the runtime), starting the driver (reset, EEPROM,
+/// rings, interrupts) and bringing the TAP up took, and the time the command was entered,
+/// so that whoever killed the previous instance can time the process's start.
+struct TapStartup: CustomStringConvertible {
+    var entered: UInt64
+    var opening: UInt64
+    var opened: UInt64
+    var driverUp: UInt64
+    var serving: UInt64
+
+    /// How long the driver waits for the NIC's link after serving before it says it is still down.
+    static let linkWait: UInt64 = 5_000_000_000
+
+    static func milliseconds(_ nanoseconds: UInt64) -> String {
+        let tenths = nanoseconds / 100_000
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+
+    var description: String {
+        "up in \(Self.milliseconds(serving - entered)) ms: TAP \(Self.milliseconds(opening - entered)) ms, device open \(Self.milliseconds(opened - opening)) ms, "
+            + "driver start \(Self.milliseconds(driverUp - opened)) ms, pump and TAP up \(Self.milliseconds(serving - driverUp)) ms "
+            + "(entered at monotonic \(Self.milliseconds(entered)) ms)"
     }
 }

@@ -75,25 +75,7 @@ extension VM {
             var (export, device) = try Self.startExport("mem/blk0", environment: environment)
             #expect(FileAccess.readTextIfPresent("/sys/block/\(device.dropFirst(5))/size")?.trimmingBlanks() == "65536", "32 MiB in 512-byte sectors")
 
-            let filesystem = try Self.shellWith(environment, """
-                set -e
-                modprobe ext4
-                test -b \(device)
-                timeout 300 mkfs.ext4 -q -F \(device)
-                mkdir -p /tmp/ublk-mnt
-                mount -t ext4 \(device) /tmp/ublk-mnt
-                head -c 4194304 /dev/urandom > /tmp/ublk-file
-                cp /tmp/ublk-file /tmp/ublk-mnt/file
-                sync
-                umount /tmp/ublk-mnt
-                timeout 300 e2fsck -f -n \(device)
-                mount -t ext4 -o ro \(device) /tmp/ublk-mnt
-                a=$(sha256sum < /tmp/ublk-file); b=$(sha256sum < /tmp/ublk-mnt/file)
-                umount /tmp/ublk-mnt
-                echo "source $a"; echo "copy $b"
-                [ "$a" = "$b" ]
-                """)
-            #expect(filesystem.status == 0, "\(filesystem.output)")
+            try Ext4RoundTrip.run(on: device, mebibytes: 4, scratch: "ublk", environment: environment)
 
             // fio runs in /tmp (the working directory is read-only in the guest) and only on the
             // block device (were it gone, fio would write a regular file of that name).

@@ -56,25 +56,7 @@ extension VM {
                 }
                 let name = device.dropFirst(5)
                 #expect(FileAccess.readTextIfPresent("/sys/block/\(name)/size")?.trimmingBlanks() == "262144", "128 MiB in 512-byte sectors")
-                let filesystem = try UblkExportTests.shellWith(environment, """
-                    set -e
-                    modprobe ext4
-                    test -b \(device)
-                    timeout 300 mkfs.ext4 -q -F \(device)
-                    mkdir -p /tmp/ublk-nvme-mnt
-                    mount -t ext4 \(device) /tmp/ublk-nvme-mnt
-                    head -c 8388608 /dev/urandom > /tmp/ublk-nvme-file
-                    cp /tmp/ublk-nvme-file /tmp/ublk-nvme-mnt/file
-                    sync
-                    umount /tmp/ublk-nvme-mnt
-                    timeout 300 e2fsck -f -n \(device)
-                    mount -t ext4 -o ro \(device) /tmp/ublk-nvme-mnt
-                    a=$(sha256sum < /tmp/ublk-nvme-file); b=$(sha256sum < /tmp/ublk-nvme-mnt/file)
-                    umount /tmp/ublk-nvme-mnt
-                    echo "source $a"; echo "copy $b"
-                    [ "$a" = "$b" ]
-                    """)
-                #expect(filesystem.status == 0, "\(filesystem.output)")
+                try Ext4RoundTrip.run(on: device, mebibytes: 8, scratch: "ublk-nvme", environment: environment)
 
                 // Random writes then reads on the raw device, every block checked.
                 let job = "--name=verify --filename=\(device) --ioengine=io_uring --direct=1 --bs=4k --size=16M --offset=96M "

@@ -34,4 +34,11 @@ struct ExportCommandTests {
         #expect(result.status == 69, "\(result.output)")
         #expect(result.output.contains("modprobe ublk_drv"), "\(result.output)")
     }
+
+    /// The instance name `modeless supervise` appends is checked as a container name.
+    @Test func aSupervisedInstanceNameIsChecked() throws {
+        let result = try modeless("export", "mem/blk0", "--ublk", "--container", "bad name")
+        #expect(result.status == 64, "\(result.output)")
+        #expect(result.output.contains("--container bad name") && result.output.contains("not a valid container name"), "\(result.output)")
+    }
 }

@@ -21,4 +21,13 @@ struct TapCommandTests {
         let noAddress = try modeless("run", "e1000", "0000:ff:1f.7", "--tap", "x0", "--tap-address", "10.0.0.300/24")
         #expect(noAddress.status == 64 && noAddress.output.contains("not an IPv4 address"), "\(noAddress.output)")
     }
+
+    /// `modeless supervise` appends `--container INSTANCE`: the TAP mode takes it, the ping
+    /// responder refuses it, naming why.
+    @Test func onlyTheTapModeRunsAsASupervisedInstance() throws {
+        let responder = try modeless("run", "e1000", "0000:ff:1f.7", "--ip", "10.0.0.1", "--container", "net-0")
+        #expect(responder.status == 64 && responder.output.contains("only the TAP mode"), "\(responder.output)")
+        let empty = try modeless("run", "e1000", "0000:ff:1f.7", "--tap", "x0", "--container", "")
+        #expect(empty.status == 64 && empty.output.contains("instance's name"), "\(empty.output)")
+    }
 }
