@@ -12,7 +12,7 @@
 //   4. Logical  - ModelessLogical (logical devices: providers, consumers, containers, stacks)
 //   4. Supervision - ModelessSupervision (instances as fault domains: supervisor, saved state, failover)
 //   4. Kernel interfaces - ModelessUblk (logical block devices served to the kernel through ublk)
-//   5. Drivers  - ModelessDrivers (edu sample driver)
+//   5. Drivers  - ModelessDrivers (the edu, e1000 family and NVMe sample drivers)
 //   6. Services - ModelessServices (provider hosting and workloads: `run`, `serve`, `export`)
 //   6. Command line - ModelessCommandLine (exit codes, printing and option groups both executables share)
 //   7. Tools    - the `modeless` command line and `modeless-bench`, the benchmarks it forwards to

@@ -36,6 +36,8 @@ public final class DevicePresence: @unchecked Sendable {
         /// persistent override", or why it was not.
         public var report: @Sendable (String) -> Void
 
+        /// Re-binding by the overrides in `overrides`, through `binder`'s checks, retried for
+        /// `settleNanoseconds` after the function returns, each outcome told to `report`.
         public init(overrides: OverrideStore = .standard(), binder: PCIBinder = PCIBinder(),
                     settleNanoseconds: UInt64 = 5_000_000_000, report: @escaping @Sendable (String) -> Void = { _ in }) {
             self.overrides = overrides
