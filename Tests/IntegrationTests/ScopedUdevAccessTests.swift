@@ -26,10 +26,15 @@ extension VM {
         }
 
         @Test func nodesOfDevicesModelessBoundAndNoOthers() throws {
-            // The rules as scripts/install writes them for --user nobody --group users.
-            let rules = try FileAccess.readText("udev/70-modeless.rules")[...]
-                .replacingAll(#"OWNER="root", GROUP="vfio""#, with: #"OWNER="\#(Self.owner.name)", GROUP="\#(Self.group.name)""#)[...]
-                .replacingAll("chown root:vfio", with: "chown \(Self.owner.name):\(Self.group.name)")
+            // The rules as scripts/install (through scripts/install-udev-rules) writes them for
+            // --user nobody --group users.
+            let stage = "/tmp/modeless-udev-rules"
+            let written = try TestBench.shell("""
+                rm -rf \(stage) && scripts/install-udev-rules --destdir \(stage) --user \(Self.owner.name) --group \(Self.group.name)
+                """)
+            defer { _ = try? TestBench.shell("rm -rf \(stage)") }
+            #expect(written.status == 0, "\(written.output)")
+            let rules = try FileAccess.readText("\(stage)/etc/udev/rules.d/70-modeless.rules")
             try FileAccess.createDirectories("/run/udev/rules.d")
             try FileAccess.replaceFile("/run/udev/rules.d/70-modeless.rules", with: Array(rules.utf8))
             let daemon = try TestBench.shell("""
