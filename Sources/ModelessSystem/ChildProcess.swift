@@ -27,11 +27,17 @@ public final class ChildProcess: @unchecked Sendable {
         public var cgroupProcs: Int32?
         /// A descriptor the process inherits (across its exec), or nil.
         public var inherited: Int32?
+        /// Whether the program runs under a guard (`modeless_spawn_guarded_instance`): then
+        /// ``processID`` is the guard's, which leads the group, ends as the program does, and
+        /// takes every process the program started with it when the program ends or when the
+        /// thread that started it ends (``deathSignal`` is then not used).
+        public var guarded: Bool
 
-        public init(deathSignal: Int32? = SIGKILL, cgroupProcs: Int32? = nil, inherited: Int32? = nil) {
+        public init(deathSignal: Int32? = SIGKILL, cgroupProcs: Int32? = nil, inherited: Int32? = nil, guarded: Bool = false) {
             self.deathSignal = deathSignal
             self.cgroupProcs = cgroupProcs
             self.inherited = inherited
+            self.guarded = guarded
         }
     }
 
@@ -56,8 +62,10 @@ public final class ChildProcess: @unchecked Sendable {
             envp.forEach { free($0) }
         }
         if let containment {
-            let pid = modeless_spawn_instance(executable, argv, envp, pipeEnds[1], containment.inherited ?? -1,
-                                              containment.cgroupProcs ?? -1, containment.deathSignal ?? 0)
+            let pid = containment.guarded
+                ? modeless_spawn_guarded_instance(executable, argv, envp, pipeEnds[1], containment.inherited ?? -1, containment.cgroupProcs ?? -1)
+                : modeless_spawn_instance(executable, argv, envp, pipeEnds[1], containment.inherited ?? -1,
+                                          containment.cgroupProcs ?? -1, containment.deathSignal ?? 0)
             let spawnErrno = Errno.current
             close(pipeEnds[1])
             guard pid > 0 else {
