@@ -116,8 +116,17 @@ static void modeless_guard_exit_as(int status) {
 
 int modeless_guard_death_signal(void) { return SIGRTMAX; }
 
+/// What the guard and the instance tell the supervisor through the report pipe.
+enum { modeless_guard_started = 0, modeless_guard_failed = 1 };
+
+/// Writes one report (a kind and a value) whole: a pipe write this small is atomic.
+static void modeless_guard_report(int reporter, int kind, int value) {
+    int record[2] = { kind, value };
+    while (write(reporter, record, sizeof record) < 0 && errno == EINTR) {}
+}
+
 int modeless_spawn_guarded_instance(const char *path, char *const argv[], char *const envp[],
-                                    int output_fd, int keep_fd, int cgroup_procs_fd) {
+                                    int output_fd, int keep_fd, int cgroup_procs_fd, pid_t *instance_pid) {
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) return -1;
     int death_signal = modeless_guard_death_signal();
@@ -174,13 +183,14 @@ int modeless_spawn_guarded_instance(const char *path, char *const argv[], char *
                 execve(path, argv, envp);
                 failure = errno;
             }
-            while (write(reporter, &failure, sizeof failure) < 0 && errno == EINTR) {}
+            modeless_guard_report(reporter, modeless_guard_failed, failure);
             _exit(127);
         }
         if (failure) {
-            while (write(reporter, &failure, sizeof failure) < 0 && errno == EINTR) {}
+            modeless_guard_report(reporter, modeless_guard_failed, failure);
             _exit(127);
         }
+        modeless_guard_report(reporter, modeless_guard_started, instance);
         close(reporter);
         dup2(0, 1);
         dup2(0, 2);
@@ -213,14 +223,22 @@ int modeless_spawn_guarded_instance(const char *path, char *const argv[], char *
     close(report[1]);
     // Both sides set the group, so it is in place whichever runs first.
     setpgid(guard, guard);
+    // The instance's pid, then nothing (its exec closed the pipe) or why it failed.
     int failure = 0;
-    ssize_t count;
-    do { count = read(report[0], &failure, sizeof failure); } while (count < 0 && errno == EINTR);
+    *instance_pid = -1;
+    for (;;) {
+        int record[2];
+        ssize_t count = read(report[0], record, sizeof record);
+        if (count < 0 && errno == EINTR) continue;
+        if (count != (ssize_t)sizeof record) break;
+        if (record[0] == modeless_guard_started) *instance_pid = record[1];
+        else failure = record[1];
+    }
     close(report[0]);
-    if (count == (ssize_t)sizeof failure) {
+    if (failure || *instance_pid <= 0) {
         int status;
         while (waitpid(guard, &status, 0) < 0 && errno == EINTR) {}
-        errno = failure;
+        errno = failure ? failure : ECHILD;
         return -1;
     }
     return guard;

@@ -380,18 +380,18 @@ public final class Supervisor: @unchecked Sendable {
         do { try watcher.watch(process.processID) } catch {
             run.group.signalAll(SIGKILL)
             _ = try? process.wait()
-            throw SupervisionError("cannot watch \(name) (pid \(process.processID)): \(error)")
+            throw SupervisionError("cannot watch \(name)'s guard (pid \(process.processID)): \(error)")
         }
-        instanceLock.write(.init(processID: process.processID, processGroup: process.processID, controlGroup: run.group.controlGroup?.path))
+        instanceLock.write(.init(processID: process.programProcessID, processGroup: process.processID, controlGroup: run.group.controlGroup?.path))
         lock.withLock {
             slots[index].controlGroup = controlGroup
             slots[index].run = run
             slots[index].restartAt = nil
             slots[index].policy.started(at: now)
-            slots[index].status.processID = process.processID
+            slots[index].status.processID = process.programProcessID
             slots[index].status.phase = .starting
         }
-        report(name, "started (pid \(process.processID))")
+        report(name, "started (pid \(process.programProcessID), its guard \(process.processID))")
         writeStatus()
     }
 

@@ -167,10 +167,11 @@ int modeless_spawn_instance(const char *path, char *const argv[], char *const en
 /// ignores every other signal short of SIGKILL. When the instance ends, the guard kills
 /// (SIGKILL) every process descended from it that is left, and ends as the instance did
 /// (its exit status, or its signal). When the death signal comes, it kills every such
-/// process and the instance, then itself. Returns the guard's pid (the group's), or -1 with
-/// errno set (also when the exec failed in the instance).
+/// process and the instance, then itself. Returns the guard's pid (the group's) and sets
+/// `instance_pid` to the instance's, or returns -1 with errno set (also when the exec failed
+/// in the instance).
 int modeless_spawn_guarded_instance(const char *path, char *const argv[], char *const envp[],
-                                    int output_fd, int keep_fd, int cgroup_procs_fd);
+                                    int output_fd, int keep_fd, int cgroup_procs_fd, pid_t *instance_pid);
 
 /// The signal a guard gets when the thread that started it ends (SIGRTMAX).
 int modeless_guard_death_signal(void);
