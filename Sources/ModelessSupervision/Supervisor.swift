@@ -14,9 +14,16 @@ import Glibc
 /// name, which resumes from the dead instance's state file. Consumers notice the death
 /// through their connections and fail over (``ServiceClient``).
 ///
-/// One thread, started by ``start()``, does all of it: it starts every instance (so that
-/// their death signal, which the kernel ties to the thread that started them, fires only when
-/// the supervisor ends), reads their output without blocking, notices deaths and start
+/// Each instance runs under a guard, the supervisor's direct child (see
+/// `modeless_spawn_guarded_instance`): it leads the instance's process group and cgroup, is a
+/// child subreaper, ends as the instance does, and when the supervisor ends (its death signal)
+/// kills every process descended from the instance, so that nothing an instance started
+/// outlives a supervisor killed with SIGKILL. If the guard alone is killed, the instance dies
+/// with it (its own death signal) and the supervisor stops the rest as for any death.
+///
+/// One thread, started by ``start()``, does all of it: it starts every guard (so that their
+/// death signal, which the kernel ties to the thread that started them, fires only when the
+/// supervisor ends), reads the instances' output without blocking, notices deaths and start
 /// timeouts, restarts, and stops everything on ``stop()``.
 ///
 /// Every event goes to the `Logger` given at ``init(_:containers:logger:)`` (with the metadata
@@ -323,8 +330,8 @@ public final class Supervisor: @unchecked Sendable {
         for index in slots.indices { try launch(index, now: monotonicNanoseconds()) }
     }
 
-    /// Starts instance `index`: in its own process group (and cgroup), with the death signal
-    /// tied to this thread, holding the instance's lock file.
+    /// Starts instance `index` under its guard: in its own process group (and cgroup), the
+    /// guard's death signal tied to this thread, holding the instance's lock file.
     private func launch(_ index: Int, now: UInt64) throws(SupervisionError) {
         let name = configuration.instanceName(index)
         var environment = configuration.environment
@@ -349,7 +356,7 @@ public final class Supervisor: @unchecked Sendable {
         func spawn(cgroupProcs: Int32?) throws(SystemError) -> ChildProcess {
             try ChildProcess(configuration.command[0], Array(configuration.command.dropFirst()) + ["--container", name],
                              environment: environment,
-                             containment: .init(deathSignal: SIGKILL, cgroupProcs: cgroupProcs, inherited: instanceLock.descriptor))
+                             containment: .init(cgroupProcs: cgroupProcs, inherited: instanceLock.descriptor, guarded: true))
         }
         let process: ChildProcess
         do {
@@ -373,18 +380,18 @@ public final class Supervisor: @unchecked Sendable {
         do { try watcher.watch(process.processID) } catch {
             run.group.signalAll(SIGKILL)
             _ = try? process.wait()
-            throw SupervisionError("cannot watch \(name) (pid \(process.processID)): \(error)")
+            throw SupervisionError("cannot watch \(name)'s guard (pid \(process.processID)): \(error)")
         }
-        instanceLock.write(.init(processID: process.processID, processGroup: process.processID, controlGroup: run.group.controlGroup?.path))
+        instanceLock.write(.init(processID: process.programProcessID, processGroup: process.processID, controlGroup: run.group.controlGroup?.path))
         lock.withLock {
             slots[index].controlGroup = controlGroup
             slots[index].run = run
             slots[index].restartAt = nil
             slots[index].policy.started(at: now)
-            slots[index].status.processID = process.processID
+            slots[index].status.processID = process.programProcessID
             slots[index].status.phase = .starting
         }
-        report(name, "started (pid \(process.processID))")
+        report(name, "started (pid \(process.programProcessID), its guard \(process.processID))")
         writeStatus()
     }
 

@@ -19,6 +19,9 @@ public final class ChildProcess: @unchecked Sendable {
     private let lock = ConditionLock()
     /// The process group the process leads, if it was started in its own (``Containment``).
     public let processGroup: pid_t?
+    /// The program's own process when it runs under a guard (``Containment/guarded``), whose
+    /// pid is then ``processID``; else ``processID``.
+    public let programProcessID: pid_t
 
     /// How a supervised process is kept apart and tied to its supervisor.
     public struct Containment: Sendable {
@@ -29,14 +32,21 @@ public final class ChildProcess: @unchecked Sendable {
         public var cgroupProcs: Int32?
         /// A descriptor the process inherits (across its exec), or nil.
         public var inherited: Int32?
+        /// Whether the program runs under a guard (`modeless_spawn_guarded_instance`): then
+        /// ``processID`` is the guard's, which leads the group, ends as the program does, and
+        /// takes every process the program started with it when the program ends or when the
+        /// thread that started it ends (``deathSignal`` is then not used);
+        /// ``programProcessID`` is the program's.
+        public var guarded: Bool
 
         /// A containment that kills the child with `deathSignal` (default `SIGKILL`) when the starting
         /// thread ends, optionally starts it in the cgroup whose `cgroup.procs` is open as
-        /// `cgroupProcs`, and passes it `inherited` across its exec. The descriptors stay the caller's.
-        public init(deathSignal: Int32? = SIGKILL, cgroupProcs: Int32? = nil, inherited: Int32? = nil) {
+        /// `cgroupProcs`, and passes it `inherited` across its exec, under a guard when `guarded`. The descriptors stay the caller's.
+        public init(deathSignal: Int32? = SIGKILL, cgroupProcs: Int32? = nil, inherited: Int32? = nil, guarded: Bool = false) {
             self.deathSignal = deathSignal
             self.cgroupProcs = cgroupProcs
             self.inherited = inherited
+            self.guarded = guarded
         }
     }
 
@@ -61,8 +71,12 @@ public final class ChildProcess: @unchecked Sendable {
             envp.forEach { free($0) }
         }
         if let containment {
-            let pid = modeless_spawn_instance(executable, argv, envp, pipeEnds[1], containment.inherited ?? -1,
-                                              containment.cgroupProcs ?? -1, containment.deathSignal ?? 0)
+            var program: pid_t = -1
+            let pid = containment.guarded
+                ? modeless_spawn_guarded_instance(executable, argv, envp, pipeEnds[1], containment.inherited ?? -1,
+                                                  containment.cgroupProcs ?? -1, &program)
+                : modeless_spawn_instance(executable, argv, envp, pipeEnds[1], containment.inherited ?? -1,
+                                          containment.cgroupProcs ?? -1, containment.deathSignal ?? 0)
             let spawnErrno = Errno.current
             close(pipeEnds[1])
             guard pid > 0 else {
@@ -72,6 +86,7 @@ public final class ChildProcess: @unchecked Sendable {
             _ = fcntl(pipeEnds[0], F_SETFL, fcntl(pipeEnds[0], F_GETFL) | O_NONBLOCK)
             processID = pid
             processGroup = pid
+            programProcessID = containment.guarded ? program : pid
             output = pipeEnds[0]
             return
         }
@@ -104,6 +119,7 @@ public final class ChildProcess: @unchecked Sendable {
         }
         processID = pid
         processGroup = nil
+        programProcessID = pid
         output = pipeEnds[0]
     }
 

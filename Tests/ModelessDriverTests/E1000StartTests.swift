@@ -12,6 +12,9 @@ import Testing
 struct E1000StartTests {
     /// CTRL, ICS and IMC offsets and CTRL.RST, as the datasheet gives them (the test's own).
     static let ctrl = 0x0000, ics = 0x00C8, imc = 0x00D8, reset: UInt32 = 1 << 26
+    /// RCTL and TCTL (their enable bit is bit 1), and the rings' registers: base, length, head, tail.
+    static let rctl = 0x0100, tctl = 0x0400, enable: UInt32 = 1 << 1
+    static let ringRegisters: Set<Int> = [0x2800, 0x2804, 0x2808, 0x2810, 0x2818, 0x3800, 0x3804, 0x3808, 0x3810, 0x3818]
     static let receiveTimer: UInt32 = 1 << 7, transmitWritten: UInt32 = 1 << 0
 
     static func isNotResponding(_ error: any Error) -> Bool {
@@ -115,7 +118,8 @@ struct E1000StartTests {
         try withE1000(mode, .interrupts(.intx), model: model) { driver, model, _ in
             let writes = model.writes
             let reset = try #require(writes.firstIndex { $0.offset == Self.ctrl && $0.value & Self.reset != 0 }, "a global reset")
-            #expect(writes[..<reset].allSatisfy { $0.offset == Self.imc }, "only interrupt masking before the reset: \(writes[..<reset])")
+            #expect(writes[..<reset].allSatisfy { $0.offset == Self.imc || [Self.rctl, Self.tctl].contains($0.offset) && $0.value == 0 },
+                    "only interrupt masking and the receiver and transmitter turned off before the reset: \(writes[..<reset])")
             #expect(writes[...reset].allSatisfy { !$0.busMaster }, "bus mastering off until the reset")
             #expect(writes.contains { $0.busMaster }, "bus mastering on afterwards")
             #expect(model.unmaskedWhilePending == staleUnmasks, "no stale cause unmasked")
@@ -128,6 +132,48 @@ struct E1000StartTests {
             usleep(20_000)
             #expect(got.withLock { $0 } == frames, "exactly the new frames, once each, in order")
             #expect(driver.statistics.framesReceived == 5)
+        }
+    }
+}
+
+extension E1000StartTests {
+    /// A NIC whose reset leaves the receiver and the transmitter as a killed predecessor left
+    /// them (QEMU's e1000 and e1000e reset only the MAC address on CTRL.RST) must still start
+    /// clean: the driver turns both off by hand before the reset, writes every ring register
+    /// (base, length, head, tail) only while both are off, and enables the receiver only with
+    /// bus mastering on. Otherwise the tail written at start hands the frames queued for the
+    /// NIC to descriptors whose writes go nowhere (bus mastering off), and nothing is received.
+    /// Checked on both controllers, after a predecessor killed with both rings enabled.
+    @Test(arguments: [E1000Model.Variant.i82540EM, .i82574L])
+    func theRingsAreWrittenOnlyWhileTheReceiverAndTransmitterAreOff(_ variant: E1000Model.Variant) throws {
+        let model = E1000Model(variant: variant)
+        do {
+            let device = try ModeledDevice(model)
+            let runtime = try makeRuntime(.user)
+            let predecessor = try E1000Driver(device: device, runtime: runtime, interrupt: .intx)
+            runtime.shutdown()
+            device.close()
+            withExtendedLifetime(predecessor) {}
+        }
+        #expect(model.ringsEnabled == (true, true))
+        model.clearWrites()
+        try withE1000(.user, .interrupts(.intx), model: model) { _, model, _ in
+            var receiving = true, transmitting = true  // As the predecessor left them, whatever the reset does.
+            var ringWrites = 0
+            for write in model.writes {
+                if write.offset == Self.rctl {
+                    receiving = write.value & Self.enable != 0
+                    if receiving { #expect(write.busMaster, "the receiver enabled only with bus mastering on") }
+                }
+                if write.offset == Self.tctl { transmitting = write.value & Self.enable != 0 }
+                if Self.ringRegisters.contains(write.offset) {
+                    ringWrites += 1
+                    #expect(!receiving && !transmitting,
+                            "ring register 0x\(String(write.offset, radix: 16)) written with the receiver or transmitter on")
+                }
+            }
+            #expect(ringWrites >= Self.ringRegisters.count)
+            #expect(receiving && transmitting, "both on at the end")
         }
     }
 }

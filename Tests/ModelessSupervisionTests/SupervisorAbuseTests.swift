@@ -209,24 +209,24 @@ struct SupervisorAbuseTests {
         #expect((try? UnixSocket.connect(to: containers.socketPath("svc-0")))?.close() != nil, "the other process still serves")
     }
 
-    /// `modeless supervise` killed with SIGKILL: its instances die with it (death signal); the
-    /// helpers a wrapper script left outlive it until the next supervisor, which stops them
-    /// before it starts its own instances, so no name is ever served twice.
-    @Test func aKilledSupervisorLeavesNoInstanceAndTheNextOneCleansUp() throws {
+    /// Starts `modeless supervise` on a two-instance service whose command is `script` run by
+    /// `sh -c` (the modeless binary as `$0`, `--container NAME` as `$1 $2`), and waits until
+    /// both instances serve. Returns the supervisor's process, its output so far, and the
+    /// configuration.
+    func supervise(_ script: String, useControlGroup: Bool = true) throws -> (ChildProcess, [String], SupervisorConfiguration) {
         let modeless = try modelessPath()
-        let configuration = SupervisorConfiguration(
-            service: "svc", instances: 2, command: ["/bin/sh", "-c", "sleep 300 & exec \"$0\" serve memory-disk --device disk \"$@\"", modeless],
-            stateDirectory: state)
+        let configuration = SupervisorConfiguration(service: "svc", instances: 2, command: ["/bin/sh", "-c", script, modeless],
+                                                    stateDirectory: state, useControlGroup: useControlGroup)
         func quoted(_ text: String) -> String { "\"" + String(text.flatMap { $0 == "\\" || $0 == "\"" ? ["\\", $0] : [$0] }) + "\"" }
         let config = root + "/svc.json"
         try FileAccess.replaceFile(config, with: Array("""
-            {"service": "svc", "instances": 2, "stateDirectory": \(quoted(state)),
+            {"service": "svc", "instances": 2, "stateDirectory": \(quoted(state)), "cgroup": \(useControlGroup),
              "command": [\(configuration.command.map(quoted).joined(separator: ", "))]}
             """.utf8))
-        let first = try ChildProcess(modeless, ["supervise", config], environment: ["MODELESS_CONTAINER_DIR": containers.path])
+        let supervisor = try ChildProcess(modeless, ["supervise", config], environment: ["MODELESS_CONTAINER_DIR": containers.path])
         var serving = Set<String>()
         var output: [String] = []
-        while serving.count < 2, let line = first.readLine(timeout: 30) {
+        while serving.count < 2, let line = supervisor.readLine(timeout: 30) {
             output.append(line)
             // Each line carries its time (UTC, milliseconds) and level: `2026-11-30T11:42:29.123Z info [svc-0] serving`.
             if let match = line.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info \[(svc-[01])\] serving/) {
@@ -234,17 +234,67 @@ struct SupervisorAbuseTests {
             }
         }
         #expect(serving.count == 2, "\(output.joined(separator: "\n"))")
+        return (supervisor, output, configuration)
+    }
+
+    /// The live children of process `parent` (its instances' guards, for a supervisor).
+    func children(of parent: pid_t) -> [pid_t] {
+        ProcessTable.processIDs().filter { pid in
+            guard let bytes = try? FileAccess.readBytes("/proc/\(pid)/stat", limit: 4096),
+                  let close = bytes.lastIndex(of: UInt8(ascii: ")")) else { return false }
+            let fields = String(decoding: bytes[(close + 1)...], as: UTF8.self).split(separator: " ")
+            return fields.count > 1 && fields[0] != "Z" && pid_t(fields[1]) == parent
+        }
+    }
+
+    /// `modeless supervise` killed with SIGKILL while its instances have helpers running, one
+    /// in the instance's process group (`sleep 300 &`) and one that left it (`setsid`), with
+    /// and without cgroups: within 5 s no process of the service remains, neither instance
+    /// nor helper nor guard.
+    @Test(arguments: [true, false])
+    func aKilledSupervisorTakesEveryProcessOfItsInstancesWithIt(useControlGroup: Bool) throws {
+        let (supervisor, output, _) = try supervise("sleep 300 & setsid sleep 301 & exec \"$0\" serve memory-disk --device disk \"$@\"",
+                                                    useControlGroup: useControlGroup)
+        defer { killAll(processesOfService(state)) }
+        let before = processesOfService(state)
+        #expect(before.filter { $0.command == "modeless" }.count == 2, "\(before)")
+        #expect(before.filter { $0.command == "sleep" }.count == 4, "\(before)")
+        let guards = children(of: supervisor.processID)
+        #expect(guards.count == 2, "one guard per instance: \(guards) \(output)")
+
+        supervisor.signal(SIGKILL)
+        _ = try supervisor.wait()
+        #expect(eventually(seconds: 5) { processesOfService(state).isEmpty && guards.allSatisfy { kill($0, 0) != 0 } },
+                "processes outlived their supervisor: \(processesOfService(state)), guards \(guards.filter { kill($0, 0) == 0 })")
+        for name in ["svc-0", "svc-1"] {
+            #expect((try? UnixSocket.connect(to: containers.socketPath(name))) == nil, "\(name) still answers")
+        }
+    }
+
+    /// A guard killed together with its supervisor (the supervisor stopped first, so that it
+    /// cannot act, then each instance's guard killed, then the supervisor): the instances die
+    /// with their guards (their death signal), the helpers a wrapper script left outlive them
+    /// until the next supervisor, which stops them before it starts its own instances, so no
+    /// name is ever served twice.
+    @Test func aKilledSupervisorAndGuardLeaveNoInstanceAndTheNextOneCleansUp() throws {
+        let (first, output, configuration) = try supervise("sleep 300 & exec \"$0\" serve memory-disk --device disk \"$@\"")
+        defer { killAll(processesOfService(state)) }
         #expect(output.contains { $0.wholeMatch(of: /\S+Z info supervising svc: 2 instance\(s\), .*/) != nil }, "\(output.joined(separator: "\n"))")
         let before = processesOfService(state)
         #expect(before.filter { $0.command == "modeless" }.count == 2, "\(before)")
 
+        first.signal(SIGSTOP)
+        let guards = children(of: first.processID)
+        #expect(guards.count == 2, "\(guards)")
+        for pid in guards { kill(pid, SIGKILL) }
+        #expect(eventually(seconds: 5) { processesOfService(state).filter { $0.command == "modeless" }.isEmpty },
+                "instances outlived their guards: \(processesOfService(state))")
         first.signal(SIGKILL)
         _ = try first.wait()
-        #expect(eventually(seconds: 5) { processesOfService(state).filter { $0.command == "modeless" }.isEmpty },
-                "instances outlived their supervisor: \(processesOfService(state))")
         for name in ["svc-0", "svc-1"] {
             #expect((try? UnixSocket.connect(to: containers.socketPath(name))) == nil, "\(name) still answers")
         }
+        #expect(processesOfService(state).filter { $0.command == "sleep" }.count == 2, "the helpers outlived both: \(processesOfService(state))")
 
         let next = try Supervisor(configuration, containers: containers)
         let events = EventLog()
@@ -261,6 +311,5 @@ struct SupervisorAbuseTests {
         let took = try timedStop(next, limit: 10)
         #expect(took != nil)
         #expect(processesOfService(state).isEmpty, "\(processesOfService(state))")
-        killAll(processesOfService(state))
     }
 }

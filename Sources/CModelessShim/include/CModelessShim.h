@@ -157,4 +157,23 @@ static inline void modeless_read_barrier(void) { __atomic_thread_fence(__ATOMIC_
 int modeless_spawn_instance(const char *path, char *const argv[], char *const envp[],
                             int output_fd, int keep_fd, int cgroup_procs_fd, int death_signal);
 
+/// Starts a supervised instance under a guard (guard.c). The guard, this process's child,
+/// leads a new process group, joins the cgroup whose `cgroup.procs` is open as
+/// `cgroup_procs_fd` (if >= 0), becomes a child subreaper and gets
+/// `modeless_guard_death_signal()` when the thread that called this ends
+/// (PR_SET_PDEATHSIG); it then starts the instance, which stays in that group and cgroup, is
+/// killed (SIGKILL) if the guard ends, and runs `path` with /dev/null as standard input,
+/// `output_fd` as standard output and error, and `keep_fd` (if >= 0) kept open. The guard
+/// ignores every other signal short of SIGKILL. When the instance ends, the guard kills
+/// (SIGKILL) every process descended from it that is left, and ends as the instance did
+/// (its exit status, or its signal). When the death signal comes, it kills every such
+/// process and the instance, then itself. Returns the guard's pid (the group's) and sets
+/// `instance_pid` to the instance's, or returns -1 with errno set (also when the exec failed
+/// in the instance).
+int modeless_spawn_guarded_instance(const char *path, char *const argv[], char *const envp[],
+                                    int output_fd, int keep_fd, int cgroup_procs_fd, pid_t *instance_pid);
+
+/// The signal a guard gets when the thread that started it ends (SIGRTMAX).
+int modeless_guard_death_signal(void);
+
 #endif

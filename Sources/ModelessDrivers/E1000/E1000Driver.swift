@@ -7,9 +7,11 @@ import ModelessSystem
 /// for every mode, in the kernel's vocabulary:
 ///
 /// - **Start**: the device is confirmed before it is touched (its ids, STATUS not all-ones),
-///   then globally reset (interrupts masked, CTRL.RST, pending causes read away) before bus
-///   mastering and interrupts are enabled, so that whatever a killed predecessor left behind
-///   is gone; then the MAC address from the EEPROM, link up, and both descriptor rings.
+///   then brought to a known state before bus mastering and interrupts are enabled: interrupts
+///   masked, receiver and transmitter off by hand, CTRL.RST, the 82574L's MSI-X routing
+///   cleared, pending causes cleared; so whatever a killed predecessor left behind is gone
+///   even where the reset resets nothing else (QEMU's models); then the MAC address from the
+///   EEPROM, link up, and both descriptor rings, written while the receiver is off.
 /// - **Datapath**: ``receiveFrames(budget:_:)`` and ``transmitFrames(count:_:)`` lend frames as
 ///   views of the DMA buffers themselves, under the rings' `SpinLock`s (shared with the
 ///   receive DPC): no allocation and no reference counting per frame, no register access that

@@ -35,6 +35,14 @@ extension E1000Driver {
         // Global reset, with every interrupt masked before and after (the reset unmasks none,
         // but a cause may be latched between the two), and pending causes read away.
         registers.store(InterruptCauses.all.rawValue, to: E1000Register.interruptMaskClear)
+        // The receiver and the transmitter off first, by hand: a reset that leaves them as a
+        // killed predecessor left them (QEMU's e1000 and e1000e reset only the MAC address on
+        // CTRL.RST) would otherwise keep the receiver enabled while bus mastering is off, and
+        // the ring tail written at start would hand the frames queued for the NIC to descriptors
+        // whose writes go nowhere: the NIC fills the ring, no descriptor is ever done, and
+        // nothing is received again. With the receiver off the NIC drops those frames instead.
+        registers.store(0, to: E1000Register.receiveControl)
+        registers.store(0, to: E1000Register.transmitControl)
         let control = try Self.loadResponding(registers, E1000Register.control, "CTRL")
         registers.store(control | DeviceControl.reset.rawValue, to: E1000Register.control)
         try waitUntil("the global reset (CTRL.RST) to finish", runtime: runtime, event: event) {
@@ -42,6 +50,7 @@ extension E1000Driver {
             return DeviceControl(rawValue: control).isDisjoint(with: .reset)
         }
         registers.store(InterruptCauses.all.rawValue, to: E1000Register.interruptMaskClear)
+        if let routing = variant.msix { clearMSIXRouting(routing, registers) }
         _ = try Self.loadResponding(registers, E1000Register.interruptCause, "ICR after the reset")
 
         // The MAC address: EEPROM words 0, 1 and 2, low byte first.
@@ -56,6 +65,20 @@ extension E1000Driver {
             throw Failure.badConfiguration("the EEPROM holds \(text), which is not a station's MAC address (zero or multicast)")
         }
         return mac
+    }
+
+    /// Undoes what a predecessor's MSI-X set-up left (82574L), where a reset may not: no cause
+    /// routed to a vector (IVAR), none cleared or masked when its vector fires (EIAC, IAME),
+    /// and every cause cleared by writing ICR (write-one-to-clear on this controller). Done
+    /// with interrupts masked and before MSI-X is enabled again, so no vector fires for a
+    /// cause of the predecessor's.
+    static func clearMSIXRouting(_ routing: E1000MSIXRouting, _ registers: MMIORegion) {
+        registers.store(0, to: routing.register)
+        registers.store(0, to: E1000Register.extendedAutoClear)
+        var control = ExtendedControl(rawValue: registers.load(E1000Register.extendedControl))
+        control.remove([.autoMaskOnAcknowledge, .clearPendingOnMask])
+        registers.store(control.rawValue, to: E1000Register.extendedControl)
+        registers.store(InterruptCauses.all.rawValue, to: E1000Register.interruptCause)
     }
 
     /// One 16-bit EEPROM word through EERD.
