@@ -10,8 +10,17 @@ extension E1000Driver {
     /// Moves the clean index past the descriptors the NIC finished, and returns how many
     /// frames a batch may carry now (at most ``ringSize`` − 1). Only descriptors submitted
     /// with RS are written back; one written back means every one before it is done too.
+    ///
+    /// The last descriptor of every batch carries RS, so the one before the tail is checked
+    /// first: when the NIC has finished it, everything is free after one descriptor read. Only
+    /// when it has not are the descriptors walked from the clean index, to free what is done.
     @inline(__always)
     private func reclaim(_ state: inout TransmitState) -> Int {
+        if state.clean != state.tail,
+           transmitRing.transmit(transmitRing.slot(before: state.tail)).status.contains(.descriptorDone) {
+            state.clean = state.tail
+            return ringSize &- 1
+        }
         var slot = state.clean
         while slot != state.tail {
             let descriptor = transmitRing.transmit(slot)
