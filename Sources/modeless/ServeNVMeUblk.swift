@@ -106,7 +106,8 @@ extension ServeNVMe {
                 printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
                           + "in \(ms(done - started)) ms after the controller was up in \(ms(started - entered)) ms "
                           + "(the device open in \(ms(opened - entered)) ms, the controller reset and set up in \(ms(started - opened)) ms; entered at monotonic \(ms(entered)) ms; "
-                          + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); pid \(getpid()))")
+                          + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); "
+                          + "\(export.recoverySteps.map { "recovery steps: \($0); " } ?? "")pid \(getpid()))")
                 return export
             }
             // Every tag of every queue in flight at once: they share the controller's I/O queue.
