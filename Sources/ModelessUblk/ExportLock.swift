@@ -62,6 +62,11 @@ public final class ExportLock {
         previousRecord = FileAccess.readTextIfPresent(path)?.trimmingBlanks() ?? ""
     }
 
+    /// What claim `name`'s holder recorded, read without taking the claim (empty if nothing).
+    public static func record(of name: String, containers: ContainerDirectory = .standard) -> String {
+        FileAccess.readTextIfPresent(directory(for: containers) + "/" + name + ".lock")?.trimmingBlanks() ?? ""
+    }
+
     /// What the claim's previous holder recorded (empty if nothing, or it released the claim):
     /// a holder that died without releasing leaves its record for its successor.
     public let previousRecord: String

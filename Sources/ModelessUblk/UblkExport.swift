@@ -187,9 +187,11 @@ public final class UblkExport: @unchecked Sendable {
             characterDevice = try openCharacterDevice(deviceID, busyUntil: deadline)
             let cpus = SystemThread.cpuCount
             for index in 0..<Int(info.nr_hw_queues) {
+                let preparing = monotonicNanoseconds()
                 let queue = try UblkQueue(
                     index: index, depth: Int(info.queue_depth), deviceID: deviceID, characterDevice: characterDevice,
                     ioBytes: Int(info.max_io_buf_bytes), backend: backend, buffers: buffers)
+                steps.preparingQueues += monotonicNanoseconds() - preparing
                 queues.append(queue)
                 try queue.start(cpu: index < cpus ? index : nil)
             }
@@ -209,6 +211,13 @@ public final class UblkExport: @unchecked Sendable {
             control: control, characterDevice: characterDevice)
         export.recoverySteps = steps
         return export
+    }
+
+    /// The queues, depth and largest request of device `deviceID`, or nil when there is no
+    /// such device: what a server that will recover it needs for its tags' buffers.
+    public static func shape(deviceID: UInt32) -> (queues: Int, depth: Int, ioBytes: Int)? {
+        guard let control = try? UblkControl(), let info = try? control.deviceInfo(device: deviceID) else { return nil }
+        return (Int(info.nr_hw_queues), Int(info.queue_depth), Int(info.max_io_buf_bytes))
     }
 
     /// The state of device `deviceID`, or nil when there is no such device.

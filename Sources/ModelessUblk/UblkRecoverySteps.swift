@@ -11,6 +11,9 @@ public struct UblkRecoverySteps: Sendable, Equatable, CustomStringConvertible {
     public var busyAnswers = 0
     /// Until every queue had every tag fetched.
     public var queuesFetched: UInt64 = 0
+    /// Of that, how long preparing the queues took (their descriptors mapped, their tags'
+    /// buffers allocated: for the NVMe driver, DMA memory mapped into the IOMMU).
+    public var preparingQueues: UInt64 = 0
     /// Until END_USER_RECOVERY returned: the device live again.
     public var ended: UInt64 = 0
 
@@ -22,6 +25,6 @@ public struct UblkRecoverySteps: Sendable, Equatable, CustomStringConvertible {
             return "\(tenths / 10).\(tenths % 10)"
         }
         return "quiesced at \(ms(quiesced)) ms, START_USER_RECOVERY accepted at \(ms(started)) ms (after \(busyAnswers) EBUSY), "
-            + "queues fetched at \(ms(queuesFetched)) ms, END_USER_RECOVERY at \(ms(ended)) ms"
+            + "queues fetched at \(ms(queuesFetched)) ms (\(ms(preparingQueues)) ms of it preparing them), END_USER_RECOVERY at \(ms(ended)) ms"
     }
 }

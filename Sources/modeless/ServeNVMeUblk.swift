@@ -51,7 +51,8 @@ extension ServeNVMe {
             try UblkExport.checkDriver()
             do { pci = try PCIBus().resolve(try DeviceSelector(parsing: address)).address } catch { throw ExitStatus.fail(error) }
             if standby {
-                printLine("standby for \(pci): waiting for the serving process to end (pid \(getpid()))")
+                let reserved = Self.reserveBuffers(for: ExportLock.record(of: "nvme+\(pci)"))
+                printLine("standby for \(pci): waiting for the serving process to end (\(reserved / 1_048_576) MiB of DMA memory faulted in ahead; pid \(getpid()))")
                 claim = try ExportLock(waitingFor: "nvme+\(pci)", what: "NVMe controller \(pci)")
                 TerminationSignals.block()
                 let claimed = monotonicNanoseconds()
@@ -133,6 +134,15 @@ extension ServeNVMe {
             printError(error.message)
             throw ExitCode(Export.exitCode(error.kind))
         }
+    }
+
+    /// Faults in the memory of the ublk tags' DMA buffers of the device `record` names (and
+    /// 4 MiB for the controller's queues), so that a standby's recovery maps them without
+    /// faulting them in; the bytes reserved (0 when nothing is recorded or the memory is short).
+    static func reserveBuffers(for record: String) -> Int {
+        guard let device = recordedDevice(record), let shape = UblkExport.shape(deviceID: device) else { return 0 }
+        let bytes = shape.queues * shape.depth * NVMeController.transferChunkSize(dataBytes: shape.ioBytes) + 4 << 20
+        return DMAMemoryReserve.fill(bytes: bytes) ? DMAMemoryReserve.available : 0
     }
 
     /// The ublk device number in a claim's record (`ublk N as ...`), if any.
