@@ -57,8 +57,11 @@ extension ServeNVMe {
                 TerminationSignals.block()
                 let claimed = monotonicNanoseconds()
                 _ = claim.waitForPreviousProcess(seconds: 10)
+                let gone = monotonicNanoseconds()
+                // The kernel may release the dead process's VFIO group a moment after the process ended.
+                let group = VFIOGroupRelease.wait(for: pci, seconds: 10).map { String(format: "%.1f ms", Double($0) / 1e6) } ?? "still busy after 10 s"
                 printLine("standby for \(pci): claimed at monotonic \(String(format: "%.1f", Double(claimed) / 1e6)) ms, "
-                          + "the previous process gone \(String(format: "%.1f", Double(monotonicNanoseconds() - claimed) / 1e6)) ms later")
+                          + "the previous process gone \(String(format: "%.1f", Double(gone - claimed) / 1e6)) ms later, its VFIO group free \(group) after that")
                 entered = monotonicNanoseconds()
             } else {
                 claim = try ExportLock(claim: "nvme+\(pci)", what: "NVMe controller \(pci)")
