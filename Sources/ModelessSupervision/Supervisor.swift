@@ -453,10 +453,14 @@ public final class Supervisor: @unchecked Sendable {
         let now = monotonicNanoseconds()
         let cause = run.stoppedBecause.map { "\($0) (\(exit))" } ?? exit
         if let absence = deviceAbsence(afterExitStatus: exitStatus) {
+            dropStandby(index)
             waitForDevice(index, run: run, cause: cause, absence: absence, now: now)
             return
         }
         if promoteStandby(index, replacing: run, cause: cause, now: now) { return }
+        // No takeover (none, or the start limit refuses a start now): a standby left waiting
+        // would take the device on its own.
+        dropStandby(index)
         let (delay, refusal): (Double, String?) = lock.withLock {
             let delay = slots[index].policy.ended(startedAt: run.startedAt, at: now, served: run.served)
             let refusal = slots[index].policy.refusal(at: now + UInt64(delay * 1e9))
@@ -486,8 +490,11 @@ public final class Supervisor: @unchecked Sendable {
         let name = configuration.instanceName(index)
         let promoted: Run? = lock.withLock {
             guard let standby = slots[index].standby else { return nil }
-            _ = slots[index].policy.ended(startedAt: run.startedAt, at: now, served: run.served)
-            guard slots[index].policy.refusal(at: now) == nil else { return nil }
+            // The restart path counts this end itself when the start limit refuses a start now.
+            var policy = slots[index].policy
+            _ = policy.ended(startedAt: run.startedAt, at: now, served: run.served)
+            guard policy.refusal(at: now) == nil else { return nil }
+            slots[index].policy = policy
             slots[index].ended(run, cause: cause, at: now)
             slots[index].standby = nil
             slots[index].standbyDeathsInARow = 0
@@ -506,6 +513,18 @@ public final class Supervisor: @unchecked Sendable {
         finishEndings(now: now)
         writeStatus()
         return true
+    }
+
+    /// Stops the standby of instance `index`, if any, and reaps it.
+    private func dropStandby(_ index: Int) {
+        guard let standby = lock.withLock({ () -> Run? in
+            defer { slots[index].standby = nil }
+            return slots[index].standby
+        }) else { return }
+        standby.group.signalAll(SIGKILL)
+        _ = try? standby.process.wait()
+        watcher.forget(standby.process.processID)
+        report(configuration.instanceName(index), "its standby (pid \(standby.process.processID)) stopped")
     }
 
     /// The standby of instance `index` ended before it was needed: another is started after
