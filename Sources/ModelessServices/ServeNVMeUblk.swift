@@ -30,8 +30,11 @@ extension ServeNVMe {
     }
 
     func runUblk(_ requested: UblkOptions) throws {
-        let entered = monotonicNanoseconds()
-        TerminationSignals.block()
+        var entered = monotonicNanoseconds()
+        // A warm standby (`MODELESS_STANDBY=1`, from a supervisor with `"standby": true`)
+        // waits for the claim with the termination signals still deliverable: it holds nothing.
+        let standby = getenv("MODELESS_STANDBY").map { String(cString: $0) == "1" } ?? false
+        if !standby { TerminationSignals.block() }
         var ublkOptions = requested
         let queues = requested.queues ?? SystemThread.cpuCount
         ublkOptions.queues = queues
@@ -49,7 +52,22 @@ extension ServeNVMe {
             if queues < 1 { throw UblkError(.invalidArgument, "\(queues) queues: a ublk device needs at least one") }
             try UblkExport.checkDriver()
             do { pci = try PCIBus().resolve(try DeviceSelector(parsing: address)).address } catch { throw ExitStatus.fail(error) }
-            claim = try ExportLock(claim: "nvme+\(pci)", what: "NVMe controller \(pci)")
+            if standby {
+                let reserved = Self.reserveBuffers(for: ExportLock.record(of: "nvme+\(pci)"))
+                printLine("standby for \(pci): waiting for the serving process to end (\(reserved / 1_048_576) MiB of DMA memory faulted in ahead; pid \(getpid()))")
+                claim = try ExportLock(waitingFor: "nvme+\(pci)", what: "NVMe controller \(pci)")
+                TerminationSignals.block()
+                let claimed = monotonicNanoseconds()
+                _ = claim.waitForPreviousProcess(seconds: 10)
+                let gone = monotonicNanoseconds()
+                // The kernel may release the dead process's VFIO group a moment after the process ended.
+                let group = VFIOGroupRelease.wait(for: pci, seconds: 10).map { String(format: "%.1f ms", Double($0) / 1e6) } ?? "still busy after 10 s"
+                printLine("standby for \(pci): claimed at monotonic \(String(format: "%.1f", Double(claimed) / 1e6)) ms, "
+                          + "the previous process gone \(String(format: "%.1f", Double(gone - claimed) / 1e6)) ms later, its VFIO group free \(group) after that")
+                entered = monotonicNanoseconds()
+            } else {
+                claim = try ExportLock(claim: "nvme+\(pci)", what: "NVMe controller \(pci)")
+            }
         } catch let error as UblkError {
             printError(error.message)
             throw ExitCode(Export.exitCode(error.kind))
@@ -58,9 +76,10 @@ extension ServeNVMe {
         // fails to come up leaves it for the next attempt, which recovers the device.
         defer { claim.release(keepingRecord: true) }
         try withBoundDevice(pci.description, mode: mode) { _, access, runtime in
+            let opened = monotonicNanoseconds()
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
-            let export = try startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, entered: entered)
+            let export = try startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, entered: entered, opened: opened)
             claim.record("ublk \(export.deviceID) as \(export.blockDevicePath) by process \(getpid())")
             TerminationSignals.wait()
             var status: Int32 = 0
@@ -81,7 +100,7 @@ extension ServeNVMe {
     /// CLOCK_MONOTONIC time is printed too, so that whoever killed the predecessor can time
     /// the process's start) to the controller being up, and the ublk recovery itself.
     private func startOrRecover(controller: NVMeController, claim: ExportLock, pci: PCIAddress, _ ublkOptions: UblkOptions,
-                                entered: UInt64) throws -> UblkExport {
+                                entered: UInt64, opened: UInt64) throws -> UblkExport {
         do {
             let backend = try NVMeUblkBackend(controller: controller, namespace: nil)
             let started = monotonicNanoseconds()
@@ -91,8 +110,10 @@ extension ServeNVMe {
                 let done = monotonicNanoseconds()
                 func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
                 printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
-                          + "in \(ms(done - started)) ms after the controller was up in \(ms(started - entered)) ms (entered at monotonic \(ms(entered)) ms; "
-                          + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); pid \(getpid()))")
+                          + "in \(ms(done - started)) ms after the controller was up in \(ms(started - entered)) ms "
+                          + "(the device open in \(ms(opened - entered)) ms, the controller reset and set up in \(ms(started - opened)) ms; entered at monotonic \(ms(entered)) ms; "
+                          + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); "
+                          + "\(export.recoverySteps.map { "recovery steps: \($0); " } ?? "")pid \(getpid()))")
                 return export
             }
             // Every tag of every queue in flight at once: they share the controller's I/O queue.
@@ -118,6 +139,15 @@ extension ServeNVMe {
             printError(error.message)
             throw ExitCode(Export.exitCode(error.kind))
         }
+    }
+
+    /// Faults in the memory of the ublk tags' DMA buffers of the device `record` names (and
+    /// 4 MiB for the controller's queues), so that a standby's recovery maps them without
+    /// faulting them in; the bytes reserved (0 when nothing is recorded or the memory is short).
+    static func reserveBuffers(for record: String) -> Int {
+        guard let device = recordedDevice(record), let shape = UblkExport.shape(deviceID: device) else { return 0 }
+        let bytes = shape.queues * shape.depth * NVMeController.transferChunkSize(dataBytes: shape.ioBytes) + 4 << 20
+        return DMAMemoryReserve.fill(bytes: bytes) ? DMAMemoryReserve.available : 0
     }
 
     /// The ublk device number in a claim's record (`ublk N as ...`), if any.

@@ -20,7 +20,8 @@ import ModelessSystem
 ///       "stopTimeoutSeconds": 5,
 ///       "cgroup": true,
 ///       "environment": {},
-///       "device": "0000:00:06.0"
+///       "device": "0000:00:06.0",
+///       "standby": false
 ///     }
 ///
 /// Only `service` and `command` are required. With `device`, an instance that ends while that
@@ -42,10 +43,11 @@ package struct SupervisorConfigurationFile: Decodable {
     var cgroup: Bool?
     var environment: [String: String]?
     var device: String?
+    var standby: Bool?
 
     private enum CodingKeys: String, CodingKey, CaseIterable {
         case service, instances, command, stateDirectory, restartDelaySeconds, restartMaxDelaySeconds, startAttempts
-        case startLimitBurst, startLimitIntervalSeconds, startTimeoutSeconds, stopTimeoutSeconds, cgroup, environment, device
+        case startLimitBurst, startLimitIntervalSeconds, startTimeoutSeconds, stopTimeoutSeconds, cgroup, environment, device, standby
     }
 
     /// The keys of a configuration file, to name a misspelt one.
@@ -81,7 +83,7 @@ package struct SupervisorConfigurationFile: Decodable {
             startTimeoutSeconds: file.startTimeoutSeconds ?? defaults.startTimeoutSeconds,
             stopTimeoutSeconds: file.stopTimeoutSeconds ?? defaults.stopTimeoutSeconds,
             useControlGroup: file.cgroup ?? defaults.useControlGroup,
-            environment: file.environment ?? [:])
+            environment: file.environment ?? [:], standby: file.standby ?? false)
         do { try configuration.validate() } catch { throw ValidationError("\(path): \(error)") }
         return configuration
     }

@@ -91,7 +91,8 @@ public final class Supervisor: @unchecked Sendable {
     private final class Run {
         let process: ChildProcess
         let group: InstanceGroup
-        let startedAt: UInt64
+        /// When it started, or for a promoted standby, when it became the instance.
+        var startedAt: UInt64
         var served = false
         /// Set when the supervisor ended the run itself (start timeout), for its cause.
         var stoppedBecause: String?
@@ -109,6 +110,14 @@ public final class Supervisor: @unchecked Sendable {
         var policy: RestartPolicy
         /// The running process, if any.
         var run: Run?
+        /// The warm standby, with ``SupervisorConfiguration/standby``: started once `run`
+        /// serves, it becomes `run` when `run` dies.
+        var standby: Run?
+        /// When a standby may be started again after one died.
+        var standbyRetryAt: UInt64?
+        /// Standbys that died in a row without becoming the instance; at `startAttempts`, no
+        /// more are started (the instance falls back to restarts).
+        var standbyDeathsInARow = 0
         /// A run that ended whose other processes are being stopped; the socket is removed
         /// and the replacement started only once none is left.
         var ending: Run?
@@ -270,7 +279,7 @@ public final class Supervisor: @unchecked Sendable {
             return
         }
         while !lock.withLock({ stopping }) {
-            let runs = lock.withLock { slots.compactMap(\.run) }
+            let runs = lock.withLock { slots.flatMap { [$0.run, $0.standby].compactMap { $0 } } }
             let (ended, readable) = watcher.waitForEvents(timeoutMilliseconds: nextTimeout(),
                                                           readable: runs.filter { !$0.process.outputEnded }.map(\.process.outputDescriptor))
             for run in runs where readable.contains(run.process.outputDescriptor) { forwardOutput(of: run) }
@@ -279,6 +288,7 @@ public final class Supervisor: @unchecked Sendable {
             enforceStartTimeouts(now: now)
             finishEndings(now: now)
             restartDue(now: now)
+            startStandbys(now: now)
         }
         shutDown()
     }
@@ -296,6 +306,7 @@ public final class Supervisor: @unchecked Sendable {
             var next = now + 1_000_000_000
             for slot in slots {
                 if let at = slot.restartAt { next = min(next, at) }
+                if let at = slot.standbyRetryAt { next = min(next, at) }
                 if let run = slot.run, !run.served, run.stoppedBecause == nil {
                     next = min(next, run.startedAt + UInt64(configuration.startTimeoutSeconds * 1e9))
                 }
@@ -332,9 +343,12 @@ public final class Supervisor: @unchecked Sendable {
 
     /// Starts instance `index` under its guard: in its own process group (and cgroup), the
     /// guard's death signal tied to this thread, holding the instance's lock file.
-    private func launch(_ index: Int, now: UInt64) throws(SupervisionError) {
+    /// A `standby` run gets `MODELESS_STANDBY=1`, its process group alone (the instance's
+    /// cgroup is stopped as a whole when the serving run dies) and becomes the slot's standby.
+    private func launch(_ index: Int, now: UInt64, standby: Bool = false) throws(SupervisionError) {
         let name = configuration.instanceName(index)
         var environment = configuration.environment
+        if standby { environment["MODELESS_STANDBY"] = "1" }
         environment["MODELESS_INSTANCE"] = name
         environment["MODELESS_INSTANCE_STATE"] = statePath(of: name)
         environment["MODELESS_SERVICE_STATE_DIR"] = configuration.stateDirectory
@@ -342,7 +356,7 @@ public final class Supervisor: @unchecked Sendable {
         let (instanceLock, existingGroup, cgroupUnusable) = lock.withLock { (slots[index].lock, slots[index].controlGroup, slots[index].cgroupUnusable) }
         var controlGroup = existingGroup
         var procs: Int32?
-        if let serviceGroup, !cgroupUnusable {
+        if let serviceGroup, !cgroupUnusable, !standby {
             do throws(SystemError) {
                 let group: ControlGroup
                 if let existingGroup { group = existingGroup } else { group = try serviceGroup.child(name) }
@@ -382,6 +396,14 @@ public final class Supervisor: @unchecked Sendable {
             _ = try? process.wait()
             throw SupervisionError("cannot watch \(name)'s guard (pid \(process.processID)): \(error)")
         }
+        if standby {
+            lock.withLock {
+                slots[index].standby = run
+                slots[index].standbyRetryAt = nil
+            }
+            report(name, "standby started (pid \(process.programProcessID), its guard \(process.processID))")
+            return
+        }
         instanceLock.write(.init(processID: process.programProcessID, processGroup: process.processID, controlGroup: run.group.controlGroup?.path))
         lock.withLock {
             slots[index].controlGroup = controlGroup
@@ -397,11 +419,17 @@ public final class Supervisor: @unchecked Sendable {
 
     /// Forwards the lines `run` has printed, noticing the one that says it serves.
     private func forwardOutput(of run: Run) {
-        guard let index = lock.withLock({ slots.firstIndex { $0.run === run || $0.ending === run } }) else { return }
+        guard let index = lock.withLock({ slots.firstIndex { $0.run === run || $0.ending === run || $0.standby === run } }) else { return }
         let name = configuration.instanceName(index)
         for line in run.process.readAvailableLines() {
             onOutput?(name, line)
             guard line.hasPrefix("serving ") else { continue }
+            // A standby may say it serves before its predecessor's exit is seen: it is
+            // promoted as serving.
+            if lock.withLock({ slots[index].standby === run }) {
+                lock.withLock { run.served = true }
+                continue
+            }
             let changed = lock.withLock { () -> Bool in
                 guard slots[index].run === run, slots[index].status.phase == .starting else { return false }
                 run.served = true
@@ -417,6 +445,10 @@ public final class Supervisor: @unchecked Sendable {
     }
 
     private func handleExit(of pid: pid_t) {
+        if let index = lock.withLock({ slots.firstIndex { $0.standby?.process.processID == pid } }) {
+            standbyEnded(index)
+            return
+        }
         guard let index = lock.withLock({ slots.firstIndex { $0.run?.process.processID == pid } }),
               let run = lock.withLock({ slots[index].run }) else { return }
         let name = configuration.instanceName(index)
@@ -428,9 +460,14 @@ public final class Supervisor: @unchecked Sendable {
         let now = monotonicNanoseconds()
         let cause = run.stoppedBecause.map { "\($0) (\(exit))" } ?? exit
         if let absence = deviceAbsence(afterExitStatus: exitStatus) {
+            dropStandby(index)
             waitForDevice(index, run: run, cause: cause, absence: absence, now: now)
             return
         }
+        if promoteStandby(index, replacing: run, cause: cause, now: now) { return }
+        // No takeover (none, or the start limit refuses a start now): a standby left waiting
+        // would take the device on its own.
+        dropStandby(index)
         let (delay, refusal): (Double, String?) = lock.withLock {
             let delay = slots[index].policy.ended(startedAt: run.startedAt, at: now, served: run.served)
             let refusal = slots[index].policy.refusal(at: now + UInt64(delay * 1e9))
@@ -452,6 +489,90 @@ public final class Supervisor: @unchecked Sendable {
         }
         finishEndings(now: now)
         writeStatus()
+    }
+
+    /// The serving run of instance `index` died: its standby, if it has one and the start
+    /// limit allows a start now, becomes the instance at once. False if there is none.
+    private func promoteStandby(_ index: Int, replacing run: Run, cause: String, now: UInt64) -> Bool {
+        let name = configuration.instanceName(index)
+        let promoted: Run? = lock.withLock {
+            guard let standby = slots[index].standby else { return nil }
+            // The restart path counts this end itself when the start limit refuses a start now.
+            var policy = slots[index].policy
+            _ = policy.ended(startedAt: run.startedAt, at: now, served: run.served)
+            guard policy.refusal(at: now) == nil else { return nil }
+            slots[index].policy = policy
+            slots[index].ended(run, cause: cause, at: now)
+            slots[index].standby = nil
+            slots[index].standbyDeathsInARow = 0
+            standby.startedAt = now
+            slots[index].run = standby
+            slots[index].policy.started(at: now)
+            slots[index].status.restarts += 1
+            slots[index].status.processID = standby.process.programProcessID
+            slots[index].status.phase = standby.served ? .serving : .starting
+            lock.broadcast()
+            return standby
+        }
+        guard let promoted else { return false }
+        lock.withLock { slots[index].lock }.write(.init(processID: promoted.process.programProcessID, processGroup: promoted.process.processID, controlGroup: nil))
+        report(name, level: .notice, "died (\(cause)); its standby (pid \(promoted.process.programProcessID)) takes over")
+        finishEndings(now: now)
+        writeStatus()
+        return true
+    }
+
+    /// Stops the standby of instance `index`, if any, and reaps it.
+    private func dropStandby(_ index: Int) {
+        guard let standby = lock.withLock({ () -> Run? in
+            defer { slots[index].standby = nil }
+            return slots[index].standby
+        }) else { return }
+        standby.group.signalAll(SIGKILL)
+        _ = try? standby.process.wait()
+        watcher.forget(standby.process.processID)
+        report(configuration.instanceName(index), "its standby (pid \(standby.process.programProcessID)) stopped")
+    }
+
+    /// The standby of instance `index` ended before it was needed: another is started after
+    /// a second, unless `startAttempts` died in a row.
+    private func standbyEnded(_ index: Int) {
+        let name = configuration.instanceName(index)
+        guard let run = lock.withLock({ slots[index].standby }) else { return }
+        forwardOutput(of: run)
+        let exitStatus = run.process.exitStatusIfEnded() ?? ((try? run.process.wait()) ?? -1)
+        run.group.signalAll(SIGKILL)
+        let now = monotonicNanoseconds()
+        let again = lock.withLock { () -> Bool in
+            slots[index].standby = nil
+            slots[index].standbyDeathsInARow += 1
+            let again = slots[index].standbyDeathsInARow < configuration.startAttempts
+            slots[index].standbyRetryAt = again ? now + 1_000_000_000 : nil
+            return again
+        }
+        report(name, level: .warning, "its standby (pid \(run.process.programProcessID)) ended (\(Self.describe(exitStatus: exitStatus)))"
+               + (again ? "; another starts in 1 s" : "; no more standbys: \(configuration.startAttempts) ended in a row (startAttempts)"))
+    }
+
+    /// Starts a standby for each instance that keeps one, serves, and has none.
+    private func startStandbys(now: UInt64) {
+        guard configuration.standby, !lock.withLock({ stopping }) else { return }
+        let due = lock.withLock {
+            slots.indices.filter { index in
+                let slot = slots[index]
+                return slot.standby == nil && slot.ending == nil && slot.run?.served == true && slot.status.phase == .serving
+                    && slot.standbyDeathsInARow < configuration.startAttempts && slot.standbyRetryAt.map { $0 <= now } != false
+            }
+        }
+        for index in due {
+            do { try launch(index, now: now, standby: true) } catch {
+                report(configuration.instanceName(index), level: .warning, "cannot start its standby: \(error)")
+                lock.withLock {
+                    slots[index].standbyDeathsInARow += 1
+                    slots[index].standbyRetryAt = now + 1_000_000_000
+                }
+            }
+        }
     }
 
     /// The run of instance `index` ended while its device is gone: no restart until the device
@@ -590,7 +711,7 @@ public final class Supervisor: @unchecked Sendable {
     /// Stops every run (see ``stop()``), removes the sockets, cgroups and locks.
     private func shutDown() {
         let began = monotonicNanoseconds()
-        let runs = lock.withLock { slots.compactMap(\.run) }
+        let runs = lock.withLock { slots.flatMap { [$0.run, $0.standby].compactMap { $0 } } }
         for run in runs { run.group.signalAll(SIGTERM) }
         let graceEnd = monotonicNanoseconds() + UInt64(configuration.stopTimeoutSeconds * 1e9)
         var alive = runs
@@ -616,6 +737,7 @@ public final class Supervisor: @unchecked Sendable {
             _ = removeSocketUnlessServed(name)
             let (instanceLock, controlGroup) = lock.withLock { () -> (InstanceLock, ControlGroup?) in
                 slots[index].run = nil
+                slots[index].standby = nil
                 slots[index].ending = nil
                 slots[index].restartAt = nil
                 slots[index].status.processID = nil

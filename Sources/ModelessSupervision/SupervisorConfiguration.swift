@@ -36,6 +36,12 @@ public struct SupervisorConfiguration: Sendable, Equatable {
     public var useControlGroup: Bool
     /// Extra environment for the instances.
     public var environment: [String: String]
+    /// Whether each instance keeps a warm standby: once the instance serves, a second process
+    /// of the command is started with `MODELESS_STANDBY=1` in its environment, in its own
+    /// process group; it must wait by itself until the serving process is gone (the NVMe ublk
+    /// server waits on its claim). When the serving process dies, the standby becomes the
+    /// instance at once, without the restart delay, and a new standby is started once it serves.
+    public var standby: Bool
 
     /// Systemd's defaults for the start limit (5 starts within 10 s); a device driver's start
     /// (controller reset, queue set-up, in a slow guest) within 60 s; 5 s to stop.
@@ -43,8 +49,10 @@ public struct SupervisorConfiguration: Sendable, Equatable {
         service: String, instances: Int = 1, command: [String], stateDirectory: String? = nil,
         restartDelaySeconds: Double = 0, restartMaxDelaySeconds: Double = 5, startAttempts: Int = 5,
         startLimitBurst: Int = 5, startLimitIntervalSeconds: Double = 10, startTimeoutSeconds: Double = 60,
-        stopTimeoutSeconds: Double = 5, useControlGroup: Bool = true, environment: [String: String] = [:]
+        stopTimeoutSeconds: Double = 5, useControlGroup: Bool = true, environment: [String: String] = [:],
+        standby: Bool = false
     ) {
+        self.standby = standby
         self.service = service
         self.instances = instances
         self.command = command

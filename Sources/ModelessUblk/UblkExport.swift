@@ -56,6 +56,8 @@ public final class UblkExport: @unchecked Sendable {
     private var queueObjects: [UblkQueue]
     private var stopped = false
     private let lock = ConditionLock()
+    /// For a recovered device, how long each step of the recovery took.
+    public private(set) var recoverySteps: UblkRecoverySteps?
 
     /// The block device the kernel's users open.
     public var blockDevicePath: String { UblkInterface.blockDevicePath(deviceID) }
@@ -159,12 +161,22 @@ public final class UblkExport: @unchecked Sendable {
         guard Int(info.max_io_buf_bytes) <= backend.maximumIOBytes else {
             throw UblkError(.noSuchDevice, "ublk device \(deviceID) takes requests of \(info.max_io_buf_bytes) bytes, more than this server's \(backend.maximumIOBytes)")
         }
+        let began = monotonicNanoseconds()
+        var steps = UblkRecoverySteps()
+        var quiesced = UblkDeviceState(rawValue: info.state) == .quiesced
         let deadline = monotonicNanoseconds() + timeout.wholeNanoseconds
         while true {
             do {
                 try control.startRecovery(device: deviceID)
+                steps.started = monotonicNanoseconds() - began
+                if !quiesced { steps.quiesced = steps.started }
                 break
             } catch {
+                steps.busyAnswers += 1
+                if !quiesced, let state = try? control.deviceInfo(device: deviceID).state, UblkDeviceState(rawValue: state) == .quiesced {
+                    quiesced = true
+                    steps.quiesced = monotonicNanoseconds() - began
+                }
                 guard error.errno == .resourceBusy, monotonicNanoseconds() < deadline else {
                     let state = (try? control.deviceInfo(device: deviceID)).flatMap { UblkDeviceState(rawValue: $0.state) }
                     throw UblkError(.kernelRefused, "the kernel refused to start recovering \(path) (state \(state.map { "\($0)" } ?? "unknown")): \(error)")
@@ -178,24 +190,37 @@ public final class UblkExport: @unchecked Sendable {
             characterDevice = try openCharacterDevice(deviceID, busyUntil: deadline)
             let cpus = SystemThread.cpuCount
             for index in 0..<Int(info.nr_hw_queues) {
+                let preparing = monotonicNanoseconds()
                 let queue = try UblkQueue(
                     index: index, depth: Int(info.queue_depth), deviceID: deviceID, characterDevice: characterDevice,
                     ioBytes: Int(info.max_io_buf_bytes), backend: backend, buffers: buffers)
+                steps.preparingQueues += monotonicNanoseconds() - preparing
                 queues.append(queue)
                 try queue.start(cpu: index < cpus ? index : nil)
             }
+            steps.queuesFetched = monotonicNanoseconds() - began
             do { try control.endRecovery(device: deviceID, serverProcess: getpid()) } catch {
                 throw UblkError(.kernelRefused, "the kernel refused to end recovering \(path): \(error)")
             }
+            steps.ended = monotonicNanoseconds() - began
         } catch {
             // The device stays quiesced, its requests waiting, for the next attempt.
             for queue in queues { queue.close() }
             if characterDevice >= 0 { Glibc.close(characterDevice) }
             throw error
         }
-        return UblkExport(
+        let export = UblkExport(
             deviceID: deviceID, geometry: backend.geometry, queues: queues, depth: Int(info.queue_depth), features: features,
             control: control, characterDevice: characterDevice)
+        export.recoverySteps = steps
+        return export
+    }
+
+    /// The queues, depth and largest request of device `deviceID`, or nil when there is no
+    /// such device: what a server that will recover it needs for its tags' buffers.
+    public static func shape(deviceID: UInt32) -> (queues: Int, depth: Int, ioBytes: Int)? {
+        guard let control = try? UblkControl(), let info = try? control.deviceInfo(device: deviceID) else { return nil }
+        return (Int(info.nr_hw_queues), Int(info.queue_depth), Int(info.max_io_buf_bytes))
     }
 
     /// The state of device `deviceID`, or nil when there is no such device.

@@ -14,14 +14,19 @@ extension VM {
     /// `MODELESS_UBLK_KILLS` times (10 by default) at random moments. Each replacement
     /// re-takes the controller and recovers the ublk device (requests in flight reissued):
     /// fio ends without a verify error and e2fsck finds the file system clean. The stall per
-    /// kill (SIGKILL to the completion of a 4 KiB direct read issued right after it) is
-    /// printed, with its median and maximum.
+    /// kill (SIGKILL to the completion of a 4 KiB direct read issued right after it, from this
+    /// process) is printed, with its median and maximum.
+    ///
+    /// By default the supervisor keeps a warm standby (`"standby": true`) and each kill comes
+    /// once the standby waits; `MODELESS_UBLK_STANDBY=0` measures the plain restart instead
+    /// (no back-off either way: `restartMaxDelaySeconds` 0).
     @Suite(
         "ublk: recovery of the NVMe driver under a mounted file system",
         .enabled(if: FileAccess.exists(UblkInterface.controlPath),
                  "needs /dev/ublk-control: a kernel with ublk_drv (Debian's 6.12, which scripts/setup installs)"))
     struct UblkRecoveryTests {
         static var kills: Int { getenv("MODELESS_UBLK_KILLS").flatMap { Int(String(cString: $0)) } ?? 10 }
+        static var standby: Bool { getenv("MODELESS_UBLK_STANDBY").map { String(cString: $0) != "0" } ?? true }
 
         /// The pid in a `serving ... pid N)` line.
         static func pid(in line: String) -> pid_t? {
@@ -39,11 +44,53 @@ extension VM {
 
         /// Reads the supervisor's output until an instance reports serving; returns the line.
         static func nextServing(_ supervisor: ChildProcess, _ log: inout [String]) -> String? {
+            nextLine(supervisor, &log) { $0.contains("] serving ") && $0.contains(" as /dev/ublkb") }
+        }
+
+        /// Reads the supervisor's output until a line matches; returns it.
+        static func nextLine(_ supervisor: ChildProcess, _ log: inout [String], where matches: (String) -> Bool) -> String? {
             while let line = supervisor.readLine(timeout: 120) {
                 log.append(line)
-                if line.contains("] serving ") && line.contains(" as /dev/ublkb") { return line }
+                if matches(line) { return line }
             }
             return nil
+        }
+
+        /// `O_DIRECT` on x86-64 and arm64's generic value (Glibc's module leaves it out without `_GNU_SOURCE`).
+        static let directIO: Int32 = {
+            #if arch(arm64)
+            0o200000
+            #else
+            0o40000
+            #endif
+        }()
+
+        /// Whether a line is a standby saying it waits.
+        static func standbyWaits(_ line: String) -> Bool { line.contains("] standby for ") && line.contains("waiting for the serving process") }
+
+        /// Reads 4 KiB at `offset` of `fd` (opened with O_DIRECT) in another thread, waiting at
+        /// most `seconds`: true if the read completed with the whole block.
+        static func timedRead(_ fd: Int32, offset: Int, seconds: Int32) throws -> Bool {
+            var pipeEnds: [Int32] = [0, 0]
+            guard pipe(&pipeEnds) == 0 else { return false }
+            let (readEnd, writeEnd) = (pipeEnds[0], pipeEnds[1])
+            let thread = try SystemThread(name: "ublk-probe") {
+                var buffer: UnsafeMutableRawPointer?
+                var byte: UInt8 = 0
+                if posix_memalign(&buffer, 4096, 4096) == 0, let buffer {
+                    byte = pread(fd, buffer, 4096, off_t(offset)) == 4096 ? 1 : 0
+                    free(buffer)
+                }
+                _ = write(writeEnd, &byte, 1)
+                close(writeEnd)
+            }
+            defer { close(readEnd) }
+            var polled = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+            // A read that never completes leaves its thread blocked (the test fails anyway).
+            guard poll(&polled, 1, seconds * 1000) == 1 else { return false }
+            thread.join()
+            var byte: UInt8 = 0
+            return read(readEnd, &byte, 1) == 1 && byte == 1
         }
 
         @Test func ext4AndFioVerifyOutliveKilledDrivers() throws {
@@ -55,6 +102,7 @@ extension VM {
                 let config = root + "/storage.json"
                 try FileAccess.replaceFile(config, with: Array("""
                     {"service": "ublk", "instances": 1, "stateDirectory": "\(root)/state", "startLimitBurst": 1000,
+                     "restartMaxDelaySeconds": 0, "standby": \(Self.standby),
                      "command": ["modeless", "serve", "nvme", "\(nvme)", "--ublk"]}
                     """.utf8))
                 let supervisor = try ChildProcess(try ProgramRunner.builtProgram("modeless"), ["supervise", config], environment: environment)
@@ -77,6 +125,9 @@ extension VM {
                     mount -t ext4 \(device) /tmp/ublk-rec-mnt
                     """)
                 try #require(mount.status == 0, "\(mount.output)")
+                let probe = open(device, O_RDONLY | Self.directIO | O_CLOEXEC)
+                try #require(probe >= 0, "cannot open \(device): \(errno)")
+                defer { close(probe) }
 
                 // fio writes and verifies a file on ext4 for as long as the kills go on, round after round.
                 let fioCommand = "cd /tmp && exec fio --name=rec --filename=/tmp/ublk-rec-mnt/fio --ioengine=io_uring --direct=1 --bs=4k "
@@ -96,17 +147,22 @@ extension VM {
                 var stalls: [Double] = []
                 var generator = SystemRandomNumberGenerator()
                 for kill in 1...Self.kills {
+                    if Self.standby && Self.nextLine(supervisor, &log, where: Self.standbyWaits) == nil {
+                        Issue.record("kill \(kill): no standby reported waiting: \(log.suffix(20).joined(separator: "\n"))")
+                        break
+                    }
                     usleep(UInt32.random(in: 300_000...1_500_000, using: &generator))
                     if fio.exitStatusIfEnded() != nil {
                         try endRound(fio)
                         fio = try ChildProcess("/bin/sh", ["-c", fioCommand], environment: environment)
                         usleep(200_000)
                     }
+                    let logged = log.count
                     let start = monotonicNanoseconds()
                     Glibc.kill(pid, SIGKILL)
-                    let probe = try TestBench.shell("timeout 120 dd if=\(device) of=/dev/null bs=4096 count=1 skip=\(kill * 7) iflag=direct 2>&1")
+                    let read = try Self.timedRead(probe, offset: kill * 7 * 4096, seconds: 120)
                     let stall = Double(monotonicNanoseconds() - start) / 1e6
-                    #expect(probe.status == 0, "kill \(kill): the read after it failed: \(probe.output)")
+                    #expect(read, "kill \(kill): the read after it failed or did not complete within 120 s")
                     guard let serving = Self.nextServing(supervisor, &log), let next = Self.pid(in: serving), next != pid else {
                         Issue.record("kill \(kill): no replacement reported serving: \(log.suffix(20).joined(separator: "\n"))")
                         break
@@ -116,7 +172,9 @@ extension VM {
                     pid = next
                     stalls.append(stall)
                     let startup = Self.entered(in: serving).map { Int(($0 - Double(start) / 1e6).rounded()) }
-                    print("ublk-recovery: kill \(kill): stall \(Int(stall.rounded())) ms, replacement entered \(startup.map { "\($0) ms" } ?? "?") after the kill; \(serving)")
+                    let claimed = log[logged...].first { $0.contains("claimed at monotonic") }.flatMap(Self.entered(in:))
+                        .map { "; the standby took the claim \(Int(($0 - Double(start) / 1e6).rounded())) ms after the kill" } ?? ""
+                    print("ublk-recovery: kill \(kill): stall \(Int(stall.rounded())) ms, replacement entered \(startup.map { "\($0) ms" } ?? "?") after the kill\(claimed); \(serving)")
                 }
                 let deadline = monotonicNanoseconds() + 600_000_000_000
                 while fio.exitStatusIfEnded() == nil && monotonicNanoseconds() < deadline { usleep(100_000) }

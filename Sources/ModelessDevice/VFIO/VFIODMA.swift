@@ -26,6 +26,9 @@ extension VFIODevice {
         if memory == nil {
             page = DMAPageSize.small
             length = DMAPageSize.roundUp(size, to: page)
+            memory = DMAMemoryReserve.take(length)
+        }
+        if memory == nil {
             do {
                 memory = try system.map(length, protection: PROT_READ | PROT_WRITE, flags: flags, fd: -1, offset: 0, "DMA memory")
             } catch { throw DeviceError(error, address) }
