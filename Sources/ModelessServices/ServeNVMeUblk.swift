@@ -61,9 +61,9 @@ extension ServeNVMe {
                 _ = claim.waitForPreviousProcess(seconds: 10)
                 let gone = monotonicNanoseconds()
                 // The kernel may release the dead process's VFIO group a moment after the process ended.
-                let group = VFIOGroupRelease.wait(for: pci, seconds: 10).map { String(format: "%.1f ms", Double($0) / 1e6) } ?? "still busy after 10 s"
-                printLine("standby for \(pci): claimed at monotonic \(String(format: "%.1f", Double(claimed) / 1e6)) ms, "
-                          + "the previous process gone \(String(format: "%.1f", Double(gone - claimed) / 1e6)) ms later, its VFIO group free \(group) after that")
+                let group = VFIOGroupRelease.wait(for: pci, seconds: 10).map { fixed(Double($0) / 1e6, 1) + " ms" } ?? "still busy after 10 s"
+                printLine("standby for \(pci): claimed at monotonic \(fixed(Double(claimed) / 1e6, 1)) ms, "
+                          + "the previous process gone \(fixed(Double(gone - claimed) / 1e6, 1)) ms later, its VFIO group free \(group) after that")
                 entered = monotonicNanoseconds()
             } else {
                 claim = try ExportLock(claim: "nvme+\(pci)", what: "NVMe controller \(pci)")
