@@ -113,8 +113,40 @@ public final class E1000Driver: @unchecked Sendable {
         var passes = 0, budgetExhausted = 0
         /// Set by ``stop()``: the DPC and the polling thread do nothing more.
         var stopping = false
-        var onFrameView: (@Sendable (borrowing DMABytes) -> Void)?
-        var onFrame: (@Sendable ([UInt8]) -> Void)?
+        /// The frame handlers, replaced as a whole when one is set (kept alive here).
+        var handlers = FrameHandlers(view: nil, copy: nil) {
+            didSet { handlersReference = Unmanaged.passUnretained(handlers) }
+        }
+        /// The same handlers unretained, for the receive pass: it calls them without taking a
+        /// reference (``handlers`` keeps them, and changing them takes the receive lock the
+        /// pass holds).
+        private(set) var handlersReference: Unmanaged<FrameHandlers>
+
+        init() {
+            handlersReference = Unmanaged.passUnretained(handlers)
+        }
+    }
+
+    /// The receive DPC's and polling thread's frame handlers, immutable: setting one makes a
+    /// new pair, so that a pass can call them with no copy out of the receive state.
+    final class FrameHandlers: Sendable {
+        let view: (@Sendable (borrowing DMABytes) -> Void)?
+        let copy: (@Sendable ([UInt8]) -> Void)?
+
+        init(view: (@Sendable (borrowing DMABytes) -> Void)?, copy: (@Sendable ([UInt8]) -> Void)?) {
+            self.view = view
+            self.copy = copy
+        }
+
+        /// Hands `frame` to the view handler, else a copy of it to the array handler, else drops it.
+        @inline(__always)
+        func deliver(_ frame: borrowing DMABytes) {
+            if let view {
+                view(frame)
+            } else if let copy {
+                copy(frame.copyToArray())
+            }
+        }
     }
 
     struct TransmitState {
@@ -187,6 +219,12 @@ public final class E1000Driver: @unchecked Sendable {
             stop()
             throw error
         }
+    }
+
+    /// Retires the receive DPC, which reaches the driver through an unretained reference: a
+    /// run in progress is waited for and none starts afterwards.
+    deinit {
+        receiveDPC?.retire()
     }
 
     /// The remove routine, at passive level (the kernel's `.remove()`): the NIC is going away.
