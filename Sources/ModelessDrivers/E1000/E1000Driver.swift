@@ -103,8 +103,10 @@ public final class E1000Driver: @unchecked Sendable {
     var receiveDPC: DeferredProcedureCall?
     /// The MSI-X layout asked for at start (used on a controller with MSI-X, with `.msix`).
     public let msixVectors: MSIXVectors
-    /// How interrupts are taken, set once at start; nil without interrupts.
-    public internal(set) var interruptScheme: E1000InterruptScheme?
+    /// How interrupts are taken, set once at start; nil without interrupts. Read by the
+    /// receive DPC on every pass, so without a dynamic exclusivity check: it is written only
+    /// at start, before the interrupts that lead to those reads are attached.
+    @exclusivity(unchecked) public internal(set) var interruptScheme: E1000InterruptScheme?
 
     struct ReceiveState {
         /// The next descriptor to look at.
@@ -133,18 +135,19 @@ public final class E1000Driver: @unchecked Sendable {
         let view: (@Sendable (borrowing DMABytes) -> Void)?
         let copy: (@Sendable ([UInt8]) -> Void)?
 
+        /// The view handler, else one that hands a copy to the array handler, else one that
+        /// drops the frame: chosen once, so that a frame costs one call and no copy of a handler.
+        let deliver: @Sendable (borrowing DMABytes) -> Void
+
         init(view: (@Sendable (borrowing DMABytes) -> Void)?, copy: (@Sendable ([UInt8]) -> Void)?) {
             self.view = view
             self.copy = copy
-        }
-
-        /// Hands `frame` to the view handler, else a copy of it to the array handler, else drops it.
-        @inline(__always)
-        func deliver(_ frame: borrowing DMABytes) {
             if let view {
-                view(frame)
+                deliver = view
             } else if let copy {
-                copy(frame.copyToArray())
+                deliver = { frame in copy(frame.copyToArray()) }
+            } else {
+                deliver = { _ in }
             }
         }
     }

@@ -48,15 +48,25 @@ extension NVMeController {
     /// handler, and runs the handlers of closure ones, outside the ISR and outside every lock.
     func handOverCompletions(_ index: Int) {
         withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: Self.handOverBatch) { batch in
-            var closures: [(NVMeCompletionHandler, NVMeCompletion?)] = []
-            while true {
-                let count = withIOQueue(index) { $0.takeReady(into: batch, closures: &closures) }
-                if count == 0 && closures.isEmpty { return }
-                deliver(batch, count, { _ in }, visiting: false)
-                for (handler, entry) in closures { handler(entry) }
-                closures.removeAll()
+            withIOQueue(index) { queue in
+                while handOverReady(queue, batch, { _ in }, visiting: false) {}
             }
         }
+    }
+
+    /// Hands over one batch of `queue`'s ready tagged completions (as ``deliver(_:_:_:visiting:)``)
+    /// and runs the ready closure handlers, one at a time outside the queue's lock. Returns
+    /// whether there was anything. Takes no reference and builds no array for tagged completions.
+    private func handOverReady(_ queue: NVMeQueuePair, _ batch: UnsafeMutableBufferPointer<NVMeIOCompletion>,
+                               _ visit: (NVMeIOCompletion) -> Void, visiting: Bool) -> Bool {
+        let count = queue.takeReady(into: batch)
+        deliver(batch, count, visit, visiting: visiting)
+        var ranClosures = false
+        while let (handler, entry) = queue.takeReadyClosure() {
+            handler(entry)
+            ranClosures = true
+        }
+        return count > 0 || ranClosures
     }
 
     /// Hands `count` tagged completions of `batch` to `visit` when `visiting`, else to the
@@ -151,14 +161,7 @@ extension NVMeController {
             if found.synchronous { completed.signal() }
             deliver(batch, count, visit, visiting: visiting)
             if found.ready || isLost.load(ordering: .relaxed) {
-                var closures: [(NVMeCompletionHandler, NVMeCompletion?)] = []
-                while true {
-                    let more = io.takeReady(into: batch, closures: &closures)
-                    if more == 0 && closures.isEmpty { break }
-                    deliver(batch, more, visit, visiting: visiting)
-                    for (handler, entry) in closures { handler(entry) }
-                    closures.removeAll()
-                }
+                while handOverReady(io, batch, visit, visiting: visiting) {}
             }
             return found.taken
         }

@@ -93,8 +93,9 @@ public final class NVMeController: @unchecked Sendable {
     /// The largest I/O queue this driver creates, in entries (CAP.MQES + 1 when smaller).
     public static let maximumQueueEntries = 1024
     /// The active namespaces and the first of them, the default, as plain values for the I/O path.
-    private(set) var namespaces: [Namespace] = []
-    private(set) var defaultNamespace = Namespace(identifier: 0, blockSize: 0, blockCount: 0, metadataSize: 0)
+    /// Written only at start, before any I/O, so read without dynamic exclusivity checks.
+    @exclusivity(unchecked) private(set) var namespaces: [Namespace] = []
+    @exclusivity(unchecked) private(set) var defaultNamespace = Namespace(identifier: 0, blockSize: 0, blockCount: 0, metadataSize: 0)
     /// Signalled when synchronous commands complete and when the controller is lost.
     let completed: WaitEvent
     /// Hand tagged and closure completions over, outside the ISR: one DPC per I/O queue.
