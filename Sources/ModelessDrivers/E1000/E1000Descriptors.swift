@@ -13,12 +13,15 @@ struct DescriptorRing {
     let memory: DMABuffer
     let count: Int
     let fault: DeviceFault
+    /// The memory and fault unretained, for the descriptor views (this ring keeps them).
+    private let access: DescriptorAccess
 
     init(memory: DMABuffer, count: Int, fault: DeviceFault) {
         precondition(memory.size >= count * Self.descriptorSize, "a ring of \(count) descriptors needs \(count * 16) bytes")
         self.memory = memory
         self.count = count
         self.fault = fault
+        access = DescriptorAccess(memory: .passUnretained(memory), fault: .passUnretained(fault))
     }
 
     /// The ring's length in bytes, for RDLEN and TDLEN.
@@ -26,11 +29,11 @@ struct DescriptorRing {
 
     /// Receive descriptor `slot`.
     @inline(__always)
-    func receive(_ slot: Int) -> ReceiveDescriptor { ReceiveDescriptor(ring: self, offset: slot &* Self.descriptorSize) }
+    func receive(_ slot: Int) -> ReceiveDescriptor { ReceiveDescriptor(ring: access, offset: slot &* Self.descriptorSize) }
 
     /// Transmit descriptor `slot`.
     @inline(__always)
-    func transmit(_ slot: Int) -> TransmitDescriptor { TransmitDescriptor(ring: self, offset: slot &* Self.descriptorSize) }
+    func transmit(_ slot: Int) -> TransmitDescriptor { TransmitDescriptor(ring: access, offset: slot &* Self.descriptorSize) }
 
     /// The slot after `slot`, wrapping to 0.
     @inline(__always)
@@ -42,30 +45,53 @@ struct DescriptorRing {
 
     /// Zeroes every descriptor.
     func clear() throws(DeviceError) { try memory.fill(0) }
+}
+
+/// Typed loads and stores of descriptor fields, through unretained references to the ring's
+/// memory and fault: a descriptor view is a plain value, so making and using one takes no
+/// reference (the ring, a constant of the driver, keeps both alive while views are used).
+struct DescriptorAccess {
+    let memory: Unmanaged<DMABuffer>
+    let fault: Unmanaged<DeviceFault>
 
     @inline(__always)
     func load(_ field: DescriptorField<UInt8>, at descriptor: Int) -> UInt8 {
-        do { return try memory.load8(at: descriptor &+ field.offset) } catch { fault.report(error); return 0 }
+        memory._withUnsafeGuaranteedRef { memory in
+            do { return try memory.load8(at: descriptor &+ field.offset) } catch { report(error); return 0 }
+        }
     }
 
     @inline(__always)
     func load(_ field: DescriptorField<UInt16>, at descriptor: Int) -> UInt16 {
-        do { return try memory.load16(at: descriptor &+ field.offset) } catch { fault.report(error); return 0 }
+        memory._withUnsafeGuaranteedRef { memory in
+            do { return try memory.load16(at: descriptor &+ field.offset) } catch { report(error); return 0 }
+        }
     }
 
     @inline(__always)
     func store(_ value: UInt8, to field: DescriptorField<UInt8>, at descriptor: Int) {
-        do { try memory.store8(value, at: descriptor &+ field.offset) } catch { fault.report(error) }
+        memory._withUnsafeGuaranteedRef { memory in
+            do { try memory.store8(value, at: descriptor &+ field.offset) } catch { report(error) }
+        }
     }
 
     @inline(__always)
     func store(_ value: UInt16, to field: DescriptorField<UInt16>, at descriptor: Int) {
-        do { try memory.store16(value, at: descriptor &+ field.offset) } catch { fault.report(error) }
+        memory._withUnsafeGuaranteedRef { memory in
+            do { try memory.store16(value, at: descriptor &+ field.offset) } catch { report(error) }
+        }
     }
 
     @inline(__always)
     func store(_ value: UInt64, to field: DescriptorField<UInt64>, at descriptor: Int) {
-        do { try memory.store64(value, at: descriptor &+ field.offset) } catch { fault.report(error) }
+        memory._withUnsafeGuaranteedRef { memory in
+            do { try memory.store64(value, at: descriptor &+ field.offset) } catch { report(error) }
+        }
+    }
+
+    /// A failed access (the memory freed under a running driver), reported once.
+    private func report(_ error: any Error) {
+        fault._withUnsafeGuaranteedRef { $0.report(error) }
     }
 }
 
@@ -110,7 +136,7 @@ struct ReceiveDescriptor {
         static let frame: Errors = [.crc, .symbol, .sequence, .carrierExtension, .data]
     }
 
-    let ring: DescriptorRing
+    let ring: DescriptorAccess
     let offset: Int
 
     var status: Status {
@@ -171,7 +197,7 @@ struct TransmitDescriptor {
         static let descriptorDone = Status(rawValue: 1 << 0)
     }
 
-    let ring: DescriptorRing
+    let ring: DescriptorAccess
     let offset: Int
 
     var status: Status {

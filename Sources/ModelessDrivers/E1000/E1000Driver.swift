@@ -110,8 +110,10 @@ public final class E1000Driver: @unchecked Sendable {
     var receiveDPC: DeferredProcedureCall?
     /// The MSI-X layout asked for at start (used on a controller with MSI-X, with `.msix`).
     public let msixVectors: MSIXVectors
-    /// How interrupts are taken, set once at start; nil without interrupts.
-    public internal(set) var interruptScheme: E1000InterruptScheme?
+    /// How interrupts are taken, set once at start; nil without interrupts. Read by the
+    /// receive DPC on every pass, so without a dynamic exclusivity check: it is written only
+    /// at start, before the interrupts that lead to those reads are attached.
+    @exclusivity(unchecked) public internal(set) var interruptScheme: E1000InterruptScheme?
 
     struct ReceiveState {
         /// The next descriptor to look at.
@@ -120,8 +122,41 @@ public final class E1000Driver: @unchecked Sendable {
         var passes = 0, budgetExhausted = 0
         /// Set by ``stop()``: the DPC and the polling thread do nothing more.
         var stopping = false
-        var onFrameView: (@Sendable (borrowing DMABytes) -> Void)?
-        var onFrame: (@Sendable ([UInt8]) -> Void)?
+        /// The frame handlers, replaced as a whole when one is set (kept alive here).
+        var handlers = FrameHandlers(view: nil, copy: nil) {
+            didSet { handlersReference = Unmanaged.passUnretained(handlers) }
+        }
+        /// The same handlers unretained, for the receive pass: it calls them without taking a
+        /// reference (``handlers`` keeps them, and changing them takes the receive lock the
+        /// pass holds).
+        private(set) var handlersReference: Unmanaged<FrameHandlers>
+
+        init() {
+            handlersReference = Unmanaged.passUnretained(handlers)
+        }
+    }
+
+    /// The receive DPC's and polling thread's frame handlers, immutable: setting one makes a
+    /// new pair, so that a pass can call them with no copy out of the receive state.
+    final class FrameHandlers: Sendable {
+        let view: (@Sendable (borrowing DMABytes) -> Void)?
+        let copy: (@Sendable ([UInt8]) -> Void)?
+
+        /// The view handler, else one that hands a copy to the array handler, else one that
+        /// drops the frame: chosen once, so that a frame costs one call and no copy of a handler.
+        let deliver: @Sendable (borrowing DMABytes) -> Void
+
+        init(view: (@Sendable (borrowing DMABytes) -> Void)?, copy: (@Sendable ([UInt8]) -> Void)?) {
+            self.view = view
+            self.copy = copy
+            if let view {
+                deliver = view
+            } else if let copy {
+                deliver = { frame in copy(frame.copyToArray()) }
+            } else {
+                deliver = { _ in }
+            }
+        }
     }
 
     struct TransmitState {
@@ -194,6 +229,12 @@ public final class E1000Driver: @unchecked Sendable {
             stop()
             throw error
         }
+    }
+
+    /// Retires the receive DPC, which reaches the driver through an unretained reference: a
+    /// run in progress is waited for and none starts afterwards.
+    deinit {
+        receiveDPC?.retire()
     }
 
     /// The remove routine, at passive level (the kernel's `.remove()`): the NIC is going away.

@@ -73,7 +73,9 @@ extension E1000Driver {
         guard variant.interruptKinds.contains(kind) else {
             throw Failure.badConfiguration("the \(variant) offers \(variant.interruptKinds.map(\.description).joined(separator: ", ")) interrupts, not \(kind)")
         }
-        let dpc = runtime.makeDPC("e1000 receive") { [unowned self] in self.receivePass() }
+        // Unretained, so that a pass takes no reference: the driver retires the DPC before it goes (deinit).
+        let driver = Unmanaged.passUnretained(self)
+        let dpc = runtime.makeDPC("e1000 receive") { driver._withUnsafeGuaranteedRef { $0.receivePass() } }
         receiveDPC = dpc
         let scheme: E1000InterruptScheme
         if kind == .msix, let routing = variant.msix {

@@ -60,27 +60,23 @@ extension E1000Driver {
     /// during the call; no copy); it runs in the receive DPC or the polling thread, with the
     /// receive lock held (see ``receiveFrames(budget:_:)``). Takes precedence over ``onFrame``.
     public var onFrameView: (@Sendable (borrowing DMABytes) -> Void)? {
-        get { receive.withLock { $0.onFrameView } }
-        set { receive.withLock { $0.onFrameView = newValue } }
+        get { receive.withLock { $0.handlers.view } }
+        set { receive.withLock { $0.handlers = FrameHandlers(view: newValue, copy: $0.handlers.copy) } }
     }
 
     /// Received frames, each copied into an array for this handler (convenient, but it
     /// allocates per frame); used when ``onFrameView`` is nil. Same rules as ``onFrameView``.
     public var onFrame: (@Sendable ([UInt8]) -> Void)? {
-        get { receive.withLock { $0.onFrame } }
-        set { receive.withLock { $0.onFrame = newValue } }
+        get { receive.withLock { $0.handlers.copy } }
+        set { receive.withLock { $0.handlers = FrameHandlers(view: $0.handlers.view, copy: newValue) } }
     }
 
     /// One pass of the receive DPC or the polling thread, with the receive lock held: takes up
     /// to ``receiveBudget`` frames and hands them to the handler. Returns how many it took.
+    /// The handlers are reached through an unretained reference, so a pass retains nothing.
     private func deliverReceived(_ state: inout ReceiveState) -> Int {
-        let taken: Int
-        if let view = state.onFrameView {
-            taken = takeFrames(&state, budget: receiveBudget) { frame in view(frame) }
-        } else if let copy = state.onFrame {
-            taken = takeFrames(&state, budget: receiveBudget) { frame in copy(frame.copyToArray()) }
-        } else {
-            taken = takeFrames(&state, budget: receiveBudget) { _ in }
+        let taken = state.handlersReference._withUnsafeGuaranteedRef { handlers in
+            takeFrames(&state, budget: receiveBudget) { frame in handlers.deliver(frame) }
         }
         state.passes &+= 1
         if taken == receiveBudget { state.budgetExhausted &+= 1 }

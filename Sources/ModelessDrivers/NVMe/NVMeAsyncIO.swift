@@ -9,21 +9,23 @@ extension NVMeController {
     // MARK: Interrupts
 
     /// The ISR (interrupts disabled, spin locks only): takes the new completions of the
-    /// queues its vector serves (the admin queue, and the I/O queues by index), wakes
-    /// synchronous waiters and queues each I/O queue's DPC for the rest. NVMe has no cause
-    /// register: the queues' phase tags say what is new.
-    func interrupt(admin servesAdmin: Bool, queues: [Int]) {
+    /// queues its vector serves (the admin queue, and the I/O queues `firstQueue`,
+    /// `firstQueue + stride`, …), wakes synchronous waiters and queues each I/O queue's DPC
+    /// for the rest. NVMe has no cause register: the queues' phase tags say what is new.
+    func interrupt(admin servesAdmin: Bool, firstQueue: Int, stride: Int) {
         var synchronous = false
         if servesAdmin {
             var found = NVMeQueuePair.Found()
             service(admin, &found)
             synchronous = found.synchronous
         }
-        for index in queues {
+        var index = firstQueue
+        while index < ioQueueReferences.count {
             var found = NVMeQueuePair.Found()
-            service(ioQueues[index], &found)
+            withIOQueue(index) { service($0, &found) }
             synchronous = synchronous || found.synchronous
-            if found.ready { handOvers[index].queue() }
+            if found.ready { handOverReferences[index]._withUnsafeGuaranteedRef { _ = $0.queue() } }
+            index += stride
         }
         if registers.health.faultCount > 0 {  // A doorbell write failed: the registers are gone.
             lose(.deviceLost("a register access failed; see the region's health"))
@@ -45,17 +47,26 @@ extension NVMeController {
     /// I/O queue `index`'s DPC: hands the tagged completions the ISR took to the registered
     /// handler, and runs the handlers of closure ones, outside the ISR and outside every lock.
     func handOverCompletions(_ index: Int) {
-        let queue = ioQueues[index]
         withUnsafeTemporaryAllocation(of: NVMeIOCompletion.self, capacity: Self.handOverBatch) { batch in
-            var closures: [(NVMeCompletionHandler, NVMeCompletion?)] = []
-            while true {
-                let count = queue.takeReady(into: batch, closures: &closures)
-                if count == 0 && closures.isEmpty { return }
-                deliver(batch, count, { _ in }, visiting: false)
-                for (handler, entry) in closures { handler(entry) }
-                closures.removeAll()
+            withIOQueue(index) { queue in
+                while handOverReady(queue, batch, { _ in }, visiting: false) {}
             }
         }
+    }
+
+    /// Hands over one batch of `queue`'s ready tagged completions (as ``deliver(_:_:_:visiting:)``)
+    /// and runs the ready closure handlers, one at a time outside the queue's lock. Returns
+    /// whether there was anything. Takes no reference and builds no array for tagged completions.
+    private func handOverReady(_ queue: NVMeQueuePair, _ batch: UnsafeMutableBufferPointer<NVMeIOCompletion>,
+                               _ visit: (NVMeIOCompletion) -> Void, visiting: Bool) -> Bool {
+        let count = queue.takeReady(into: batch)
+        deliver(batch, count, visit, visiting: visiting)
+        var ranClosures = false
+        while let (handler, entry) = queue.takeReadyClosure() {
+            handler(entry)
+            ranClosures = true
+        }
+        return count > 0 || ranClosures
     }
 
     /// Hands `count` tagged completions of `batch` to `visit` when `visiting`, else to the
@@ -68,8 +79,10 @@ extension NVMeController {
         defer { withIOQueue(target) { $0.unplug() } }
         if visiting {
             for index in 0..<count { visit(batch[index]) }
-        } else if let handler = taggedHandler.withLock({ $0 }) {
-            for index in 0..<count { handler(batch[index]) }
+        } else if let handler = taggedHandler.withLock({ $0.current }) {
+            handler._withUnsafeGuaranteedRef { handler in
+                for index in 0..<count { handler.call(batch[index]) }
+            }
         }
     }
 
@@ -148,14 +161,7 @@ extension NVMeController {
             if found.synchronous { completed.signal() }
             deliver(batch, count, visit, visiting: visiting)
             if found.ready || isLost.load(ordering: .relaxed) {
-                var closures: [(NVMeCompletionHandler, NVMeCompletion?)] = []
-                while true {
-                    let more = io.takeReady(into: batch, closures: &closures)
-                    if more == 0 && closures.isEmpty { break }
-                    deliver(batch, more, visit, visiting: visiting)
-                    for (handler, entry) in closures { handler(entry) }
-                    closures.removeAll()
-                }
+                while handOverReady(io, batch, visit, visiting: visiting) {}
             }
             return found.taken
         }
@@ -215,7 +221,11 @@ extension NVMeController {
     /// Registers the handler tagged reads and writes complete to, from the completion DPC or
     /// ``pollCompletions()``. Register it once, before submitting.
     public func setCompletionHandler(_ handler: @escaping @Sendable (NVMeIOCompletion) -> Void) {
-        taggedHandler.withLock { $0 = handler }
+        let registered = TaggedHandler(handler)
+        taggedHandler.withLock { handlers in
+            handlers.registered.append(registered)
+            handlers.current = Unmanaged.passUnretained(registered)
+        }
     }
 
     /// Starts reading `blocks` blocks at `lba` of `namespace` into `chunk` of `pool`, like

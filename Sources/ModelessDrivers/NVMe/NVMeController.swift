@@ -104,19 +104,37 @@ public final class NVMeController: @unchecked Sendable {
     /// The largest I/O queue this driver creates, in entries (CAP.MQES + 1 when smaller).
     public static let maximumQueueEntries = 1024
     /// The active namespaces and the first of them, the default, as plain values for the I/O path.
-    private(set) var namespaces: [Namespace] = []
-    private(set) var defaultNamespace = Namespace(identifier: 0, blockSize: 0, blockCount: 0, metadataSize: 0)
+    /// Written only at start, before any I/O, so read without dynamic exclusivity checks.
+    @exclusivity(unchecked) private(set) var namespaces: [Namespace] = []
+    @exclusivity(unchecked) private(set) var defaultNamespace = Namespace(identifier: 0, blockSize: 0, blockCount: 0, metadataSize: 0)
     /// Signalled when synchronous commands complete and when the controller is lost.
     let completed: WaitEvent
     /// Hand tagged and closure completions over, outside the ISR: one DPC per I/O queue.
     private(set) var handOvers: [DeferredProcedureCall] = []
+    /// The same DPCs unretained, for the ISR (``handOvers`` keeps them).
+    private(set) var handOverReferences: [Unmanaged<DeferredProcedureCall>] = []
     private var attachments: [InterruptAttachment] = []
     private var removalWatch: RemovalWatch?
     /// Called by the remove routine after the controller failed everything (the device's owner
     /// ending a service, say).
     private let removalObserver: SpinLock<(@Sendable (RemovalCause) -> Void)?>
     /// The handler tagged I/O completes to, registered once.
-    let taggedHandler: SpinLock<(@Sendable (NVMeIOCompletion) -> Void)?>
+    let taggedHandler: SpinLock<TaggedHandlers>
+
+    /// The handlers registered for tagged I/O: all of them kept until the controller goes, so
+    /// that the completion DPC can call the current one through an unretained reference
+    /// (taking no reference per completion) even if another is registered meanwhile.
+    struct TaggedHandlers {
+        var registered: [TaggedHandler] = []
+        var current: Unmanaged<TaggedHandler>?
+    }
+
+    /// A registered handler of tagged completions.
+    final class TaggedHandler: Sendable {
+        let call: @Sendable (NVMeIOCompletion) -> Void
+
+        init(_ call: @escaping @Sendable (NVMeIOCompletion) -> Void) { self.call = call }
+    }
     /// The bounce buffer and its PRP list page, one synchronous request at a time.
     let bounce: PassiveLock<BounceBuffer>
     /// Why the controller can no longer be used, once it cannot; `isLost` is its fast check.
@@ -175,7 +193,7 @@ public final class NVMeController: @unchecked Sendable {
             throw error
         }
         completed = runtime.makeWaitEvent("nvme completion")
-        taggedHandler = runtime.makeSpinLock("nvme tagged handler", nil)
+        taggedHandler = runtime.makeSpinLock("nvme tagged handler", TaggedHandlers())
         failureState = runtime.makeSpinLock("nvme failure", nil)
         removalObserver = runtime.makeSpinLock("nvme removal observer", nil)
         do {
@@ -299,9 +317,13 @@ public final class NVMeController: @unchecked Sendable {
     /// on vector 0, queue N on vector N − 1; with fewer, the queues share them in turn.
     private func setUpInterrupts() throws -> Int {
         guard completion != .poll else { return 1 }
+        // The DPCs and ISRs reach the controller unretained, so that an interrupt takes no
+        // reference: deinit detaches the ISRs and retires the DPCs if stop() did not.
+        let controller = Unmanaged.passUnretained(self)
         handOvers = ioQueues.indices.map { index in
-            runtime.makeDPC("nvme completions \(index + 1)") { [unowned self] in self.handOverCompletions(index) }
+            runtime.makeDPC("nvme completions \(index + 1)") { controller._withUnsafeGuaranteedRef { $0.handOverCompletions(index) } }
         }
+        handOverReferences = handOvers.map { Unmanaged.passUnretained($0) }
         let kind: InterruptKind = completion == .msix ? .msix : completion == .msi ? .msi : .intx
         let offered = device.vectorCount(kind)
         guard offered > 0 else {
@@ -310,9 +332,9 @@ public final class NVMeController: @unchecked Sendable {
         let vectors = try device.enableInterrupts(kind, count: kind == .msix ? min(ioQueues.count, offered) : 1)
         for vector in vectors {
             let index = vector.index
-            let served = ioQueues.indices.filter { $0 % vectors.count == index }
-            attachments.append(try runtime.attachInterrupt(vector, name: "nvme\(index)", acknowledge: { 0 }) {
-                [unowned self] _ in self.interrupt(admin: index == 0, queues: served)
+            let stride = vectors.count
+            attachments.append(try runtime.attachInterrupt(vector, name: "nvme\(index)", acknowledge: { 0 }) { _ in
+                controller._withUnsafeGuaranteedRef { $0.interrupt(admin: index == 0, firstQueue: index, stride: stride) }
             })
         }
         return vectors.count
@@ -366,6 +388,14 @@ public final class NVMeController: @unchecked Sendable {
 
     /// How many times the ISRs ran.
     public var isrCalls: Int { attachments.reduce(0) { $0 + $1.isrCalls } }
+
+    /// Detaches the ISRs and retires the DPCs if ``stop()`` did not (they reach the controller
+    /// through an unretained reference): an ISR or DPC in progress is waited for and none
+    /// starts afterwards.
+    deinit {
+        for attachment in attachments { runtime.detachInterrupt(attachment) }
+        for dpc in handOvers { dpc.retire() }
+    }
 
     /// Fails what is in flight with ``Failure/stopped``, detaches the ISRs, disables the
     /// controller and frees the queues. Later calls fail with ``Failure/stopped``.

@@ -59,6 +59,8 @@ final class NVMeQueuePair: @unchecked Sendable {
         /// poller without a visitor); preallocated to the queue's size.
         var readyTagged: [NVMeIOCompletion]
         var readyClosures: [(NVMeCompletionHandler, NVMeCompletion?)]
+        /// How many of ``readyClosures`` were taken (they are cleared once all were).
+        var readyClosuresTaken = 0
     }
 
     /// What a pass over the completion queue found.
@@ -214,16 +216,28 @@ final class NVMeQueuePair: @unchecked Sendable {
         state.free.append(UInt16(index))
     }
 
-    /// Moves the ready tagged completions into `batch` (at most its size; the rest stay) and
-    /// takes the ready closures. Returns how many tagged ones it moved.
-    func takeReady(into batch: UnsafeMutableBufferPointer<NVMeIOCompletion>,
-                   closures: inout [(NVMeCompletionHandler, NVMeCompletion?)]) -> Int {
+    /// Moves the ready tagged completions into `batch` (at most its size; the rest stay).
+    /// Returns how many it moved.
+    func takeReady(into batch: UnsafeMutableBufferPointer<NVMeIOCompletion>) -> Int {
         state.withLock { state in
             let count = min(batch.count, state.readyTagged.count)
             for index in 0..<count { batch[index] = state.readyTagged[index] }
             state.readyTagged.removeFirst(count)
-            if !state.readyClosures.isEmpty { swap(&closures, &state.readyClosures) }
             return count
+        }
+    }
+
+    /// Takes the oldest ready closure completion, to run outside the lock; nil when there is none.
+    func takeReadyClosure() -> (NVMeCompletionHandler, NVMeCompletion?)? {
+        state.withLock { state in
+            guard state.readyClosuresTaken < state.readyClosures.count else { return nil }
+            let next = state.readyClosures[state.readyClosuresTaken]
+            state.readyClosuresTaken += 1
+            if state.readyClosuresTaken == state.readyClosures.count {
+                state.readyClosures.removeAll(keepingCapacity: true)
+                state.readyClosuresTaken = 0
+            }
+            return next
         }
     }
 
