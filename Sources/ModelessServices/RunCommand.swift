@@ -108,8 +108,12 @@ struct RunEdu: ParsableCommand {
             let driver = try EduDriver(device: access, runtime: runtime, interrupt: irq)
             defer { driver.stop() }
             let report = try driver.selfTest()
-            printLine(report.description)
             let counts = driver.interruptCounts
+            // The trace is read once nothing runs any more: a DPC still running would leave
+            // its span open. Both calls are repeated harmlessly by the defers.
+            driver.stop()
+            runtime.shutdown()
+            printLine(report.description)
             printLine("ISR:            \(counts.isrCalls) calls for \(counts.interrupts) interrupts")
             if let traceRecords, trace { printLine("trace:\n" + traceRecords.render()) }
             if let traceRecords, let traceJSON { try TraceJSONFile.write(traceRecords, to: traceJSON) }

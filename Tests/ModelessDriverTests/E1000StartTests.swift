@@ -57,7 +57,8 @@ struct E1000StartTests {
             #expect(performing: { try driver.transmitFrames(count: 1, noFrame) }, throws: Self.isNotResponding)
             #expect(performing: { try driver.receiveFrames(budget: 4) { _ in } }, throws: Self.isNotResponding)
             #expect(performing: { try driver.send([UInt8](repeating: 2, count: 60)) }, throws: Self.isNotResponding)
-            #expect(ContinuousClock.now - start < .milliseconds(100), "at once, without waiting")
+            // The driver's waits are a second or more; 500 ms leaves room for a loaded machine.
+            #expect(ContinuousClock.now - start < .milliseconds(500), "at once, without waiting")
             #expect(driver.failure == failure, "reported once: the first report stays")
             model.notResponding = false
         }
