@@ -381,7 +381,7 @@ public final class NVMeController: @unchecked Sendable {
     }
 
     /// Runs `body` with I/O queue `index`, taking no reference to it (the I/O path's way).
-    @inline(__always)
+    @inline(__always) @discardableResult
     func withIOQueue<Result>(_ index: Int, _ body: (NVMeQueuePair) throws -> Result) rethrows -> Result {
         try ioQueueReferences[index]._withUnsafeGuaranteedRef(body)
     }
