@@ -41,7 +41,11 @@ struct ReplugOverrideTests {
         let store = overrides(kernel)
         try store.set(.init(driver: .vfioPCI), for: PCIAddress("0000:00:05.0")!)
         let before = kernel.snapshot()
-        let applied = try #require(try kernel.binder.applyOverride(ofAdded: PCIAddress("0000:00:05.0")!, store))
+        let started = monotonicNanoseconds()
+        let applied = try #require(try kernel.binder.applyOverride(ofAdded: PCIAddress("0000:00:05.0")!, store,
+                                                                   settleNanoseconds: 300_000_000))
+        // Tried again until the settle time is over (the kernel may not let drivers match yet).
+        #expect(monotonicNanoseconds() - started >= 300_000_000)
         guard case .failure(let error) = applied.result else {
             Issue.record("eth1 is up, yet its override was applied: \(applied.result)")
             return
