@@ -68,15 +68,33 @@ struct OverridesApply: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apply",
         abstract: "Bind every device with a persistent override (what modeless-overrides.service runs at boot).",
-        discussion: "Each override is applied on its own: an absent or refused device does not keep the others from their drivers. Exits with the first refusal's code if any was refused.")
+        discussion: """
+            Each override is applied on its own: an absent or refused device does not keep the others from their drivers. \
+            Exits with the first refusal's code if any was refused. With --device, only that device's override is applied \
+            and a device without one is left untouched, silently (what the udev rule runs when a PCI device is added).
+            """)
 
     @Argument(help: "Only these devices' overrides (full addresses); default: every one.")
     var addresses: [String] = []
 
+    @Option(help: ArgumentHelp("Apply this device's override if it has one; do nothing and print nothing if it has none (the udev rule's `add` hook).",
+                               valueName: "address"))
+    var device: String?
+
     @OptionGroup var location: OverrideLocation
+
+    func validate() throws {
+        if device != nil && !addresses.isEmpty {
+            throw ValidationError("give either --device or addresses, not both")
+        }
+    }
 
     func run() throws {
         try reportingErrors { () throws(BusError) in
+            if let device {
+                try applyAdded(device)
+                return
+            }
             var only: [PCIAddress]?
             if !addresses.isEmpty {
                 only = []
@@ -102,6 +120,22 @@ struct OverridesApply: ParsableCommand {
                 }
             }
             if let firstFailure { throw firstFailure }
+        }
+    }
+
+    /// `--device`: the override of one device just added, if it has one.
+    private func applyAdded(_ text: String) throws(BusError) {
+        guard let address = PCIAddress(text) else {
+            throw BusError(.malformedAddress, "'\(text)' is not a PCI address",
+                           remedy: "give --device a full address such as 0000:03:00.0 (udev's %k)")
+        }
+        guard let entry = try PCIBinder().applyOverride(ofAdded: address, location.store) else { return }
+        switch entry.result {
+        case .success(let report):
+            let node = report.node.map { " (\($0))" } ?? ""
+            printLine("\(address): " + (report.alreadyDone ? "already on \(entry.override.driver.rawValue)" : "bound to \(entry.override.driver.rawValue)") + node)
+        case .failure(let error):
+            throw error
         }
     }
 }
