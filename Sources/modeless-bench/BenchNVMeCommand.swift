@@ -31,6 +31,9 @@ struct BenchNVMe: ParsableCommand {
     @Option(help: "How completions are noticed: msix, intx or poll.")
     var irq: NVMeController.Completion = .msix
 
+    @Option(help: "At most this many I/O queue pairs with MSI-X (default: one per CPU).")
+    var queues: Int?
+
     @Option(help: "Seconds per queue depth.")
     var seconds = 5.0
 
@@ -42,9 +45,9 @@ struct BenchNVMe: ParsableCommand {
     func run() throws {
         var results = BenchResults(benchmark: "nvme", parameters: [
             "device": device, "mode": "\(mode)", "irq": "\(irq)", "seconds": "\(seconds)",
-            "depths": depths.map(String.init).joined(separator: " "), "namespace": namespaceOption.namespace.map(String.init) ?? "first active"])
+            "depths": depths.map(String.init).joined(separator: " "), "queues": queues.map(String.init) ?? "one per CPU", "namespace": namespaceOption.namespace.map(String.init) ?? "first active"])
         try withBoundDevice(device, mode: mode) { _, access, runtime in
-            let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
+            let controller = try NVMeController(device: access, runtime: runtime, completion: irq, ioQueueLimit: queues)
             defer { controller.stop() }
             let namespace = try namespaceOption.select(on: controller)
             let pool = try DMAPool(device: access, chunkSize: 4096, count: controller.queueEntries)

@@ -71,6 +71,32 @@ struct NVMeQueueTests {
         }
     }
 
+    /// An I/O queue limit of one gives MSI-X one I/O queue on one vector, whatever the CPU
+    /// count, and reads still complete through it.
+    @Test(arguments: ExecutionMode.allCases)
+    func aLimitOfOneGivesMSIXOneQueue(_ mode: ExecutionMode) throws {
+        try withVerifiedNVMe(mode, .msix, ioQueueLimit: 1) { (controller, _, device) throws in
+            #expect(controller.ioQueueCount == 1)
+            #expect(try Self.readOnEveryQueue(controller, device, perQueue: 16, completion: .msix) == (0..<16).map { $0 })
+        }
+    }
+
+    /// A limit outside 1 to `maximumIOQueues` is refused before the device is touched.
+    @Test(arguments: [0, NVMeController.maximumIOQueues + 1])
+    func anIOQueueLimitOutOfRangeIsRefused(_ limit: Int) throws {
+        let model = NVMeModel()
+        let device = try ModeledDevice(model)
+        defer { device.close() }
+        let runtime = try makeRuntime(.user, options: RuntimeOptions())
+        defer { runtime.shutdown() }
+        #expect {
+            _ = try NVMeController(device: device, runtime: runtime, completion: .msix, ioQueueLimit: limit)
+        } throws: { error in
+            guard case NVMeController.Failure.badRequest(let message) = error else { return false }
+            return message.contains("\(limit)")
+        }
+    }
+
     /// Sixteen submissions in one batch write the submission tail doorbell once; and
     /// submissions made by completion handlers while a batch of completions is handed over
     /// are one batch too.

@@ -151,8 +151,13 @@ public final class NVMeController: @unchecked Sendable {
     /// Starts the controller on `device` (BAR 0). Fails at once, with ``Failure/notResponding(_:)``
     /// or ``Failure/notAnNVMeController(_:)``, when the device does not answer as an NVMe
     /// controller; and with ``Failure/timedOut(_:)`` when it does not follow CC.EN within CAP.TO.
+    /// `ioQueueLimit` caps how many I/O queue pairs it asks for with MSI-X (nil: one per CPU, up
+    /// to ``maximumIOQueues``); without MSI-X it asks for one.
     public init(device: any DeviceAccess, runtime: any DriverRuntime, completion: Completion = .msix,
-                commandTimeout: Duration = .seconds(5)) throws {
+                commandTimeout: Duration = .seconds(5), ioQueueLimit: Int? = nil) throws {
+        if let ioQueueLimit, !(1...Self.maximumIOQueues).contains(ioQueueLimit) {
+            throw Failure.badRequest("an I/O queue limit of \(ioQueueLimit): give 1 to \(Self.maximumIOQueues), or none for one queue per CPU")
+        }
         self.device = device
         self.runtime = runtime
         self.completion = completion
@@ -177,7 +182,7 @@ public final class NVMeController: @unchecked Sendable {
             admin = try NVMeQueuePair(identifier: 0, entries: min(32, limit), device: device, registers: registers,
                                       doorbellStride: capabilities.doorbellStride, runtime: runtime)
             buffers += [admin.submissions, admin.completions]
-            let wanted = completion == .msix ? min(SystemThread.cpuCount, Self.maximumIOQueues) : 1
+            let wanted = completion == .msix ? min(SystemThread.cpuCount, ioQueueLimit ?? Self.maximumIOQueues) : 1
             var queues: [NVMeQueuePair] = []
             for index in 0..<wanted {
                 let queue = try NVMeQueuePair(identifier: UInt16(index + 1), entries: min(Self.maximumQueueEntries, limit),
