@@ -48,20 +48,3 @@ struct Supervise: ParsableCommand {
         supervisor.stop()
     }
 }
-
-/// The top-level key names of a JSON object, to find misspelt ones without full Foundation
-/// (which would load ICU into every `modeless` command).
-private struct TopLevelKeys: Decodable {
-    struct Name: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
-    let names: [String]
-
-    init(from decoder: any Decoder) throws {
-        names = try decoder.container(keyedBy: Name.self).allKeys.map(\.stringValue)
-    }
-}
