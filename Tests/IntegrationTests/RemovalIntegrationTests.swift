@@ -85,7 +85,7 @@ extension VM {
             #expect(check.status == 0, "\(check.output)")
         }
 
-        /// `modeless unbind --release` while the driver reads: within the 10 s from the
+        /// `modeless unbind --release` while the driver reads: within 10 s from the
         /// command's start to the driver's exit, less only the debug build's own start (the same
         /// binary started and its arguments parsed, measured alongside, warm: ArgumentParser's
         /// debug-only checks and loading 20 libraries over 9p take seconds under emulation, a

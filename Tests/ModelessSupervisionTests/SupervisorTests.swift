@@ -134,7 +134,7 @@ struct SupervisorTests {
         for block in 0..<10 { #expect(disk.read(at: block * 512, count: 512) == [UInt8](repeating: UInt8(block + 1), count: 512)) }
     }
 
-    /// The workload against the NVMe model: 100 SIGKILLs at random points.
+    /// The failover workload against the NVMe model: 100 SIGKILLs at random points.
     @Test(arguments: [1, 2])
     func aHundredKillsUnderWriteThenVerifyOnTheNVMeModel(instances: Int) throws {
         let config = root + "/service.json"
