@@ -170,13 +170,17 @@ public struct PCIBinder: Sendable {
                        remedy: "stop the process first (kill \(pids)), then try again; --force does not override this")
     }
 
+    /// The process names (`comm`) of Modeless's programs, whose drivers answer the kernel's
+    /// device request: the command line and the benchmarks it hands `modeless bench` to.
+    static let modelessPrograms: Set<String> = ["modeless", "modeless-bench"]
+
     /// The holders when every one is a Modeless driver holding the device through VFIO, which
     /// answers the kernel's device request by releasing it; nil when there is none, or any
     /// other holder (that one would keep the kernel's unbind waiting).
     private func releasableHolders(_ device: PCIDevice) -> [NodeHolder]? {
         let holders = bus.holders(of: device)
         guard !holders.isEmpty, device.driver == UserModeDriver.vfioPCI.rawValue,
-              holders.allSatisfy({ $0.command == "modeless" && $0.node.hasPrefix("/dev/vfio/") }) else { return nil }
+              holders.allSatisfy({ Self.modelessPrograms.contains($0.command) && $0.node.hasPrefix("/dev/vfio/") }) else { return nil }
         return holders
     }
 

@@ -201,6 +201,23 @@ struct BindSafetyTests {
         #expect(kernel.writes.count == writes && kernel.snapshot() == before)
     }
 
+    /// `unbind --release` asks a Modeless program holding the device through VFIO to let go,
+    /// whichever of Modeless's programs it is (`modeless bench` runs as `modeless-bench`), and
+    /// still refuses when any other process holds it.
+    @Test(arguments: ["modeless", "modeless-bench"])
+    func releaseAsksAModelessProgramAndRefusesAnyOther(_ program: String) throws {
+        let kernel = try safetyKernel()
+        _ = try kernel.binder.bind(selector("00:03.0"), to: .vfioPCI)
+        try kernel.addProcess(4242, command: program, holding: ["/dev/vfio/vfio", "/dev/vfio/3"])
+        let report = try kernel.binder.unbind(selector("00:03.0"), releasing: true, dryRun: true)
+        #expect(report.steps.first == "ask pid 4242 (\(program)), which has /dev/vfio/3 open, to release it (VFIO device request)",
+                "\(report.steps)")
+        try kernel.addProcess(4343, command: "\(program)x", holding: ["/dev/vfio/3"])
+        expectRefused(kernel, .heldByProcess, mentioning: "pid 4343 (\(program)x)") {
+            _ = try $0.unbind(selector("00:03.0"), releasing: true, dryRun: true)
+        }
+    }
+
     @Test func nobodyHoldingMeansNoRefusal() throws {
         let kernel = try safetyKernel()
         _ = try kernel.binder.bind(selector("00:03.0"), to: .vfioPCI)
