@@ -107,7 +107,13 @@ public final class E1000Driver: @unchecked Sendable {
     /// Start and stop, at passive level.
     let lifecycle: PassiveLock<Lifecycle>
     /// The receive DPC, made once at start when receiving by interrupts.
-    var receiveDPC: DeferredProcedureCall?
+    var receiveDPC: DeferredProcedureCall? {
+        didSet { receiveDPCReference = receiveDPC.map { Unmanaged.passUnretained($0) } }
+    }
+    /// The same DPC unretained, for the receive pass that queues it again: loading
+    /// ``receiveDPC`` would take a reference on every pass. Written only at start, before
+    /// the interrupts that lead to those passes are attached (so read without an exclusivity check).
+    @exclusivity(unchecked) private(set) var receiveDPCReference: Unmanaged<DeferredProcedureCall>?
     /// The MSI-X layout asked for at start (used on a controller with MSI-X, with `.msix`).
     public let msixVectors: MSIXVectors
     /// How interrupts are taken, set once at start; nil without interrupts. Read by the

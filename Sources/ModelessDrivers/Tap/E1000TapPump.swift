@@ -43,7 +43,8 @@ public final class E1000TapPump: @unchecked Sendable {
     private let stopSignal: EventNotifier
     private let poll: EventPoll
     private let counters = Counters()
-    private let failureText = Mutex<String?>(nil)
+    /// Why the pump's thread ended; written by that thread, read by callers (passive level only).
+    private let failureText: PassiveLock<String?>
     private var thread: SystemThread?
 
     /// The slot size of the staging area: a whole frame always fits.
@@ -64,6 +65,7 @@ public final class E1000TapPump: @unchecked Sendable {
         self.tap = tap
         self.batch = batch
         self.transmitPatience = transmitPatience
+        failureText = driver.runtime.makePassiveLock("e1000 tap failure", nil)
         stopSignal = try EventNotifier(nonBlocking: true)
         do {
             poll = try EventPoll()
