@@ -239,7 +239,7 @@ public final class LogicalContainer: @unchecked Sendable {
         guard block.requestType != nil else {
             throw LogicalDeviceError(.malformedMessage, "set the block's request type before sending it")
         }
-        block.setDeviceName(handle.name.description)
+        block.setDeviceName(handle.name)
         block.setStatus(nil)
         return opened
     }

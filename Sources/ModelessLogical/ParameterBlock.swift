@@ -81,14 +81,20 @@ public struct ParameterBlock: @unchecked Sendable {
         chain.store(kind?.rawValue ?? 0, block: index, at: BlockLayout.status)
     }
 
-    func setDeviceName(_ name: String) {
+    /// Writes `container/device` into the block's name field, part by part (no string is
+    /// built: this runs on every request).
+    func setDeviceName(_ name: LogicalDeviceName) {
         let start = chain.offsets[index] + BlockLayout.name
         let destination = UnsafeMutableRawBufferPointer(rebasing: chain.storage[start..<start + BlockLayout.nameCapacity])
         var length = 0
-        for byte in name.utf8 where length < BlockLayout.nameCapacity {
+        func append(_ byte: UInt8) {
+            guard length < BlockLayout.nameCapacity else { return }
             destination[length] = byte
             length += 1
         }
+        for byte in name.container.utf8 { append(byte) }
+        append(UInt8(ascii: "/"))
+        for byte in name.device.utf8 { append(byte) }
         chain.store(UInt16(length), block: index, at: BlockLayout.nameLength)
     }
 

@@ -173,14 +173,15 @@ final class RemoteHandle: @unchecked Sendable {
 
     /// Sends the first `length` bytes of `buffer`, receives the answer into it and checks it.
     static func exchange(
-        _ link: any MessageLink, _ buffer: MessageBuffer, length: Int, expecting kind: WireMessage.Kind, what: String
+        _ link: any MessageLink, _ buffer: MessageBuffer, length: Int, expecting kind: WireMessage.Kind,
+        what: @autoclosure () -> String
     ) throws(LogicalDeviceError) -> WireMessage {
         do {
             try link.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]))
         } catch {
-            throw sendFailure(error, what)
+            throw sendFailure(error, what())
         }
-        return try receiveReply(link, buffer, expecting: kind, what: what)
+        return try receiveReply(link, buffer, expecting: kind, what: what())
     }
 
     /// What a failed send means to the caller: the provider has ended (the peer is gone), or
@@ -193,7 +194,7 @@ final class RemoteHandle: @unchecked Sendable {
 
     /// Receives an answer into `buffer` and checks it.
     static func receiveReply(
-        _ link: any MessageLink, _ buffer: MessageBuffer, expecting kind: WireMessage.Kind, what: String
+        _ link: any MessageLink, _ buffer: MessageBuffer, expecting kind: WireMessage.Kind, what: @autoclosure () -> String
     ) throws(LogicalDeviceError) -> WireMessage {
         let received: Int
         do {
@@ -201,14 +202,14 @@ final class RemoteHandle: @unchecked Sendable {
         } catch where error.errno == .brokenPipe || error.errno == .connectionReset {
             received = 0
         } catch {
-            throw LogicalDeviceError(.system, "\(what): \(error)")
+            throw LogicalDeviceError(.system, "\(what()): \(error)")
         }
         guard received > 0 else {
-            throw LogicalDeviceError(.providerTerminated, "\(what): the provider's container has ended; the call was not done")
+            throw LogicalDeviceError(.providerTerminated, "\(what()): the provider's container has ended; the call was not done")
         }
         let reply = try WireMessage.parse(UnsafeRawBufferPointer(buffer.bytes), length: received)
         if let error = buffer.error(reply) { throw error }
-        guard reply.kind == kind else { throw WireMessage.malformed("\(what) was answered with a \(reply.kind) message") }
+        guard reply.kind == kind else { throw WireMessage.malformed("\(what()) was answered with a \(reply.kind) message") }
         return reply
     }
 

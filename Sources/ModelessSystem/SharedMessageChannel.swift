@@ -60,14 +60,16 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     private var doorbell: UInt8 = 0x44  // "D"
 
     // Layout: a 4 KiB header page, then two mailboxes (the creator sends in the first).
-    // In a mailbox: the sequence number at 0, the receiver's sleeping flag at 64 (its own
-    // cache line), the message length at 128 and the time it was sent at 136, the receiver's
-    // presence (awake or asleep) at 192 and the CPU it last waited on at 196, the message at 256.
-    private static let magic: UInt64 = 0x3230_4E41_4843_4C4D  // "MLCHAN02"
+    // In a mailbox: the sequence number at 0, the message length at 4 and the time it was sent
+    // at 8 (one cache line, all written by the sender, so the receiver that sees the sequence
+    // move fetches one line for all three); the receiver's sleeping flag at 64 (its own line);
+    // the receiver's presence (awake or asleep) at 192 and the CPU it last waited on at 196;
+    // the message at 256.
+    private static let magic: UInt64 = 0x3330_4E41_4843_4C4D  // "MLCHAN03"
     private static let sequenceOffset = 0
+    private static let lengthOffset = 4
+    private static let sentAtOffset = 8
     private static let sleepingOffset = 64
-    private static let lengthOffset = 128
-    private static let sentAtOffset = 136
     private static let presenceOffset = 192
     private static let cpuOffset = 196
     private static let messageOffset = 256
@@ -158,7 +160,13 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         (outbox + Self.sentAtOffset).storeBytes(of: monotonicNanoseconds(), as: UInt64.self)
         sentSequence &+= 1
         modeless_store_seqcst32(outbox + Self.sequenceOffset, sentSequence)
-        if modeless_exchange_seqcst32(outbox + Self.sleepingOffset, 0) == 1 {
+        // Read the flag before taking it down: while the receiver spins, the flag's line stays
+        // shared in both caches and the read costs nothing; an exchange would pull the line
+        // over on every message. The sequence store before the read is sequentially
+        // consistent, as the receiver's flag store before its sequence read is, so one of the
+        // two sees the other's store: a receiver going to sleep is never missed.
+        if modeless_load_seqcst32(outbox + Self.sleepingOffset) == 1,
+           modeless_exchange_seqcst32(outbox + Self.sleepingOffset, 0) == 1 {
             try withUnsafeBytes(of: &doorbell) { (byte) throws(SystemError) in try socket.send(byte) }
         }
     }
@@ -282,7 +290,9 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     private func spinWhileEmpty(_ sequence: UnsafeMutableRawPointer, started: UInt64) -> Bool {
         guard spinNanoseconds > 0 else { return false }
         let cpu = UInt32(bitPattern: modeless_current_cpu())
-        (inbox + Self.cpuOffset).storeBytes(of: cpu, as: UInt32.self)  // for the peer's same check
+        // For the peer's same check; written only when it changed, so that the line the peer
+        // reads is not pulled away on every wait.
+        if (inbox + Self.cpuOffset).load(as: UInt32.self) != cpu { (inbox + Self.cpuOffset).storeBytes(of: cpu, as: UInt32.self) }
         guard currentSpin > 0, peerIsRunningElsewhere(than: cpu, now: started) else { return false }
         let deadline = started &+ currentSpin
         var turns: UInt32 = 0

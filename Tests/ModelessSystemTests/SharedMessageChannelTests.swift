@@ -113,7 +113,7 @@ struct SharedMessageChannelTests {
         try creator.send(UnsafeRawBufferPointer(start: nil, count: 0))
         let memory = try #require(mmap(nil, 4096 * 2, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0))
         defer { munmap(memory, 4096 * 2) }
-        memory.storeBytes(of: UInt32(100_000), toByteOffset: 4096 + 128, as: UInt32.self)
+        memory.storeBytes(of: UInt32(100_000), toByteOffset: 4096 + 4, as: UInt32.self)  // the first mailbox's length
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
         defer { buffer.deallocate() }
         let error = #expect(throws: SystemError.self) { try joiner.receive(into: buffer) }
