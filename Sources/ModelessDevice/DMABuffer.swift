@@ -91,22 +91,33 @@ public final class DMABuffer: @unchecked Sendable {
         return base + offset
     }
 
+    @inline(__always)
     private func checked<T>(_ offset: Int, _ width: Int, _ access: (UnsafeMutableRawPointer) -> T) throws(DeviceError) -> T {
         try checkRange(offset, width)
-        guard offset % width == 0 else {
+        guard _fastPath(offset & (width &- 1) == 0) else {
             throw DeviceError(.outOfRange, device, "DMA buffer: \(width)-byte access at \(offset) is misaligned")
         }
         return access(base + offset)
     }
 
+    /// The checks of every access: inlined, with the failure built out of line, so that an
+    /// access that passes costs a few compares (the datapaths make several per frame).
+    @inline(__always)
     private func checkRange(_ offset: Int, _ count: Int) throws(DeviceError) {
+        guard _fastPath(release != nil && offset >= 0 && count >= 0 && offset <= size &- count) else {
+            throw rangeFailure(offset, count)
+        }
+    }
+
+    /// Why ``checkRange(_:_:)`` refused: the buffer was freed (recorded for a verifier), or
+    /// the range is outside it.
+    @inline(never)
+    private func rangeFailure(_ offset: Int, _ count: Int) -> DeviceError {
         guard !isFreed else {
             let error = DeviceError(.closed, device, "DMA buffer at 0x\(String(deviceAddress, radix: 16)) was freed")
             health.record(.accessAfterRelease(error.message))
-            throw error
+            return error
         }
-        guard offset >= 0, count >= 0, offset <= size - count else {
-            throw DeviceError(.outOfRange, device, "DMA buffer: \(count) bytes at \(offset) are outside its \(size) bytes")
-        }
+        return DeviceError(.outOfRange, device, "DMA buffer: \(count) bytes at \(offset) are outside its \(size) bytes")
     }
 }

@@ -34,15 +34,15 @@ public struct DMAByteWriter: ~Copyable {
     /// Sets a big-endian (network order) 16-bit value at `offset`.
     @inline(__always)
     public mutating func setBigEndian16(_ value: UInt16, at offset: Int) {
-        set(UInt8(truncatingIfNeeded: value >> 8), at: offset)
-        set(UInt8(truncatingIfNeeded: value), at: offset + 1)
+        reserve(offset, 2)
+        base.storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt16.self)
     }
 
     /// Sets a big-endian (network order) 32-bit value at `offset`.
     @inline(__always)
     public mutating func setBigEndian32(_ value: UInt32, at offset: Int) {
-        setBigEndian16(UInt16(truncatingIfNeeded: value >> 16), at: offset)
-        setBigEndian16(UInt16(truncatingIfNeeded: value), at: offset + 2)
+        reserve(offset, 4)
+        base.storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
     }
 
     /// Copies `bytes` to `offset`.

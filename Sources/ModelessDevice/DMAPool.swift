@@ -109,11 +109,17 @@ public final class DMAPool: @unchecked Sendable {
         return (result, writer.count)
     }
 
+    @inline(__always)
     private func position(_ chunk: Chunk, _ offset: Int, _ count: Int) throws(DeviceError) -> Int {
-        guard chunk.index >= 0, chunk.index < capacity, offset >= 0, count >= 0, offset <= chunkSize - count else {
-            throw DeviceError(.outOfRange, buffer.device,
-                              "DMA pool: \(count) bytes at \(offset) of chunk \(chunk.index) are outside its \(chunkSize) bytes")
+        guard _fastPath(chunk.index >= 0 && chunk.index < capacity && offset >= 0 && count >= 0 && offset <= chunkSize &- count) else {
+            throw positionFailure(chunk, offset, count)
         }
-        return chunk.index * chunkSize + offset
+        return chunk.index &* chunkSize &+ offset
+    }
+
+    @inline(never)
+    private func positionFailure(_ chunk: Chunk, _ offset: Int, _ count: Int) -> DeviceError {
+        DeviceError(.outOfRange, buffer.device,
+                    "DMA pool: \(count) bytes at \(offset) of chunk \(chunk.index) are outside its \(chunkSize) bytes")
     }
 }

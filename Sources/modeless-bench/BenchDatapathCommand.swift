@@ -75,10 +75,11 @@ struct BenchDatapath: ParsableCommand {
         var sent = 0, received = 0, wrong = 0
         let mac = driver.macAddress
         let broadcast = [UInt8](repeating: 0xFF, count: 6)
+        let testFrame = TestFrame(to: broadcast, from: mac)
         while received < frames {
             if sent < frames && sent - received < 128 {
                 sent += try datapathTransmit(driver, count: min(batch, frames - sent)) { index, frame in
-                    fillTestFrame(&frame, to: broadcast, from: mac, sequence: UInt32(truncatingIfNeeded: sent + index))
+                    testFrame.fill(&frame, sequence: UInt32(truncatingIfNeeded: sent + index))
                 }
             }
             let taken = try datapathReceive(driver, budget: batch) { frame in
