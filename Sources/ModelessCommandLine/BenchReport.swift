@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import ModelessMeasurement
+import ModelessServices
 import ModelessSystem
 
 /// How this program was compiled, for benchmark reports.

@@ -60,7 +60,8 @@ struct BenchFailover: ParsableCommand {
     }
 
     func run() throws {
-        var configuration = try SupervisorConfigurationFile.load(config)
+        var configuration: SupervisorConfiguration
+        do { configuration = try SupervisorConfigurationFile.load(config) } catch let error as ConfigurationFileError { throw ValidationError(error.description) }
         // The kills are the bench's own, not a crash loop: no start limit, and no back-off for
         // instances that had served.
         configuration.startLimitBurst = 0
@@ -96,7 +97,7 @@ struct BenchFailover: ParsableCommand {
 
         var recoveries: [UInt64] = []
         var failure: String?
-        let progress = ProgressLine("failover:", total: kills, unit: "kills recovered")
+        let progress = ProgressLine("failover:", total: kills, unit: "kills recovered", report: { printLine($0) })
         for kill in 1...kills {
             guard workload.failure == nil else { break }
             guard supervisor.waitUntilServing(seconds: recoveryTimeout), workload.waitForProgress(seconds: recoveryTimeout) else {

@@ -5,6 +5,7 @@ import ModelessMeasurement
 import ModelessDrivers
 import ModelessModels
 import ModelessRuntime
+import ModelessServices
 import ModelessSystem
 import Synchronization
 
