@@ -47,6 +47,8 @@ struct BenchFailover: ParsableCommand {
 
     @OptionGroup var output: BenchOutputOptions
 
+    @OptionGroup var histogram: HistogramPictureOption
+
     func validate() throws {
         guard kills >= 1, blocks >= 1, maxDelayMs >= 0, recoveryTimeout > 0 else {
             throw ValidationError("--kills and --blocks must be at least 1, --max-delay-ms at least 0, --recovery-timeout positive")
@@ -147,6 +149,7 @@ struct BenchFailover: ParsableCommand {
             throw ExitCode(1)
         }
         printLine("ok: every write acknowledged once, every block verified, no request hung")
+        try histogram.write(results, title: "Failover of \(configuration.service), \(configuration.instances) instance(s): SIGKILL to the first request answered, \(recoveries.count) kills", text: output.text)
         try output.finish(results)
     }
 

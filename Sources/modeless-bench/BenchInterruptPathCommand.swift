@@ -37,6 +37,8 @@ struct BenchInterruptPath: ParsableCommand {
 
     @OptionGroup var output: BenchOutputOptions
 
+    @OptionGroup var histogram: HistogramPictureOption
+
     func validate() throws {
         guard interrupts > 0 else { throw ValidationError("--interrupts must be positive") }
         guard irq != .msix else { throw ValidationError("--irq must be msi or intx") }
@@ -89,6 +91,7 @@ struct BenchInterruptPath: ParsableCommand {
         var results = BenchResults(benchmark: "interrupt-path", parameters: ["interrupts": "\(interrupts)", "mode": "\(mode)", "irq": "\(irq)"])
         results.add("\(mode) \(irq): raise to DPC, one at a time", [
             "interrupts": Double(interrupts), "seconds": elapsed, "failures": Double(attachment.failures)], latency: latency.histogram)
+        try histogram.write(results, title: "Interrupt path, \(mode) mode, \(irq): raise to DPC, \(interrupts) interrupts one at a time", text: output.text)
         try output.finish(results)
     }
 }
