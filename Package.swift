@@ -234,6 +234,10 @@ let package = Package(
             dependencies: ["modeless", "modeless-bench", "ModelessSystem"]
         ),
         .testTarget(
+            name: "ModelessServicesTests",
+            dependencies: ["ModelessServices", "ModelessRuntime"]
+        ),
+        .testTarget(
             name: "ModelessMeasurementTests",
             dependencies: ["ModelessMeasurement"]
         ),
