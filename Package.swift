@@ -13,8 +13,8 @@
 //   4. Supervision - ModelessSupervision (instances as fault domains: supervisor, saved state, failover)
 //   4. Kernel interfaces - ModelessUblk (logical block devices served to the kernel through ublk)
 //   5. Drivers  - ModelessDrivers (the edu, e1000 family and NVMe sample drivers)
-//   6. Services - ModelessServices (provider hosting and workloads: `run`, `serve`, `export`)
-//   6. Command line - ModelessCommandLine (exit codes, printing and option groups both executables share)
+//   6. Services - ModelessServices (hosting without argument parsing: `run`, `serve`, `export`; workloads)
+//   6. Command line - ModelessCommandLine (exit codes, printing, option groups and the hosted commands' parsers)
 //   7. Tools    - the `modeless` command line and `modeless-bench`, the benchmarks it forwards to
 import PackageDescription
 
@@ -126,27 +126,12 @@ let package = Package(
         // Latency histograms (lock-free per-tag recording too) and their pictures, for the
         // benchmarks (no system calls).
         .target(name: "ModelessMeasurement", dependencies: ["CModelessShim"]),
-        // Layer 6: what both executables share. The command line's conventions: exit codes,
-        // printing, option groups, a bound device's session, benchmark reports.
-        .target(
-            name: "ModelessCommandLine",
-            dependencies: [
-                "ModelessSystem",
-                "ModelessBus",
-                "ModelessDevice",
-                "ModelessRuntime",
-                "ModelessDrivers",
-                "ModelessLogical",
-                "ModelessMeasurement",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
-        ),
-        // Services: drivers and providers hosted in a process (`run`, `serve`, `export`) and the
-        // workloads the benchmarks reuse.
+        // Layer 6: Services: drivers and providers hosted in a process (`run`, `serve`, `export`:
+        // configuration in, reports and exit statuses out) and the workloads the benchmarks reuse.
+        // No argument parsing.
         .target(
             name: "ModelessServices",
             dependencies: [
-                "ModelessCommandLine",
                 "CModelessShim",
                 "ModelessSystem",
                 "ModelessBus",
@@ -158,8 +143,24 @@ let package = Package(
                 "ModelessSupervision",
                 "ModelessUblk",
                 "ModelessMeasurement",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Layer 6: what both executables share. The command line's conventions: exit codes,
+        // printing, option groups, benchmark reports, and the parsers of the hosted commands
+        // (`run`, `serve`, `export`), which hand their options to ModelessServices.
+        .target(
+            name: "ModelessCommandLine",
+            dependencies: [
+                "ModelessServices",
+                "ModelessSystem",
+                "ModelessBus",
+                "ModelessDevice",
+                "ModelessRuntime",
+                "ModelessDrivers",
+                "ModelessLogical",
+                "ModelessMeasurement",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Layer 7: Tools. The command line: argument parsing and printing.
@@ -231,6 +232,10 @@ let package = Package(
         .testTarget(
             name: "ModelessCLITests",
             dependencies: ["modeless", "modeless-bench", "ModelessSystem"]
+        ),
+        .testTarget(
+            name: "ModelessServicesTests",
+            dependencies: ["ModelessServices", "ModelessRuntime"]
         ),
         .testTarget(
             name: "ModelessMeasurementTests",

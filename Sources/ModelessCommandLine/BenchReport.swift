@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import ModelessMeasurement
+import ModelessServices
 import ModelessSystem
 
 /// How this program was compiled, for benchmark reports.
@@ -65,6 +66,34 @@ package enum HistogramPictureFile {
             printError("cannot write the histogram picture to \(path): \(error)")
             throw ExitCode(1)
         }
+    }
+}
+
+/// `--histogram-svg FILE`, which every benchmark that times single operations takes: a picture
+/// of their latency histograms, one curve per measurement (``LatencyHistogramPicture``).
+package struct HistogramPictureOption: ParsableArguments {
+    @Option(name: .customLong("histogram-svg"), help: ArgumentHelp("Write a picture of the latency histograms to FILE (SVG).", valueName: "FILE"))
+    package var histogramSVG: String?
+
+    /// No --histogram-svg.
+    package init() {}
+
+    /// Refuses, before anything is measured, a FILE that could not be written.
+    package func validate() throws {
+        if let histogramSVG { try HistogramPictureFile.validate(histogramSVG) }
+    }
+
+    /// With --histogram-svg, writes the picture of the histograms of `results` under `title`
+    /// (followed by the build) and says so on `text`; exit status 1 if it cannot, or when no
+    /// measurement has a histogram.
+    package func write(_ results: BenchResults, title: String, text: BenchProgress) throws {
+        guard let histogramSVG else { return }
+        guard !results.histograms.isEmpty else {
+            printError("no measurement of this run timed single operations: no histogram picture written to \(histogramSVG)")
+            throw ExitCode(1)
+        }
+        try HistogramPictureFile.write(LatencyHistogramPicture(title: "\(title) (\(results.build) build)", series: results.histograms), to: histogramSVG)
+        text.line("histogram picture written to \(histogramSVG)")
     }
 }
 

@@ -57,6 +57,13 @@ package struct BenchResults: Encodable {
     package var parameters: [String: String]
     /// What was measured, in the order of the table.
     package var measurements: [Measurement] = []
+    /// The latency histograms of the measurements that have one, by name, for
+    /// `--histogram-svg`'s picture (the JSON has their summaries).
+    package private(set) var histograms: [LatencyHistogramPicture.Series] = []
+
+    private enum CodingKeys: String, CodingKey {
+        case benchmark, build, parameters, measurements
+    }
 
     /// Results of `benchmark` run with `parameters`, in this build.
     package init(benchmark: String, parameters: [String: String]) {
@@ -67,5 +74,6 @@ package struct BenchResults: Encodable {
     /// Adds the measurement of configuration `name`.
     package mutating func add(_ name: String, _ values: [String: Double], latency: LatencyHistogram? = nil) {
         measurements.append(Measurement(name: name, values: values, latency: latency.map { LatencySummary(name: name, histogram: $0) }))
+        if let latency { histograms.append(.init(name: name, histogram: latency)) }
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import ModelessDrivers
+import ModelessServices
 
 /// `--namespace N` for every NVMe command: which active namespace the command works on (the
 /// first active one when omitted). An ID the controller does not have active is refused,
@@ -16,12 +17,7 @@ package struct NVMeNamespaceOption: ParsableArguments {
 
     /// The namespace asked for, on `controller`; prints the refusal and exits 64 when it is not active.
     package func select(on controller: NVMeController) throws -> NVMeController.Namespace {
-        do {
-            return try controller.namespace(namespace)
-        } catch {
-            printError("--namespace: \(error)")
-            throw ExitCode(64)
-        }
+        try hosting { try ConsoleWork().selectNamespace(namespace, on: controller) }
     }
 
     /// No --namespace: the first active namespace.

@@ -10,12 +10,17 @@ import Synchronization
 package struct InterruptBenchmark {
     /// One path's latencies (µs) and sustained rates.
     package struct Result {
+        /// The path: the eventfd baseline, user mode or the kernel emulation.
         package var name: String
+        /// The median latency, µs.
         package var p50: Double
+        /// The 99th-percentile latency, µs.
         package var p99: Double
         /// Every latency sample, in nanoseconds.
         package var histogram: LatencyHistogram
+        /// Handler (ISR) calls per second while flooded.
         package var handlerCallsPerSecond: Double
+        /// Interrupts raised per second while flooded.
         package var interruptsPerSecond: Double
     }
 

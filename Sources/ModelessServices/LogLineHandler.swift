@@ -1,5 +1,4 @@
 import Logging
-import ModelessCommandLine
 import Synchronization
 
 #if canImport(Glibc)
@@ -31,7 +30,10 @@ struct LogLineHandler: LogHandler {
     func log(event: LogEvent) {
         let text = Self.line(time: Self.now(), level: event.level, message: "\(event.message)",
                              metadata: metadata.merging(event.metadata ?? [:]) { $1 })
-        Self.output.withLock { _ in printLine(text) }
+        Self.output.withLock { _ in
+            print(text)
+            fflush(nil)
+        }
     }
 
     /// The line for one record (without its newline).
@@ -90,7 +92,8 @@ package enum CommandLogging {
 }
 
 /// `MODELESS_LOG_LEVEL` names no level.
-struct LoggingSetupError: Error, CustomStringConvertible {
-    var description: String
+package struct LoggingSetupError: Error, CustomStringConvertible {
+    /// What was wrong, naming the variable and the levels.
+    package var description: String
     init(_ description: String) { self.description = description }
 }

@@ -1,7 +1,5 @@
-import ArgumentParser
 import FoundationEssentials
 import ModelessBus
-import ModelessCommandLine
 import ModelessDevice
 import ModelessDrivers
 import ModelessRuntime
@@ -20,7 +18,7 @@ import Glibc
 /// the ublk device); a process started while a previous one holds the claim is refused. One
 /// that finds the claim free but recorded (its predecessor was killed) recovers that ublk
 /// device instead of adding one: the block device, and a file system mounted on it, stay.
-extension ServeNVMe {
+extension NVMeServing {
     /// The ublk options of `serve nvme`.
     struct UblkOptions {
         /// Queues; nil for one per CPU.
@@ -40,18 +38,18 @@ extension ServeNVMe {
         ublkOptions.queues = queues
         guard let address else {
             printError("--ublk serves a controller bound to vfio-pci: name it (ADDR), not --model")
-            throw ExitCode(64)
+            throw HostExit(64)
         }
         guard irq != .poll else {
             printError("--ublk needs completion interrupts (the driver's DPC hands results to the ublk queues): use --irq msix, msi or intx")
-            throw ExitCode(64)
+            throw HostExit(64)
         }
         let claim: ExportLock
         let pci: PCIAddress
         do {
             if queues < 1 { throw UblkError(.invalidArgument, "\(queues) queues: a ublk device needs at least one") }
             try UblkExport.checkDriver()
-            do { pci = try PCIBus().resolve(try DeviceSelector(parsing: address)).address } catch { throw ExitStatus.fail(error) }
+            do { pci = try PCIBus().resolve(try DeviceSelector(parsing: address)).address } catch { throw fail(error) }
             if standby {
                 let reserved = Self.reserveBuffers(for: ExportLock.record(of: "nvme+\(pci)"))
                 printLine("standby for \(pci): waiting for the serving process to end (\(reserved / 1_048_576) MiB of DMA memory faulted in ahead; pid \(getpid()))")
@@ -70,7 +68,7 @@ extension ServeNVMe {
             }
         } catch let error as UblkError {
             printError(error.message)
-            throw ExitCode(Export.exitCode(error.kind))
+            throw HostExit(LogicalExport.exitCode(error.kind))
         }
         // The record (the ublk device) is emptied only by a clean stop, below: a server that
         // fails to come up leaves it for the next attempt, which recovers the device.
@@ -90,7 +88,7 @@ extension ServeNVMe {
             claim.record("")
             let failed = export.failedRequests
             printLine("stopped \(export.blockDevicePath); \(failed.count) request(s) failed\(failed.last.map { " (last: \($0))" } ?? "")")
-            if status != 0 { throw ExitCode(status) }
+            if status != 0 { throw HostExit(status) }
         }
     }
 
@@ -137,7 +135,7 @@ extension ServeNVMe {
             return export
         } catch let error as UblkError {
             printError(error.message)
-            throw ExitCode(Export.exitCode(error.kind))
+            throw HostExit(LogicalExport.exitCode(error.kind))
         }
     }
 

@@ -1,4 +1,3 @@
-import ArgumentParser
 import FoundationEssentials
 import ModelessBus
 import ModelessSupervision
@@ -58,16 +57,16 @@ package struct SupervisorConfigurationFile: Decodable {
     /// naming what was wrong.
     package static func load(_ path: String) throws -> SupervisorConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ValidationError("cannot read the configuration file \(path)")
+            throw ConfigurationFileError("cannot read the configuration file \(path)")
         }
         let file: SupervisorConfigurationFile
         do { file = try JSONDecoder().decode(SupervisorConfigurationFile.self, from: data) } catch {
-            throw ValidationError("\(path) is not a valid supervisor configuration (see docs/supervision.md): \(describe(error))")
+            throw ConfigurationFileError("\(path) is not a valid supervisor configuration (see docs/supervision.md): \(describe(error))")
         }
         if let object = try? JSONDecoder().decode(TopLevelKeys.self, from: data) {
             let unknown = object.names.filter { !keys.contains($0) }.sorted()
             guard unknown.isEmpty else {
-                throw ValidationError("\(path): unknown key(s) \(unknown.joined(separator: ", ")); the keys are \(keys.joined(separator: ", ")) (see docs/supervision.md)")
+                throw ConfigurationFileError("\(path): unknown key(s) \(unknown.joined(separator: ", ")); the keys are \(keys.joined(separator: ", ")) (see docs/supervision.md)")
             }
         }
         var command = file.command
@@ -84,7 +83,7 @@ package struct SupervisorConfigurationFile: Decodable {
             stopTimeoutSeconds: file.stopTimeoutSeconds ?? defaults.stopTimeoutSeconds,
             useControlGroup: file.cgroup ?? defaults.useControlGroup,
             environment: file.environment ?? [:], standby: file.standby ?? false)
-        do { try configuration.validate() } catch { throw ValidationError("\(path): \(error)") }
+        do { try configuration.validate() } catch { throw ConfigurationFileError("\(path): \(error)") }
         return configuration
     }
 
@@ -93,7 +92,7 @@ package struct SupervisorConfigurationFile: Decodable {
         guard let data = FileManager.default.contents(atPath: path),
               let text = try? JSONDecoder().decode(SupervisorConfigurationFile.self, from: data).device else { return nil }
         guard let address = PCIAddress(text) else {
-            throw ValidationError("\(path): device \"\(text)\" is not a PCI address (give one as 0000:00:06.0)")
+            throw ConfigurationFileError("\(path): device \"\(text)\" is not a PCI address (give one as 0000:00:06.0)")
         }
         return address
     }
@@ -123,4 +122,12 @@ private struct TopLevelKeys: Decodable {
     init(from decoder: any Decoder) throws {
         names = try decoder.container(keyedBy: Name.self).allKeys.map(\.stringValue)
     }
+}
+
+/// A supervisor configuration file that cannot be used: what was wrong, naming the file.
+package struct ConfigurationFileError: Error, CustomStringConvertible {
+    /// What was wrong, for a person.
+    package var description: String
+
+    init(_ description: String) { self.description = description }
 }

@@ -10,7 +10,7 @@ import ModelessServices
 @main
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "modeless bench",
+        commandName: BenchProgramName.current,
         abstract: "Measure the runtime against baselines taken in the same run.",
         subcommands: [BenchInterrupts.self, BenchNVMe.self, BenchE1000.self, BenchLogical.self, BenchFailover.self, BenchDatapath.self,
                       BenchInterruptPath.self, BenchInterruptDatapath.self])
@@ -26,6 +26,21 @@ struct Bench: ParsableCommand {
         } catch {
             exit(withError: error)
         }
+    }
+}
+
+/// The name the benchmarks go by: `modeless bench` in their help and errors (people run them
+/// through `modeless bench`), and `modeless-bench` in what is generated for this program itself
+/// (`--experimental-dump-help`, which the man-page plugin reads, and
+/// `--generate-completion-script`): `man modeless-bench` and the shell's completion of
+/// `modeless-bench`, which scripts/install installs.
+enum BenchProgramName {
+    /// The benchmarks' name in this run.
+    static let current = generatingForTheProgram(CommandLine.arguments) ? "modeless-bench" : "modeless bench"
+
+    /// Whether `arguments` ask for the man page's or a completion script's input.
+    static func generatingForTheProgram(_ arguments: [String]) -> Bool {
+        arguments.dropFirst().contains { $0 == "--experimental-dump-help" || $0.hasPrefix("--generate-completion-script") }
     }
 }
 

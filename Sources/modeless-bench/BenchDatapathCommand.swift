@@ -4,6 +4,7 @@ import ModelessDevice
 import ModelessDrivers
 import ModelessModels
 import ModelessRuntime
+import ModelessServices
 import ModelessSystem
 import Synchronization
 

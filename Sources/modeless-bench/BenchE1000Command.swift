@@ -3,6 +3,7 @@ import ModelessCommandLine
 import ModelessDevice
 import ModelessDrivers
 import ModelessRuntime
+import ModelessServices
 import ModelessSystem
 
 struct BenchE1000: ParsableCommand {

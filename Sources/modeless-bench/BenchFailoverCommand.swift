@@ -47,6 +47,8 @@ struct BenchFailover: ParsableCommand {
 
     @OptionGroup var output: BenchOutputOptions
 
+    @OptionGroup var histogram: HistogramPictureOption
+
     func validate() throws {
         guard kills >= 1, blocks >= 1, maxDelayMs >= 0, recoveryTimeout > 0 else {
             throw ValidationError("--kills and --blocks must be at least 1, --max-delay-ms at least 0, --recovery-timeout positive")
@@ -60,7 +62,8 @@ struct BenchFailover: ParsableCommand {
     }
 
     func run() throws {
-        var configuration = try SupervisorConfigurationFile.load(config)
+        var configuration: SupervisorConfiguration
+        do { configuration = try SupervisorConfigurationFile.load(config) } catch let error as ConfigurationFileError { throw ValidationError(error.description) }
         // The kills are the bench's own, not a crash loop: no start limit, and no back-off for
         // instances that had served.
         configuration.startLimitBurst = 0
@@ -96,7 +99,7 @@ struct BenchFailover: ParsableCommand {
 
         var recoveries: [UInt64] = []
         var failure: String?
-        let progress = ProgressLine("failover:", total: kills, unit: "kills recovered")
+        let progress = ProgressLine("failover:", total: kills, unit: "kills recovered", report: { printLine($0) })
         for kill in 1...kills {
             guard workload.failure == nil else { break }
             guard supervisor.waitUntilServing(seconds: recoveryTimeout), workload.waitForProgress(seconds: recoveryTimeout) else {
@@ -146,6 +149,7 @@ struct BenchFailover: ParsableCommand {
             throw ExitCode(1)
         }
         printLine("ok: every write acknowledged once, every block verified, no request hung")
+        try histogram.write(results, title: "Failover of \(configuration.service), \(configuration.instances) instance(s): SIGKILL to the first request answered, \(recoveries.count) kills", text: output.text)
         try output.finish(results)
     }
 

@@ -5,6 +5,7 @@ import ModelessMeasurement
 import ModelessDrivers
 import ModelessModels
 import ModelessRuntime
+import ModelessServices
 import ModelessSystem
 import Synchronization
 
@@ -50,9 +51,14 @@ struct BenchInterruptDatapath: ParsableCommand {
 
     @OptionGroup var output: BenchOutputOptions
 
+    @OptionGroup var histogram: HistogramPictureOption
+
     func validate() throws {
         guard count > 0 else { throw ValidationError("--count must be positive") }
         guard (1...63).contains(depth) else { throw ValidationError("--depth must be 1 to 63") }
+        if histogram.histogramSVG != nil && path != .e1000INTx {
+            throw ValidationError("--histogram-svg needs a path that times each operation on its own: e1000-intx (nvme-msix counts reads per interrupt)")
+        }
     }
 
     func run() throws {
@@ -63,6 +69,7 @@ struct BenchInterruptDatapath: ParsableCommand {
             case .e1000INTx: try runE1000(&results)
             case .nvmeMSIX: try runNVMe(&results)
             }
+            try histogram.write(results, title: "Interrupt datapath \(path.rawValue), \(mode) mode: \(count) frames on the e1000 model, each from its send to its receive DPC", text: output.text)
             try output.finish(results)
         } catch let exit as ExitCode {
             throw exit

@@ -4,6 +4,7 @@ import ModelessDevice
 import ModelessMeasurement
 import ModelessModels
 import ModelessRuntime
+import ModelessServices
 import ModelessSystem
 import Synchronization
 
@@ -35,6 +36,8 @@ struct BenchInterruptPath: ParsableCommand {
     var irq: InterruptKind = .msi
 
     @OptionGroup var output: BenchOutputOptions
+
+    @OptionGroup var histogram: HistogramPictureOption
 
     func validate() throws {
         guard interrupts > 0 else { throw ValidationError("--interrupts must be positive") }
@@ -88,6 +91,7 @@ struct BenchInterruptPath: ParsableCommand {
         var results = BenchResults(benchmark: "interrupt-path", parameters: ["interrupts": "\(interrupts)", "mode": "\(mode)", "irq": "\(irq)"])
         results.add("\(mode) \(irq): raise to DPC, one at a time", [
             "interrupts": Double(interrupts), "seconds": elapsed, "failures": Double(attachment.failures)], latency: latency.histogram)
+        try histogram.write(results, title: "Interrupt path, \(mode) mode, \(irq): raise to DPC, \(interrupts) interrupts one at a time", text: output.text)
         try output.finish(results)
     }
 }

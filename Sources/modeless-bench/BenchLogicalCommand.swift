@@ -1,6 +1,7 @@
 import ArgumentParser
 import ModelessCommandLine
 import ModelessLogical
+import ModelessMeasurement
 import ModelessServices
 import ModelessSystem
 
@@ -19,7 +20,8 @@ struct BenchLogical: ParsableCommand {
             (the socket; shared memory without spinning; shared memory with the standard spin), vs a \
             raw Unix-socket ping-pong of a message of the same size between the same two processes; \
             and asynchronous requests per second with --depth in flight. Reports the median of each \
-            over the rounds.
+            over the rounds. With --histogram-svg, each round also times every synchronous request on \
+            its own (in a pass of its own, after the one timed as a whole) and draws their latencies.
             """)
 
     @Option(help: "Requests per measurement.")
@@ -35,6 +37,8 @@ struct BenchLogical: ParsableCommand {
     var payload = 64
 
     @OptionGroup var output: BenchOutputOptions
+
+    @OptionGroup var histogram: HistogramPictureOption
 
     func run() throws {
         let directory = ContainerDirectory.standard
@@ -73,6 +77,12 @@ struct BenchLogical: ParsableCommand {
         let messageBytes = 32 + 4 + 144 + 2 * payload  // message header, chain prefix, block header, areas
 
         var samples: [String: [Double]] = [:]
+        // With --histogram-svg: every synchronous request's latency, timed in passes of their own
+        // so that the clock reads do not change the per-request means of the table.
+        var latencies: [String: LatencyHistogram] = [:]
+        let rawBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
+        defer { rawBuffer.deallocate() }
+        rawBuffer.initializeMemory(as: UInt8.self, repeating: 1)
         for _ in 0..<rounds {
             samples["direct", default: []].append(try measure { try EchoDevice.echo(block) })
             samples["local", default: []].append(try measure { try local.send(localHandle, block) })
@@ -81,6 +91,14 @@ struct BenchLogical: ParsableCommand {
             samples["nospin", default: []].append(try measure { try withoutSpin.send(noSpinHandle, block) })
             samples["remote", default: []].append(try measure { try local.send(remoteHandle, block) })
             samples["async", default: []].append(try asyncRate(local, remoteHandle))
+            if histogram.histogramSVG != nil {
+                latencies["direct", default: .init()].add(try timeEach { try EchoDevice.echo(block) })
+                latencies["local", default: .init()].add(try timeEach { try local.send(localHandle, block) })
+                latencies["raw", default: .init()].add(try timeEach { try rawExchange(raw, rawBuffer, bytes: messageBytes) })
+                latencies["socket", default: .init()].add(try timeEach { try overSocket.send(socketHandle, block) })
+                latencies["nospin", default: .init()].add(try timeEach { try withoutSpin.send(noSpinHandle, block) })
+                latencies["remote", default: .init()].add(try timeEach { try local.send(remoteHandle, block) })
+            }
         }
         let median = samples.mapValues { $0.sorted()[$0.count / 2] }
         printLine("logical devices: \(requests) requests x \(rounds) rounds, \(payload)-byte payload, message \(messageBytes) bytes")
@@ -104,7 +122,8 @@ struct BenchLogical: ParsableCommand {
                                       ("remote", "synchronous request to another process, shared memory, \(spinText(local.transport)) spin (standard)", "raw"),
                                       ("async", "asynchronous requests to another process, \(depth) in flight", "raw")] {
             results.add(name, ["nanosecondsPerRequest": median[key]!, "ratioToBaseline": median[key]! / median[baseline]!,
-                               "roundsNanosecondsPerRequestMin": samples[key]!.min()!, "roundsNanosecondsPerRequestMax": samples[key]!.max()!])
+                               "roundsNanosecondsPerRequestMin": samples[key]!.min()!, "roundsNanosecondsPerRequestMax": samples[key]!.max()!],
+                        latency: latencies[key])
         }
         try overSocket.close(socketHandle)
         try withoutSpin.close(noSpinHandle)
@@ -113,6 +132,7 @@ struct BenchLogical: ParsableCommand {
         try local.close(remoteHandle)
         try local.close(localHandle)
         local.shutdown()
+        try histogram.write(results, title: "Logical-device requests, \(payload)-byte payload: each synchronous request timed on its own, \(requests) x \(rounds) rounds", text: output.text)
         try output.finish(results)
     }
 
@@ -123,14 +143,28 @@ struct BenchLogical: ParsableCommand {
         return Double(monotonicNanoseconds() - start) / Double(requests)
     }
 
+    /// The latency of each of `requests` calls of `body`, in nanoseconds.
+    private func timeEach(_ body: () throws -> Void) throws -> LatencyHistogram {
+        var histogram = LatencyHistogram()
+        for _ in 0..<requests {
+            let start = monotonicNanoseconds()
+            try body()
+            histogram.record(monotonicNanoseconds() - start)
+        }
+        return histogram
+    }
+
     private func rawPingPong(_ socket: UnixSocket, bytes: Int) throws -> Double {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: 1)
-        return try measure {
-            try socket.send(UnsafeRawBufferPointer(rebasing: buffer[0..<bytes]))
-            guard try socket.receive(into: buffer) == bytes else { throw ExitCode(1) }
-        }
+        return try measure { try rawExchange(socket, buffer, bytes: bytes) }
+    }
+
+    /// Sends `bytes` of `buffer` over `socket` and receives them back.
+    private func rawExchange(_ socket: UnixSocket, _ buffer: UnsafeMutableRawBufferPointer, bytes: Int) throws {
+        try socket.send(UnsafeRawBufferPointer(rebasing: buffer[0..<bytes]))
+        guard try socket.receive(into: buffer) == bytes else { throw ExitCode(1) }
     }
 
     /// Nanoseconds per request with `depth` asynchronous requests kept in flight.

@@ -4,6 +4,7 @@ import ModelessCommandLine
 import ModelessDevice
 import ModelessDrivers
 import ModelessMeasurement
+import ModelessModels
 import ModelessRuntime
 import ModelessServices
 import ModelessSystem
@@ -17,11 +18,16 @@ struct BenchNVMe: ParsableCommand {
             Reads random 4 KiB-aligned blocks of a namespace (--namespace N; default the first active one) with tagged asynchronous reads, keeping \
             DEPTH reads in flight (each completion submits the next), for SECONDS at each depth, and reports reads/s with the \
             latency percentiles p50, p99 and p99.9 (submission to completion handler, to within 1/32; --json gives the histograms). Compare with the kernel's driver on the \
-            same device with fio (scripts/bench/nvme-vs-kernel does both in one VM boot).
+            same device with fio (scripts/bench/nvme-vs-kernel does both in one VM boot). --model runs the \
+            driver on the NVMe device model in this process instead (a check of the benchmark itself, not \
+            a measurement of a device).
             """)
 
-    @Argument(help: "The NVMe controller, bound to vfio-pci.")
-    var device: String
+    @Argument(help: "The NVMe controller, bound to vfio-pci. Omit with --model.")
+    var device: String?
+
+    @Flag(help: "Run on the NVMe device model (a 4 MiB namespace in memory) instead of a device.")
+    var model = false
 
     @Option(help: "Execution mode: user or kernel-emulation.")
     var mode: ExecutionMode = .user
@@ -42,11 +48,17 @@ struct BenchNVMe: ParsableCommand {
 
     @OptionGroup var output: BenchOutputOptions
 
+    @OptionGroup var histogram: HistogramPictureOption
+
+    func validate() throws {
+        if model == (device != nil) { throw ValidationError("name an NVMe controller, or pass --model (not both)") }
+    }
+
     func run() throws {
         var results = BenchResults(benchmark: "nvme", parameters: [
-            "device": device, "mode": "\(mode)", "irq": "\(irq)", "seconds": "\(seconds)",
+            "device": device ?? "model", "mode": "\(mode)", "irq": "\(irq)", "seconds": "\(seconds)",
             "depths": depths.map(String.init).joined(separator: " "), "queues": queues.map(String.init) ?? "one per CPU", "namespace": namespaceOption.namespace.map(String.init) ?? "first active"])
-        try withBoundDevice(device, mode: mode) { _, access, runtime in
+        try withController { access, runtime in
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq, ioQueueLimit: queues)
             defer { controller.stop() }
             let namespace = try namespaceOption.select(on: controller)
@@ -69,7 +81,26 @@ struct BenchNVMe: ParsableCommand {
                             latency: load.latency.histogram)
             }
         }
+        try histogram.write(results, title: "NVMe 4 KiB random reads on \(device ?? "the NVMe model"), \(mode) mode, \(irq): submission to completion handler",
+                            text: output.text)
         try output.finish(results)
+    }
+
+    /// Runs `body` with the named controller (bound to vfio-pci) or the NVMe model, and a runtime in `mode`.
+    private func withController(_ body: (any DeviceAccess, any DriverRuntime) throws -> Void) throws {
+        guard model else { return try withBoundDevice(device!, mode: mode) { _, access, runtime in try body(access, runtime) } }
+        do {
+            let access = try ModeledDevice(NVMeModel(blocks: 8192))
+            defer { access.close() }
+            let runtime = try makeRuntime(mode)
+            defer { runtime.shutdown() }
+            try body(access, runtime)
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
     }
 
     private func measure(_ controller: NVMeController, _ load: RandomReadLoad, depth: Int) throws -> Double {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ModelessBus
 import ModelessCommandLine
+import ModelessServices
 
 extension UserModeDriver: ExpressibleByArgument {}
 extension DeviceClass: ExpressibleByArgument {}

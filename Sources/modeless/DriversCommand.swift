@@ -2,6 +2,7 @@ import ArgumentParser
 import ModelessBus
 import ModelessCommandLine
 import ModelessDrivers
+import ModelessServices
 
 struct Drivers: ParsableCommand {
     static let configuration = CommandConfiguration(

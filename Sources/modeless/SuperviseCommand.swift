@@ -21,10 +21,12 @@ struct Supervise: ParsableCommand {
     var config: String
 
     func run() throws {
-        let configuration = try SupervisorConfigurationFile.load(config)
+        let configuration: SupervisorConfiguration
+        do { configuration = try SupervisorConfigurationFile.load(config) } catch let error as ConfigurationFileError { throw ValidationError(error.description) }
         let logger: Logger
         do { logger = try CommandLogging.logger("modeless.supervisor") } catch { throw ValidationError("\(error)") }
-        let device = try SupervisorConfigurationFile.device(in: config)
+        let device: PCIAddress?
+        do { device = try SupervisorConfigurationFile.device(in: config) } catch let error as ConfigurationFileError { throw ValidationError(error.description) }
         TerminationSignals.block()
         // A device re-plugged while the instance waits is bound again by its persistent override (docs/supervision.md).
         let presence = device.map {

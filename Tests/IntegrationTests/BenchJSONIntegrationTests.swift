@@ -6,7 +6,7 @@ import Testing
 extension VM {
     /// `modeless bench nvme` and `bench e1000` with `--json` on the bench's devices: `modeless`
     /// runs `modeless-bench` beside it in the guest, standard output is the JSON alone, and each
-    /// NVMe queue depth carries the latency histogram of its reads.
+    /// NVMe queue depth carries the latency histogram of its reads, which `--histogram-svg` draws.
     @Suite("bench --json on the bench's devices")
     struct BenchJSONIntegrationTests {
         /// Runs `modeless ARGUMENTS` with standard error apart; returns the parsed standard output.
@@ -23,7 +23,9 @@ extension VM {
             let binder = PCIBinder()
             _ = try binder.bind(.address(nvme), to: .vfioPCI, force: true)
             defer { _ = try? binder.unbind(.address(nvme)) }
-            let root = try json(["bench", "nvme", nvme.description, "--depths", "1", "4", "--seconds", "1", "--json"])
+            let picture = "/tmp/bench-nvme-latency.svg"
+            unlink(picture)
+            let root = try json(["bench", "nvme", nvme.description, "--depths", "1", "4", "--seconds", "1", "--json", "--histogram-svg", picture])
             #expect(root["benchmark"] as? String == "nvme")
             let measurements = try #require(root["measurements"] as? [[String: Any]])
             #expect(measurements.count == 2)
@@ -37,6 +39,10 @@ extension VM {
                 #expect(count > 0 && Double(count) >= rate * 0.5, "\(count) reads timed at \(rate) reads/s")
                 let buckets = try #require(latency["buckets"] as? [[Int]])
                 #expect(buckets.reduce(0) { $0 + $1[2] } == count)
+                // --histogram-svg drew the same reads: a curve per depth, its legend with their count.
+                let svg = try String(contentsOfFile: picture, encoding: .utf8)
+                #expect(svg.hasPrefix("<svg ") && svg.hasSuffix("</svg>\n") && svg.ranges(of: "<polyline").count == 2)
+                #expect(svg.contains("depth \(Int(depth)): p50 ") && svg.contains(", n \(count)</text>"), "depth \(depth), \(count) reads")
             }
         }
 

@@ -1,10 +1,8 @@
 import ArgumentParser
-import ModelessBus
-import ModelessCommandLine
 import ModelessDevice
 import ModelessDrivers
 import ModelessRuntime
-import ModelessSystem
+import ModelessServices
 
 struct RunE1000: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -58,35 +56,15 @@ struct RunE1000: ParsableCommand {
         case "poll": interrupt = nil
         default: throw ValidationError("--irq must be intx, msi, msix, msix-one or poll, not \(irq)")
         }
-        let verifier = verification.makeVerifier()
-        try withBoundDevice(device, mode: mode, options: .init(allowUnisolatedDMA: allowUnisolatedDMA), verifier: verifier) { pci, access, runtime in
-            let driver = try E1000Driver(device: access, runtime: runtime, receive: interrupt.map { .interrupts($0) } ?? .pollingThread,
-                                         msixVectors: msixVectors)
-            defer { driver.stop() }
-            let responder = EchoResponder(mac: driver.macAddress, ip: address, runtime: runtime) { try driver.send($0) }
-            driver.onFrame = { responder.handle($0) }
-            let mac = driver.macAddress.map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: ":")
-            printLine("e1000 on \(access.backendName) \(pci), \(runtime.mode) mode, \(driver.interruptScheme.map { "\($0)" } ?? "poll"): MAC \(mac), answering on \(ip)")
-            let deadline = monotonicNanoseconds() + UInt64(seconds * 1e9)
-            while !driver.linkUp && driver.removal == nil && monotonicNanoseconds() < deadline { usleep(10_000) }
-            printLine("link:       \(driver.linkUp ? "up" : "down")")
-            var failed = false
-            if let peerAddress {
-                let answered = try responder.ping(peerAddress, count: count)
-                printLine("ping \(peer!): \(answered) of \(count) answered")
-                failed = answered != count
-            }
-            while driver.removal == nil && monotonicNanoseconds() < deadline { usleep(50_000) }
-            if let failure = driver.failure, failure.isDeviceRemoval { throw failure }
-            let stats = driver.statistics
-            printLine("answered:   \(responder.answeredARP) ARP requests, \(responder.answeredEchoes) echo requests")
-            printLine("frames:     \(stats.framesReceived) received (\(stats.bytesReceived) bytes), \(stats.framesSent) sent (\(stats.bytesSent) bytes)")
-            if failed { throw ExitCode(1) }
-        }
-        try verification.finish(verifier)
+        var configuration = E1000Run.Configuration(device: device, addressText: ip, address: address)
+        configuration.peer = peerAddress.map { (peer!, $0) }
+        configuration.count = count
+        configuration.seconds = seconds
+        configuration.mode = mode
+        configuration.interrupt = interrupt
+        configuration.msixVectors = msixVectors
+        configuration.allowUnisolatedDMA = allowUnisolatedDMA
+        configuration.verify = verification.verify
+        try hosting { try E1000Run(configuration, report: .console).run() }
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif

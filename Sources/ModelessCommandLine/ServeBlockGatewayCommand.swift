@@ -1,8 +1,7 @@
 import ArgumentParser
-import ModelessCommandLine
 import ModelessDrivers
-import ModelessLogical
 import ModelessRuntime
+import ModelessServices
 
 struct ServeBlockGateway: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,20 +38,10 @@ struct ServeBlockGateway: ParsableCommand {
     func run() throws {
         guard let address = EchoResponder.address(ip) else { throw ValidationError("--ip \(ip) is not an IPv4 address") }
         guard irq == "intx" || irq == "poll" else { throw ValidationError("--irq must be intx or poll, not \(irq)") }
-        TerminationSignals.block()
-        try withBoundDevice(self.address, mode: mode) { _, access, runtime in
-            let driver = try E1000Driver(device: access, runtime: runtime, interrupt: irq == "intx" ? .intx : nil)
-            defer { driver.stop() }
-            let responder = EchoResponder(mac: driver.macAddress, ip: address, runtime: runtime) { try driver.send($0) }
-            var gateway: NetworkBlockGateway?
-            defer { gateway?.stop() }
-            try options.serve(defaultContainer: "gateway", defaultDevice: "net0") { container in
-                let made = try NetworkBlockGateway(container: container, device: options.device ?? "net0", lower: of,
-                                                   ip: address, port: port, runtime: runtime) { try driver.send($0) }
-                gateway = made
-                driver.onFrame = { frame in if !made.handle(frame) { responder.handle(frame) } }
-                return made.handlers
-            }
-        }
+        var serving = BlockGatewayServing(device: self.address, address: address, lower: of, host: options.host)
+        serving.port = port
+        serving.mode = mode
+        serving.interrupt = irq == "intx" ? .intx : nil
+        try hosting { try serving.run() }
     }
 }

@@ -1,11 +1,8 @@
 import ArgumentParser
-import ModelessCommandLine
-import ModelessDevice
 import ModelessDrivers
 import ModelessLogical
-import ModelessModels
 import ModelessRuntime
-import ModelessSupervision
+import ModelessServices
 
 /// `modeless serve`: this process becomes a container providing a logical device (a memory disk,
 /// a partition, the NVMe driver per namespace or through ublk, the e1000 block gateway) until
@@ -35,61 +32,19 @@ struct ServeOptions: ParsableArguments {
 
     @OptionGroup var transport: TransportOptions
 
-    /// Starts the container, creates the device from `handlers`, prints where it is, and
-    /// serves until a termination signal. Started by `modeless supervise`, the process is one
-    /// instance of a service: its requests are recorded in its state file's ledger, and one sent
-    /// again after a failover is answered from a ledger if it was executed.
-    func serve(defaultContainer: String, defaultDevice: String = "blk0", _ makeHandlers: (LogicalContainer) throws -> LogicalDeviceHandlers) throws {
-        try serveDevices(defaultContainer: defaultContainer) { container in
-            [(device ?? defaultDevice, try makeHandlers(container))]
-        }
+    /// The host these options describe, reporting on the console.
+    var host: ProviderHost {
+        var configuration = ProviderHost.Configuration()
+        configuration.container = container
+        configuration.device = device
+        configuration.kernel = kernel
+        configuration.transport = transport.requestTransport
+        return ProviderHost(configuration, report: .console)
     }
 
-    /// Like ``serve(defaultContainer:defaultDevice:_:)``, for a provider of several devices:
-    /// `makeDevices` names each one (in the container) with its handlers.
-    func serveDevices(defaultContainer: String,
-                      _ makeDevices: (LogicalContainer) throws -> [(name: String, handlers: LogicalDeviceHandlers)]) throws {
-        TerminationSignals.block()
-        let instance: SupervisedInstance?
-        do { instance = try SupervisedInstance.fromEnvironment() } catch {
-            printError("\(error)")
-            throw ExitCode(1)
-        }
-        if let instance {
-            printLine("instance \(instance.name), start \(instance.start), state \(instance.state.path)")
-            if !instance.interruptedRequests.isEmpty {
-                printLine("the previous instance died with \(instance.interruptedRequests.count) request(s) in flight: "
-                          + instance.interruptedRequests.map { String($0, radix: 16) }.joined(separator: " "))
-            }
-        }
-        let logical: LogicalContainer
-        do {
-            // The server's log lines (MODELESS_LOG_LEVEL=debug shows every connection).
-            let logger = try CommandLogging.logger("modeless.container")
-            logical = kernel
-                ? try LogicalContainer.kernelEmulation(transport: transport.requestTransport, logger: logger)
-                : try LogicalContainer(name: container ?? defaultContainer, transport: transport.requestTransport, logger: logger)
-        } catch let error as LoggingSetupError {
-            printError("\(error)")
-            throw ExitCode(64)
-        } catch let error as LogicalDeviceError {
-            printError("\(error)")
-            throw ExitCode(error.kind == .invalidName ? 64 : 1)
-        } catch {
-            printError("\(error)")
-            throw ExitCode(1)
-        }
-        defer { logical.shutdown() }
-        do {
-            for (device, handlers) in try makeDevices(logical) {
-                let name = try logical.createDevice(device, handlers: instance?.guarding(handlers) ?? handlers)
-                printLine("serving \(name) (pid \(getpid()))")
-            }
-        } catch {
-            printError("\(error)")
-            throw ExitCode(1)
-        }
-        TerminationSignals.wait()
+    /// Serves the device `makeHandlers` makes until a termination signal (``ProviderHost``).
+    func serve(defaultContainer: String, defaultDevice: String = "blk0", _ makeHandlers: (LogicalContainer) throws -> LogicalDeviceHandlers) throws {
+        try hosting { try host.serve(defaultContainer: defaultContainer, defaultDevice: defaultDevice, makeHandlers) }
     }
 }
 
@@ -182,46 +137,12 @@ struct ServeNVMe: ParsableCommand {
     }
 
     func run() throws {
-        if ublk { return try runUblk(UblkOptions(queues: ublkQueues, queueDepth: queueDepth, recovery: !noRecovery)) }
-        TerminationSignals.block()
-        if let model {
-            try withModeledNVMe(backingFile: model, blocks: modelBlocks) { access, runtime in
-                let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
-                defer { controller.stop() }
-                try serveNamespaces(of: controller)
-            }
-            return
-        }
-        try withBoundDevice(address!, mode: mode) { _, access, runtime in
-            let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
-            defer { controller.stop() }
-            // Removed: requests already fail with deviceRemoved; end serving and release the device.
-            controller.onRemoval { _ in kill(getpid(), SIGTERM) }
-            try serveNamespaces(of: controller)
-            if let failure = controller.failure, failure.isDeviceRemoval { throw failure }
-        }
+        var serving = NVMeServing(address: address, model: model, host: options.host)
+        serving.modelBlocks = modelBlocks
+        serving.namespace = namespaceOption.namespace
+        serving.mode = mode
+        serving.irq = irq
+        if ublk { serving.ublk = (ublkQueues, queueDepth, !noRecovery) }
+        try hosting { try serving.run() }
     }
 }
-
-extension ServeNVMe {
-    /// Runs `body` with the NVMe model (its namespace in `backingFile`) and a runtime in this
-    /// command's mode.
-    func withModeledNVMe(backingFile: String, blocks: Int, _ body: (any DeviceAccess, any DriverRuntime) throws -> Void) throws {
-        do {
-            let access = try ModeledDevice(try NVMeModel(blocks: blocks, serialNumber: "model-nvme0", backingFile: backingFile))
-            defer { access.close() }
-            let runtime = try makeRuntime(mode)
-            defer { runtime.shutdown() }
-            try body(access, runtime)
-        } catch let exit as ExitCode {
-            throw exit
-        } catch {
-            printError("\(error)")
-            throw ExitCode(1)
-        }
-    }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -1,5 +1,3 @@
-import ArgumentParser
-import ModelessCommandLine
 import ModelessLogical
 import ModelessSystem
 
@@ -7,18 +5,23 @@ import ModelessSystem
 /// standard transport and in a second one (`CONTAINER-nospin`) whose shared-memory waits do
 /// not spin, and, in the same process, a raw socket that answers each message with itself
 /// (the baseline).
-struct ServeBenchPeer: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench-peer", abstract: "The peer process of `modeless bench logical` (an echo device and a raw echo socket).",
-        shouldDisplay: false)
+package struct BenchPeerServing: HostedWork {
+    /// The container served from (and `CONTAINER-nospin`).
+    package var container: String
+    /// Where the raw ping-pong listens.
+    package var rawSocket: String
+    /// Where serving reports.
+    package var report: HostReport
 
-    @Option(help: "The container to serve from.")
-    var container: String
+    /// The peer serving `container` and `rawSocket`, reporting to `report`.
+    package init(container: String, rawSocket: String, report: HostReport) {
+        self.container = container
+        self.rawSocket = rawSocket
+        self.report = report
+    }
 
-    @Option(name: .customLong("raw-socket"), help: "Where to listen for the raw ping-pong.")
-    var rawSocket: String
-
-    func run() throws {
+    /// Serves until SIGINT or SIGTERM.
+    package func run() throws {
         TerminationSignals.block()
         let logical = try LogicalContainer(name: container)
         defer { logical.shutdown() }
@@ -47,6 +50,7 @@ package enum EchoDevice {
     /// The handlers of an echo device.
     package static let handlers = LogicalDeviceHandlers(request: { context in try echo(context.block) })
 
+    /// Copies `block`'s input to its output.
     @inline(never)
     package static func echo(_ block: ParameterBlock) throws {
         try block.output.copy(from: block.input, count: block.input.length)

@@ -1,5 +1,3 @@
-import ArgumentParser
-import ModelessCommandLine
 import ModelessLogical
 import ModelessSystem
 import ModelessUblk
@@ -9,50 +7,38 @@ import Glibc
 #endif
 
 /// `modeless export CONTAINER/DEVICE --ublk`: a logical block device served to the kernel as
-/// `/dev/ublkbN` (docs/kernel-interfaces.md).
-package struct Export: ParsableCommand {
-    package static let configuration = CommandConfiguration(
-        abstract: "Export a logical block device to the Linux kernel as a block device, until SIGINT or SIGTERM.",
-        discussion: """
-            With --ublk the device becomes /dev/ublkbN through the kernel's ublk driver (`modprobe ublk_drv`, \
-            Linux 6.0 or later; needs root). Prints `exported DEVICE as /dev/ublkbN ...` once the block device \
-            exists; on SIGINT or SIGTERM removes it and exits. With user recovery (the default), an export \
-            killed while serving leaves /dev/ublkbN waiting, and the next export of the same device takes it \
-            over (under `modeless supervise`, the replacement instance). Exit codes: 64 bad arguments, 66 no such \
-            device, 69 ublk driver not loaded, 75 already exported, 76 the kernel refused, 77 not permitted.
-            """)
+/// `/dev/ublkbN` (docs/kernel-interfaces.md) until SIGINT or SIGTERM. With user recovery, an
+/// export killed while serving leaves the block device waiting, and the next export of the same
+/// device takes it over.
+package struct LogicalExport: HostedWork {
+    /// The logical block device, container/device.
+    package var device: String
+    /// Queues (at most one per CPU is used).
+    package var queues = SystemThread.cpuCount
+    /// Requests in flight per queue, 1-4096.
+    package var queueDepth = 64
+    /// Whether to ask for UBLK_F_USER_RECOVERY.
+    package var recovery = true
+    /// The supervised instance's name: the container this process's requests come from, and
+    /// the ready line starts with `serving`; nil for a plain export.
+    package var container: String?
+    /// When the command was entered (CLOCK_MONOTONIC, ns), for a recovery's timing.
+    package var entered: UInt64
+    /// Where the export reports.
+    package var report: HostReport
 
-    @Argument(help: "The logical block device, container/device (as `modeless devices` lists it).")
-    var device: String
-
-    @Flag(help: "Export through ublk (the only way so far).")
-    var ublk = false
-
-    @Option(help: "Queues (at most one per CPU is used).")
-    var queues = SystemThread.cpuCount
-
-    @Option(name: .customLong("queue-depth"), help: "Requests in flight per queue, 1-4096.")
-    var queueDepth = 64
-
-    @Flag(name: .customLong("no-recovery"), help: "Do not ask for UBLK_F_USER_RECOVERY: the device fails at once if this process dies.")
-    var noRecovery = false
-
-    @Option(help: ArgumentHelp(
-        "Run as instance NAME of `modeless supervise` (which gives this option): NAME is the container this process's requests come from, and the ready line starts with `serving`, the line the supervisor waits for.",
-        valueName: "NAME"))
-    var container: String?
-
-    package func validate() throws {
-        if !ublk { throw ValidationError("say how to export: --ublk") }
-        if let container {
-            do { try LogicalDeviceName.validate(container, what: "container") } catch { throw ValidationError("--container \(container): \(error)") }
-        }
+    /// The export of `device`, entered at `entered`, reporting to `report`.
+    package init(device: String, entered: UInt64, report: HostReport) {
+        self.device = device
+        self.entered = entered
+        self.report = report
     }
 
+    /// Exports the device, reports the ready line, serves until SIGINT or SIGTERM, then removes
+    /// the block device. A refusal ends with its documented code (``exitCode(_:)``).
     package func run() throws {
-        let entered = monotonicNanoseconds()
         TerminationSignals.block()
-        let configuration = UblkConfiguration(queues: queues, queueDepth: queueDepth, userRecovery: !noRecovery)
+        let configuration = UblkConfiguration(queues: queues, queueDepth: queueDepth, userRecovery: recovery)
         let export: UblkExport
         let origin: RecoverableExport.Origin
         let claim: ExportLock
@@ -80,10 +66,10 @@ package struct Export: ParsableCommand {
             }
         } catch let error as UblkError {
             printError(error.message)
-            throw ExitCode(Self.exitCode(error.kind))
+            throw HostExit(Self.exitCode(error.kind))
         } catch {
             printError("\(error)")
-            throw ExitCode(64)
+            throw HostExit(64)
         }
         if export.features.contains(.userRecovery) {
             // A failure only makes a recovery slower: said, not fatal.
@@ -110,10 +96,11 @@ package struct Export: ParsableCommand {
         claim.release()
         let failed = export.failedRequests
         printLine("stopped \(export.blockDevicePath); \(failed.count) request(s) failed\(failed.last.map { " (last: \($0))" } ?? "")")
-        if status != 0 { throw ExitCode(status) }
+        if status != 0 { throw HostExit(status) }
     }
 
-    static func exitCode(_ kind: UblkError.Kind) -> Int32 {
+    /// The documented exit code of a ublk refusal of `kind` (docs/cli.md).
+    package static func exitCode(_ kind: UblkError.Kind) -> Int32 {
         switch kind {
         case .invalidArgument: 64
         case .noSuchDevice: 66
@@ -124,6 +111,4 @@ package struct Export: ParsableCommand {
         case .system: 1
         }
     }
-
-    package init() {}
 }
