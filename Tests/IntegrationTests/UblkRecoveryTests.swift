@@ -169,6 +169,8 @@ extension VM {
                     }
                     #expect(serving.contains("recovered"), "kill \(kill): the replacement recovered the device: \(serving)")
                     #expect(UblkNVMeTests.blockDevice(in: serving) == device, "\(serving)")
+                    // The standby held the VFIO descriptors its predecessor handed over, and adopted them.
+                    #expect(!Self.standby || serving.contains("(the device adopted in"), "kill \(kill): the standby opened the controller anew: \(serving)")
                     pid = next
                     stalls.append(stall)
                     let startup = Self.entered(in: serving).map { Int(($0 - Double(start) / 1e6).rounded()) }

@@ -46,7 +46,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     private let lifetime: MappingLifetime
     private let barMappings: [(UnsafeMutableRawPointer, Int)]
     let state: Mutex<State>
-
+    /// Whether this device adopted descriptors a predecessor handed over (``VFIOHandover``)
+    /// rather than opening the device.
+    public private(set) var adopted = false
 
     struct State: @unchecked Sendable {
         var isOpen = true
@@ -78,20 +80,79 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             throw DeviceError(.notBound, address,
                               "is bound to \(device.driver ?? "no driver"), not vfio-pci: run `sudo modeless bind \(address) --to vfio-pci`")
         }
+        if let handed = VFIOHandover.take(address) {
+            var owned = false
+            do throws(DeviceError) {
+                guard handed.group == group else {
+                    throw DeviceError(.system, address, "the handed-over descriptors are of IOMMU group \(handed.group), the device is in group \(group) now")
+                }
+                try self.init(address, adopting: handed, owned: &owned, options: options, system: system)
+                return
+            } catch {
+                // The standby's fallback: the device opened anew, as without a handover.
+                VFIOHandover.refuse(address, error.message)
+                if !owned { handed.close() }
+                _ = VFIOGroupRelease.wait(for: address, seconds: 10, bus: bus)
+            }
+        }
         try self.init(address, group: group, options: options, system: system)
     }
 
+    /// Adopts the descriptors another process opened the device with (``VFIOHandover``):
+    /// checks the container and group, re-reads the regions and interrupts, and makes the
+    /// device quiet and its address space empty (bus mastering off, then every IOMMU mapping
+    /// the previous holder left removed), so that the driver starts as on a fresh open,
+    /// without vfio-pci's enable and function reset. `owned` tells whether the descriptors are
+    /// this device's (closed with it, also when a later step failed) or still the caller's.
+    convenience init(_ address: PCIAddress, adopting handed: VFIODescriptors, owned: inout Bool, options: Options = Options(),
+                     system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
+        let container = try VFIOContainer(adopting: handed.container, groupFD: handed.groupFD, group: handed.group,
+                                          device: address, system: system)
+        do {
+            try self.init(address, container: container, deviceFD: handed.device, options: options, system: system)
+        } catch {
+            container.abandon()
+            throw error
+        }
+        owned = true
+        do throws(DeviceError) {
+            try config.setCommand(.busMaster, false)
+            do { try container.unmapAll() } catch { throw DeviceError(error, address) }
+        } catch {
+            close()
+            throw error
+        }
+        adopted = true
+    }
+
+    /// The descriptors to hand to a successor (``VFIOHandoverServer``). From then on closing
+    /// this device does not detach its group from the container, which the successor holds.
+    public func handoverDescriptors() throws(DeviceError) -> VFIODescriptors {
+        try checkOpen()
+        container.isShared = true
+        return VFIODescriptors(address: address, group: container.group, container: container.containerFD,
+                               groupFD: container.groupFD, device: deviceFD)
+    }
+
     /// Opens the function at `address` through VFIO group `group`.
-    public init(_ address: PCIAddress, group: Int, options: Options = Options(),
+    public convenience init(_ address: PCIAddress, group: Int, options: Options = Options(),
                 system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
+        let container = try VFIOContainer(group: group, device: address, system: system)
+        try self.init(address, container: container, deviceFD: nil, options: options, system: system)
+    }
+
+    /// Opens the device through `container` (or takes `deviceFD`, already open), maps its
+    /// BARs and reads its regions and interrupts. On failure closes the device and the container,
+    /// except an adopted `deviceFD`, which the caller still owns.
+    private init(_ address: PCIAddress, container: VFIOContainer, deviceFD adoptedFD: Int32?, options: Options,
+                 system: any SystemCalls) throws(DeviceError) {
         self.address = address
         self.system = system
-        let container = try VFIOContainer(group: group, device: address, system: system)
-        var deviceFD: Int32 = -1
+        var deviceFD: Int32 = adoptedFD ?? -1
         var mappings: [(UnsafeMutableRawPointer, Int)] = []
         let lifetime = MappingLifetime()
         do throws(DeviceError) {
-            deviceFD = try container.openDevice(address)
+            if adoptedFD == nil { deviceFD = try container.openDevice(address) }
             var info = vfio_device_info()
             info.argsz = UInt32(MemoryLayout<vfio_device_info>.size)
             do {
@@ -139,8 +200,10 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         } catch {
             lifetime.end()
             for (base, size) in mappings { _ = system.munmap(base, size) }
-            if deviceFD >= 0 { _ = system.close(deviceFD) }
-            container.close()
+            if adoptedFD == nil {
+                if deviceFD >= 0 { _ = system.close(deviceFD) }
+                container.close()
+            }
             throw error
         }
         self.deviceFD = deviceFD
