@@ -89,6 +89,7 @@ extension ServeNVMe {
             defer { controller.stop() }
             let export = try startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, entered: entered, opened: opened)
             claim.record("ublk \(export.deviceID) as \(export.blockDevicePath) by process \(getpid())")
+            Self.releasePredecessorMappings(access)
             TerminationSignals.wait()
             var status: Int32 = 0
             do { try export.stop() } catch {

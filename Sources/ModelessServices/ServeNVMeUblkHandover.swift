@@ -47,4 +47,18 @@ extension ServeNVMe {
             return nil
         }
     }
+
+    /// Once an adopted device serves: removes the IOMMU mappings of the dead predecessor's DMA
+    /// memory (it was left mapped while the standby took over, so that unmapping it, which
+    /// locks the container, held up nothing) and says how long that took.
+    static func releasePredecessorMappings(_ access: any DeviceAccess) {
+        guard let device = access as? VFIODevice else { return }
+        do {
+            if let took = try device.releasePredecessorMappings() {
+                printLine("released the previous process's DMA mappings in \(fixed(Double(took) / 1e6, 1)) ms")
+            }
+        } catch {
+            printError("could not release the previous process's DMA mappings: \(error.message) (they go when the device is closed)")
+        }
+    }
 }

@@ -112,6 +112,17 @@ final class VFIOContainer: @unchecked Sendable {
         }
     }
 
+    /// Removes every IOMMU mapping that lies inside `range` (each mapping lies wholly inside
+    /// or wholly outside it: a process maps within its own window).
+    func unmap(range: Range<UInt64>) throws(SystemError) {
+        var unmap = vfio_iommu_type1_dma_unmap()
+        unmap.argsz = UInt32(MemoryLayout<vfio_iommu_type1_dma_unmap>.size)
+        unmap.iova = range.lowerBound
+        unmap.size = range.byteCount
+        _ = try system.ioctl(containerFD, modeless_VFIO_IOMMU_UNMAP_DMA, &unmap, "VFIO_IOMMU_UNMAP_DMA",
+                             "iova 0x\(String(range.lowerBound, radix: 16)) size 0x\(String(range.byteCount, radix: 16))")
+    }
+
     /// Opens the device fd for `device`.
     func openDevice(_ device: PCIAddress) throws(DeviceError) -> Int32 {
         var name = Array(device.description.utf8CString)

@@ -53,6 +53,11 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     struct State: @unchecked Sendable {
         var isOpen = true
         var allocator: IOVAAllocator
+        /// The device addresses this process maps DMA in (all below the DMA limit at first;
+        /// half of them once the device is handed over, the other half for the successor).
+        var window: Range<UInt64>
+        /// The window an adopted device's predecessor mapped in, until ``VFIODevice/releasePredecessorMappings()``.
+        var predecessorWindow: Range<UInt64>?
         var buffers: [UInt64: DMARecord] = [:]
         var interrupts: (kind: InterruptKind, notifiers: [EventNotifier])?
         /// INTx's unmask request, built when INTx was enabled; invalidated when it is disabled.
@@ -115,14 +120,54 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             throw error
         }
         owned = true
+        let whole = state.withLock { $0.window }
+        let (own, predecessor) = Self.windows(whole: whole, predecessor: handed.window)
         do throws(DeviceError) {
             try config.setCommand(.busMaster, false)
-            do { try container.unmapAll() } catch { throw DeviceError(error, address) }
+            do throws(SystemError) {
+                if let predecessor {
+                    // Usually empty: unless a predecessor two handovers back died before
+                    // releasing its mappings, which this window held.
+                    try container.unmap(range: own)
+                    state.withLock { $0.predecessorWindow = predecessor }
+                } else {
+                    try container.unmapAll()
+                }
+            } catch { throw DeviceError(error, address) }
         } catch {
             close()
             throw error
         }
+        state.withLock {
+            $0.allocator = IOVAAllocator(start: own.lowerBound, limit: own.upperBound)
+            $0.window = own
+        }
         adopted = true
+    }
+
+    /// Where an adopted device maps its DMA: the larger part of `whole` that the predecessor's
+    /// window leaves free, with that window to release later; or, when the predecessor's window
+    /// leaves less than a quarter of `whole`, the lower half of it, every mapping removed first
+    /// (nil: nothing to release later).
+    static func windows(whole: Range<UInt64>, predecessor: Range<UInt64>) -> (own: Range<UInt64>, predecessor: Range<UInt64>?) {
+        let below = whole.lowerBound..<max(whole.lowerBound, min(whole.upperBound, predecessor.lowerBound))
+        let above = min(whole.upperBound, max(whole.lowerBound, predecessor.upperBound))..<whole.upperBound
+        let larger = below.byteCount >= above.byteCount ? below : above
+        if larger.byteCount >= whole.byteCount / 4 { return (larger, predecessor) }
+        return (whole.lowerBound..<(whole.lowerBound + whole.byteCount / 2), nil)
+    }
+
+    /// Removes the IOMMU mappings the predecessor of an adopted device left in its window
+    /// (unpinning its memory): once this process serves, since the container is locked while
+    /// the kernel unmaps, which would hold up this process's own mappings. Returns how long it
+    /// took, or nil when there is nothing to release.
+    public func releasePredecessorMappings() throws(DeviceError) -> UInt64? {
+        try checkOpen()
+        guard let window = state.withLock({ $0.predecessorWindow }) else { return nil }
+        let start = monotonicNanoseconds()
+        do { try container.unmap(range: window) } catch { throw DeviceError(error, address) }
+        state.withLock { $0.predecessorWindow = nil }
+        return monotonicNanoseconds() - start
     }
 
     /// The descriptors to hand to a successor (``VFIOHandoverServer``). From then on closing
@@ -130,8 +175,19 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     public func handoverDescriptors() throws(DeviceError) -> VFIODescriptors {
         try checkOpen()
         container.isShared = true
+        // A device that maps in every address keeps to the lower half from now on (when none
+        // of its buffers is above it), so that a successor can map in the upper half.
+        let window = state.withLock { state in
+            let whole = state.window
+            let half = whole.lowerBound..<(whole.lowerBound + whole.byteCount / 2)
+            if state.predecessorWindow == nil, !adopted, state.buffers.allSatisfy({ $0.key + UInt64($0.value.length) <= half.upperBound }) {
+                state.allocator.restrict(to: half)
+                state.window = half
+            }
+            return state.window
+        }
         return VFIODescriptors(address: address, group: container.group, container: container.containerFD,
-                               groupFD: container.groupFD, device: deviceFD)
+                               groupFD: container.groupFD, device: deviceFD, window: window)
     }
 
     /// Opens the function at `address` through VFIO group `group`.
@@ -210,7 +266,8 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         self.container = container
         self.lifetime = lifetime
         self.barMappings = mappings
-        state = Mutex(State(allocator: IOVAAllocator(addressBits: options.dmaAddressBits)))
+        let allocator = IOVAAllocator(addressBits: options.dmaAddressBits)
+        state = Mutex(State(allocator: allocator, window: allocator.free[0]))
     }
 
     deinit { close() }

@@ -21,14 +21,18 @@ public struct VFIODescriptors: Sendable, Equatable {
     public var groupFD: Int32
     /// The device (`VFIO_GROUP_GET_DEVICE_FD`).
     public var device: Int32
+    /// The device addresses (IOVAs) the holder maps its DMA buffers in: the successor maps its
+    /// own elsewhere and removes these mappings once it serves.
+    public var window: Range<UInt64>
 
-    /// Descriptors of `address` in group `group`.
-    public init(address: PCIAddress, group: Int, container: Int32, groupFD: Int32, device: Int32) {
+    /// Descriptors of `address` in group `group`, whose holder maps DMA in `window`.
+    public init(address: PCIAddress, group: Int, container: Int32, groupFD: Int32, device: Int32, window: Range<UInt64>) {
         self.address = address
         self.group = group
         self.container = container
         self.groupFD = groupFD
         self.device = device
+        self.window = window
     }
 
     /// Closes the three descriptors (those that are open).
@@ -38,7 +42,8 @@ public struct VFIODescriptors: Sendable, Equatable {
 }
 
 /// One message of the handover: which descriptor it carries, for which device and group.
-/// Text (`modeless-vfio-handover 1 ROLE ADDRESS GROUP`), one per descriptor, so that a
+/// Text (`modeless-vfio-handover 1 ROLE ADDRESS GROUP LOW-HIGH`, the holder's IOVA window in
+/// hexadecimal), one per descriptor, so that a
 /// receiver can check each descriptor's role and device before it keeps any.
 struct VFIOHandoverMessage: Equatable {
     /// Which of the three descriptors a message carries, in the order they are sent.
@@ -54,13 +59,16 @@ struct VFIOHandoverMessage: Equatable {
     var role: Role
     var address: PCIAddress
     var group: Int
+    var window: Range<UInt64>
 
-    var text: String { "\(Self.magic) \(Self.version) \(role.rawValue) \(address) \(group)" }
+    var text: String {
+        "\(Self.magic) \(Self.version) \(role.rawValue) \(address) \(group) \(String(window.lowerBound, radix: 16))-\(String(window.upperBound, radix: 16))"
+    }
 
     /// Parses a message; nil, with the reason in `why`, for anything else.
     static func parse(_ text: String, why: inout String) -> VFIOHandoverMessage? {
         let words = text.split(separator: " ")
-        guard words.count == 5, words[0] == Self.magic else {
+        guard words.count == 6, words[0] == Self.magic else {
             why = "not a VFIO handover message: \"\(text.prefix(80))\""
             return nil
         }
@@ -80,7 +88,12 @@ struct VFIOHandoverMessage: Equatable {
             why = "bad IOMMU group \"\(words[4])\""
             return nil
         }
-        return VFIOHandoverMessage(role: role, address: address, group: group)
+        let bounds = words[5].split(separator: "-").compactMap { UInt64($0, radix: 16) }
+        guard bounds.count == 2, bounds[0] < bounds[1] else {
+            why = "bad IOVA window \"\(words[5])\""
+            return nil
+        }
+        return VFIOHandoverMessage(role: role, address: address, group: group, window: bounds[0]..<bounds[1])
     }
 }
 
@@ -136,6 +149,7 @@ public enum VFIOHandover {
             throw DeviceError(.system, address, "\(error)")
         }
         var received: [VFIOHandoverMessage.Role: Int32] = [:]
+        var window: Range<UInt64> = 0..<1
         func closeAll() { received.values.forEach { _ = Glibc.close($0) } }
         for role in VFIOHandoverMessage.Role.allCases {
             var buffer = [UInt8](repeating: 0, count: VFIOHandoverMessage.capacity)
@@ -163,6 +177,11 @@ public enum VFIOHandover {
                 closeAll()
                 throw DeviceError(.system, address, "handover from \(path): \(why)")
             }
+            if role != .container, message.window != window {
+                closeAll()
+                throw DeviceError(.system, address, "handover from \(path): the \(role.rawValue) message names IOVA window \(message.window), the container's was \(window)")
+            }
+            window = message.window
             guard message.role == role, message.address == address, message.group == group else {
                 closeAll()
                 throw DeviceError(.system, address, "handover from \(path) offers the \(message.role.rawValue) of \(message.address) in group \(message.group), "
@@ -180,7 +199,7 @@ public enum VFIOHandover {
             }
         }
         return VFIODescriptors(address: address, group: group, container: received[.container]!,
-                               groupFD: received[.group]!, device: received[.device]!)
+                               groupFD: received[.group]!, device: received[.device]!, window: window)
     }
 }
 
@@ -221,7 +240,8 @@ public final class VFIOHandoverServer: @unchecked Sendable {
                         case .group: descriptors.groupFD
                         case .device: descriptors.device
                         }
-                        let text = VFIOHandoverMessage(role: role, address: descriptors.address, group: descriptors.group).text
+                        let text = VFIOHandoverMessage(role: role, address: descriptors.address, group: descriptors.group,
+                                                       window: descriptors.window).text
                         let bytes = Array(text.utf8)
                         do {
                             try bytes.withUnsafeBytes { raw in try connection.send(raw, attaching: fd) }
