@@ -111,6 +111,16 @@ extension VM {
                     supervisor.signal(SIGTERM)
                     #expect(UblkExportTests.exitStatus(supervisor, within: 180) == 0, "\(log.joined(separator: "\n"))")
                     #expect(UblkExportTests.ublkDevices() == before, "stopping the service removed the device")
+                    // Nothing holds the controller afterwards: not the last server, not the
+                    // standby that held the descriptors handed to it.
+                    if let group = try? PCIBus().device(at: nvme).iommuGroup {
+                        var released = false
+                        for _ in 0..<250 where !released {
+                            let fd = open("/dev/vfio/\(group)", O_RDWR | O_CLOEXEC)
+                            if fd >= 0 { close(fd); released = true } else { usleep(20_000) }
+                        }
+                        #expect(released, "stopping the service released the controller's VFIO group /dev/vfio/\(group)")
+                    }
                 }
                 guard let first = Self.nextServing(supervisor, &log), var pid = Self.pid(in: first),
                       let device = UblkNVMeTests.blockDevice(in: first) else {

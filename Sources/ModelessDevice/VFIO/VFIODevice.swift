@@ -49,6 +49,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// Whether this device adopted descriptors a predecessor handed over (``VFIOHandover``)
     /// rather than opening the device.
     public private(set) var adopted = false
+    /// When the device was ready (opened or adopted), CLOCK_MONOTONIC nanoseconds: for timing
+    /// a takeover's steps.
+    public private(set) var readyAt: UInt64 = 0
 
     struct State: @unchecked Sendable {
         var isOpen = true
@@ -143,6 +146,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             $0.window = own
         }
         adopted = true
+        readyAt = monotonicNanoseconds()
     }
 
     /// Where an adopted device maps its DMA: the larger part of `whole` that the predecessor's
@@ -268,6 +272,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         self.barMappings = mappings
         let allocator = IOVAAllocator(addressBits: options.dmaAddressBits)
         state = Mutex(State(allocator: allocator, window: allocator.free[0]))
+        readyAt = monotonicNanoseconds()
     }
 
     deinit { close() }
