@@ -52,6 +52,8 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// When the device was ready (opened or adopted), CLOCK_MONOTONIC nanoseconds: for timing
     /// a takeover's steps.
     public private(set) var readyAt: UInt64 = 0
+    /// How long an adoption's steps took (empty for a device opened anew).
+    public private(set) var adoptionSteps = ""
 
     struct State: @unchecked Sendable {
         var isOpen = true
@@ -114,6 +116,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// this device's (closed with it, also when a later step failed) or still the caller's.
     convenience init(_ address: PCIAddress, adopting handed: VFIODescriptors, owned: inout Bool, options: Options = Options(),
                      system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
+        let begun = monotonicNanoseconds()
         let container = try VFIOContainer(adopting: handed.container, groupFD: handed.groupFD, group: handed.group,
                                           device: address, system: system)
         do {
@@ -123,10 +126,13 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             throw error
         }
         owned = true
+        let described = monotonicNanoseconds()
         let whole = state.withLock { $0.window }
         let (own, predecessor) = Self.windows(whole: whole, predecessor: handed.window)
+        var quiet: UInt64 = 0
         do throws(DeviceError) {
             try config.setCommand(.busMaster, false)
+            quiet = monotonicNanoseconds()
             do throws(SystemError) {
                 if let predecessor {
                     // Usually empty: unless a predecessor two handovers back died before
@@ -147,6 +153,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         }
         adopted = true
         readyAt = monotonicNanoseconds()
+        func ms(_ nanoseconds: UInt64) -> String { String(Double(nanoseconds / 100_000) / 10) }
+        adoptionSteps = "regions and interrupts \(ms(described - begun)) ms, bus mastering off \(ms(quiet - described)) ms, "
+            + "\(predecessor == nil ? "every mapping removed" : "own window cleared") \(ms(readyAt - quiet)) ms"
     }
 
     /// Where an adopted device maps its DMA: the larger part of `whole` that the predecessor's
