@@ -84,13 +84,12 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// Opens the function at `address`, which must be bound to vfio-pci.
     public convenience init(_ address: PCIAddress, options: Options = Options(),
                             bus: PCIBus = PCIBus(), system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
-        let device: PCIDevice
-        do { device = try bus.device(at: address) } catch { throw DeviceError(.notBound, address, error.message) }
-        guard device.driver == UserModeDriver.vfioPCI.rawValue, let group = device.iommuGroup else {
-            throw DeviceError(.notBound, address,
-                              "is bound to \(device.driver ?? "no driver"), not vfio-pci: run `sudo modeless bind \(address) --to vfio-pci`")
-        }
-        if let handed = VFIOHandover.take(address) {
+        // Descriptors handed over: the driver and group links are all to check (the full
+        // sysfs read below takes tens of ms in the VM, on the takeover's path).
+        let functionPath = bus.path(of: address)
+        if FileAccess.linkTargetName(functionPath + "/driver") == UserModeDriver.vfioPCI.rawValue,
+           let group = FileAccess.linkTargetName(functionPath + "/iommu_group").flatMap({ Int($0) }),
+           let handed = VFIOHandover.take(address) {
             var owned = false
             do throws(DeviceError) {
                 guard handed.group == group else {
@@ -104,6 +103,13 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
                 if !owned { handed.close() }
                 _ = VFIOGroupRelease.wait(for: address, seconds: 10, bus: bus)
             }
+        }
+        VFIOHandover.withdraw(address)  // offered for a function no longer bound to vfio-pci: useless
+        let device: PCIDevice
+        do { device = try bus.device(at: address) } catch { throw DeviceError(.notBound, address, error.message) }
+        guard device.driver == UserModeDriver.vfioPCI.rawValue, let group = device.iommuGroup else {
+            throw DeviceError(.notBound, address,
+                              "is bound to \(device.driver ?? "no driver"), not vfio-pci: run `sudo modeless bind \(address) --to vfio-pci`")
         }
         try self.init(address, group: group, options: options, system: system)
     }
