@@ -120,8 +120,8 @@ extension ServeNVMe {
                 func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
                 printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
                           + "in \(ms(done - started)) ms after the controller was up in \(ms(started - entered)) ms "
-                          + "(the device \((controller.device as? VFIODevice)?.adopted == true ? "adopted" : "opened") in \(ms(opened - entered)) ms"
-                          + "\((controller.device as? VFIODevice).map { $0.readyAt > entered && $0.readyAt <= opened ? " (the VFIO device ready at \(ms($0.readyAt - entered)) ms\($0.adoptionSteps.isEmpty ? "" : ": " + $0.adoptionSteps), the runtime after it)" : "" } ?? ""), the controller reset and set up in \(ms(started - opened)) ms; entered at monotonic \(ms(entered)) ms; "
+                          + "(\(Self.deviceTiming(controller.device, entered: entered, opened: opened)), the controller reset and set up in \(ms(started - opened)) ms; "
+                          + "entered at monotonic \(ms(entered)) ms; "
                           + "controller steps: \(controller.startSteps); "
                           + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); "
                           + "\(export.recoverySteps.map { "recovery steps: \($0); " } ?? "")pid \(getpid()))")

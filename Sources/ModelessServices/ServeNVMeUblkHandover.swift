@@ -61,4 +61,18 @@ extension ServeNVMe {
             printError("could not release the previous process's DMA mappings: \(error.message) (they go when the device is closed)")
         }
     }
+
+    /// How the device was taken for a recovery line: `the device adopted in X ms (the VFIO
+    /// device ready at Y ms: its steps, the runtime after it)`, or `opened` for a device
+    /// opened anew; times from `entered` (the command's start, or the standby's claim).
+    static func deviceTiming(_ access: any DeviceAccess, entered: UInt64, opened: UInt64) -> String {
+        func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
+        guard let device = access as? VFIODevice else { return "the device open in \(ms(opened - entered)) ms" }
+        var text = "the device \(device.adopted ? "adopted" : "opened") in \(ms(opened - entered)) ms"
+        if device.readyAt > entered, device.readyAt <= opened {
+            text += " (the VFIO device ready at \(ms(device.readyAt - entered)) ms"
+                + (device.adoptionSteps.isEmpty ? "" : ": " + device.adoptionSteps) + ", the runtime after it)"
+        }
+        return text
+    }
 }

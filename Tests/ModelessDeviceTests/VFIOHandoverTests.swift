@@ -6,7 +6,7 @@ import Testing
 
 /// Handing an open VFIO device to a successor: adoption against the in-process VFIO kernel,
 /// and the receiving side's checks against a socket that offers the wrong descriptors.
-@Suite struct VFIOHandoverTests {
+@Suite(.serialized) struct VFIOHandoverTests {
     /// The descriptors of this process that are open now (from /proc/self/fd).
     static func openDescriptors() -> Set<String> {
         Set(((try? FileAccess.listDirectory("/proc/self/fd")) ?? []).compactMap { try? FileAccess.readLink("/proc/self/fd/\($0)") }
@@ -181,5 +181,81 @@ import Testing
         #expect(VFIOHandover.take(address) == nil)
         VFIODescriptors(address: address, group: 1, container: d, groupFD: e, device: f, window: 1..<2).close()
         #expect(fcntl(d, F_GETFD) == -1)
+    }
+
+    /// A sysfs with one function whose driver and IOMMU group links say vfio-pci and group `group`.
+    static func sysfs(group: Int) throws -> String {
+        var template = Array("/tmp/modeless-handover-sysfs-XXXXXX".utf8CString)
+        let root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        let function = "\(root)/bus/pci/devices/\(eduAddress)"
+        try FileAccess.createDirectories(function)
+        try FileAccess.createDirectories("\(root)/bus/pci/drivers/vfio-pci")
+        try FileAccess.createDirectories("\(root)/kernel/iommu_groups/\(group)")
+        #expect(symlink("\(root)/bus/pci/drivers/vfio-pci", "\(function)/driver") == 0)
+        #expect(symlink("\(root)/kernel/iommu_groups/\(group)", "\(function)/iommu_group") == 0)
+        return root
+    }
+
+    @Test func openingAHandedOverFunctionAdoptsItsDescriptors() throws {
+        let root = try Self.sysfs(group: 3)
+        defer { _ = try? ProgramRunner.run("/bin/rm", ["-rf", root]) }
+        let kernel = FakeVFIOKernel()
+        let first = try openEdu(kernel)
+        VFIOHandover.offer(try first.handoverDescriptors())
+        let opensBefore = kernel.calls.filter { $0.hasPrefix("open ") }.count
+        let second = try VFIODevice(eduAddress, bus: PCIBus(sysfsRoot: root), system: kernel)
+        #expect(second.adopted && !second.adoptionSteps.isEmpty)
+        #expect(kernel.calls.filter { $0.hasPrefix("open ") }.count == opensBefore)
+        #expect(!VFIOHandover.isOffered(eduAddress) && VFIOHandover.refusal(for: eduAddress) == nil)
+        second.close()
+    }
+
+    @Test func descriptorsOfAnotherGroupAreClosedWithAClearReason() throws {
+        let root = try Self.sysfs(group: 3)
+        defer { _ = try? ProgramRunner.run("/bin/rm", ["-rf", root]) }
+        let kernel = FakeVFIOKernel()
+        let first = try openEdu(kernel)
+        var handed = try first.handoverDescriptors()
+        handed.group = 9
+        VFIOHandover.offer(handed)
+        // The fallback opens the function anew, which this sysfs cannot describe fully.
+        #expect(throws: DeviceError.self) { _ = try VFIODevice(eduAddress, bus: PCIBus(sysfsRoot: root), system: kernel) }
+        #expect(VFIOHandover.refusal(for: eduAddress)?.contains("descriptors are of IOMMU group 9, the device is in group 3") == true)
+        #expect(kernel.openDescriptors.isEmpty, "the refused descriptors were closed")
+        #expect(!VFIOHandover.isOffered(eduAddress))
+    }
+
+    @Test func theServerHandsTheSameOpenFilesToEveryConnectionUntilStopped() throws {
+        var ends: [[Int32]] = []
+        for _ in 0..<3 {
+            var pair: [Int32] = [0, 0]
+            try #require(pipe(&pair) == 0)
+            ends.append(pair)
+        }
+        defer { ends.joined().forEach { close($0) } }
+        let window: Range<UInt64> = 0x10_0000..<0x40_0000_0000
+        let offered = VFIODescriptors(address: eduAddress, group: 3, container: ends[0][0], groupFD: ends[1][0], device: ends[2][0], window: window)
+        let path = Self.socketPath("server")
+        try FileAccess.replaceFile(path, with: Array("stale".utf8))  // a file left by a server that died: replaced
+        let server = try VFIOHandoverServer(descriptors: offered, path: path)
+        func pipeName(_ fd: Int32) -> String { (try? FileAccess.readLink("/proc/self/fd/\(fd)")) ?? "?" }
+        for round in 1...2 {
+            let received = try VFIOHandover.receive(from: path, address: eduAddress, group: 3) { role in
+                pipeName(role == .container ? ends[0][0] : role == .group ? ends[1][0] : ends[2][0])
+            }
+            defer { received.close() }
+            #expect(received.window == window)
+            #expect(received.container != ends[0][0], "a copy, not the server's own descriptor")
+            // The same open pipe: what goes in at the server's write end comes out of the copy.
+            var byte = UInt8(round)
+            #expect(write(ends[2][1], &byte, 1) == 1)
+            var read: UInt8 = 0
+            #expect(Glibc.read(received.device, &read, 1) == 1 && read == UInt8(round))
+        }
+        #expect(server.handedOver == 2)
+        server.stop()
+        #expect(!FileAccess.exists(path), "stopping removes the socket")
+        #expect(throws: DeviceError.self) { _ = try VFIOHandover.receive(from: path, address: eduAddress, group: 3) }
+        for fd in ends.joined() { #expect(fcntl(fd, F_GETFD) != -1, "the server leaves its owner's descriptors open") }
     }
 }

@@ -100,7 +100,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             } catch {
                 // The standby's fallback: the device opened anew, as without a handover.
                 VFIOHandover.refuse(address, error.message)
-                if !owned { handed.close() }
+                if !owned { handed.close(system) }
                 _ = VFIOGroupRelease.wait(for: address, seconds: 10, bus: bus)
             }
         }
@@ -115,10 +115,12 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     }
 
     /// Adopts the descriptors another process opened the device with (``VFIOHandover``):
-    /// checks the container and group, re-reads the regions and interrupts, and makes the
-    /// device quiet and its address space empty (bus mastering off, then every IOMMU mapping
-    /// the previous holder left removed), so that the driver starts as on a fresh open,
-    /// without vfio-pci's enable and function reset. `owned` tells whether the descriptors are
+    /// checks the container and group, re-reads the regions and interrupts, turns bus
+    /// mastering off (the device may still be running its dead holder's queues), and maps its
+    /// own DMA in the part of the address space the holder did not use (``windows(whole:predecessor:)``),
+    /// cleared first; the holder's mappings stay until ``releasePredecessorMappings()``. The
+    /// driver then starts as on a fresh open, without vfio-pci's enable and function reset.
+    /// `owned` tells whether the descriptors are
     /// this device's (closed with it, also when a later step failed) or still the caller's.
     convenience init(_ address: PCIAddress, adopting handed: VFIODescriptors, owned: inout Bool, options: Options = Options(),
                      system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {

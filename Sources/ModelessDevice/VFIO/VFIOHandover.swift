@@ -39,6 +39,11 @@ public struct VFIODescriptors: Sendable, Equatable {
     public func close() {
         for fd in [device, groupFD, container] where fd >= 0 { _ = Glibc.close(fd) }
     }
+
+    /// Closes the three descriptors through `system`.
+    func close(_ system: any SystemCalls) {
+        for fd in [device, groupFD, container] where fd >= 0 { _ = system.close(fd) }
+    }
 }
 
 /// One message of the handover: which descriptor it carries, for which device and group.
@@ -135,6 +140,19 @@ public enum VFIOHandover {
     /// (in IOMMU group `group`). Every descriptor is checked (role, device, group, and that it
     /// is the VFIO file it claims to be); on any failure every descriptor received is closed.
     public static func receive(from path: String, address: PCIAddress, group: Int) throws(DeviceError) -> VFIODescriptors {
+        try receive(from: path, address: address, group: group) { role in
+            switch role {
+            case .container: "/dev/vfio/vfio"
+            case .group: "/dev/vfio/\(group)"
+            case .device: "anon_inode:[vfio-device]"
+            }
+        }
+    }
+
+    /// ``receive(from:address:group:)`` with the file each role's descriptor must be (as
+    /// `/proc/self/fd` names it) given by `expected`.
+    static func receive(from path: String, address: PCIAddress, group: Int,
+                        expected: (VFIOHandoverMessage.Role) -> String) throws(DeviceError) -> VFIODescriptors {
         let socket: UnixSocket
         do { socket = try UnixSocket.connect(to: path) } catch {
             throw DeviceError(error, address)
@@ -187,15 +205,10 @@ public enum VFIOHandover {
                 throw DeviceError(.system, address, "handover from \(path) offers the \(message.role.rawValue) of \(message.address) in group \(message.group), "
                                   + "expected the \(role.rawValue) of \(address) in group \(group)")
             }
-            let expected = switch role {
-            case .container: "/dev/vfio/vfio"
-            case .group: "/dev/vfio/\(group)"
-            case .device: "anon_inode:[vfio-device]"
-            }
             let target = try? FileAccess.readLink("/proc/self/fd/\(fd)")
-            guard target == expected else {
+            guard target == expected(role) else {
                 closeAll()
-                throw DeviceError(.system, address, "handover from \(path): the \(role.rawValue) descriptor is \(target ?? "unreadable"), expected \(expected)")
+                throw DeviceError(.system, address, "handover from \(path): the \(role.rawValue) descriptor is \(target ?? "unreadable"), expected \(expected(role))")
             }
         }
         return VFIODescriptors(address: address, group: group, container: received[.container]!,
@@ -219,13 +232,18 @@ public final class VFIOHandoverServer: @unchecked Sendable {
 
     /// Listens at `path` (a stale socket file there, left by a process that died, is
     /// removed first) and hands `device`'s descriptors to every connection.
-    public init(device: VFIODevice, path: String) throws(DeviceError) {
+    public convenience init(device: VFIODevice, path: String) throws(DeviceError) {
+        try self.init(descriptors: try device.handoverDescriptors(), path: path)
+    }
+
+    /// Listens at `path` and hands copies of `descriptors` (which the caller keeps open while
+    /// this serves) to every connection.
+    init(descriptors: VFIODescriptors, path: String) throws(DeviceError) {
         self.path = path
-        let descriptors = try device.handoverDescriptors()
         if unlink(path) != 0, errno != ENOENT {
-            throw DeviceError(.system, device.address, "cannot remove the stale handover socket \(path): \(String(cString: strerror(errno)))")
+            throw DeviceError(.system, descriptors.address, "cannot remove the stale handover socket \(path): \(String(cString: strerror(errno)))")
         }
-        do { listener = try UnixSocket.listen(at: path, backlog: 4) } catch { throw DeviceError(error, device.address) }
+        do { listener = try UnixSocket.listen(at: path, backlog: 4) } catch { throw DeviceError(error, descriptors.address) }
         let listener = listener
         let served = served
         do {
@@ -256,7 +274,7 @@ public final class VFIOHandoverServer: @unchecked Sendable {
         } catch {
             listener.close()
             _ = unlink(path)
-            throw DeviceError(error, device.address)
+            throw DeviceError(error, descriptors.address)
         }
     }
 
