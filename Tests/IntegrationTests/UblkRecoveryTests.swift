@@ -19,7 +19,10 @@ extension VM {
     ///
     /// By default the supervisor keeps a warm standby (`"standby": true`) and each kill comes
     /// once the standby waits; `MODELESS_UBLK_STANDBY=0` measures the plain restart instead
-    /// (no back-off either way: `restartMaxDelaySeconds` 0).
+    /// (no back-off either way: `restartMaxDelaySeconds` 0). With the standby, each replacement
+    /// must have adopted the VFIO descriptors its predecessor handed over (not reopened the
+    /// controller), and once the supervisor has stopped, the controller's VFIO group must open
+    /// again (no process, standby included, still holds it).
     @Suite(
         "ublk: recovery of the NVMe driver under a mounted file system",
         .enabled(if: FileAccess.exists(UblkInterface.controlPath),
