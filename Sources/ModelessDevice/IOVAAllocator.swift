@@ -34,6 +34,15 @@ public struct IOVAAllocator: Sendable {
         return nil
     }
 
+    /// Gives up every free address outside `window` (addresses already handed out stay
+    /// valid and are returned as usual).
+    public mutating func restrict(to window: Range<UInt64>) {
+        free = free.compactMap { range in
+            let clamped = range.clamped(to: window)
+            return clamped.isEmpty ? nil : clamped
+        }
+    }
+
     /// Returns a range handed out by ``allocate(size:alignment:)``.
     public mutating func release(_ address: UInt64, size: UInt64) {
         var range = address..<(address + size)
@@ -51,4 +60,9 @@ public struct IOVAAllocator: Sendable {
         }
         free.replaceSubrange(lower..<upper, with: [range])
     }
+}
+
+extension Range where Bound == UInt64 {
+    /// How many addresses the range holds (`count` would overflow `Int` for the widest ranges).
+    var byteCount: UInt64 { upperBound - lowerBound }
 }

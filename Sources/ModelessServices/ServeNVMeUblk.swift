@@ -52,14 +52,17 @@ extension NVMeServing {
             do { pci = try PCIBus().resolve(try DeviceSelector(parsing: address)).address } catch { throw fail(error) }
             if standby {
                 let reserved = Self.reserveBuffers(for: ExportLock.record(of: "nvme+\(pci)"))
-                printLine("standby for \(pci): waiting for the serving process to end (\(reserved / 1_048_576) MiB of DMA memory faulted in ahead; pid \(getpid()))")
+                let handover = Self.receiveHandover(pci)
+                printLine("standby for \(pci): waiting for the serving process to end (\(reserved / 1_048_576) MiB of DMA memory faulted in ahead; \(handover); pid \(getpid()))")
                 claim = try ExportLock(waitingFor: "nvme+\(pci)", what: "NVMe controller \(pci)")
                 TerminationSignals.block()
                 let claimed = monotonicNanoseconds()
                 _ = claim.waitForPreviousProcess(seconds: 10)
                 let gone = monotonicNanoseconds()
-                // The kernel may release the dead process's VFIO group a moment after the process ended.
-                let group = VFIOGroupRelease.wait(for: pci, seconds: 10).map { fixed(Double($0) / 1e6, 1) + " ms" } ?? "still busy after 10 s"
+                // The kernel may release the dead process's VFIO group a moment after the process
+                // ended; with the descriptors handed over, the group never closed.
+                let group = VFIOHandover.isOffered(pci) ? "not waited for (held)"
+                    : VFIOGroupRelease.wait(for: pci, seconds: 10).map { fixed(Double($0) / 1e6, 1) + " ms" } ?? "still busy after 10 s"
                 printLine("standby for \(pci): claimed at monotonic \(fixed(Double(claimed) / 1e6, 1)) ms, "
                           + "the previous process gone \(fixed(Double(gone - claimed) / 1e6, 1)) ms later, its VFIO group free \(group) after that")
                 entered = monotonicNanoseconds()
@@ -75,10 +78,16 @@ extension NVMeServing {
         defer { claim.release(keepingRecord: true) }
         try withBoundDevice(pci.description, mode: mode) { _, access, runtime in
             let opened = monotonicNanoseconds()
+            if let refusal = VFIOHandover.refusal(for: pci) {
+                printError("the handed-over VFIO descriptors of \(pci) were not adopted (\(refusal)); the device was opened anew")
+            }
+            let handover = Self.serveHandover(access, pci)
+            defer { handover?.stop() }
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
             let export = try startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, entered: entered, opened: opened)
             claim.record("ublk \(export.deviceID) as \(export.blockDevicePath) by process \(getpid())")
+            Self.releasePredecessorMappings(access)
             TerminationSignals.wait()
             var status: Int32 = 0
             do { try export.stop() } catch {
@@ -109,7 +118,9 @@ extension NVMeServing {
                 func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
                 printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
                           + "in \(ms(done - started)) ms after the controller was up in \(ms(started - entered)) ms "
-                          + "(the device open in \(ms(opened - entered)) ms, the controller reset and set up in \(ms(started - opened)) ms; entered at monotonic \(ms(entered)) ms; "
+                          + "(\(Self.deviceTiming(controller.device, entered: entered, opened: opened)), the controller reset and set up in \(ms(started - opened)) ms; "
+                          + "entered at monotonic \(ms(entered)) ms; "
+                          + "controller steps: \(controller.startSteps); "
                           + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); "
                           + "\(export.recoverySteps.map { "recovery steps: \($0); " } ?? "")pid \(getpid()))")
                 return export

@@ -19,7 +19,10 @@ extension VM {
     ///
     /// By default the supervisor keeps a warm standby (`"standby": true`) and each kill comes
     /// once the standby waits; `MODELESS_UBLK_STANDBY=0` measures the plain restart instead
-    /// (no back-off either way: `restartMaxDelaySeconds` 0).
+    /// (no back-off either way: `restartMaxDelaySeconds` 0). With the standby, each replacement
+    /// must have adopted the VFIO descriptors its predecessor handed over (not reopened the
+    /// controller), and once the supervisor has stopped, the controller's VFIO group must open
+    /// again (no process, standby included, still holds it).
     @Suite(
         "ublk: recovery of the NVMe driver under a mounted file system",
         .enabled(if: FileAccess.exists(UblkInterface.controlPath),
@@ -111,6 +114,16 @@ extension VM {
                     supervisor.signal(SIGTERM)
                     #expect(UblkExportTests.exitStatus(supervisor, within: 180) == 0, "\(log.joined(separator: "\n"))")
                     #expect(UblkExportTests.ublkDevices() == before, "stopping the service removed the device")
+                    // Nothing holds the controller afterwards: not the last server, not the
+                    // standby that held the descriptors handed to it.
+                    if let group = try? PCIBus().device(at: nvme).iommuGroup {
+                        var released = false
+                        for _ in 0..<250 where !released {
+                            let fd = open("/dev/vfio/\(group)", O_RDWR | O_CLOEXEC)
+                            if fd >= 0 { close(fd); released = true } else { usleep(20_000) }
+                        }
+                        #expect(released, "stopping the service released the controller's VFIO group /dev/vfio/\(group)")
+                    }
                 }
                 guard let first = Self.nextServing(supervisor, &log), var pid = Self.pid(in: first),
                       let device = UblkNVMeTests.blockDevice(in: first) else {
@@ -169,6 +182,8 @@ extension VM {
                     }
                     #expect(serving.contains("recovered"), "kill \(kill): the replacement recovered the device: \(serving)")
                     #expect(UblkNVMeTests.blockDevice(in: serving) == device, "\(serving)")
+                    // The standby held the VFIO descriptors its predecessor handed over, and adopted them.
+                    #expect(!Self.standby || serving.contains("(the device adopted in"), "kill \(kill): the standby opened the controller anew: \(serving)")
                     pid = next
                     stalls.append(stall)
                     let startup = Self.entered(in: serving).map { Int(($0 - Double(start) / 1e6).rounded()) }

@@ -19,6 +19,8 @@ final class FakeVFIOKernel: SystemCalls, @unchecked Sendable {
         var eventfds: Set<Int32> = []
         var failures: [String: Errno] = [:]
         var groupViable = true
+        /// Whether the group is attached to a container (VFIO_GROUP_FLAGS_CONTAINER_SET).
+        var containerSet = false
         /// Whether the device offers the request interrupt (VFIO_PCI_REQ_IRQ_INDEX), as vfio-pci does.
         var requestInterruptOffered = true
         var config = [UInt8](repeating: 0, count: 256)
@@ -47,6 +49,9 @@ final class FakeVFIOKernel: SystemCalls, @unchecked Sendable {
     /// Eventfds created through this kernel and not yet closed.
     var openEventfds: Int { state.withLock { $0.eventfds.count } }
     func setGroupViable(_ viable: Bool) { state.withLock { $0.groupViable = viable } }
+    func setContainerSet(_ set: Bool) { state.withLock { $0.containerSet = set } }
+    /// Maps an IOVA range as another process would have (for adoption tests).
+    func mapForeign(iova: UInt64, size: UInt64) { state.withLock { $0.iommu[iova] = size } }
 
     private func isFake(_ fd: Int32) -> Bool { fd >= 900_000 }
 
@@ -109,11 +114,21 @@ final class FakeVFIOKernel: SystemCalls, @unchecked Sendable {
         switch request {
         case modeless_VFIO_GROUP_GET_STATUS:
             if failing("VFIO_GROUP_GET_STATUS") { return -1 }
-            let viable = state.withLock { $0.groupViable }
-            argument.storeBytes(of: viable ? UInt32(VFIO_GROUP_FLAGS_VIABLE) : 0, toByteOffset: 4, as: UInt32.self)
+            let (viable, attached) = state.withLock { ($0.groupViable, $0.containerSet) }
+            argument.storeBytes(of: (viable ? UInt32(VFIO_GROUP_FLAGS_VIABLE) : 0) | (attached ? UInt32(VFIO_GROUP_FLAGS_CONTAINER_SET) : 0),
+                                toByteOffset: 4, as: UInt32.self)
             return 0
-        case modeless_VFIO_GROUP_SET_CONTAINER: return failing("VFIO_GROUP_SET_CONTAINER") ? -1 : 0
-        case modeless_VFIO_GROUP_UNSET_CONTAINER: return failing("VFIO_GROUP_UNSET_CONTAINER") ? -1 : 0
+        case modeless_VFIO_GROUP_SET_CONTAINER:
+            if failing("VFIO_GROUP_SET_CONTAINER") { return -1 }
+            state.withLock { $0.containerSet = true }
+            return 0
+        case modeless_VFIO_GROUP_UNSET_CONTAINER:
+            if failing("VFIO_GROUP_UNSET_CONTAINER") { return -1 }
+            state.withLock { $0.containerSet = false }
+            return 0
+        case modeless_VFIO_IOMMU_GET_INFO:
+            if failing("VFIO_IOMMU_GET_INFO") { return -1 }
+            return state.withLock { $0.containerSet } ? 0 : error(.invalidArgument)
         case modeless_VFIO_GROUP_GET_DEVICE_FD:
             if failing("VFIO_GROUP_GET_DEVICE_FD") { return -1 }
             return state.withLock { state in
@@ -176,7 +191,18 @@ final class FakeVFIOKernel: SystemCalls, @unchecked Sendable {
         case modeless_VFIO_IOMMU_UNMAP_DMA:
             if failing("VFIO_IOMMU_UNMAP_DMA") { return -1 }
             let unmap = argument.load(as: vfio_iommu_type1_dma_unmap.self)
-            return state.withLock { $0.iommu.removeValue(forKey: unmap.iova) } == nil ? error(.invalidArgument) : 0
+            if unmap.flags & UInt32(VFIO_DMA_UNMAP_FLAG_ALL) != 0 {
+                state.withLock { $0.iommu.removeAll() }
+                return 0
+            }
+            // Like type-1 v2: every mapping wholly inside the range goes; one cut by it is an error.
+            let end = unmap.iova + unmap.size
+            return state.withLock { state in
+                let cut = state.iommu.contains { $0.key < end && $0.key + $0.value > unmap.iova && ($0.key < unmap.iova || $0.key + $0.value > end) }
+                if cut { return false }
+                state.iommu = state.iommu.filter { !($0.key >= unmap.iova && $0.key + $0.value <= end) }
+                return true
+            } ? 0 : error(.invalidArgument)
         default:
             return error(.invalidArgument)
         }

@@ -46,11 +46,23 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     private let lifetime: MappingLifetime
     private let barMappings: [(UnsafeMutableRawPointer, Int)]
     let state: Mutex<State>
-
+    /// Whether this device adopted descriptors a predecessor handed over (``VFIOHandover``)
+    /// rather than opening the device.
+    public private(set) var adopted = false
+    /// When the device was ready (opened or adopted), CLOCK_MONOTONIC nanoseconds: for timing
+    /// a takeover's steps.
+    public private(set) var readyAt: UInt64 = 0
+    /// How long an adoption's steps took (empty for a device opened anew).
+    public private(set) var adoptionSteps = ""
 
     struct State: @unchecked Sendable {
         var isOpen = true
         var allocator: IOVAAllocator
+        /// The device addresses this process maps DMA in (all below the DMA limit at first;
+        /// half of them once the device is handed over, the other half for the successor).
+        var window: Range<UInt64>
+        /// The window an adopted device's predecessor mapped in, until ``VFIODevice/releasePredecessorMappings()``.
+        var predecessorWindow: Range<UInt64>?
         var buffers: [UInt64: DMARecord] = [:]
         var interrupts: (kind: InterruptKind, notifiers: [EventNotifier])?
         /// INTx's unmask request, built when INTx was enabled; invalidated when it is disabled.
@@ -72,6 +84,27 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// Opens the function at `address`, which must be bound to vfio-pci.
     public convenience init(_ address: PCIAddress, options: Options = Options(),
                             bus: PCIBus = PCIBus(), system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
+        // Descriptors handed over: the driver and group links are all to check (the full
+        // sysfs read below takes tens of ms in the VM, on the takeover's path).
+        let functionPath = bus.path(of: address)
+        if FileAccess.linkTargetName(functionPath + "/driver") == UserModeDriver.vfioPCI.rawValue,
+           let group = FileAccess.linkTargetName(functionPath + "/iommu_group").flatMap({ Int($0) }),
+           let handed = VFIOHandover.take(address) {
+            var owned = false
+            do throws(DeviceError) {
+                guard handed.group == group else {
+                    throw DeviceError(.system, address, "the handed-over descriptors are of IOMMU group \(handed.group), the device is in group \(group) now")
+                }
+                try self.init(address, adopting: handed, owned: &owned, options: options, system: system)
+                return
+            } catch {
+                // The standby's fallback: the device opened anew, as without a handover.
+                VFIOHandover.refuse(address, error.message)
+                if !owned { handed.close(system) }
+                _ = VFIOGroupRelease.wait(for: address, seconds: 10, bus: bus)
+            }
+        }
+        VFIOHandover.withdraw(address)  // offered for a function no longer bound to vfio-pci: useless
         let device: PCIDevice
         do { device = try bus.device(at: address) } catch { throw DeviceError(.notBound, address, error.message) }
         guard device.driver == UserModeDriver.vfioPCI.rawValue, let group = device.iommuGroup else {
@@ -81,17 +114,122 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         try self.init(address, group: group, options: options, system: system)
     }
 
+    /// Adopts the descriptors another process opened the device with (``VFIOHandover``):
+    /// checks the container and group, re-reads the regions and interrupts, turns bus
+    /// mastering off (the device may still be running its dead holder's queues), and maps its
+    /// own DMA in the part of the address space the holder did not use (``windows(whole:predecessor:)``),
+    /// cleared first; the holder's mappings stay until ``releasePredecessorMappings()``. The
+    /// driver then starts as on a fresh open, without vfio-pci's enable and function reset.
+    /// `owned` tells whether the descriptors are
+    /// this device's (closed with it, also when a later step failed) or still the caller's.
+    convenience init(_ address: PCIAddress, adopting handed: VFIODescriptors, owned: inout Bool, options: Options = Options(),
+                     system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
+        let begun = monotonicNanoseconds()
+        let container = try VFIOContainer(adopting: handed.container, groupFD: handed.groupFD, group: handed.group,
+                                          device: address, system: system)
+        do {
+            try self.init(address, container: container, deviceFD: handed.device, options: options, system: system)
+        } catch {
+            container.abandon()
+            throw error
+        }
+        owned = true
+        let described = monotonicNanoseconds()
+        let whole = state.withLock { $0.window }
+        let (own, predecessor) = Self.windows(whole: whole, predecessor: handed.window)
+        var quiet: UInt64 = 0
+        do throws(DeviceError) {
+            try config.setCommand(.busMaster, false)
+            quiet = monotonicNanoseconds()
+            do throws(SystemError) {
+                if let predecessor {
+                    // Usually empty: unless a predecessor two handovers back died before
+                    // releasing its mappings, which this window held.
+                    try container.unmap(range: own)
+                    state.withLock { $0.predecessorWindow = predecessor }
+                } else {
+                    try container.unmapAll()
+                }
+            } catch { throw DeviceError(error, address) }
+        } catch {
+            close()
+            throw error
+        }
+        state.withLock {
+            $0.allocator = IOVAAllocator(start: own.lowerBound, limit: own.upperBound)
+            $0.window = own
+        }
+        adopted = true
+        readyAt = monotonicNanoseconds()
+        func ms(_ nanoseconds: UInt64) -> String { String(Double(nanoseconds / 100_000) / 10) }
+        adoptionSteps = "regions and interrupts \(ms(described - begun)) ms, bus mastering off \(ms(quiet - described)) ms, "
+            + "\(predecessor == nil ? "every mapping removed" : "own window cleared") \(ms(readyAt - quiet)) ms"
+    }
+
+    /// Where an adopted device maps its DMA: the larger part of `whole` that the predecessor's
+    /// window leaves free, with that window to release later; or, when the predecessor's window
+    /// leaves less than a quarter of `whole`, the lower half of it, every mapping removed first
+    /// (nil: nothing to release later).
+    static func windows(whole: Range<UInt64>, predecessor: Range<UInt64>) -> (own: Range<UInt64>, predecessor: Range<UInt64>?) {
+        let below = whole.lowerBound..<max(whole.lowerBound, min(whole.upperBound, predecessor.lowerBound))
+        let above = min(whole.upperBound, max(whole.lowerBound, predecessor.upperBound))..<whole.upperBound
+        let larger = below.byteCount >= above.byteCount ? below : above
+        if larger.byteCount >= whole.byteCount / 4 { return (larger, predecessor) }
+        return (whole.lowerBound..<(whole.lowerBound + whole.byteCount / 2), nil)
+    }
+
+    /// Removes the IOMMU mappings the predecessor of an adopted device left in its window
+    /// (unpinning its memory): once this process serves, since the container is locked while
+    /// the kernel unmaps, which would hold up this process's own mappings. Returns how long it
+    /// took, or nil when there is nothing to release.
+    public func releasePredecessorMappings() throws(DeviceError) -> UInt64? {
+        try checkOpen()
+        guard let window = state.withLock({ $0.predecessorWindow }) else { return nil }
+        let start = monotonicNanoseconds()
+        do { try container.unmap(range: window) } catch { throw DeviceError(error, address) }
+        state.withLock { $0.predecessorWindow = nil }
+        return monotonicNanoseconds() - start
+    }
+
+    /// The descriptors to hand to a successor (``VFIOHandoverServer``). From then on closing
+    /// this device does not detach its group from the container, which the successor holds.
+    public func handoverDescriptors() throws(DeviceError) -> VFIODescriptors {
+        try checkOpen()
+        container.isShared = true
+        // A device that maps in every address keeps to the lower half from now on (when none
+        // of its buffers is above it), so that a successor can map in the upper half.
+        let window = state.withLock { state in
+            let whole = state.window
+            let half = whole.lowerBound..<(whole.lowerBound + whole.byteCount / 2)
+            if state.predecessorWindow == nil, !adopted, state.buffers.allSatisfy({ $0.key + UInt64($0.value.length) <= half.upperBound }) {
+                state.allocator.restrict(to: half)
+                state.window = half
+            }
+            return state.window
+        }
+        return VFIODescriptors(address: address, group: container.group, container: container.containerFD,
+                               groupFD: container.groupFD, device: deviceFD, window: window)
+    }
+
     /// Opens the function at `address` through VFIO group `group`.
-    public init(_ address: PCIAddress, group: Int, options: Options = Options(),
+    public convenience init(_ address: PCIAddress, group: Int, options: Options = Options(),
                 system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
+        let container = try VFIOContainer(group: group, device: address, system: system)
+        try self.init(address, container: container, deviceFD: nil, options: options, system: system)
+    }
+
+    /// Opens the device through `container` (or takes `deviceFD`, already open), maps its
+    /// BARs and reads its regions and interrupts. On failure closes the device and the container,
+    /// except an adopted `deviceFD`, which the caller still owns.
+    private init(_ address: PCIAddress, container: VFIOContainer, deviceFD adoptedFD: Int32?, options: Options,
+                 system: any SystemCalls) throws(DeviceError) {
         self.address = address
         self.system = system
-        let container = try VFIOContainer(group: group, device: address, system: system)
-        var deviceFD: Int32 = -1
+        var deviceFD: Int32 = adoptedFD ?? -1
         var mappings: [(UnsafeMutableRawPointer, Int)] = []
         let lifetime = MappingLifetime()
         do throws(DeviceError) {
-            deviceFD = try container.openDevice(address)
+            if adoptedFD == nil { deviceFD = try container.openDevice(address) }
             var info = vfio_device_info()
             info.argsz = UInt32(MemoryLayout<vfio_device_info>.size)
             do {
@@ -139,15 +277,19 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         } catch {
             lifetime.end()
             for (base, size) in mappings { _ = system.munmap(base, size) }
-            if deviceFD >= 0 { _ = system.close(deviceFD) }
-            container.close()
+            if adoptedFD == nil {
+                if deviceFD >= 0 { _ = system.close(deviceFD) }
+                container.close()
+            }
             throw error
         }
         self.deviceFD = deviceFD
         self.container = container
         self.lifetime = lifetime
         self.barMappings = mappings
-        state = Mutex(State(allocator: IOVAAllocator(addressBits: options.dmaAddressBits)))
+        let allocator = IOVAAllocator(addressBits: options.dmaAddressBits)
+        state = Mutex(State(allocator: allocator, window: allocator.free[0]))
+        readyAt = monotonicNanoseconds()
     }
 
     deinit { close() }

@@ -16,8 +16,18 @@ extension VFIODevice {
         var notifiers: [EventNotifier] = []
         do {
             for _ in 0..<count { notifiers.append(try EventNotifier(system: system)) }
-            try setIRQs(kind, flags: UInt32(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER),
-                        start: 0, count: UInt32(count), fds: notifiers.map(\.fd))
+            do {
+                try setIRQs(kind, flags: UInt32(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER),
+                            start: 0, count: UInt32(count), fds: notifiers.map(\.fd))
+            } catch where adopted {
+                // An adopted device keeps the interrupts its previous holder enabled: the same
+                // kind and count take the new eventfds at once; anything else is disabled first.
+                for other in InterruptKind.allCases where vectorCount(other) > 0 {
+                    try? setIRQs(other, flags: UInt32(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER), start: 0, count: 0, fds: [])
+                }
+                try setIRQs(kind, flags: UInt32(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER),
+                            start: 0, count: UInt32(count), fds: notifiers.map(\.fd))
+            }
         } catch {
             notifiers.forEach { $0.close() }
             throw DeviceError(error, address)

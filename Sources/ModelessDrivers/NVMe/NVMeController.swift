@@ -86,6 +86,18 @@ public final class NVMeController: @unchecked Sendable {
     public private(set) var identity: Identity!
     /// The largest transfer this driver issues: MDTS, the PRP list page and the bounce buffer bound it.
     public private(set) var maximumTransfer = 128 * 1024
+    /// How long each step of the start took, in order (`reset 3.1 ms, buffers 12.0 ms, ...`):
+    /// for timing a takeover.
+    public private(set) var startSteps = ""
+    private var stepStart: UInt64 = 0
+    private func step(_ name: String) {
+        let now = monotonicNanoseconds()
+        startSteps += Self.stepText(name, now - stepStart, first: startSteps.isEmpty)
+        stepStart = now
+    }
+    private static func stepText(_ name: String, _ nanoseconds: UInt64, first: Bool) -> String {
+        (first ? "" : ", ") + name + " " + String(Double(nanoseconds / 100_000) / 10) + " ms"
+    }
 
     /// The memory page size (CC.MPS = 0): PRP entries, MDTS and queue memory count in it.
     static let pageSize = 4096
@@ -162,6 +174,13 @@ public final class NVMeController: @unchecked Sendable {
         self.runtime = runtime
         self.completion = completion
         self.commandTimeout = commandTimeout
+        var stepsSoFar = ""
+        var stepMark = monotonicNanoseconds()
+        func mark(_ name: String) {
+            let now = monotonicNanoseconds()
+            stepsSoFar += Self.stepText(name, now - stepMark, first: stepsSoFar.isEmpty)
+            stepMark = now
+        }
         registers = try device.region(0)
         // A known state before the device may touch memory: no bus mastering while a
         // predecessor's queues may still be live; registers reachable; then the probe and
@@ -170,6 +189,7 @@ public final class NVMeController: @unchecked Sendable {
         try device.config.setCommand(.memorySpace, true)
         capabilities = try Self.probe(registers)
         try Self.reset(registers, capabilities)
+        mark("reset")
 
         var buffers: [DMABuffer] = []
         do {
@@ -197,10 +217,13 @@ public final class NVMeController: @unchecked Sendable {
             for buffer in buffers { buffer.free() }
             throw error
         }
+        mark("queue memory")
         completed = runtime.makeWaitEvent("nvme completion")
         taggedHandler = runtime.makeSpinLock("nvme tagged handler", TaggedHandlers())
         failureState = runtime.makeSpinLock("nvme failure", nil)
         removalObserver = runtime.makeSpinLock("nvme removal observer", nil)
+        startSteps = stepsSoFar
+        stepStart = stepMark
         do {
             try start()
             removalWatch = try runtime.onRemoval(of: device, name: "nvme") { [weak self] cause in self?.remove(cause) }
@@ -282,6 +305,7 @@ public final class NVMeController: @unchecked Sendable {
         registers.store(admin.completions.deviceAddress, to: NVMeRegister.adminCompletionQueue)
         try device.config.setCommand(.busMaster, true)
         let vectorCount = try setUpInterrupts()
+        step("interrupts")
 
         var configuration = NVMeConfiguration.enable
         configuration[NVMeConfiguration.commandSet] = 0          // NVM
@@ -291,8 +315,10 @@ public final class NVMeController: @unchecked Sendable {
         configuration[NVMeConfiguration.completionEntrySize] = NVMeCompletion.entrySizeShift
         registers.store(configuration.rawValue, to: NVMeRegister.configuration)
         try Self.waitForReady(true, registers, capabilities)
+        step("enable")
 
         let controller = NVMeIdentifyController(data: try identify(.controller))
+        step("identify")
         let mdts = controller.maximumDataTransferSize
         if mdts > 0 { maximumTransfer = min(maximumTransfer, Self.pageSize << Int(mdts)) }
         // Dword 0 of the completion: NSQA in 15:0, NCQA in 31:16, both 0-based.
@@ -307,7 +333,9 @@ public final class NVMeController: @unchecked Sendable {
             try adminCommand(.createIOSubmissionQueue(queue), "Create I/O Submission Queue \(queue.identifier)")
         }
 
+        step("I/O queues")
         namespaces = try activeNamespaces(controller)
+        step("namespaces")
         if let first = namespaces.first { defaultNamespace = first }
         identity = Identity(vendorID: controller.vendorID, serialNumber: controller.serialNumber,
                             modelNumber: controller.modelNumber, firmwareRevision: controller.firmwareRevision,

@@ -1,0 +1,293 @@
+import ModelessBus
+import ModelessSystem
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The three descriptors of an open VFIO device (container, group, device), as one process
+/// hands them to another so that the device stays open across the first one's death: while
+/// any process holds them, vfio-pci neither resets the function nor drops the container's
+/// IOMMU mappings, and the next process adopts them instead of opening the device anew.
+public struct VFIODescriptors: Sendable, Equatable {
+    /// The device these descriptors open.
+    public var address: PCIAddress
+    /// The device's IOMMU group (`/dev/vfio/N`).
+    public var group: Int
+    /// `/dev/vfio/vfio`, with the group attached and the type-1 IOMMU set.
+    public var container: Int32
+    /// `/dev/vfio/N`.
+    public var groupFD: Int32
+    /// The device (`VFIO_GROUP_GET_DEVICE_FD`).
+    public var device: Int32
+    /// The device addresses (IOVAs) the holder maps its DMA buffers in: the successor maps its
+    /// own elsewhere and removes these mappings once it serves.
+    public var window: Range<UInt64>
+
+    /// Descriptors of `address` in group `group`, whose holder maps DMA in `window`.
+    public init(address: PCIAddress, group: Int, container: Int32, groupFD: Int32, device: Int32, window: Range<UInt64>) {
+        self.address = address
+        self.group = group
+        self.container = container
+        self.groupFD = groupFD
+        self.device = device
+        self.window = window
+    }
+
+    /// Closes the three descriptors (those that are open).
+    public func close() {
+        for fd in [device, groupFD, container] where fd >= 0 { _ = Glibc.close(fd) }
+    }
+
+    /// Closes the three descriptors through `system`.
+    func close(_ system: any SystemCalls) {
+        for fd in [device, groupFD, container] where fd >= 0 { _ = system.close(fd) }
+    }
+}
+
+/// One message of the handover: which descriptor it carries, for which device and group.
+/// Text (`modeless-vfio-handover 1 ROLE ADDRESS GROUP LOW-HIGH`, the holder's IOVA window in
+/// hexadecimal), one per descriptor, so that a
+/// receiver can check each descriptor's role and device before it keeps any.
+struct VFIOHandoverMessage: Equatable {
+    /// Which of the three descriptors a message carries, in the order they are sent.
+    enum Role: String, CaseIterable {
+        case container, group, device
+    }
+
+    static let magic = "modeless-vfio-handover"
+    static let version = 1
+    /// The largest message: what a receiver reads at most.
+    static let capacity = 128
+
+    var role: Role
+    var address: PCIAddress
+    var group: Int
+    var window: Range<UInt64>
+
+    var text: String {
+        "\(Self.magic) \(Self.version) \(role.rawValue) \(address) \(group) \(String(window.lowerBound, radix: 16))-\(String(window.upperBound, radix: 16))"
+    }
+
+    /// Parses a message; nil, with the reason in `why`, for anything else.
+    static func parse(_ text: String, why: inout String) -> VFIOHandoverMessage? {
+        let words = text.split(separator: " ")
+        guard words.count == 6, words[0] == Self.magic else {
+            why = "not a VFIO handover message: \"\(text.prefix(80))\""
+            return nil
+        }
+        guard Int(words[1]) == Self.version else {
+            why = "handover version \(words[1]), expected \(Self.version)"
+            return nil
+        }
+        guard let role = Role(rawValue: String(words[2])) else {
+            why = "unknown descriptor role \"\(words[2])\""
+            return nil
+        }
+        guard let address = PCIAddress(String(words[3])) else {
+            why = "bad PCI address \"\(words[3])\""
+            return nil
+        }
+        guard let group = Int(words[4]), group >= 0 else {
+            why = "bad IOMMU group \"\(words[4])\""
+            return nil
+        }
+        let bounds = words[5].split(separator: "-").compactMap { UInt64($0, radix: 16) }
+        guard bounds.count == 2, bounds[0] < bounds[1] else {
+            why = "bad IOVA window \"\(words[5])\""
+            return nil
+        }
+        return VFIOHandoverMessage(role: role, address: address, group: group, window: bounds[0]..<bounds[1])
+    }
+}
+
+/// Handing an open VFIO device from a serving process to its successor (a warm standby).
+///
+/// The serving process runs a ``VFIOHandoverServer`` on a unix socket beside its claim; the
+/// standby connects as soon as it starts and receives copies of the container, group and
+/// device descriptors (`SCM_RIGHTS`), which it holds while it waits. When the serving process
+/// dies, the device stays open in the standby, and the standby's ``VFIODevice`` adopts the
+/// descriptors (``offer(_:)`` before opening the device) instead of opening `/dev/vfio/N`,
+/// which would wait for the dead process's group and have vfio-pci enable and reset the
+/// function. See docs/kernel-interfaces.md.
+public enum VFIOHandover {
+    private static let pending = Mutex<[PCIAddress: VFIODescriptors]>([:])
+    private static let refusals = Mutex<[PCIAddress: String]>([:])
+
+    /// Keeps `descriptors` for the next ``VFIODevice`` opened at their address in this
+    /// process, which adopts them. Replaces (and closes) descriptors offered before.
+    public static func offer(_ descriptors: VFIODescriptors) {
+        let previous = pending.withLock { $0.updateValue(descriptors, forKey: descriptors.address) }
+        if let previous, previous != descriptors { previous.close() }
+    }
+
+    /// Whether descriptors for `address` are waiting to be adopted.
+    public static func isOffered(_ address: PCIAddress) -> Bool { pending.withLock { $0[address] != nil } }
+
+    /// Closes the descriptors offered for `address`, if any.
+    public static func withdraw(_ address: PCIAddress) { take(address)?.close() }
+
+    /// Why the last descriptors offered for `address` were not adopted (the device was
+    /// opened anew instead), or nil; reading it clears it.
+    public static func refusal(for address: PCIAddress) -> String? { refusals.withLock { $0.removeValue(forKey: address) } }
+
+    static func take(_ address: PCIAddress) -> VFIODescriptors? { pending.withLock { $0.removeValue(forKey: address) } }
+
+    static func refuse(_ address: PCIAddress, _ why: String) { refusals.withLock { $0[address] = why } }
+
+    /// Connects to the handover socket at `path` and receives the descriptors of `address`
+    /// (in IOMMU group `group`). Every descriptor is checked (role, device, group, and that it
+    /// is the VFIO file it claims to be); on any failure every descriptor received is closed.
+    public static func receive(from path: String, address: PCIAddress, group: Int) throws(DeviceError) -> VFIODescriptors {
+        try receive(from: path, address: address, group: group) { role in
+            switch role {
+            case .container: "/dev/vfio/vfio"
+            case .group: "/dev/vfio/\(group)"
+            case .device: "anon_inode:[vfio-device]"
+            }
+        }
+    }
+
+    /// ``receive(from:address:group:)`` with the file each role's descriptor must be (as
+    /// `/proc/self/fd` names it) given by `expected`.
+    static func receive(from path: String, address: PCIAddress, group: Int,
+                        expected: (VFIOHandoverMessage.Role) -> String) throws(DeviceError) -> VFIODescriptors {
+        let socket: UnixSocket
+        do { socket = try UnixSocket.connect(to: path) } catch {
+            throw DeviceError(error, address)
+        }
+        defer { socket.close() }
+        do {
+            let peer = try socket.peerCredentials()
+            guard peer.userID == geteuid() else {
+                throw DeviceError(.system, address, "the handover socket \(path) belongs to user \(peer.userID), not to this user (\(geteuid())): not taking descriptors from it")
+            }
+        } catch let error as SystemError { throw DeviceError(error, address) } catch let error as DeviceError { throw error } catch {
+            throw DeviceError(.system, address, "\(error)")
+        }
+        var received: [VFIOHandoverMessage.Role: Int32] = [:]
+        var window: Range<UInt64> = 0..<1
+        func closeAll() { received.values.forEach { _ = Glibc.close($0) } }
+        for role in VFIOHandoverMessage.Role.allCases {
+            var buffer = [UInt8](repeating: 0, count: VFIOHandoverMessage.capacity)
+            var descriptor: Int32?
+            let length: Int
+            do {
+                length = try buffer.withUnsafeMutableBytes { bytes in try socket.receive(into: bytes, descriptor: &descriptor) }
+            } catch let error as SystemError {
+                closeAll()
+                throw DeviceError(error, address)
+            } catch {
+                closeAll()
+                throw DeviceError(.system, address, "\(error)")
+            }
+            guard let fd = descriptor else {
+                closeAll()
+                throw DeviceError(.system, address, length == 0
+                                  ? "the serving process at \(path) ended the handover before sending the \(role.rawValue) descriptor"
+                                  : "the handover's \(role.rawValue) message came without a descriptor")
+            }
+            received[role] = fd
+            var why = ""
+            let text = String(decoding: buffer.prefix(length), as: UTF8.self)
+            guard let message = VFIOHandoverMessage.parse(text, why: &why) else {
+                closeAll()
+                throw DeviceError(.system, address, "handover from \(path): \(why)")
+            }
+            if role != .container, message.window != window {
+                closeAll()
+                throw DeviceError(.system, address, "handover from \(path): the \(role.rawValue) message names IOVA window \(message.window), the container's was \(window)")
+            }
+            window = message.window
+            guard message.role == role, message.address == address, message.group == group else {
+                closeAll()
+                throw DeviceError(.system, address, "handover from \(path) offers the \(message.role.rawValue) of \(message.address) in group \(message.group), "
+                                  + "expected the \(role.rawValue) of \(address) in group \(group)")
+            }
+            let target = try? FileAccess.readLink("/proc/self/fd/\(fd)")
+            guard target == expected(role) else {
+                closeAll()
+                throw DeviceError(.system, address, "handover from \(path): the \(role.rawValue) descriptor is \(target ?? "unreadable"), expected \(expected(role))")
+            }
+        }
+        return VFIODescriptors(address: address, group: group, container: received[.container]!,
+                               groupFD: received[.group]!, device: received[.device]!, window: window)
+    }
+}
+
+/// The serving side of ``VFIOHandover``: a listening unix socket whose every connection from
+/// this user receives copies of an open device's descriptors, served by one thread until
+/// ``stop()`` (which the owner calls before closing the device).
+public final class VFIOHandoverServer: @unchecked Sendable {
+    /// The socket's path.
+    public let path: String
+    private let listener: UnixSocket
+    private var thread: SystemThread?
+    private final class Count: Sendable { let value = Atomic<Int>(0) }
+    private let served = Count()
+
+    /// How many processes received the descriptors so far.
+    public var handedOver: Int { served.value.load(ordering: .relaxed) }
+
+    /// Listens at `path` (a stale socket file there, left by a process that died, is
+    /// removed first) and hands `device`'s descriptors to every connection.
+    public convenience init(device: VFIODevice, path: String) throws(DeviceError) {
+        try self.init(descriptors: try device.handoverDescriptors(), path: path)
+    }
+
+    /// Listens at `path` and hands copies of `descriptors` (which the caller keeps open while
+    /// this serves) to every connection.
+    init(descriptors: VFIODescriptors, path: String) throws(DeviceError) {
+        self.path = path
+        if unlink(path) != 0, errno != ENOENT {
+            throw DeviceError(.system, descriptors.address, "cannot remove the stale handover socket \(path): \(String(cString: strerror(errno)))")
+        }
+        do { listener = try UnixSocket.listen(at: path, backlog: 4) } catch { throw DeviceError(error, descriptors.address) }
+        let listener = listener
+        let served = served
+        do {
+            thread = try SystemThread(name: "vfio handover") {
+                while let connection = try? listener.accept() {
+                    defer { connection.close() }
+                    guard let peer = try? connection.peerCredentials(), peer.userID == geteuid() else { continue }
+                    var complete = true
+                    for role in VFIOHandoverMessage.Role.allCases {
+                        let fd = switch role {
+                        case .container: descriptors.container
+                        case .group: descriptors.groupFD
+                        case .device: descriptors.device
+                        }
+                        let text = VFIOHandoverMessage(role: role, address: descriptors.address, group: descriptors.group,
+                                                       window: descriptors.window).text
+                        let bytes = Array(text.utf8)
+                        do {
+                            try bytes.withUnsafeBytes { raw in try connection.send(raw, attaching: fd) }
+                        } catch {
+                            complete = false
+                            break
+                        }
+                    }
+                    if complete { served.value.add(1, ordering: .relaxed) }
+                }
+            }
+        } catch {
+            listener.close()
+            _ = unlink(path)
+            throw DeviceError(error, descriptors.address)
+        }
+    }
+
+    /// Stops serving: no process receives the descriptors after this returns. Removes the
+    /// socket file. Idempotent.
+    public func stop() {
+        guard let running = thread else { return }
+        thread = nil
+        listener.shutdown()
+        running.join()
+        listener.close()
+        _ = unlink(path)
+    }
+
+    deinit { stop() }
+}

@@ -1,0 +1,78 @@
+import ModelessBus
+import ModelessCommandLine
+import ModelessDevice
+import ModelessSystem
+import ModelessUblk
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The VFIO handover of `serve nvme --ublk` (docs/kernel-interfaces.md): the serving process
+/// hands copies of its VFIO descriptors to its warm standby, which holds them while it waits,
+/// so that the controller stays open across the serving process's death and the standby adopts
+/// it instead of opening it anew.
+extension ServeNVMe {
+    /// The handover socket of controller `pci`, beside its claim (`…/exports/nvme+ADDR.handover`).
+    static func handoverPath(_ pci: PCIAddress) -> String {
+        ExportLock.directory(for: .standard) + "/nvme+\(pci).handover"
+    }
+
+    /// A standby's side: receives the serving process's descriptors of `pci` and keeps them
+    /// for the device open to adopt. Returns what to print: how it went, or why the device
+    /// will be opened anew (no serving process listening, a mismatch, an older server).
+    static func receiveHandover(_ pci: PCIAddress) -> String {
+        guard let group = try? PCIBus().device(at: pci).iommuGroup else {
+            return "no VFIO handover (\(pci) has no IOMMU group): the device will be opened anew"
+        }
+        let path = handoverPath(pci)
+        do {
+            let descriptors = try VFIOHandover.receive(from: path, address: pci, group: group)
+            VFIOHandover.offer(descriptors)
+            return "VFIO descriptors of group \(group) handed over and held"
+        } catch {
+            return "no VFIO handover from \(path) (\(error.message)): the device will be opened anew"
+        }
+    }
+
+    /// A serving process's side: hands the descriptors of `access` (when it is a VFIO device)
+    /// to every standby that asks, until the returned server is stopped; nil, with the reason
+    /// printed, when it cannot (the service goes on without a handover).
+    static func serveHandover(_ access: any DeviceAccess, _ pci: PCIAddress) -> VFIOHandoverServer? {
+        guard let device = access as? VFIODevice else { return nil }
+        do {
+            return try VFIOHandoverServer(device: device, path: handoverPath(pci))
+        } catch {
+            printError("no VFIO handover for a standby: \(error.message)")
+            return nil
+        }
+    }
+
+    /// Once an adopted device serves: removes the IOMMU mappings of the dead predecessor's DMA
+    /// memory (it was left mapped while the standby took over, so that unmapping it, which
+    /// locks the container, held up nothing) and says how long that took.
+    static func releasePredecessorMappings(_ access: any DeviceAccess) {
+        guard let device = access as? VFIODevice else { return }
+        do {
+            if let took = try device.releasePredecessorMappings() {
+                printLine("released the previous process's DMA mappings in \(fixed(Double(took) / 1e6, 1)) ms")
+            }
+        } catch {
+            printError("could not release the previous process's DMA mappings: \(error.message) (they go when the device is closed)")
+        }
+    }
+
+    /// How the device was taken for a recovery line: `the device adopted in X ms (the VFIO
+    /// device ready at Y ms: its steps, the runtime after it)`, or `opened` for a device
+    /// opened anew; times from `entered` (the command's start, or the standby's claim).
+    static func deviceTiming(_ access: any DeviceAccess, entered: UInt64, opened: UInt64) -> String {
+        func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
+        guard let device = access as? VFIODevice else { return "the device open in \(ms(opened - entered)) ms" }
+        var text = "the device \(device.adopted ? "adopted" : "opened") in \(ms(opened - entered)) ms"
+        if device.readyAt > entered, device.readyAt <= opened {
+            text += " (the VFIO device ready at \(ms(device.readyAt - entered)) ms"
+                + (device.adoptionSteps.isEmpty ? "" : ": " + device.adoptionSteps) + ", the runtime after it)"
+        }
+        return text
+    }
+}
