@@ -81,13 +81,13 @@ extension NVMeServing {
             if let refusal = VFIOHandover.refusal(for: pci) {
                 printError("the handed-over VFIO descriptors of \(pci) were not adopted (\(refusal)); the device was opened anew")
             }
-            let handover = Self.serveHandover(access, pci)
+            let handover = serveHandover(access, pci)
             defer { handover?.stop() }
             let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
             defer { controller.stop() }
             let export = try startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, entered: entered, opened: opened)
             claim.record("ublk \(export.deviceID) as \(export.blockDevicePath) by process \(getpid())")
-            Self.releasePredecessorMappings(access)
+            releasePredecessorMappings(access)
             TerminationSignals.wait()
             var status: Int32 = 0
             do { try export.stop() } catch {

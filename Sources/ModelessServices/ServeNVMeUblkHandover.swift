@@ -1,5 +1,4 @@
 import ModelessBus
-import ModelessCommandLine
 import ModelessDevice
 import ModelessSystem
 import ModelessUblk
@@ -12,7 +11,7 @@ import Glibc
 /// hands copies of its VFIO descriptors to its warm standby, which holds them while it waits,
 /// so that the controller stays open across the serving process's death and the standby adopts
 /// it instead of opening it anew.
-extension ServeNVMe {
+extension NVMeServing {
     /// The handover socket of controller `pci`, beside its claim (`…/exports/nvme+ADDR.handover`).
     static func handoverPath(_ pci: PCIAddress) -> String {
         ExportLock.directory(for: .standard) + "/nvme+\(pci).handover"
@@ -38,10 +37,10 @@ extension ServeNVMe {
     /// A serving process's side: hands the descriptors of `access` (when it is a VFIO device)
     /// to every standby that asks, until the returned server is stopped; nil, with the reason
     /// printed, when it cannot (the service goes on without a handover).
-    static func serveHandover(_ access: any DeviceAccess, _ pci: PCIAddress) -> VFIOHandoverServer? {
+    func serveHandover(_ access: any DeviceAccess, _ pci: PCIAddress) -> VFIOHandoverServer? {
         guard let device = access as? VFIODevice else { return nil }
         do {
-            return try VFIOHandoverServer(device: device, path: handoverPath(pci))
+            return try VFIOHandoverServer(device: device, path: Self.handoverPath(pci))
         } catch {
             printError("no VFIO handover for a standby: \(error.message)")
             return nil
@@ -51,7 +50,7 @@ extension ServeNVMe {
     /// Once an adopted device serves: removes the IOMMU mappings of the dead predecessor's DMA
     /// memory (it was left mapped while the standby took over, so that unmapping it, which
     /// locks the container, held up nothing) and says how long that took.
-    static func releasePredecessorMappings(_ access: any DeviceAccess) {
+    func releasePredecessorMappings(_ access: any DeviceAccess) {
         guard let device = access as? VFIODevice else { return }
         do {
             if let took = try device.releasePredecessorMappings() {
