@@ -13,8 +13,12 @@ public final class DMABuffer: @unchecked Sendable {
     public let deviceAddress: UInt64
     /// The device the buffer is mapped for.
     public let device: PCIAddress
-    let base: UnsafeMutableRawPointer
+    @usableFromInline let base: UnsafeMutableRawPointer
     private var release: ((DMABuffer) -> Void)?
+    /// Whether the buffer may still be accessed: false once freed or invalidated. Read by
+    /// every access, inlined into the drivers' datapaths, so without a dynamic exclusivity
+    /// check; written only by ``free()`` and when the device closes.
+    @usableFromInline @exclusivity(unchecked) var isLive = true
     /// Accesses refused because the buffer was freed (or its device closed), for a runtime's
     /// verifier (``RegionHealth/addObserver(_:)``).
     public let health = RegionHealth()
@@ -33,34 +37,70 @@ public final class DMABuffer: @unchecked Sendable {
     deinit { free() }
 
     /// Whether the buffer has been freed (directly or by closing its device).
-    public var isFreed: Bool { release == nil }
+    public var isFreed: Bool { !isLive }
 
     /// Unmaps the buffer from the device and releases its memory. Idempotent.
     public func free() {
         guard let release else { return }
         self.release = nil
+        isLive = false
         release(self)
     }
 
     /// Called by the owning device when it closes first.
-    func invalidate() { release = nil }
+    func invalidate() {
+        release = nil
+        isLive = false
+    }
 
     /// Reads the byte at `offset`; a volatile load, as the device may have written it.
-    public func load8(at offset: Int) throws(DeviceError) -> UInt8 { try checked(offset, 1) { modeless_mmio_read8($0) } }
+    @inlinable
+    public func load8(at offset: Int) throws(DeviceError) -> UInt8 {
+        try checkAligned(offset, 1)
+        return modeless_mmio_read8(base + offset)
+    }
     /// Reads the 16-bit value at `offset` (aligned); a volatile load.
-    public func load16(at offset: Int) throws(DeviceError) -> UInt16 { try checked(offset, 2) { modeless_mmio_read16($0) } }
+    @inlinable
+    public func load16(at offset: Int) throws(DeviceError) -> UInt16 {
+        try checkAligned(offset, 2)
+        return modeless_mmio_read16(base + offset)
+    }
     /// Reads the 32-bit value at `offset` (aligned); a volatile load.
-    public func load32(at offset: Int) throws(DeviceError) -> UInt32 { try checked(offset, 4) { modeless_mmio_read32($0) } }
+    @inlinable
+    public func load32(at offset: Int) throws(DeviceError) -> UInt32 {
+        try checkAligned(offset, 4)
+        return modeless_mmio_read32(base + offset)
+    }
     /// Reads the 64-bit value at `offset` (aligned); a volatile load.
-    public func load64(at offset: Int) throws(DeviceError) -> UInt64 { try checked(offset, 8) { modeless_mmio_read64($0) } }
+    @inlinable
+    public func load64(at offset: Int) throws(DeviceError) -> UInt64 {
+        try checkAligned(offset, 8)
+        return modeless_mmio_read64(base + offset)
+    }
     /// Writes the byte `value` at `offset`; a volatile store the device will see.
-    public func store8(_ value: UInt8, at offset: Int) throws(DeviceError) { try checked(offset, 1) { modeless_mmio_write8($0, value) } }
+    @inlinable
+    public func store8(_ value: UInt8, at offset: Int) throws(DeviceError) {
+        try checkAligned(offset, 1)
+        modeless_mmio_write8(base + offset, value)
+    }
     /// Writes the 16-bit `value` at `offset` (aligned); a volatile store.
-    public func store16(_ value: UInt16, at offset: Int) throws(DeviceError) { try checked(offset, 2) { modeless_mmio_write16($0, value) } }
+    @inlinable
+    public func store16(_ value: UInt16, at offset: Int) throws(DeviceError) {
+        try checkAligned(offset, 2)
+        modeless_mmio_write16(base + offset, value)
+    }
     /// Writes the 32-bit `value` at `offset` (aligned); a volatile store.
-    public func store32(_ value: UInt32, at offset: Int) throws(DeviceError) { try checked(offset, 4) { modeless_mmio_write32($0, value) } }
+    @inlinable
+    public func store32(_ value: UInt32, at offset: Int) throws(DeviceError) {
+        try checkAligned(offset, 4)
+        modeless_mmio_write32(base + offset, value)
+    }
     /// Writes the 64-bit `value` at `offset` (aligned); a volatile store.
-    public func store64(_ value: UInt64, at offset: Int) throws(DeviceError) { try checked(offset, 8) { modeless_mmio_write64($0, value) } }
+    @inlinable
+    public func store64(_ value: UInt64, at offset: Int) throws(DeviceError) {
+        try checkAligned(offset, 8)
+        modeless_mmio_write64(base + offset, value)
+    }
 
     /// Copies `bytes` into the buffer at `offset`.
     public func write(_ bytes: [UInt8], at offset: Int = 0) throws(DeviceError) {
@@ -85,34 +125,38 @@ public final class DMABuffer: @unchecked Sendable {
 
     /// The memory behind `count` bytes at `offset`, after the bounds and freed checks; for the
     /// typed views in this module (``DMABytes``, ``DMAByteWriter``), never handed out.
-    @inline(__always)
+    @inlinable @inline(__always)
     func pointer(at offset: Int, count: Int) throws(DeviceError) -> UnsafeMutableRawPointer {
         try checkRange(offset, count)
         return base + offset
     }
 
-    @inline(__always)
-    private func checked<T>(_ offset: Int, _ width: Int, _ access: (UnsafeMutableRawPointer) -> T) throws(DeviceError) -> T {
+    /// The checks of a typed access: in range, not freed, and aligned to its width.
+    @inlinable @inline(__always)
+    func checkAligned(_ offset: Int, _ width: Int) throws(DeviceError) {
         try checkRange(offset, width)
-        guard _fastPath(offset & (width &- 1) == 0) else {
-            throw DeviceError(.outOfRange, device, "DMA buffer: \(width)-byte access at \(offset) is misaligned")
-        }
-        return access(base + offset)
+        guard _fastPath(offset & (width &- 1) == 0) else { throw misaligned(offset, width) }
     }
 
     /// The checks of every access: inlined, with the failure built out of line, so that an
     /// access that passes costs a few compares (the datapaths make several per frame).
-    @inline(__always)
-    private func checkRange(_ offset: Int, _ count: Int) throws(DeviceError) {
-        guard _fastPath(release != nil && offset >= 0 && count >= 0 && offset <= size &- count) else {
+    @inlinable @inline(__always)
+    func checkRange(_ offset: Int, _ count: Int) throws(DeviceError) {
+        guard _fastPath(isLive && offset >= 0 && count >= 0 && offset <= size &- count) else {
             throw rangeFailure(offset, count)
         }
     }
 
+    /// The failure of a misaligned typed access.
+    @usableFromInline @inline(never)
+    func misaligned(_ offset: Int, _ width: Int) -> DeviceError {
+        DeviceError(.outOfRange, device, "DMA buffer: \(width)-byte access at \(offset) is misaligned")
+    }
+
     /// Why ``checkRange(_:_:)`` refused: the buffer was freed (recorded for a verifier), or
     /// the range is outside it.
-    @inline(never)
-    private func rangeFailure(_ offset: Int, _ count: Int) -> DeviceError {
+    @usableFromInline @inline(never)
+    func rangeFailure(_ offset: Int, _ count: Int) -> DeviceError {
         guard !isFreed else {
             let error = DeviceError(.closed, device, "DMA buffer at 0x\(String(deviceAddress, radix: 16)) was freed")
             health.record(.accessAfterRelease(error.message))

@@ -6,12 +6,13 @@
 /// ``count`` is how many bytes have been written from the start (the highest position written
 /// plus one). Writing past ``capacity`` traps, as an array's out-of-range subscript does.
 public struct DMAByteWriter: ~Copyable {
-    private let base: UnsafeMutableRawPointer
+    @usableFromInline let base: UnsafeMutableRawPointer
     /// How many bytes may be written.
     public let capacity: Int
     /// The length of what was written: one past the highest byte written.
     public private(set) var count = 0
 
+    @usableFromInline
     init(base: UnsafeMutableRawPointer, capacity: Int) {
         self.base = base
         self.capacity = capacity

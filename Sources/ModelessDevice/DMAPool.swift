@@ -100,6 +100,7 @@ public final class DMAPool: @unchecked Sendable {
     /// place), then issues a write barrier so the bytes reach memory before any later doorbell.
     /// Returns what `body` returned and how many bytes it wrote (``DMAByteWriter/count``).
     @inline(__always)
+    @inlinable
     public func withWriter<Result>(of chunk: Chunk, capacity: Int,
                                    _ body: (inout DMAByteWriter) -> Result) throws(DeviceError) -> (result: Result, count: Int) {
         let offset = try position(chunk, 0, capacity)
@@ -109,16 +110,16 @@ public final class DMAPool: @unchecked Sendable {
         return (result, writer.count)
     }
 
-    @inline(__always)
-    private func position(_ chunk: Chunk, _ offset: Int, _ count: Int) throws(DeviceError) -> Int {
+    @inlinable @inline(__always)
+    func position(_ chunk: Chunk, _ offset: Int, _ count: Int) throws(DeviceError) -> Int {
         guard _fastPath(chunk.index >= 0 && chunk.index < capacity && offset >= 0 && count >= 0 && offset <= chunkSize &- count) else {
             throw positionFailure(chunk, offset, count)
         }
         return chunk.index &* chunkSize &+ offset
     }
 
-    @inline(never)
-    private func positionFailure(_ chunk: Chunk, _ offset: Int, _ count: Int) -> DeviceError {
+    @usableFromInline @inline(never)
+    func positionFailure(_ chunk: Chunk, _ offset: Int, _ count: Int) -> DeviceError {
         DeviceError(.outOfRange, buffer.device,
                     "DMA pool: \(count) bytes at \(offset) of chunk \(chunk.index) are outside its \(chunkSize) bytes")
     }
