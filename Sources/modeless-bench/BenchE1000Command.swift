@@ -115,17 +115,6 @@ struct TestFrame {
     }
 }
 
-/// Fills a 60-byte test frame in place, field by field (the same bytes as ``TestFrame``), for
-/// the paths that send one frame at a time to addresses known only then.
-@inline(__always)
-func fillTestFrame(_ frame: inout DMAByteWriter, to destination: [UInt8], from source: [UInt8], sequence: UInt32) {
-    frame.set(destination, at: 0)
-    frame.set(source, at: 6)
-    frame.setBigEndian16(0x88B5, at: 12)
-    frame.setBigEndian32(sequence, at: 14)
-    frame.fill(0, at: 18, length: 42)
-}
-
 #if canImport(Glibc)
 import Glibc
 #endif
