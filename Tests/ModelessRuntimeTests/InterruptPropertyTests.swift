@@ -15,7 +15,34 @@ struct InterruptPropertyTests {
         let overlaps = Atomic<Int>(0)
         let dpcWrongCPU = Atomic<Int>(0)
         let dpcRuns = Atomic<Int>(0)
-        var queuedOnCPU = 0  // Written by the ISR before queuing; read by the DPC.
+        /// One count per CPU of the DPC queuings made there that no run has matched yet. The ISR
+        /// adds its token before queuing (so the run it causes always finds it) and takes it back
+        /// if the DPC was queued already; a run takes one token from the CPU it runs on and counts
+        /// a wrong CPU when there is none. Tokens are per CPU, not per ISR, so one ISR overwriting
+        /// another's record cannot make a correct run look wrong.
+        let unmatchedQueuings: [Counter] = (0..<SystemThread.cpuCount).map { _ in Counter() }
+        final class Counter: Sendable { let count = Atomic<Int>(0) }
+
+        func recordQueuing(_ queue: () -> Bool) {
+            let before = SystemThread.currentCPU
+            unmatchedQueuings[before].count.wrappingAdd(1, ordering: .sequentiallyConsistent)
+            let queued = queue()
+            let after = SystemThread.currentCPU
+            if !queued {
+                unmatchedQueuings[before].count.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+            } else if after != before {
+                // Moved while queuing: the DPC went to one of the two CPUs; either may run it.
+                unmatchedQueuings[after].count.wrappingAdd(1, ordering: .sequentiallyConsistent)
+            }
+        }
+
+        func recordRun() {
+            let tokens = unmatchedQueuings[SystemThread.currentCPU]
+            if tokens.count.wrappingSubtract(1, ordering: .sequentiallyConsistent).newValue < 0 {
+                tokens.count.wrappingAdd(1, ordering: .sequentiallyConsistent)
+                dpcWrongCPU.wrappingAdd(1, ordering: .relaxed)
+            }
+        }
     }
 
     @Test(arguments: ExecutionMode.allCases)
@@ -29,15 +56,14 @@ struct InterruptPropertyTests {
         let vector = try device.enableInterrupts(.msi, count: 1)[0]
         let dpc = runtime.makeDPC("check CPU") {
             shared.dpcRuns.wrappingAdd(1, ordering: .relaxed)
-            if SystemThread.currentCPU != shared.queuedOnCPU { shared.dpcWrongCPU.wrappingAdd(1, ordering: .relaxed) }
+            shared.recordRun()
         }
         let attachment = try runtime.attachInterrupt(vector, name: "software", acknowledge: { 0 }) { _ in
             shared.isrInside.store(1, ordering: .sequentiallyConsistent)
             if shared.disablersInside.load(ordering: .sequentiallyConsistent) != 0 {
                 shared.overlaps.wrappingAdd(1, ordering: .relaxed)
             }
-            shared.queuedOnCPU = SystemThread.currentCPU
-            dpc.queue()
+            shared.recordQueuing { dpc.queue() }
             shared.isrInside.store(0, ordering: .sequentiallyConsistent)
         }
 
