@@ -18,7 +18,17 @@ import Glibc
 /// message sent later than that after the wait began halves the next spin, down to none, and
 /// one sent within it restores the full spin (the sender stamps each message with the time it
 /// was sent, so the receiver knows whether a spin would have caught it even when it slept),
-/// so a connection that sits idle between messages stops costing CPU. To sleep, the receiver
+/// so a connection that sits idle between messages stops costing CPU.
+///
+/// A side that has just rung the doorbell of a sleeping peer spins too, for up to
+/// ``wakeSpinFactor`` times as long: the peer it woke is about to run, and on another CPU it
+/// answers within that window. Without this, two sides that each find the other asleep
+/// whenever they decide would never spin again, and every hand-off would pay a wake-up across
+/// CPUs (tens of microseconds where idle CPUs halt, as in a virtual machine). The woken peer
+/// publishes the CPU it runs on as it wakes; if that is the spinner's own CPU, the spinner
+/// stops at once and sleeps, so as not to hold the CPU the peer needs.
+///
+/// To sleep, the receiver
 /// raises a "sleeping" flag and blocks in `recv` on the socket, and the sender, seeing the
 /// flag, rings a one-byte doorbell message there. Each side stores its own word then reads the
 /// other's, with sequentially consistent ordering, so a doorbell is never lost and never rung
@@ -49,6 +59,13 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     private var seenSequence: UInt32 = 0
     /// How long the next wait spins: ``spinNanoseconds``, less after waits that outlasted it.
     private var currentSpin: UInt64
+    /// Whether this side's last send rang the doorbell of a sleeping peer, which is now waking.
+    private var wokePeer = false
+    /// How long the wait now under way may spin, from its start (for the adaptation).
+    private var waitWindow: UInt64 = 0
+
+    /// How many times the current spin a side waits through a peer it has just woken.
+    public static let wakeSpinFactor: UInt64 = 5
 
     /// How long this side's next wait will spin before sleeping (for diagnostics and tests;
     /// read it on the receiving thread).
@@ -165,9 +182,11 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         // over on every message. The sequence store before the read is sequentially
         // consistent, as the receiver's flag store before its sequence read is, so one of the
         // two sees the other's store: a receiver going to sleep is never missed.
+        wokePeer = false
         if modeless_load_seqcst32(outbox + Self.sleepingOffset) == 1,
            modeless_exchange_seqcst32(outbox + Self.sleepingOffset, 0) == 1 {
             try withUnsafeBytes(of: &doorbell) { (byte) throws(SystemError) in try socket.send(byte) }
+            wokePeer = true
         }
     }
 
@@ -183,7 +202,7 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
                 currentSpin = spinNanoseconds
             } else {
                 setPresence(Presence.asleep)
-                defer { setPresence(Presence.awake) }
+                defer { wake() }
                 try sleepUntilArrived(sequence, sleeping)
                 if !peerEnded { adaptSpin(waitStarted: started) }
             }
@@ -230,7 +249,7 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
                 }
             }
         }
-        setPresence(Presence.awake)
+        if flagRaised { wake() } else { setPresence(Presence.awake) }
         if flagRaised {
             // If the sender took the flag down first, its doorbell comes anyway: a wake-up to spare.
             _ = modeless_exchange_seqcst32(sleeping, 0)
@@ -286,15 +305,22 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     }
 
     /// Spins for up to ``currentSpin`` from `started` while spinning can pay (see
-    /// ``peerIsRunningElsewhere(now:)``); true if a message arrived meanwhile.
+    /// ``peer(from:)``), or up to ``wakeSpinFactor`` times that through the wake-up of a
+    /// peer this side just woke; true if a message arrived meanwhile.
     private func spinWhileEmpty(_ sequence: UnsafeMutableRawPointer, started: UInt64) -> Bool {
+        waitWindow = spinNanoseconds
         guard spinNanoseconds > 0 else { return false }
-        let cpu = UInt32(bitPattern: modeless_current_cpu())
-        // For the peer's same check; written only when it changed, so that the line the peer
-        // reads is not pulled away on every wait.
-        if (inbox + Self.cpuOffset).load(as: UInt32.self) != cpu { (inbox + Self.cpuOffset).storeBytes(of: cpu, as: UInt32.self) }
-        guard currentSpin > 0, peerIsRunningElsewhere(than: cpu, now: started) else { return false }
-        let deadline = started &+ currentSpin
+        let cpu = publishCPU()
+        guard currentSpin > 0, !CPUContention.isContended(now: started) else { return false }
+        let waking: Bool
+        switch peer(from: cpu) {
+        case .elsewhere: waking = false
+        case .asleep where wokePeer: waking = true
+        case .asleep, .here: return false
+        }
+        let window = waking ? currentSpin &* Self.wakeSpinFactor : currentSpin
+        waitWindow = waking ? spinNanoseconds &* Self.wakeSpinFactor : spinNanoseconds
+        let deadline = started &+ window
         var turns: UInt32 = 0
         while !arrived(sequence) {
             modeless_cpu_relax()
@@ -302,18 +328,45 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
             if turns & 63 == 0 {
                 let now = monotonicNanoseconds()
                 if now >= deadline || CPUContention.isContended(now: now) { return arrived(sequence) }
+                // The woken peer came up on this CPU: spinning would only keep it waiting.
+                if waking, peer(from: cpu) == .here { return arrived(sequence) }
             }
         }
         return true
     }
 
-    /// Whether the peer is running on another CPU than `cpu` (this thread's), as far as this
-    /// side can tell: it is awake (not asleep in this channel), it last waited on another CPU,
-    /// and the machine has no more runnable threads than CPUs (so an awake peer has a CPU).
-    private func peerIsRunningElsewhere(than cpu: UInt32, now: UInt64) -> Bool {
-        guard modeless_load_seqcst32(outbox + Self.presenceOffset) == Presence.awake else { return false }
-        guard (outbox + Self.cpuOffset).load(as: UInt32.self) != cpu else { return false }
-        return !CPUContention.isContended(now: now)
+    /// Where the peer is, as far as this side can tell from what it published.
+    private enum PeerWhereabouts {
+        /// Asleep in this channel's wait (or woken and not yet running).
+        case asleep
+        /// Awake, and it last waited or woke on this side's CPU: it needs this CPU to answer.
+        case here
+        /// Awake, and it last waited or woke on another CPU.
+        case elsewhere
+    }
+
+    /// Where the peer is, against `cpu` (this thread's).
+    @inline(__always)
+    private func peer(from cpu: UInt32) -> PeerWhereabouts {
+        guard modeless_load_seqcst32(outbox + Self.presenceOffset) == Presence.awake else { return .asleep }
+        return modeless_load_seqcst32(outbox + Self.cpuOffset) == cpu ? .here : .elsewhere
+    }
+
+    /// Publishes the CPU this thread runs on, for the peer's ``peer(from:)``; written only
+    /// when it changed, so that the line the peer reads is not pulled away on every wait.
+    @inline(__always)
+    private func publishCPU() -> UInt32 {
+        let cpu = UInt32(bitPattern: modeless_current_cpu())
+        if modeless_load_seqcst32(inbox + Self.cpuOffset) != cpu { modeless_store_seqcst32(inbox + Self.cpuOffset, cpu) }
+        return cpu
+    }
+
+    /// After sleeping: publishes the CPU this side woke on, then that it is awake (in that
+    /// order, so a peer that sees it awake sees where).
+    @inline(__always)
+    private func wake() {
+        _ = publishCPU()
+        setPresence(Presence.awake)
     }
 
     /// Publishes whether this side is awake or asleep in this channel's wait.
@@ -322,15 +375,17 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         modeless_store_seqcst32(inbox + Self.presenceOffset, presence)
     }
 
-    /// After a wait that slept: if the message was sent within the full spin time of the
-    /// wait's start, a full spin would have caught it, so the next wait spins in full again;
-    /// otherwise it spins half as long (none below 1 µs). The time comes from the sender's
-    /// stamp, not from this side's wake-up, which on an idle CPU can take longer than the spin.
+    /// After a wait that slept: if the message was sent within the wait's full window (the
+    /// full spin, or the full spin through a peer's wake-up) of its start, a full spin would
+    /// have caught it, so the next wait spins in full again; otherwise it spins half as long
+    /// (none below 1 µs). The time comes from the sender's stamp, not from this side's wake-up,
+    /// which on an idle CPU can take longer than the spin.
     private func adaptSpin(waitStarted: UInt64) {
         guard spinNanoseconds > 0 else { return }
         let sentAt = (inbox + Self.sentAtOffset).load(as: UInt64.self)
         let halved = currentSpin / 2
-        currentSpin = sentAt &- waitStarted <= spinNanoseconds || sentAt < waitStarted ? spinNanoseconds : halved < 1000 ? 0 : halved
+        let window = max(waitWindow, spinNanoseconds)
+        currentSpin = sentAt &- waitStarted <= window || sentAt < waitStarted ? spinNanoseconds : halved < 1000 ? 0 : halved
     }
 
     /// Blocks for the doorbell; false when the socket reached its end instead.

@@ -249,8 +249,8 @@ struct SharedMessageChannelWaitingTests {
         let waiter = try SystemThread(name: "waiter", receiveOne)
         #expect(eventually { !creator.peerIsAwake }, "the joiner sleeps at once")
         usleep(200_000)
-        mailbox.storeBytes(of: UInt32(0), toByteOffset: 128, as: UInt32.self)
-        mailbox.storeBytes(of: stamp, toByteOffset: 136, as: UInt64.self)
+        mailbox.storeBytes(of: UInt32(0), toByteOffset: 4, as: UInt32.self)  // the length
+        mailbox.storeBytes(of: stamp, toByteOffset: 8, as: UInt64.self)  // the time it was sent
         let sequence = mailbox.load(as: UInt32.self) &+ 1
         mailbox.storeBytes(of: sequence, as: UInt32.self)
         mailbox.storeBytes(of: UInt32(0), toByteOffset: 64, as: UInt32.self)  // the sleeping flag, taken down
@@ -258,6 +258,41 @@ struct SharedMessageChannelWaitingTests {
         try withUnsafeBytes(of: &doorbell) { try left.send($0) }
         waiter.join()
         #expect(joiner.nextSpinNanoseconds == spin, "a message sent within the spin brings it back, whatever the wake-up took")
+    }
+
+    /// A side that rang the doorbell of a sleeping peer spins through the peer's wake-up
+    /// (up to ``SharedMessageChannel/wakeSpinFactor`` spins) instead of sleeping at once as it
+    /// does for a peer asleep that it did not wake; otherwise two sides that each find the
+    /// other asleep would never spin again. The two run on different CPUs; the spin is judged
+    /// only when the machine had no more runnable threads than CPUs, where spinning is allowed.
+    @Test func aSideThatWokeItsPeerSpinsThroughTheWakeUp() throws {
+        guard SystemThread.cpuCount >= 2 else { return }
+        let spin: UInt64 = 40_000_000  // 40 ms, so a 200 ms window through a wake-up
+        let (creator, joiner, descriptor, left, right) = try channelPair(spin: spin)
+        defer { close(descriptor); left.close(); right.close() }
+        let creatorSpunThrough = Atomic<Int>(-1)  // 1: the creator was awake when the joiner woke
+        let peer = try SystemThread(name: "woken peer", placement: .init(cpu: 1)) {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+            defer { buffer.deallocate() }
+            guard let length = try? joiner.receive(into: buffer), length > 0 else { return }
+            creatorSpunThrough.store(joiner.peerIsAwake ? 1 : 0, ordering: .relaxed)
+            _ = try? joiner.send(UnsafeRawBufferPointer(rebasing: buffer[0..<length]))
+        }
+        #expect(eventually { !creator.peerIsAwake }, "the joiner sleeps in receive")
+        let contended = Atomic<Bool>(true)
+        let waiter = try SystemThread(name: "waker", placement: .init(cpu: 0)) {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
+            defer { buffer.deallocate() }
+            guard (try? creator.send(UnsafeRawBufferPointer(rebasing: buffer[0..<8]))) != nil else { return }
+            _ = try? creator.receive(into: buffer)
+            // The sample the wait judged by (one sample serves the whole process for a millisecond).
+            contended.store(CPUContention.isContended(now: monotonicNanoseconds()), ordering: .relaxed)
+        }
+        waiter.join()
+        peer.join()
+        if !contended.load(ordering: .relaxed) {
+            #expect(creatorSpunThrough.load(ordering: .relaxed) == 1, "the side that rang the doorbell slept at once")
+        }
     }
 }
 
