@@ -95,38 +95,50 @@ int modeless_size_is_sealed(int fd) {
     return seals >= 0 && (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) == (F_SEAL_SHRINK | F_SEAL_GROW);
 }
 
-long modeless_send_with_fd(int socket, const void *bytes, unsigned long length, int fd) {
+long modeless_send_with_fds(int socket, const void *bytes, unsigned long length, const int *fds, int count) {
+    if (count < 1 || count > MODELESS_MAXIMUM_ATTACHED) { errno = EINVAL; return -1; }
     struct iovec vector = { .iov_base = (void *)bytes, .iov_len = length };
-    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int))]; } control;
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int) * MODELESS_MAXIMUM_ATTACHED)]; } control;
     memset(&control, 0, sizeof control);
     struct msghdr message = { .msg_iov = &vector, .msg_iovlen = 1,
-                              .msg_control = control.space, .msg_controllen = sizeof control.space };
+                              .msg_control = control.space, .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)count) };
     struct cmsghdr *attached = CMSG_FIRSTHDR(&message);
     attached->cmsg_level = SOL_SOCKET;
     attached->cmsg_type = SCM_RIGHTS;
-    attached->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(attached), &fd, sizeof(int));
+    attached->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)count);
+    memcpy(CMSG_DATA(attached), fds, sizeof(int) * (size_t)count);
     return (long)sendmsg(socket, &message, MSG_NOSIGNAL);
 }
 
-long modeless_receive_with_fd(int socket, void *bytes, unsigned long length, int *fd) {
-    *fd = -1;
+long modeless_send_with_fd(int socket, const void *bytes, unsigned long length, int fd) {
+    return modeless_send_with_fds(socket, bytes, length, &fd, 1);
+}
+
+long modeless_receive_with_fds(int socket, void *bytes, unsigned long length, int *fds, int capacity, int *count) {
+    *count = 0;
     struct iovec vector = { .iov_base = bytes, .iov_len = length };
-    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int) * 4)]; } control;
+    union { struct cmsghdr header; char space[CMSG_SPACE(sizeof(int) * MODELESS_MAXIMUM_ATTACHED)]; } control;
     struct msghdr message = { .msg_iov = &vector, .msg_iovlen = 1,
                               .msg_control = control.space, .msg_controllen = sizeof control.space };
     ssize_t received = recvmsg(socket, &message, MSG_TRUNC | MSG_CMSG_CLOEXEC);
     if (received < 0) return -1;
     for (struct cmsghdr *attached = CMSG_FIRSTHDR(&message); attached; attached = CMSG_NXTHDR(&message, attached)) {
         if (attached->cmsg_level != SOL_SOCKET || attached->cmsg_type != SCM_RIGHTS) continue;
-        int count = (int)((attached->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (int i = 0; i < count; i++) {
+        int given = (int)((attached->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < given; i++) {
             int received_fd;
             memcpy(&received_fd, CMSG_DATA(attached) + i * sizeof(int), sizeof(int));
-            if (*fd < 0) *fd = received_fd; else close(received_fd);  /* keep one, never leak */
+            if (*count < capacity) fds[(*count)++] = received_fd; else close(received_fd);  /* never leak */
         }
     }
     return (long)received;
+}
+
+long modeless_receive_with_fd(int socket, void *bytes, unsigned long length, int *fd) {
+    int count = 0;
+    long received = modeless_receive_with_fds(socket, bytes, length, fd, 1, &count);
+    if (count == 0) *fd = -1;
+    return received;
 }
 
 const unsigned long modeless_VFIO_GET_API_VERSION = VFIO_GET_API_VERSION;

@@ -38,6 +38,8 @@ final class ContainerServer: @unchecked Sendable {
         static let stop: UInt64 = 0
         static let listener: UInt64 = 1
         static let firstConnection: UInt64 = 2
+        /// Set in the token of a connection's shared-channel doorbell (its socket's has none).
+        static let doorbell: UInt64 = 1 << 62
     }
 
     /// What a thread does after a wait.
@@ -253,15 +255,21 @@ final class ContainerServer: @unchecked Sendable {
             return
         }
         logger.debug("connection accepted", metadata: ["pid": "\(peer.processID)", "connection": "\(connection.token)"])
-        guard connection.serveArrived(with: scratch, woken: false) == .idle else {
+        connection.busy.store(true, ordering: .sequentiallyConsistent)
+        guard connection.serveArrived(with: scratch, woken: .none) == .idle else {
             end(connection)
             return
         }
-        do { try events.add(socket.fd, token: connection.token, [.readable, .oneShot]) } catch {
+        do {
+            try events.add(socket.fd, token: connection.token, [.readable, .oneShot])
+            try pollDoorbell(of: connection)
+        } catch {
             // No room in the poll (ENOMEM, ENOSPC): the consumer sees the provider end.
             logger.info("ending a connection that cannot be polled", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
             end(connection)
+            return
         }
+        release(connection)
     }
 
     /// Arms the listening socket again; waits for memory the kernel lacks rather than stop accepting.
@@ -278,16 +286,54 @@ final class ContainerServer: @unchecked Sendable {
         }
     }
 
-    /// Answers what has arrived on connection `token`, then rearms it, or ends it.
+    /// Answers what has arrived on the connection whose socket or doorbell has `token`, then
+    /// rearms what fired, or ends it.
+    ///
+    /// A connection's socket and its channel's doorbell are polled apart (one-shot each), so
+    /// two threads may be woken for it at once: the one that takes ``ServerConnection/busy``
+    /// serves it; the other only records that its descriptor is to be armed again, which the
+    /// server does after it lets go (it reads the record after releasing, so a record made
+    /// while it held the connection is never missed, and the poll, level-triggered, reports
+    /// again whatever is still ready).
     private func serveConnection(_ token: UInt64, scratch: ServingScratch) {
-        guard let connection = lock.withLock({ connections[token] }) else { return }
-        switch connection.serveArrived(with: scratch, woken: true) {
+        let wake: ServerConnection.Wake = token & Token.doorbell != 0 ? .doorbell : .socket
+        guard let connection = lock.withLock({ connections[token & ~Token.doorbell] }) else { return }
+        connection.disarmed.bitwiseOr(wake == .doorbell ? ServerConnection.Armed.doorbell : ServerConnection.Armed.socket, ordering: .sequentiallyConsistent)
+        guard connection.busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged else { return }
+        switch connection.serveArrived(with: scratch, woken: wake) {
         case .idle:
-            do { try events.rearm(connection.socket.fd, token: token, [.readable, .oneShot]) } catch {
-                logger.info("ending a connection that cannot be polled again", metadata: ["connection": "\(token)", "error": "\(error)"])
+            do { try pollDoorbell(of: connection) } catch {
+                logger.info("ending a connection whose doorbell cannot be polled", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
                 end(connection)
+                return
             }
+            release(connection)
         case .ended:
+            end(connection)
+        }
+    }
+
+    /// Adds the connection's shared-channel doorbell to the poll once the consumer shared a
+    /// channel. Called by the thread serving it.
+    private func pollDoorbell(of connection: ServerConnection) throws(SystemError) {
+        guard !connection.doorbellPolled, let doorbell = connection.doorbellDescriptor else { return }
+        try events.add(doorbell, token: connection.token | Token.doorbell, [.readable, .oneShot])
+        connection.doorbellPolled = true
+    }
+
+    /// Lets go of a connection served to idle, then arms again what fired meanwhile.
+    private func release(_ connection: ServerConnection) {
+        connection.busy.store(false, ordering: .sequentiallyConsistent)
+        let fired = connection.disarmed.exchange(0, ordering: .sequentiallyConsistent)
+        do {
+            if fired & ServerConnection.Armed.socket != 0 {
+                try events.rearm(connection.socket.fd, token: connection.token, [.readable, .oneShot])
+            }
+            if fired & ServerConnection.Armed.doorbell != 0, let doorbell = connection.doorbellDescriptor {
+                try events.rearm(doorbell, token: connection.token | Token.doorbell, [.readable, .oneShot])
+            }
+        } catch {
+            logger.info("ending a connection that cannot be polled again", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
             end(connection)
         }
     }
@@ -297,6 +343,7 @@ final class ContainerServer: @unchecked Sendable {
     private func end(_ connection: ServerConnection) {
         guard lock.withLock({ connections.removeValue(forKey: connection.token) }) != nil else { return }
         events.remove(connection.socket.fd)
+        if connection.doorbellPolled, let doorbell = connection.doorbellDescriptor { events.remove(doorbell) }
         connection.finish()
         logger.debug("connection ended", metadata: ["connection": "\(connection.token)"])
     }

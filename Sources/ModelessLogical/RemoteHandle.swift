@@ -69,17 +69,17 @@ final class RemoteHandle: @unchecked Sendable {
         _ socket: UnixSocket, _ buffer: MessageBuffer, consumerID: ConsumerID, transport: RequestTransport, what: String
     ) throws(LogicalDeviceError) -> SharedMessageChannel? {
         let channel: SharedMessageChannel
-        let descriptor: Int32
+        let attachment: SharedMessageChannel.Attachment
         do {
-            (channel, descriptor) = try SharedMessageChannel.create(
+            (channel, attachment) = try SharedMessageChannel.create(
                 capacity: WireMessage.maximumSize, socket: socket, spinNanoseconds: transport.spinNanoseconds)
         } catch {
             return nil  // no memfd here (or no memory): the socket does the same job
         }
-        defer { Glibc.close(descriptor) }
+        defer { attachment.close() }
         let length = buffer.build(WireMessage(kind: .share, consumerID: consumerID.rawValue), text: "")
         do {
-            try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), attaching: descriptor)
+            try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), attaching: attachment.descriptors)
         } catch {
             throw sendFailure(error, what)
         }

@@ -1,4 +1,5 @@
 import ModelessSystem
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -16,6 +17,14 @@ import Glibc
 /// Between messages a connection holds only its socket, its shared channel's mapping, and
 /// what it has open: no thread and no buffer. ``finish()`` releases all of it.
 final class ServerConnection: @unchecked Sendable {
+    /// What woke the connection's server: nothing (it was just accepted), its socket (a
+    /// message, or the end), or its shared channel's doorbell.
+    enum Wake {
+        case none
+        case socket
+        case doorbell
+    }
+
     /// What ``serveArrived(with:woken:)`` left the connection as.
     enum Progress {
         /// Every message that had arrived is answered: wait until the socket is readable.
@@ -31,8 +40,8 @@ final class ServerConnection: @unchecked Sendable {
     private let peer: UnixSocket.PeerCredentials
     /// Where messages come and go once the consumer shared one; nil while on the socket.
     private var channel: SharedMessageChannel?
-    /// A descriptor that came with the message being handled (only a share message carries one).
-    private var attached: Int32?
+    /// Descriptors that came with the message being handled (only a share message carries any).
+    private var attached: [Int32] = []
     /// A channel agreed on in the message being handled, used from the next message on.
     private var sharedChannel: SharedMessageChannel?
     /// The open this connection made, closed when the connection ends.
@@ -41,6 +50,24 @@ final class ServerConnection: @unchecked Sendable {
     private var serving: ConsumerID?
     /// The buffer and chain of the thread serving the connection now.
     private var scratch: ServingScratch!
+
+    /// Held by the one thread serving the connection (see ``ContainerServer``): its socket and
+    /// its channel's doorbell are polled apart, and both may wake a thread at once.
+    let busy = Atomic<Bool>(false)
+    /// Descriptors whose one-shot poll event fired and that are to be armed again, as
+    /// ``Armed`` bits: set by whoever took the event, taken by whoever releases ``busy``.
+    let disarmed = Atomic<UInt8>(0)
+    /// Whether the shared channel's doorbell is in the poll yet (only the serving thread uses it).
+    var doorbellPolled = false
+
+    /// The bits of ``disarmed``.
+    enum Armed {
+        static let socket: UInt8 = 1
+        static let doorbell: UInt8 = 2
+    }
+
+    /// The shared channel's doorbell, once the consumer shared one.
+    var doorbellDescriptor: Int32? { channel?.doorbellDescriptor }
 
     init(container: LogicalContainer, socket: UnixSocket, peer: UnixSocket.PeerCredentials, token: UInt64) {
         self.container = container
@@ -53,25 +80,29 @@ final class ServerConnection: @unchecked Sendable {
     private var buffer: MessageBuffer { scratch.buffer }
 
     /// Answers every message that has arrived, using the serving thread's `scratch`. `woken`
-    /// says the event poll found the socket readable (a message, a doorbell or the end).
+    /// says what the event poll found ready: the socket (a message or the end) or the doorbell.
     /// Returns without waiting for more: `.idle` when no message is left (the caller rearms
     /// the socket in its poll), `.ended` when the connection is over.
-    func serveArrived(with scratch: ServingScratch, woken: Bool) -> Progress {
+    func serveArrived(with scratch: ServingScratch, woken: Wake) -> Progress {
         self.scratch = scratch
         defer { self.scratch = nil }
-        if woken, let channel {
-            do {
-                guard try channel.takeDoorbell() else { return .ended }
-            } catch {
-                return .ended  // the consumer broke the channel's protocol on the socket
+        if let channel {
+            switch woken {
+            case .socket:
+                do {
+                    if try channel.socketHasEnded() { return .ended }
+                } catch {
+                    return .ended  // the consumer broke the channel's protocol on the socket
+                }
+            case .doorbell:
+                channel.takeDoorbell()
+            case .none:
+                break
             }
         }
-        var fresh = woken  // nothing was taken since the wake-up
+        var fresh = woken != .none  // nothing was taken since the wake-up
         while true {
-            if let descriptor = attached {  // what came with the last message is not kept
-                Glibc.close(descriptor)
-                attached = nil
-            }
+            releaseAttached()  // what came with the last message is not kept
             let received: Int
             do {
                 guard let next = try receive(fresh: fresh) else { return .idle }
@@ -109,10 +140,7 @@ final class ServerConnection: @unchecked Sendable {
     /// and its socket, shared channel and any descriptor received with a message are released.
     /// Called once, by whoever takes the connection out of its server's table.
     func finish() {
-        if let descriptor = attached {
-            Glibc.close(descriptor)
-            attached = nil
-        }
+        releaseAttached()
         if let opened { container.closeConsumer(opened) }
         opened = nil
         serving = nil
@@ -122,12 +150,18 @@ final class ServerConnection: @unchecked Sendable {
     }
 
     /// The next message if one has arrived (waiting only for a shared channel's spin), and on
-    /// the socket any descriptor sent with it; nil if none has. After a wake-up (`fresh`) a
+    /// the socket any descriptors sent with it; nil if none has. After a wake-up (`fresh`) a
     /// socket is known to be readable and a shared channel does not spin.
     private func receive(fresh: Bool) throws(SystemError) -> Int? {
         if let channel { return try channel.receiveIfArrived(into: buffer.bytes, spinning: !fresh) }
         guard fresh || socket.hasInput else { return nil }
-        return try socket.receive(into: buffer.bytes, descriptor: &attached)
+        return try socket.receive(into: buffer.bytes, descriptors: &attached)
+    }
+
+    private func releaseAttached() {
+        guard !attached.isEmpty else { return }
+        for descriptor in attached { Glibc.close(descriptor) }
+        attached.removeAll(keepingCapacity: true)
     }
 
     /// Handles one message and builds the answer in the buffer; returns its length.
@@ -182,13 +216,15 @@ final class ServerConnection: @unchecked Sendable {
             guard consumer == opened, channel == nil, sharedChannel == nil else {
                 throw WireMessage.malformed("only the connection that opened a device may share a channel, once")
             }
-            guard let descriptor = attached else { throw WireMessage.malformed("a share message must carry the channel's memory") }
+            guard attached.count == 3 else {
+                throw WireMessage.malformed("a share message must carry the channel's memory and its two doorbells, not \(attached.count) descriptor(s)")
+            }
             guard container.transport.sharedMemory else {
                 throw LogicalDeviceError(.requestFailed, "container '\(container.name)' takes requests on its socket only")
             }
             do {
                 sharedChannel = try SharedMessageChannel(
-                    joining: descriptor, capacity: WireMessage.maximumSize, socket: socket,
+                    joining: attached, capacity: WireMessage.maximumSize, socket: socket,
                     spinNanoseconds: container.transport.spinNanoseconds)
             } catch {
                 throw WireMessage.malformed("the shared channel was refused: \(error)")

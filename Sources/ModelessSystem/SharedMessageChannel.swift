@@ -29,11 +29,13 @@ import Glibc
 /// stops at once and sleeps, so as not to hold the CPU the peer needs.
 ///
 /// To sleep, the receiver
-/// raises a "sleeping" flag and blocks in `recv` on the socket, and the sender, seeing the
-/// flag, rings a one-byte doorbell message there. Each side stores its own word then reads the
-/// other's, with sequentially consistent ordering, so a doorbell is never lost and never rung
-/// twice. Blocking on the socket keeps the socket's guarantee: when either process ends, the
-/// other's receive returns 0 at once.
+/// raises a "sleeping" flag and blocks on its doorbell, an eventfd of its own that the creator
+/// made and sent with the memory, and the sender, seeing the flag, rings it (an eventfd write
+/// costs less than a socket message: no buffer is allocated). Each side stores its own word
+/// then reads the other's, with sequentially consistent ordering, so a doorbell is never lost
+/// and never rung twice. The sleeper waits on its doorbell and on the socket together, which
+/// keeps the socket's guarantee: when either process ends, the other's receive returns 0 at
+/// once.
 ///
 /// Neither side trusts the other with the shared memory: the creator seals the file's size
 /// (a peer cannot shrink it under the other's mapping), the joiner checks the seals and the
@@ -44,7 +46,8 @@ import Glibc
 /// Each end is used by one sending thread and one receiving thread at a time (a request's
 /// caller, or the provider's thread serving the connection, does both in turn). A receiver
 /// either blocks in ``receive(into:)`` or, to wait for many channels with one `epoll`, takes
-/// messages with ``receiveIfArrived(into:spinning:)``.
+/// messages with ``receiveIfArrived(into:spinning:)``, polling each channel's
+/// ``doorbellDescriptor`` and socket.
 public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     /// The largest message either side can send.
     public let capacity: Int
@@ -74,7 +77,21 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     /// Whether the peer is awake, as it published: false while it sleeps in this channel's
     /// wait, waiting for a message from this side (for diagnostics and tests).
     public var peerIsAwake: Bool { modeless_load_seqcst32(outbox + Self.presenceOffset) == Presence.awake }
-    private var doorbell: UInt8 = 0x44  // "D"
+    /// The eventfd this side sleeps on, and the peer's, which this side rings.
+    private let ownDoorbell: Int32
+    private let peerDoorbell: Int32
+
+    /// What the creator sends its peer to join a channel (``create(capacity:socket:spinNanoseconds:)``
+    /// makes it; `SCM_RIGHTS` carries it): the memory, the creator's doorbell and the joiner's,
+    /// in that order. They are the holder's to close (``close()``); the channel keeps its own.
+    public struct Attachment: Sendable {
+        /// The memory (a sealed memfd), the creator's doorbell and the joiner's (eventfds).
+        public let descriptors: [Int32]
+        /// The shared memory's descriptor.
+        public var memory: Int32 { descriptors[0] }
+        /// Closes the descriptors.
+        public func close() { for descriptor in descriptors { _ = Glibc.close(descriptor) } }
+    }
 
     // Layout: a 4 KiB header page, then two mailboxes (the creator sends in the first).
     // In a mailbox: the sequence number at 0, the message length at 4 and the time it was sent
@@ -82,7 +99,7 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     // move fetches one line for all three); the receiver's sleeping flag at 64 (its own line);
     // the receiver's presence (awake or asleep) at 192 and the CPU it last waited on at 196;
     // the message at 256.
-    private static let magic: UInt64 = 0x3330_4E41_4843_4C4D  // "MLCHAN03"
+    private static let magic: UInt64 = 0x3430_4E41_4843_4C4D  // "MLCHAN04"
     private static let sequenceOffset = 0
     private static let lengthOffset = 4
     private static let sentAtOffset = 8
@@ -100,53 +117,90 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     private static func mailboxSize(_ capacity: Int) -> Int { (messageOffset + capacity + 4095) & ~4095 }
     private static func fileSize(_ capacity: Int) -> Int { 4096 + 2 * mailboxSize(capacity) }
 
-    /// Makes the shared memory for a channel over `socket` whose messages are at most
-    /// `capacity` bytes. Returns the channel and the descriptor to send the peer (with
-    /// ``UnixSocket/send(_:attaching:)``), which the caller closes after sending.
-    public static func create(capacity: Int, socket: UnixSocket, spinNanoseconds: UInt64) throws(SystemError) -> (SharedMessageChannel, descriptor: Int32) {
+    /// Makes the shared memory and the two doorbells for a channel over `socket` whose
+    /// messages are at most `capacity` bytes. Returns the channel and what to send the peer
+    /// (with ``UnixSocket/send(_:attaching:)``), which the caller closes after sending.
+    public static func create(capacity: Int, socket: UnixSocket, spinNanoseconds: UInt64) throws(SystemError) -> (SharedMessageChannel, attachment: Attachment) {
         precondition(capacity > 0 && capacity <= Int(UInt32.max) - messageOffset, "a channel's capacity must fit a mailbox")
         let size = fileSize(capacity)
-        let fd = try systemCall("memfd_create", "message channel") { modeless_memfd("modeless-channel") }
-        do {
-            _ = try systemCall("ftruncate", "message channel") { ftruncate(fd, off_t(size)) }
-            _ = try systemCall("seal", "message channel") { modeless_seal_size(fd) }
-            let base = try map(fd, size: size)
+        var made: [Int32] = []
+        do throws(SystemError) {
+            made.append(try systemCall("memfd_create", "message channel") { modeless_memfd("modeless-channel") })
+            _ = try systemCall("ftruncate", "message channel") { ftruncate(made[0], off_t(size)) }
+            _ = try systemCall("seal", "message channel") { modeless_seal_size(made[0]) }
+            for _ in 0..<2 { made.append(try systemCall("eventfd", "message channel's doorbell") { modeless_eventfd(0, O_CLOEXEC | O_NONBLOCK) }) }
+            // The channel's own copies of the doorbells; the attachment's go to the peer.
+            let creatorDoorbell = try duplicate(made[1])
+            let joinerDoorbell: Int32
+            do { joinerDoorbell = try duplicate(made[2]) } catch {
+                Glibc.close(creatorDoorbell)
+                throw error
+            }
+            let base: UnsafeMutableRawPointer
+            do { base = try map(made[0], size: size) } catch {
+                Glibc.close(creatorDoorbell)
+                Glibc.close(joinerDoorbell)
+                throw error
+            }
             base.storeBytes(of: magic.littleEndian, as: UInt64.self)
             base.storeBytes(of: UInt32(capacity).littleEndian, toByteOffset: 8, as: UInt32.self)
-            let channel = SharedMessageChannel(base: base, size: size, capacity: capacity, creator: true, socket: socket, spinNanoseconds: spinNanoseconds)
-            return (channel, fd)
+            let channel = SharedMessageChannel(base: base, size: size, capacity: capacity, creator: true, socket: socket, spinNanoseconds: spinNanoseconds,
+                                               ownDoorbell: creatorDoorbell, peerDoorbell: joinerDoorbell)
+            return (channel, Attachment(descriptors: made))
         } catch {
-            Glibc.close(fd)
+            Attachment(descriptors: made).close()
             throw error
         }
     }
 
-    /// Maps the shared memory a peer made with ``create(capacity:socket:spinNanoseconds:)``
-    /// and sent as `descriptor` (which stays the caller's to close). Refuses, with `EINVAL`,
-    /// memory whose size is not sealed or not that of a channel of `capacity`, or that does
-    /// not start with the channel's header.
-    public convenience init(joining descriptor: Int32, capacity: Int, socket: UnixSocket, spinNanoseconds: UInt64) throws(SystemError) {
+    /// Joins the channel a peer made with ``create(capacity:socket:spinNanoseconds:)`` from
+    /// the descriptors it sent (``Attachment/descriptors``), which stay the caller's to close.
+    /// Refuses, with `EINVAL`, anything but three descriptors, memory whose size is not sealed
+    /// or not that of a channel of `capacity`, or that does not start with the channel's
+    /// header, and doorbells that are not eventfds.
+    public convenience init(joining descriptors: [Int32], capacity: Int, socket: UnixSocket, spinNanoseconds: UInt64) throws(SystemError) {
+        guard descriptors.count == 3 else {
+            throw SystemError("join (\(descriptors.count) descriptors, not the memory and two doorbells)", "shared message channel", errno: .invalidArgument)
+        }
         let size = Self.fileSize(capacity)
         var status = stat()
-        _ = try systemCall("fstat", "shared message channel") { fstat(descriptor, &status) }
-        guard (status.st_mode & S_IFMT) == S_IFREG, Int(status.st_size) == size, modeless_size_is_sealed(descriptor) == 1 else {
+        _ = try systemCall("fstat", "shared message channel") { fstat(descriptors[0], &status) }
+        guard (status.st_mode & S_IFMT) == S_IFREG, Int(status.st_size) == size, modeless_size_is_sealed(descriptors[0]) == 1 else {
             throw SystemError("join (the memory is not a size-sealed \(size)-byte channel)", "shared message channel", errno: .invalidArgument)
         }
-        let base = try Self.map(descriptor, size: size)
+        guard Self.isEventDescriptor(descriptors[1]), Self.isEventDescriptor(descriptors[2]) else {
+            throw SystemError("join (the doorbells are not eventfds)", "shared message channel", errno: .invalidArgument)
+        }
+        let base = try Self.map(descriptors[0], size: size)
         guard UInt64(littleEndian: base.load(as: UInt64.self)) == Self.magic,
               UInt32(littleEndian: base.load(fromByteOffset: 8, as: UInt32.self)) == UInt32(capacity) else {
             munmap(base, size)
             throw SystemError("join (the memory has no channel header of capacity \(capacity))", "shared message channel", errno: .invalidArgument)
         }
-        self.init(base: base, size: size, capacity: capacity, creator: false, socket: socket, spinNanoseconds: spinNanoseconds)
+        let own: Int32, peer: Int32
+        do throws(SystemError) {
+            own = try Self.duplicate(descriptors[2])
+            do { peer = try Self.duplicate(descriptors[1]) } catch {
+                Glibc.close(own)
+                throw error
+            }
+        } catch {
+            munmap(base, size)
+            throw error
+        }
+        self.init(base: base, size: size, capacity: capacity, creator: false, socket: socket, spinNanoseconds: spinNanoseconds,
+                  ownDoorbell: own, peerDoorbell: peer)
     }
 
-    private init(base: UnsafeMutableRawPointer, size: Int, capacity: Int, creator: Bool, socket: UnixSocket, spinNanoseconds: UInt64) {
+    private init(base: UnsafeMutableRawPointer, size: Int, capacity: Int, creator: Bool, socket: UnixSocket, spinNanoseconds: UInt64,
+                 ownDoorbell: Int32, peerDoorbell: Int32) {
         self.base = base
         self.size = size
         self.capacity = capacity
         self.socket = socket
         self.spinNanoseconds = spinNanoseconds
+        self.ownDoorbell = ownDoorbell
+        self.peerDoorbell = peerDoorbell
         currentSpin = spinNanoseconds
         let first = base + 4096
         let second = first + Self.mailboxSize(capacity)
@@ -157,6 +211,24 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         seenSequence = modeless_load_seqcst32(inbox + Self.sequenceOffset)
     }
 
+    private static func duplicate(_ descriptor: Int32) throws(SystemError) -> Int32 {
+        try systemCall("fcntl F_DUPFD_CLOEXEC", "message channel's doorbell") { fcntl(descriptor, F_DUPFD_CLOEXEC, 0) }
+    }
+
+    /// Whether `descriptor` is an eventfd (its `/proc/self/fd` link names one).
+    private static func isEventDescriptor(_ descriptor: Int32) -> Bool {
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 64) { target in
+            let length = readlink("/proc/self/fd/\(descriptor)", target.baseAddress!, 63)
+            guard length > 0 else { return false }
+            target[length] = 0
+            return String(cString: target.baseAddress!) == "anon_inode:[eventfd]"
+        }
+    }
+
+    /// The descriptor this side's doorbell rings on, for a receiver that waits for many
+    /// channels with one poll (``receiveIfArrived(into:spinning:)``): readable when rung.
+    public var doorbellDescriptor: Int32 { ownDoorbell }
+
     private static func map(_ fd: Int32, size: Int) throws(SystemError) -> UnsafeMutableRawPointer {
         guard let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), address != MAP_FAILED else {
             throw SystemError("mmap", "shared message channel", errno: .current)
@@ -164,7 +236,11 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         return address
     }
 
-    deinit { munmap(base, size) }
+    deinit {
+        munmap(base, size)
+        Glibc.close(ownDoorbell)
+        Glibc.close(peerDoorbell)
+    }
 
     /// Puts `bytes` in the peer's mailbox and rings the doorbell if the peer sleeps. The peer
     /// must have taken the previous message: the channel carries one message at a time each
@@ -185,14 +261,14 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         wokePeer = false
         if modeless_load_seqcst32(outbox + Self.sleepingOffset) == 1,
            modeless_exchange_seqcst32(outbox + Self.sleepingOffset, 0) == 1 {
-            try withUnsafeBytes(of: &doorbell) { (byte) throws(SystemError) in try socket.send(byte) }
+            try ring()
             wokePeer = true
         }
     }
 
     /// Waits for the next message and copies it into `buffer`; returns its length, or 0 when
     /// the peer has ended (or the socket was shut down). A length beyond the capacity or the
-    /// buffer is `EMSGSIZE`; anything but a doorbell on the socket is `EBADMSG`.
+    /// buffer is `EMSGSIZE`; any message on the socket is `EBADMSG`.
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
         let sequence = inbox + Self.sequenceOffset
         let sleeping = inbox + Self.sleepingOffset
@@ -227,8 +303,9 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
     /// at once (on their sockets, with an ``EventPoll``) instead of in ``receive(into:)``.
     /// Copies the message into `buffer` and returns its length; if none has arrived, and none
     /// arrives while it spins (only with `spinning`), raises this side's sleeping flag and
-    /// returns nil. After nil the caller waits until the socket is readable, calls
-    /// ``takeDoorbell()``, then calls this again: a sender that finds the flag up rings the
+    /// returns nil. After nil the caller waits until the doorbell (``doorbellDescriptor``) is
+    /// readable, calls ``takeDoorbell()``, then calls this again (and, when the socket becomes
+    /// readable instead, asks ``socketHasEnded()``): a sender that finds the flag up rings the
     /// doorbell, so no message goes unnoticed. A doorbell can come with no message behind it
     /// (the flag was lowered as the sender took it down); this then returns nil again.
     /// Errors are those of ``receive(into:)``. Use one way of receiving per end.
@@ -266,17 +343,28 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         return length
     }
 
-    /// Takes a doorbell waiting on the socket, without blocking, for a receiver that
-    /// ``receiveIfArrived(into:spinning:)`` left asleep and whose socket became readable.
-    /// False when the socket has reached its end (the peer ended, or the socket was shut down);
-    /// true otherwise, also when no doorbell was waiting. Anything but a doorbell is `EBADMSG`.
-    public func takeDoorbell() throws(SystemError) -> Bool {
+    /// Takes the doorbell if it was rung, without blocking, for a receiver that
+    /// ``receiveIfArrived(into:spinning:)`` left asleep and whose doorbell became readable.
+    public func takeDoorbell() {
+        var count: UInt64 = 0
+        _ = read(ownDoorbell, &count, 8)  // EAGAIN: not rung (a wake-up to spare)
+    }
+
+    /// Whether the socket beside the channel has reached its end (the peer ended, or the
+    /// socket was shut down), without blocking, for a receiver whose socket became readable.
+    /// Nothing but the end may come on it once the channel is in use: a message is `EBADMSG`.
+    public func socketHasEnded() throws(SystemError) -> Bool {
         var byte: UInt8 = 0
         let length = try withUnsafeMutableBytes(of: &byte) { (bytes) throws(SystemError) in try socket.receiveIfReady(into: bytes) }
-        guard let length else { return true }
-        if length == 0 { return false }
-        guard length == 1, byte == doorbell else { throw SystemError("receive", "shared message channel's doorbell", errno: .badMessage) }
-        return true
+        guard let length else { return false }
+        if length == 0 { return true }
+        throw SystemError("receive", "shared message channel's socket (a message where only its end may come)", errno: .badMessage)
+    }
+
+    /// Rings the peer's doorbell.
+    private func ring() throws(SystemError) {
+        var one: UInt64 = 1
+        _ = try systemCall("write", "shared message channel's doorbell") { write(peerDoorbell, &one, 8) }
     }
 
     /// Set when the socket reached its end while this side slept.
@@ -388,12 +476,21 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
         currentSpin = sentAt &- waitStarted <= window || sentAt < waitStarted ? spinNanoseconds : halved < 1000 ? 0 : halved
     }
 
-    /// Blocks for the doorbell; false when the socket reached its end instead.
+    /// Blocks until the doorbell is rung or the socket becomes readable; false when the
+    /// socket reached its end. Either way the doorbell is taken.
     private func awaitDoorbell() throws(SystemError) -> Bool {
-        var byte: UInt8 = 0
-        let length = try withUnsafeMutableBytes(of: &byte) { (bytes) throws(SystemError) in try socket.receive(into: bytes) }
-        if length == 0 { return false }
-        guard length == 1, byte == doorbell else { throw SystemError("receive", "shared message channel's doorbell", errno: .badMessage) }
-        return true
+        while true {
+            var entries = (pollfd(fd: ownDoorbell, events: Int16(POLLIN), revents: 0), pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0))
+            let ready = withUnsafeMutableBytes(of: &entries) { poll($0.baseAddress!.assumingMemoryBound(to: pollfd.self), 2, -1) }
+            if ready < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("poll", "shared message channel's doorbell", errno: .current)
+            }
+            if entries.1.revents != 0, try socketHasEnded() { return false }
+            if entries.0.revents != 0 {
+                takeDoorbell()
+                return true
+            }
+        }
     }
 }

@@ -124,6 +124,44 @@ public final class UnixSocket: @unchecked Sendable {
         return length
     }
 
+    /// Sends `bytes` as one message with copies of `descriptors` (1 to
+    /// ``maximumAttached``; `SCM_RIGHTS`); the caller keeps its own and closes them when done.
+    public func send(_ bytes: UnsafeRawBufferPointer, attaching descriptors: [Int32]) throws(SystemError) {
+        guard (1...Self.maximumAttached).contains(descriptors.count) else { throw SystemError("sendmsg", path, errno: .invalidArgument) }
+        let sent = try descriptors.withUnsafeBufferPointer { (list) throws(SystemError) in
+            try systemCall("sendmsg", path) { modeless_send_with_fds(fd, bytes.baseAddress, UInt(bytes.count), list.baseAddress, Int32(list.count)) }
+        }
+        if sent != bytes.count { throw SystemError("sendmsg", path, errno: .messageTooLong) }
+    }
+
+    /// The most descriptors one message carries.
+    public static let maximumAttached = Int(MODELESS_MAXIMUM_ATTACHED)
+
+    /// Receives one message like ``receive(into:)``, and the descriptors sent with it (up to
+    /// ``maximumAttached``; any more are closed) into `descriptors`, which the caller then
+    /// owns (close-on-exec). `descriptors` is emptied first; nothing is allocated when none came.
+    public func receive(into buffer: UnsafeMutableRawBufferPointer, descriptors: inout [Int32]) throws(SystemError) -> Int {
+        descriptors.removeAll(keepingCapacity: true)
+        var received: (Int32, Int32, Int32, Int32) = (-1, -1, -1, -1)
+        var count: Int32 = 0
+        let length = try withUnsafeMutableBytes(of: &received) { (slots) throws(SystemError) in
+            try systemCall("recvmsg", path) {
+                modeless_receive_with_fds(fd, buffer.baseAddress, UInt(buffer.count), slots.baseAddress!.assumingMemoryBound(to: Int32.self), Int32(Self.maximumAttached), &count)
+            }
+        }
+        if count > 0 {
+            withUnsafeBytes(of: received) { slots in
+                for index in 0..<Int(count) { descriptors.append(slots.load(fromByteOffset: index * 4, as: Int32.self)) }
+            }
+        }
+        if length > buffer.count {
+            for descriptor in descriptors { Glibc.close(descriptor) }
+            descriptors.removeAll(keepingCapacity: true)
+            throw SystemError("recvmsg", path, errno: .messageTooLong)
+        }
+        return length
+    }
+
     /// The process and user at the other end.
     public func peerCredentials() throws(SystemError) -> PeerCredentials {
         var processID: Int32 = 0

@@ -116,11 +116,11 @@ struct MessageFuzzTests {
 
     /// Moves an opened connection into a shared channel, as a consumer does after its open.
     static func share(_ socket: UnixSocket, consumer: UInt64) throws -> SharedMessageChannel {
-        let (channel, descriptor) = try SharedMessageChannel.create(capacity: WireMessage.maximumSize, socket: socket, spinNanoseconds: 0)
-        defer { close(descriptor) }
+        let (channel, attachment) = try SharedMessageChannel.create(capacity: WireMessage.maximumSize, socket: socket, spinNanoseconds: 0)
+        defer { attachment.close() }
         let buffer = MessageBuffer()
         let length = buffer.build(WireMessage(kind: .share, consumerID: consumer), text: "")
-        try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), attaching: descriptor)
+        try socket.send(UnsafeRawBufferPointer(rebasing: buffer.bytes[0..<length]), attaching: attachment.descriptors)
         _ = try RemoteHandle.receiveReply(socket, buffer, expecting: .shareReply, what: "share")
         return channel
     }

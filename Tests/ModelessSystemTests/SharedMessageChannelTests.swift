@@ -8,9 +8,9 @@ struct SharedMessageChannelTests {
     /// A channel over a socket pair: the creator's end and the joiner's end.
     private func channelPair(capacity: Int = 1024, spin: UInt64) throws -> (SharedMessageChannel, SharedMessageChannel, UnixSocket, UnixSocket) {
         let (left, right) = try UnixSocket.pair()
-        let (creator, descriptor) = try SharedMessageChannel.create(capacity: capacity, socket: left, spinNanoseconds: spin)
-        defer { close(descriptor) }
-        let joiner = try SharedMessageChannel(joining: descriptor, capacity: capacity, socket: right, spinNanoseconds: spin)
+        let (creator, attachment) = try SharedMessageChannel.create(capacity: capacity, socket: left, spinNanoseconds: spin)
+        defer { attachment.close() }
+        let joiner = try SharedMessageChannel(joining: attachment.descriptors, capacity: capacity, socket: right, spinNanoseconds: spin)
         return (creator, joiner, left, right)
     }
 
@@ -106,12 +106,12 @@ struct SharedMessageChannelTests {
     @Test func aLengthBeyondTheCapacityIsRefused() throws {
         let (left, right) = try UnixSocket.pair()
         defer { left.close(); right.close() }
-        let (creator, descriptor) = try SharedMessageChannel.create(capacity: 256, socket: left, spinNanoseconds: 0)
-        defer { close(descriptor) }
-        let joiner = try SharedMessageChannel(joining: descriptor, capacity: 256, socket: right, spinNanoseconds: 0)
+        let (creator, attachment) = try SharedMessageChannel.create(capacity: 256, socket: left, spinNanoseconds: 0)
+        defer { attachment.close() }
+        let joiner = try SharedMessageChannel(joining: attachment.descriptors, capacity: 256, socket: right, spinNanoseconds: 0)
         // A hostile creator rewrites the length after sending: the joiner checks it.
         try creator.send(UnsafeRawBufferPointer(start: nil, count: 0))
-        let memory = try #require(mmap(nil, 4096 * 2, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0))
+        let memory = try #require(mmap(nil, 4096 * 2, PROT_READ | PROT_WRITE, MAP_SHARED, attachment.memory, 0))
         defer { munmap(memory, 4096 * 2) }
         memory.storeBytes(of: UInt32(100_000), toByteOffset: 4096 + 4, as: UInt32.self)  // the first mailbox's length
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
@@ -120,7 +120,7 @@ struct SharedMessageChannelTests {
         #expect(error?.errno == .messageTooLong)
     }
 
-    @Test func anythingButADoorbellOnTheSocketIsRefused() throws {
+    @Test func aMessageOnTheSocketBesideTheChannelIsRefused() throws {
         let (_, joiner, left, right) = try channelPair(spin: 0)
         defer { left.close(); right.close() }
         var garbage: [UInt8] = [1, 2, 3]
@@ -139,28 +139,36 @@ struct SharedMessageChannelTests {
         let file = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o600)
         defer { close(file); unlink(path) }
         #expect(ftruncate(file, 4096 + 2 * 4096) == 0)
+        let (_, attachment) = try SharedMessageChannel.create(capacity: 256, socket: left, spinNanoseconds: 0)
+        defer { attachment.close() }
+        let doorbells = Array(attachment.descriptors[1...])
         let unsealed = #expect(throws: SystemError.self) {
-            _ = try SharedMessageChannel(joining: file, capacity: 256, socket: right, spinNanoseconds: 0)
+            _ = try SharedMessageChannel(joining: [file] + doorbells, capacity: 256, socket: right, spinNanoseconds: 0)
         }
         #expect(unsealed?.errno == .invalidArgument)
         // A real channel joined with another capacity has the wrong size.
-        let (_, descriptor) = try SharedMessageChannel.create(capacity: 256, socket: left, spinNanoseconds: 0)
-        defer { close(descriptor) }
         let wrongSize = #expect(throws: SystemError.self) {
-            _ = try SharedMessageChannel(joining: descriptor, capacity: 8192, socket: right, spinNanoseconds: 0)
+            _ = try SharedMessageChannel(joining: attachment.descriptors, capacity: 8192, socket: right, spinNanoseconds: 0)
         }
         #expect(wrongSize?.errno == .invalidArgument)
         // Sealed: the size cannot be changed by anyone holding the descriptor.
-        #expect(ftruncate(descriptor, 4096) == -1)
+        #expect(ftruncate(attachment.memory, 4096) == -1)
+        // Doorbells that are not eventfds (here the file), or missing, are refused.
+        for descriptors in [[attachment.memory, file, doorbells[1]], [attachment.memory, doorbells[0]]] {
+            let refused = #expect(throws: SystemError.self) {
+                _ = try SharedMessageChannel(joining: descriptors, capacity: 256, socket: right, spinNanoseconds: 0)
+            }
+            #expect(refused?.errno == .invalidArgument)
+        }
     }
 }
 
 @Suite("Shared message channel: adaptive waiting")
 struct SharedMessageChannelWaitingTests {
-    private func channelPair(spin: UInt64, joinerSpin: UInt64? = nil) throws -> (SharedMessageChannel, SharedMessageChannel, Int32, UnixSocket, UnixSocket) {
+    private func channelPair(spin: UInt64, joinerSpin: UInt64? = nil) throws -> (SharedMessageChannel, SharedMessageChannel, SharedMessageChannel.Attachment, UnixSocket, UnixSocket) {
         let (left, right) = try UnixSocket.pair()
         let (creator, descriptor) = try SharedMessageChannel.create(capacity: 256, socket: left, spinNanoseconds: spin)
-        let joiner = try SharedMessageChannel(joining: descriptor, capacity: 256, socket: right, spinNanoseconds: joinerSpin ?? spin)
+        let joiner = try SharedMessageChannel(joining: descriptor.descriptors, capacity: 256, socket: right, spinNanoseconds: joinerSpin ?? spin)
         return (creator, joiner, descriptor, left, right)
     }
 
@@ -177,7 +185,7 @@ struct SharedMessageChannelWaitingTests {
     /// while it waits for a message, and awake once it has taken one.
     @Test func eachSideSeesWhetherThePeerSleepsInTheChannel() throws {
         let (creator, joiner, descriptor, left, right) = try channelPair(spin: 0)
-        defer { close(descriptor); left.close(); right.close() }
+        defer { descriptor.close(); left.close(); right.close() }
         #expect(creator.peerIsAwake && joiner.peerIsAwake, "both start awake")
         let waiter = try SystemThread(name: "waiter") {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
@@ -197,7 +205,7 @@ struct SharedMessageChannelWaitingTests {
     @Test func aReceiverDoesNotSpinWhileThePeerSleeps() throws {
         let spin: UInt64 = 3_000_000_000
         let (creator, joiner, descriptor, left, right) = try channelPair(spin: spin, joinerSpin: 0)
-        defer { close(descriptor); right.close() }
+        defer { descriptor.close(); right.close() }
         let peer = try SystemThread(name: "sleeping peer") {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
             defer { buffer.deallocate() }
@@ -227,7 +235,7 @@ struct SharedMessageChannelWaitingTests {
     @Test func aSlowWakeUpDoesNotKeepTheSpinAtNothing() throws {
         let spin: UInt64 = 64_000
         let (creator, joiner, descriptor, left, right) = try channelPair(spin: spin)
-        defer { close(descriptor); left.close(); right.close() }
+        defer { descriptor.close(); left.close(); right.close() }
         let receiveOne: @Sendable () -> Void = {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
             defer { buffer.deallocate() }
@@ -242,7 +250,7 @@ struct SharedMessageChannelWaitingTests {
         }
         #expect(joiner.nextSpinNanoseconds == 0)
         // A message stamped as sent before the wait began, whose doorbell is rung 200 ms later.
-        let memory = try #require(mmap(nil, 3 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0))
+        let memory = try #require(mmap(nil, 3 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor.memory, 0))
         defer { munmap(memory, 3 * 4096) }
         let mailbox = memory + 4096  // the creator's outbox, the joiner's inbox
         let stamp = monotonicNanoseconds()
@@ -254,8 +262,8 @@ struct SharedMessageChannelWaitingTests {
         let sequence = mailbox.load(as: UInt32.self) &+ 1
         mailbox.storeBytes(of: sequence, as: UInt32.self)
         mailbox.storeBytes(of: UInt32(0), toByteOffset: 64, as: UInt32.self)  // the sleeping flag, taken down
-        var doorbell: UInt8 = 0x44
-        try withUnsafeBytes(of: &doorbell) { try left.send($0) }
+        var ring: UInt64 = 1
+        #expect(write(descriptor.descriptors[2], &ring, 8) == 8)  // the joiner's doorbell
         waiter.join()
         #expect(joiner.nextSpinNanoseconds == spin, "a message sent within the spin brings it back, whatever the wake-up took")
     }
@@ -269,7 +277,7 @@ struct SharedMessageChannelWaitingTests {
         guard SystemThread.cpuCount >= 2 else { return }
         let spin: UInt64 = 40_000_000  // 40 ms, so a 200 ms window through a wake-up
         let (creator, joiner, descriptor, left, right) = try channelPair(spin: spin)
-        defer { close(descriptor); left.close(); right.close() }
+        defer { descriptor.close(); left.close(); right.close() }
         let creatorSpunThrough = Atomic<Int>(-1)  // 1: the creator was awake when the joiner woke
         let peer = try SystemThread(name: "woken peer", placement: .init(cpu: 1)) {
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)

@@ -103,6 +103,18 @@ long modeless_send_with_fd(int socket, const void *bytes, unsigned long length, 
 /// `length` if the message was cut), 0 at end of stream, or -1 with errno set.
 long modeless_receive_with_fd(int socket, void *bytes, unsigned long length, int *fd);
 
+/// The most descriptors one message carries with ``modeless_send_with_fds``.
+#define MODELESS_MAXIMUM_ATTACHED 4
+
+/// Sends `length` bytes as one message with the `count` descriptors `fds` attached (1 to
+/// MODELESS_MAXIMUM_ATTACHED; else EINVAL), without SIGPIPE. Returns the bytes sent, or -1.
+long modeless_send_with_fds(int socket, const void *bytes, unsigned long length, const int *fds, int count);
+
+/// Receives one message like ``modeless_receive_with_fd``, keeping up to `capacity`
+/// attached descriptors (close-on-exec) in `fds` and their number in `*count`; any beyond
+/// `capacity` are closed. Returns the length, 0 at end of stream, or -1 with errno set.
+long modeless_receive_with_fds(int socket, void *bytes, unsigned long length, int *fds, int capacity, int *count);
+
 // VFIO ioctl request numbers (linux/vfio.h builds them with _IO(), a macro Swift cannot import).
 extern const unsigned long modeless_VFIO_GET_API_VERSION;
 extern const unsigned long modeless_VFIO_CHECK_EXTENSION;
