@@ -256,20 +256,14 @@ final class ContainerServer: @unchecked Sendable {
         }
         logger.debug("connection accepted", metadata: ["pid": "\(peer.processID)", "connection": "\(connection.token)"])
         connection.busy.store(true, ordering: .sequentiallyConsistent)
-        guard connection.serveArrived(with: scratch, woken: .none) == .idle else {
-            end(connection)
-            return
-        }
-        do {
-            try events.add(socket.fd, token: connection.token, [.readable, .oneShot])
-            try pollDoorbell(of: connection)
-        } catch {
+        do { try events.add(socket.fd, token: connection.token, [.readable, .oneShot]) } catch {
             // No room in the poll (ENOMEM, ENOSPC): the consumer sees the provider end.
             logger.info("ending a connection that cannot be polled", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
             end(connection)
             return
         }
-        release(connection)
+        // Whatever fires meanwhile is recorded, and handled once this thread lets go.
+        serveHeld(connection, woken: .none, scratch: scratch)
     }
 
     /// Arms the listening socket again; waits for memory the kernel lacks rather than stop accepting.
@@ -289,27 +283,49 @@ final class ContainerServer: @unchecked Sendable {
     /// Answers what has arrived on the connection whose socket or doorbell has `token`, then
     /// rearms what fired, or ends it.
     ///
-    /// A connection's socket and its channel's doorbell are polled apart (one-shot each), so
-    /// two threads may be woken for it at once: the one that takes ``ServerConnection/busy``
-    /// serves it; the other only records that its descriptor is to be armed again, which the
-    /// server does after it lets go (it reads the record after releasing, so a record made
-    /// while it held the connection is never missed, and the poll, level-triggered, reports
-    /// again whatever is still ready).
+    /// A connection's socket (one-shot) and its channel's doorbell (edge-triggered: each ring
+    /// is one event, with nothing to read or rearm) are polled apart, so two threads may be
+    /// woken for it at once: the one that takes ``ServerConnection/busy`` serves it; the other
+    /// only records what it took, which the server handles after it lets go (it reads the
+    /// record after releasing, so a record made while it held the connection is never missed).
     private func serveConnection(_ token: UInt64, scratch: ServingScratch) {
         let wake: ServerConnection.Wake = token & Token.doorbell != 0 ? .doorbell : .socket
         guard let connection = lock.withLock({ connections[token & ~Token.doorbell] }) else { return }
         connection.disarmed.bitwiseOr(wake == .doorbell ? ServerConnection.Armed.doorbell : ServerConnection.Armed.socket, ordering: .sequentiallyConsistent)
         guard connection.busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged else { return }
-        switch connection.serveArrived(with: scratch, woken: wake) {
-        case .idle:
-            do { try pollDoorbell(of: connection) } catch {
-                logger.info("ending a connection whose doorbell cannot be polled", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
+        serveHeld(connection, woken: wake, scratch: scratch)
+    }
+
+    /// Serves a connection this thread holds (``ServerConnection/busy``) until nothing is left
+    /// for it, then lets go of it, or ends it.
+    private func serveHeld(_ connection: ServerConnection, woken: ServerConnection.Wake, scratch: ServingScratch) {
+        var wake = woken
+        while true {
+            // Rings recorded so far are for messages published before now, which this pass
+            // sees: forget them, so that the pass is not repeated for them.
+            connection.disarmed.bitwiseAnd(~ServerConnection.Armed.doorbell, ordering: .sequentiallyConsistent)
+            guard connection.serveArrived(with: scratch, woken: wake) == .idle else {
                 end(connection)
                 return
             }
-            release(connection)
-        case .ended:
-            end(connection)
+            let fired: UInt8
+            do {
+                try pollDoorbell(of: connection)
+                connection.busy.store(false, ordering: .sequentiallyConsistent)
+                fired = connection.disarmed.exchange(0, ordering: .sequentiallyConsistent)
+                if fired & ServerConnection.Armed.socket != 0 {
+                    try events.rearm(connection.socket.fd, token: connection.token, [.readable, .oneShot])
+                }
+            } catch {
+                logger.info("ending a connection that cannot be polled", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
+                end(connection)
+                return
+            }
+            // A ring another thread took while this one held the connection: serve it, unless
+            // a thread woken since has taken the connection.
+            guard fired & ServerConnection.Armed.doorbell != 0,
+                  connection.busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged else { return }
+            wake = .doorbell
         }
     }
 
@@ -317,25 +333,8 @@ final class ContainerServer: @unchecked Sendable {
     /// channel. Called by the thread serving it.
     private func pollDoorbell(of connection: ServerConnection) throws(SystemError) {
         guard !connection.doorbellPolled, let doorbell = connection.doorbellDescriptor else { return }
-        try events.add(doorbell, token: connection.token | Token.doorbell, [.readable, .oneShot])
+        try events.add(doorbell, token: connection.token | Token.doorbell, [.readable, .edgeTriggered])
         connection.doorbellPolled = true
-    }
-
-    /// Lets go of a connection served to idle, then arms again what fired meanwhile.
-    private func release(_ connection: ServerConnection) {
-        connection.busy.store(false, ordering: .sequentiallyConsistent)
-        let fired = connection.disarmed.exchange(0, ordering: .sequentiallyConsistent)
-        do {
-            if fired & ServerConnection.Armed.socket != 0 {
-                try events.rearm(connection.socket.fd, token: connection.token, [.readable, .oneShot])
-            }
-            if fired & ServerConnection.Armed.doorbell != 0, let doorbell = connection.doorbellDescriptor {
-                try events.rearm(doorbell, token: connection.token | Token.doorbell, [.readable, .oneShot])
-            }
-        } catch {
-            logger.info("ending a connection that cannot be polled again", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
-            end(connection)
-        }
     }
 
     /// Takes a connection out of the table and the poll and releases it, unless ``stop()``

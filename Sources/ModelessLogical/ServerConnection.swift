@@ -54,8 +54,9 @@ final class ServerConnection: @unchecked Sendable {
     /// Held by the one thread serving the connection (see ``ContainerServer``): its socket and
     /// its channel's doorbell are polled apart, and both may wake a thread at once.
     let busy = Atomic<Bool>(false)
-    /// Descriptors whose one-shot poll event fired and that are to be armed again, as
-    /// ``Armed`` bits: set by whoever took the event, taken by whoever releases ``busy``.
+    /// Events taken by threads that found the connection busy, as ``Armed`` bits (the socket,
+    /// one-shot, to arm again; the doorbell, edge-triggered, to serve again): set by whoever
+    /// took the event, taken by whoever releases ``busy``.
     let disarmed = Atomic<UInt8>(0)
     /// Whether the shared channel's doorbell is in the poll yet (only the serving thread uses it).
     var doorbellPolled = false
@@ -94,9 +95,7 @@ final class ServerConnection: @unchecked Sendable {
                 } catch {
                     return .ended  // the consumer broke the channel's protocol on the socket
                 }
-            case .doorbell:
-                channel.takeDoorbell()
-            case .none:
+            case .doorbell, .none:  // the doorbell is polled edge-triggered: nothing to take
                 break
             }
         }

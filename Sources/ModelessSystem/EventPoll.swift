@@ -14,7 +14,7 @@ import Glibc
 ///
 /// Owns its descriptor: ``close()`` releases it, and so does `deinit`.
 public final class EventPoll: @unchecked Sendable {
-    /// What to wait for on a descriptor (`EPOLLIN`, `EPOLLONESHOT`). End of stream, a hang-up
+    /// What to wait for on a descriptor (`EPOLLIN`, `EPOLLONESHOT`, `EPOLLET`). End of stream, a hang-up
     /// and an error are always reported, as readable.
     public struct Interest: OptionSet, Sendable {
         /// The `EPOLL*` bits.
@@ -26,6 +26,9 @@ public final class EventPoll: @unchecked Sendable {
         public static let readable = Interest(rawValue: EPOLLIN.rawValue)
         /// `EPOLLONESHOT`: report once, then wait for ``EventPoll/rearm(_:token:_:)``.
         public static let oneShot = Interest(rawValue: EPOLLONESHOT.rawValue)
+        /// `EPOLLET`: report each time the descriptor becomes ready again (for an eventfd,
+        /// each write), not for as long as it stays ready; nothing needs to be read or rearmed.
+        public static let edgeTriggered = Interest(rawValue: EPOLLET.rawValue)
     }
 
     /// A descriptor that became ready.

@@ -72,6 +72,39 @@ struct ServingThreadsTests {
         for handle in handles { try consumer.close(handle) }
     }
 
+    /// Many connections at once, each with its own shared channel, every request answered:
+    /// the pool's threads are woken by each channel's doorbell and by its socket apart, so a
+    /// ring taken by a thread that finds the connection busy must still be served. Without
+    /// spinning every hand-off rings; with the standard spin most do not.
+    @Test(arguments: [RequestTransport.standard, RequestTransport(sharedMemory: true, spin: .zero)])
+    func everyRingOnManySharedChannelsIsAnswered(transport: RequestTransport) throws {
+        let directory = temporaryContainerDirectory()
+        let provider = try LogicalContainer(name: "rings", directory: directory, transport: transport)
+        defer { provider.shutdown() }
+        let answered = Outcomes()
+        try provider.createDevice("echo", handlers: LogicalDeviceHandlers(request: { _ in }))
+        let consumer = try LogicalContainer(name: "ringer", directory: directory, serving: false, transport: transport)
+        defer { consumer.shutdown() }
+        let connections = 8, requests = 2_000
+        let threads = try (0..<connections).map { number in
+            try SystemThread(name: "ringer-\(number)") {
+                do {
+                    let handle = try consumer.open("rings/echo")
+                    let block = try ParameterChain(blocks: 1, inputCapacity: 8, outputCapacity: 8).claimBlock()
+                    block.requestType = .control
+                    for _ in 0..<requests { try consumer.send(handle, block) }
+                    try consumer.close(handle)
+                    answered.record(number, .success(()))
+                } catch {
+                    answered.record(number, .failure(error as? LogicalDeviceError ?? LogicalDeviceError(.requestFailed, "\(error)")))
+                }
+            }
+        }
+        try #require(eventually(seconds: 120) { answered.count == connections }, "connections done: \(answered.count) of \(connections)")
+        for thread in threads { thread.join() }
+        #expect(answered.all.values.allSatisfy { if case .success = $0[0] { true } else { false } }, "\(answered.all)")
+    }
+
     /// Asynchronous requests on one connection come back in the order they were sent, however
     /// many threads serve the container, and a long stream of them does not stall.
     @Test func aConnectionsRequestsAreAnsweredInOrder() throws {
