@@ -7,9 +7,10 @@ import ModelessSystem
 /// then hands the provider a sealed shared-memory mailbox (a `SharedMessageChannel`) and
 /// the open's synchronous requests, their replies and its close travel there: each side copies
 /// a message in and the other copies it out, and a waiting side spins for up to ``spin``
-/// before sleeping on the socket, where the sender rings a doorbell — but only while the
-/// other side is running on another CPU (awake, on another CPU, on a machine with no more
-/// runnable threads than CPUs); otherwise it sleeps at once. The socket still ends
+/// before sleeping on its doorbell (an eventfd the sender rings) and the socket — but only
+/// while the other side is running on another CPU (awake, on another CPU, on a machine with
+/// no more runnable threads than CPUs), or is waking up because this side just rang it;
+/// otherwise it sleeps at once. The socket still ends
 /// when either process ends, so failure handling is the same. Asynchronous requests always
 /// use a second socket with its own wait thread.
 public struct RequestTransport: Sendable, Equatable {
