@@ -71,9 +71,9 @@ struct BenchE1000: ParsableCommand {
             let end = start + UInt64(seconds * 1e9)
             var sent = 0
             while monotonicNanoseconds() < end {
-                let queued = try driver.transmitFrames(count: batch) { _, frame in
-                    testFrame.fill(&frame, sequence: sequence)
-                    sequence &+= 1
+                // The batch form: the fill and the driver's per-frame work inline into this loop.
+                let queued = try driver.transmitBatch(upTo: batch) { frames in
+                    while frames.append({ testFrame.fill(&$0, sequence: sequence) }) { sequence &+= 1 }
                 }
                 sent += queued
                 if queued == 0 { sched_yield() }

@@ -221,9 +221,20 @@ struct TransmitDescriptor {
     /// separate field stores cost four checked calls per frame.
     @inline(__always)
     func submit(length: Int, reportStatus: Bool) {
-        let command: Command = reportStatus ? [.endOfPacket, .insertFCS, .reportStatus] : [.endOfPacket, .insertFCS]
-        let word = UInt64(UInt16(truncatingIfNeeded: length)) | UInt64(command.rawValue) << 24
-        ring.store(word, to: Field.secondHalf, at: offset)
+        ring.store(Self.secondHalf(length: length, reportStatus: reportStatus), to: Field.secondHalf, at: offset)
+    }
+
+    /// The command of a whole frame handed to the NIC: end of packet, insert FCS, and RS when
+    /// `reportStatus`.
+    static func command(reportStatus: Bool) -> Command {
+        reportStatus ? [.endOfPacket, .insertFCS, .reportStatus] : [.endOfPacket, .insertFCS]
+    }
+
+    /// The second half (``Field/secondHalf``) of a descriptor handing over one whole frame of
+    /// `length` bytes: the length in bits 0–15, zero CSO, the command in bits 24–31, zero STA,
+    /// CSS and special.
+    static func secondHalf(length: Int, reportStatus: Bool) -> UInt64 {
+        UInt64(UInt16(truncatingIfNeeded: length)) | UInt64(command(reportStatus: reportStatus).rawValue) << 24
     }
 
     /// Whether the descriptor was submitted with RS (the NIC will write DD back).
