@@ -242,3 +242,17 @@ struct TransmitDescriptor {
         @inline(__always) get { Command(rawValue: ring.load(Field.command, at: offset)).contains(.reportStatus) }
     }
 }
+
+extension DMASlots {
+    /// The STA of transmit descriptor `slot`, in a ring checked once for a batch.
+    @inline(__always)
+    func transmitStatus(_ slot: Int) -> TransmitDescriptor.Status {
+        TransmitDescriptor.Status(rawValue: load8(slot: slot, at: TransmitDescriptor.Field.status.offset))
+    }
+
+    /// The CMD of transmit descriptor `slot`, in a ring checked once for a batch.
+    @inline(__always)
+    func transmitCommand(_ slot: Int) -> TransmitDescriptor.Command {
+        TransmitDescriptor.Command(rawValue: load8(slot: slot, at: TransmitDescriptor.Field.command.offset))
+    }
+}

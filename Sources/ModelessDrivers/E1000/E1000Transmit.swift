@@ -18,21 +18,20 @@ extension E1000Driver {
     /// The last descriptor of every batch carries RS, so the one before the tail is checked
     /// first: when the NIC has finished it, everything is free after one descriptor read. Only
     /// when it has not are the descriptors walked from the clean index, to free what is done.
+    /// The ring was checked once for the batch (`descriptors`), so each read checks only its slot.
     @inline(__always)
-    private func reclaim(_ state: inout TransmitState) -> Int {
+    private func reclaim(_ state: inout TransmitState, _ descriptors: borrowing DMASlots) -> Int {
         if state.clean != state.tail,
-           transmitRing.transmit(transmitRing.slot(before: state.tail)).status.contains(.descriptorDone) {
+           descriptors.transmitStatus(transmitRing.slot(before: state.tail)).contains(.descriptorDone) {
             state.clean = state.tail
             return ringSize &- 1
         }
         var slot = state.clean
         while slot != state.tail {
-            let descriptor = transmitRing.transmit(slot)
+            let reports = descriptors.transmitCommand(slot).contains(.reportStatus)
+            if reports && !descriptors.transmitStatus(slot).contains(.descriptorDone) { break }
             slot = transmitRing.slot(after: slot)
-            if descriptor.reportsStatus {
-                guard descriptor.status.contains(.descriptorDone) else { break }
-                state.clean = slot
-            }
+            if reports { state.clean = slot }
         }
         // The descriptors from the tail up to the one before the clean index, around the ring.
         let free = state.clean &- state.tail &- 1
@@ -47,7 +46,7 @@ extension E1000Driver {
     /// Descriptors the NIC has finished are reclaimed first; the batch takes at most the free
     /// descriptors, so it never overruns the ring (``E1000TransmitBatch/room`` says how many it
     /// takes). Returns how many frames were queued (0 when the ring is full: try again later).
-    /// Nothing is allocated and nothing reference counted per frame or per batch. `body` runs
+    /// Nothing is allocated and nothing reference counted per frame. `body` runs
     /// with the transmit ring's spin lock held: it must not wait or send.
     ///
     /// A frame shorter than ``minimumFrame`` is not sent: the frames before it are, and then
@@ -58,15 +57,14 @@ extension E1000Driver {
         guard count >= 0 else { throw Failure.badFrame("a batch holds zero or more frames, not \(count)") }
         try checkResponding()
         let (queued, refused) = transmit.withLock { state -> (Int, Int?) in
-            let limit = min(count, reclaim(&state))
-            guard limit > 0 else { return (0, nil) }
             // The buffers' and the ring's checks (not freed, in range), once for the batch.
             var batch: E1000TransmitBatch
             do {
-                batch = E1000TransmitBatch(
-                    buffers: try transmitBuffers.slots(),
-                    descriptors: try transmitRing.memory.slots(stride: DescriptorRing.descriptorSize, count: ringSize),
-                    tail: state.tail, limit: limit, untilReport: state.untilReport, reportInterval: transmitReportInterval)
+                let descriptors = try transmitRing.memory.slots(stride: DescriptorRing.descriptorSize, count: ringSize)
+                let limit = min(count, reclaim(&state, descriptors))
+                guard limit > 0 else { return (0, nil) }
+                batch = E1000TransmitBatch(buffers: try transmitBuffers.slots(), descriptors: descriptors, tail: state.tail,
+                                           limit: limit, untilReport: state.untilReport, reportInterval: transmitReportInterval)
             } catch {
                 fault.report(error)
                 return (0, nil)
