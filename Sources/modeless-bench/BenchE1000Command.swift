@@ -72,9 +72,11 @@ struct BenchE1000: ParsableCommand {
             var sent = 0
             while monotonicNanoseconds() < end {
                 // The batch form: the fill and the driver's per-frame work inline into this loop.
+                let first = sequence
                 let queued = try driver.transmitBatch(upTo: batch) { frames in
-                    while frames.append({ testFrame.fill(&$0, sequence: sequence) }) { sequence &+= 1 }
+                    frames.appendAll { index, frame in testFrame.fill(&frame, sequence: first &+ UInt32(truncatingIfNeeded: index)) }
                 }
+                sequence &+= UInt32(truncatingIfNeeded: queued)
                 sent += queued
                 if queued == 0 { sched_yield() }
             }
