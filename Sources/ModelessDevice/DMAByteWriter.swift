@@ -10,7 +10,8 @@ public struct DMAByteWriter: ~Copyable {
     /// How many bytes may be written.
     public let capacity: Int
     /// The length of what was written: one past the highest byte written.
-    public private(set) var count = 0
+    public var count: Int { written }
+    @usableFromInline var written = 0
 
     @usableFromInline
     init(base: UnsafeMutableRawPointer, capacity: Int) {
@@ -18,35 +19,36 @@ public struct DMAByteWriter: ~Copyable {
         self.capacity = capacity
     }
 
-    @inline(__always)
-    private mutating func reserve(_ offset: Int, _ width: Int) {
-        precondition(offset >= 0 && offset <= capacity - width,
+    @inlinable @inline(__always)
+    mutating func reserve(_ offset: Int, _ width: Int) {
+        precondition(offset >= 0 && width >= 0 && offset <= capacity &- width,
                      "DMA writer: \(width) bytes at \(offset) are outside its \(capacity) bytes")
-        count = max(count, offset + width)
+        written = max(written, offset &+ width)
     }
 
     /// Sets the byte at `offset`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func set(_ value: UInt8, at offset: Int) {
         reserve(offset, 1)
         base.storeBytes(of: value, toByteOffset: offset, as: UInt8.self)
     }
 
     /// Sets a big-endian (network order) 16-bit value at `offset`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func setBigEndian16(_ value: UInt16, at offset: Int) {
         reserve(offset, 2)
         base.storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt16.self)
     }
 
     /// Sets a big-endian (network order) 32-bit value at `offset`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func setBigEndian32(_ value: UInt32, at offset: Int) {
         reserve(offset, 4)
         base.storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
     }
 
     /// Copies `bytes` to `offset`.
+    @inlinable
     public mutating func set(_ bytes: [UInt8], at offset: Int) {
         reserve(offset, bytes.count)
         bytes.withUnsafeBytes { source in
@@ -56,12 +58,14 @@ public struct DMAByteWriter: ~Copyable {
 
     /// Copies the bytes of `source` (memory outside an array, such as a frame a system call
     /// read) to `offset`.
+    @inlinable
     public mutating func copy(from source: UnsafeRawBufferPointer, at offset: Int) {
         reserve(offset, source.count)
         if let start = source.baseAddress { (base + offset).copyMemory(from: start, byteCount: source.count) }
     }
 
     /// Sets `length` bytes from `offset` to `value`.
+    @inlinable
     public mutating func fill(_ value: UInt8, at offset: Int, length: Int) {
         reserve(offset, length)
         (base + offset).initializeMemory(as: UInt8.self, repeating: value, count: length)

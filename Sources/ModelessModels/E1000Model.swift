@@ -90,6 +90,7 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
     private var loopbackValue = false
     private var linkDownValue = false
     private var sent: [[UInt8]] = []
+    private var sentReporting: [Bool] = []
     private var dropped = 0
     private var notRespondingValue = false
     private var writeLog: [RegisterWrite] = []
@@ -108,6 +109,8 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
 
     /// Frames the driver transmitted, oldest first.
     public var transmitted: [[UInt8]] { lock.withLock { sent } }
+    /// For each frame in ``transmitted``, whether its descriptor asked for a write-back (RS).
+    public var transmittedWithReportStatus: [Bool] { lock.withLock { sentReporting } }
     /// The interrupt causes the driver has unmasked (IMS).
     public var interruptMask: UInt32 { lock.withLock { registers[R.ims, default: 0] } }
     /// Frames that arrived with no receive descriptor free (or the receiver off).
@@ -256,6 +259,7 @@ public final class E1000Model: DeviceModel, @unchecked Sendable {
             if let frame = context.dmaRead(buffer, count: length), !linkDown {
                 lock.withLock {
                     sent.append(frame)
+                    sentReporting.append(descriptor[11] & (1 << 3) != 0)
                     registers[R.gptc, default: 0] += 1
                 }
                 if next.loop { deliver(frame) }

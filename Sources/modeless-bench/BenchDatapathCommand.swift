@@ -79,9 +79,7 @@ struct BenchDatapath: ParsableCommand {
         let testFrame = TestFrame(to: broadcast, from: mac)
         while received < frames {
             if sent < frames && sent - received < 128 {
-                sent += try datapathTransmit(driver, count: min(batch, frames - sent)) { index, frame in
-                    testFrame.fill(&frame, sequence: UInt32(truncatingIfNeeded: sent + index))
-                }
+                sent += try datapathTransmit(driver, count: min(batch, frames - sent), testFrame, firstSequence: sent)
             }
             let taken = try datapathReceive(driver, budget: batch) { frame in
                 let sequence = UInt32(frame.bigEndian16(at: 14)) << 16 | UInt32(frame.bigEndian16(at: 16))
@@ -151,9 +149,13 @@ struct BenchDatapath: ParsableCommand {
 // The only calls the datapath bench makes into the drivers' hot paths, never inlined so that
 // scripts/bench/retain-release can tell callgrind to count inside them alone.
 
+/// A batch of test frames numbered from `firstSequence`, through the batch form of the
+/// transmit path as `bench e1000` sends them (the fill inlined into the batch's loop).
 @inline(never)
-func datapathTransmit(_ driver: E1000Driver, count: Int, _ fill: (Int, inout DMAByteWriter) -> Void) throws -> Int {
-    try driver.transmitFrames(count: count, fill)
+func datapathTransmit(_ driver: E1000Driver, count: Int, _ testFrame: TestFrame, firstSequence: Int) throws -> Int {
+    try driver.transmitBatch(upTo: count) { batch in
+        batch.appendAll { index, frame in testFrame.fill(&frame, sequence: UInt32(truncatingIfNeeded: firstSequence &+ index)) }
+    }
 }
 
 @inline(never)

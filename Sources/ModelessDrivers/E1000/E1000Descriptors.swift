@@ -212,22 +212,32 @@ struct TransmitDescriptor {
         ring.store(0, to: Field.status, at: offset)
     }
 
-    /// Hands one whole frame of `length` bytes in the descriptor's buffer to the NIC; with
-    /// `reportStatus` (RS) the NIC writes DD back when it is done with it, and, since it
-    /// processes descriptors in order, with every one before it.
-    ///
-    /// One 64-bit store writes the length, a zero CSO, the command, and zero STA, CSS and
-    /// special: under emulation each store to DMA memory is translated code, and four
-    /// separate field stores cost four checked calls per frame.
-    @inline(__always)
-    func submit(length: Int, reportStatus: Bool) {
-        let command: Command = reportStatus ? [.endOfPacket, .insertFCS, .reportStatus] : [.endOfPacket, .insertFCS]
-        let word = UInt64(UInt16(truncatingIfNeeded: length)) | UInt64(command.rawValue) << 24
-        ring.store(word, to: Field.secondHalf, at: offset)
+    /// The command of a whole frame handed to the NIC: end of packet, insert FCS, and RS when
+    /// `reportStatus`.
+    static func command(reportStatus: Bool) -> Command {
+        reportStatus ? [.endOfPacket, .insertFCS, .reportStatus] : [.endOfPacket, .insertFCS]
     }
 
-    /// Whether the descriptor was submitted with RS (the NIC will write DD back).
-    var reportsStatus: Bool {
-        @inline(__always) get { Command(rawValue: ring.load(Field.command, at: offset)).contains(.reportStatus) }
+    /// The second half (``Field/secondHalf``) of a descriptor handing over one whole frame of
+    /// `length` bytes: the length in bits 0–15, zero CSO, the command in bits 24–31, zero STA,
+    /// CSS and special, written in one 64-bit store (``E1000TransmitBatch/append(_:)``): with
+    /// RS the NIC writes DD back when it is done with the frame, and, since it processes
+    /// descriptors in order, with every one before it.
+    static func secondHalf(length: Int, reportStatus: Bool) -> UInt64 {
+        UInt64(UInt16(truncatingIfNeeded: length)) | UInt64(command(reportStatus: reportStatus).rawValue) << 24
+    }
+}
+
+extension DMASlots {
+    /// The STA of transmit descriptor `slot`, in a ring checked once for a batch.
+    @inline(__always)
+    func transmitStatus(_ slot: Int) -> TransmitDescriptor.Status {
+        TransmitDescriptor.Status(rawValue: load8(slot: slot, at: TransmitDescriptor.Field.status.offset))
+    }
+
+    /// The CMD of transmit descriptor `slot`, in a ring checked once for a batch.
+    @inline(__always)
+    func transmitCommand(_ slot: Int) -> TransmitDescriptor.Command {
+        TransmitDescriptor.Command(rawValue: load8(slot: slot, at: TransmitDescriptor.Field.command.offset))
     }
 }

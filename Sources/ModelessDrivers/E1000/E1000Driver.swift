@@ -86,10 +86,11 @@ public final class E1000Driver: @unchecked Sendable {
     public let transmitReportInterval: Int
     /// The receive buffer size (RCTL.BSIZE).
     static let bufferSize = 2048
-    /// The largest frame without FCS (the NIC appends it).
-    public static let maximumFrame = 1514
+    /// The largest frame without FCS (the NIC appends it). A constant the compiler folds into
+    /// the callers' inlined transmit loops (``E1000TransmitBatch/append(_:)``).
+    @inlinable public static var maximumFrame: Int { 1514 }
     /// The smallest frame: an Ethernet header (the NIC pads short frames to 60 bytes).
-    public static let minimumFrame = 14
+    @inlinable public static var minimumFrame: Int { 14 }
 
     let registers: MMIORegion
     let fault: DeviceFault
@@ -173,6 +174,10 @@ public final class E1000Driver: @unchecked Sendable {
         /// equal to the head means an empty ring to the NIC.
         var clean = 0
         var frames = 0, bytes = 0, batches = 0
+        /// Descriptors to go until the next that asks the NIC for a write-back (RS): a
+        /// countdown from ``E1000Driver/transmitReportInterval``, so that the decision per frame
+        /// is a decrement and a compare, not a division.
+        var untilReport: Int
     }
 
     struct Lifecycle {
@@ -225,7 +230,7 @@ public final class E1000Driver: @unchecked Sendable {
         receiveBuffers = try DMAPool(device: device, chunkSize: Self.bufferSize, count: ringSize)
         transmitBuffers = try DMAPool(device: device, chunkSize: Self.bufferSize, count: ringSize)
         receive = runtime.makeSpinLock("e1000 receive ring", ReceiveState())
-        transmit = runtime.makeSpinLock("e1000 transmit ring", TransmitState())
+        transmit = runtime.makeSpinLock("e1000 transmit ring", TransmitState(untilReport: reportInterval))
         lifecycle = runtime.makePassiveLock("e1000 lifecycle", Lifecycle())
         do {
             try start(mode)
