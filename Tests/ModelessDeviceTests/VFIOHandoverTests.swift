@@ -30,6 +30,10 @@ import Testing
 
         var owned = false
         let second = try VFIODevice(eduAddress, adopting: handed, owned: &owned, options: .init(dmaAddressBits: 28), system: kernel)
+        #expect(try second.config.command().contains(.busMaster), "adopted ahead: the holder's device is left running")
+        #expect(second.removal == nil, "adopted ahead: the holder keeps the device request interrupt")
+        try second.takeOver()
+        #expect(second.removal != nil)
         #expect(owned && second.adopted && !first.adopted)
         #expect(kernel.calls.filter { $0.hasPrefix("open ") }.count == opensBefore, "adoption opened nothing")
         #expect(try second.config.command().contains(.busMaster) == false, "bus mastering is off before anything is unmapped")
@@ -72,6 +76,7 @@ import Testing
         _ = try first.enableInterrupts(.msi, count: 1)
         var owned = false
         let second = try VFIODevice(eduAddress, adopting: try first.handoverDescriptors(), owned: &owned, system: kernel)
+        try second.takeOver()
         kernel.fail("VFIO_DEVICE_SET_IRQS", with: .invalidArgument)
         let vectors = try second.enableInterrupts(.msi, count: 1)
         #expect(vectors.count == 1)
@@ -208,6 +213,54 @@ import Testing
         #expect(kernel.calls.filter { $0.hasPrefix("open ") }.count == opensBefore)
         #expect(!VFIOHandover.isOffered(eduAddress) && VFIOHandover.refusal(for: eduAddress) == nil)
         second.close()
+    }
+
+    @Test func adoptionAheadLeavesTheHolderRunningUntilTheTakeover() throws {
+        let root = try Self.sysfs(group: 3)
+        defer { _ = try? ProgramRunner.run("/bin/rm", ["-rf", root]) }
+        let kernel = FakeVFIOKernel()
+        let first = try openEdu(kernel)
+        try first.config.setBusMastering(true)
+        let handed = try first.handoverDescriptors()
+        VFIOHandover.offer(handed)
+        let second = try #require(VFIODevice.adoptAhead(eduAddress, options: .init(dmaAddressBits: 28), bus: PCIBus(sysfsRoot: root), system: kernel))
+        #expect(!VFIOHandover.isOffered(eduAddress) && VFIOHandover.refusal(for: eduAddress) == nil)
+        #expect(second.adopted && second.mapsDMA)
+        #expect(try second.config.command().contains(.busMaster), "the holder's device keeps running")
+        #expect(second.removal == nil, "the holder keeps the device request interrupt")
+        let early = try second.allocateDMA(size: 4096)
+        #expect(!handed.window.contains(early.deviceAddress), "mapped ahead outside the holder's window")
+        try second.takeOver()
+        #expect(try second.config.command().contains(.busMaster) == false)
+        #expect(second.removal != nil)
+        #expect(kernel.iommuMappings[early.deviceAddress] == 4096, "what was mapped ahead stays mapped")
+        try second.takeOver()  // once only: nothing more happens
+        second.close()
+        first.close()
+        #expect(kernel.openDescriptors.isEmpty)
+        #expect(VFIODevice.adoptAhead(eduAddress, bus: PCIBus(sysfsRoot: root), system: kernel) == nil, "nothing offered: nothing adopted")
+    }
+
+    @Test func aHolderWindowLeavingNoRoomMapsNothingBeforeTheTakeover() throws {
+        let kernel = FakeVFIOKernel()
+        let first = try openEdu(kernel)
+        let holders = try first.allocateDMA(size: 8192)
+        var handed = try first.handoverDescriptors()
+        handed.window = (1 << 20)..<(1 << 28)
+        var owned = false
+        let second = try VFIODevice(eduAddress, adopting: handed, owned: &owned, options: .init(dmaAddressBits: 28), system: kernel)
+        #expect(!second.mapsDMA)
+        let refusal = #expect(throws: DeviceError.self) { _ = try second.allocateDMA(size: 4096) }
+        #expect(refusal?.message.contains("before the adopted device is taken over") == true)
+        #expect(kernel.iommuMappings.count == 1, "the holder's mapping stays while it may run")
+        try second.takeOver()
+        #expect(kernel.iommuMappings.isEmpty, "every mapping removed once the holder is gone")
+        #expect(second.mapsDMA)
+        let buffer = try second.allocateDMA(size: 4096)
+        #expect(kernel.iommuMappings[buffer.deviceAddress] == 4096)
+        second.close()
+        first.close()
+        _ = holders
     }
 
     @Test func descriptorsOfAnotherGroupAreClosedWithAClearReason() throws {

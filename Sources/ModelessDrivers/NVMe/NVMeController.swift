@@ -164,10 +164,14 @@ public final class NVMeController: @unchecked Sendable {
     /// or ``Failure/notAnNVMeController(_:)``, when the device does not answer as an NVMe
     /// controller; and with ``Failure/timedOut(_:)`` when it does not follow CC.EN within CAP.TO.
     /// `ioQueueLimit` caps how many I/O queue pairs it asks for with MSI-X (nil: one per CPU, up
-    /// to ``maximumIOQueues``); without MSI-X it asks for one.
+    /// to ``maximumIOQueues``); without MSI-X it asks for one. `memory`, made ahead for the same
+    /// device, completion and limit, is used instead of allocating (and owned from then on,
+    /// also when the start fails); memory made for anything else is freed and new memory
+    /// allocated.
     public init(device: any DeviceAccess, runtime: any DriverRuntime, completion: Completion = .msix,
-                commandTimeout: Duration = .seconds(5), ioQueueLimit: Int? = nil) throws {
+                commandTimeout: Duration = .seconds(5), ioQueueLimit: Int? = nil, memory: NVMeQueueMemory? = nil) throws {
         if let ioQueueLimit, !(1...Self.maximumIOQueues).contains(ioQueueLimit) {
+            memory?.free()
             throw Failure.badRequest("an I/O queue limit of \(ioQueueLimit): give 1 to \(Self.maximumIOQueues), or none for one queue per CPU")
         }
         self.device = device
@@ -181,43 +185,56 @@ public final class NVMeController: @unchecked Sendable {
             stepsSoFar += Self.stepText(name, now - stepMark, first: stepsSoFar.isEmpty)
             stepMark = now
         }
-        registers = try device.region(0)
-        // A known state before the device may touch memory: no bus mastering while a
-        // predecessor's queues may still be live; registers reachable; then the probe and
-        // the controller reset.
-        try device.config.setCommand(.busMaster, false)
-        try device.config.setCommand(.memorySpace, true)
-        capabilities = try Self.probe(registers)
-        try Self.reset(registers, capabilities)
-        mark("reset")
-
-        var buffers: [DMABuffer] = []
         do {
-            let data = try device.allocateDMA(size: maximumTransfer)
-            buffers.append(data)
-            let prpList = try device.allocateDMA(size: Self.pageSize)
-            buffers.append(prpList)
-            bounce = runtime.makePassiveLock("nvme bounce buffer", BounceBuffer(data: data, prpList: prpList))
-            let limit = capabilities.queueEntryLimit
-            admin = try NVMeQueuePair(identifier: 0, entries: min(32, limit), device: device, registers: registers,
-                                      doorbellStride: capabilities.doorbellStride, runtime: runtime)
-            buffers += [admin.submissions, admin.completions]
-            let wanted = completion == .msix ? min(SystemThread.cpuCount, ioQueueLimit ?? Self.maximumIOQueues) : 1
-            var queues: [NVMeQueuePair] = []
-            for index in 0..<wanted {
-                let queue = try NVMeQueuePair(identifier: UInt16(index + 1), entries: min(Self.maximumQueueEntries, limit),
-                                              device: device, registers: registers,
-                                              doorbellStride: capabilities.doorbellStride, runtime: runtime)
-                buffers += [queue.submissions, queue.completions]
-                queues.append(queue)
-            }
-            ioQueues = queues
-            ioQueueReferences = queues.map { Unmanaged.passUnretained($0) }
+            registers = try device.region(0)
+            // A known state before the device may touch memory: no bus mastering while a
+            // predecessor's queues may still be live; registers reachable; then the probe and
+            // the controller reset.
+            try device.config.setCommand(.busMaster, false)
+            try device.config.setCommand(.memorySpace, true)
+            capabilities = try Self.probe(registers)
+            try Self.reset(registers, capabilities)
         } catch {
-            for buffer in buffers { buffer.free() }
+            memory?.free()
             throw error
         }
-        mark("queue memory")
+        mark("reset")
+
+        if let memory, memory.take(completion: completion, ioQueueLimit: ioQueueLimit, capabilities: capabilities) {
+            bounce = runtime.makePassiveLock("nvme bounce buffer", memory.bounce)
+            admin = memory.admin
+            ioQueues = memory.ioQueues
+            ioQueueReferences = memory.ioQueues.map { Unmanaged.passUnretained($0) }
+            mark("queue memory (made ahead)")
+        } else {
+            memory?.free()
+            var buffers: [DMABuffer] = []
+            do {
+                let data = try device.allocateDMA(size: Self.bounceBytes)
+                buffers.append(data)
+                let prpList = try device.allocateDMA(size: Self.pageSize)
+                buffers.append(prpList)
+                bounce = runtime.makePassiveLock("nvme bounce buffer", BounceBuffer(data: data, prpList: prpList))
+                let limit = capabilities.queueEntryLimit
+                admin = try NVMeQueuePair(identifier: 0, entries: min(Self.adminQueueEntries, limit), device: device, registers: registers,
+                                          doorbellStride: capabilities.doorbellStride, runtime: runtime)
+                buffers += [admin.submissions, admin.completions]
+                var queues: [NVMeQueuePair] = []
+                for index in 0..<Self.wantedIOQueues(completion, ioQueueLimit) {
+                    let queue = try NVMeQueuePair(identifier: UInt16(index + 1), entries: min(Self.maximumQueueEntries, limit),
+                                                  device: device, registers: registers,
+                                                  doorbellStride: capabilities.doorbellStride, runtime: runtime)
+                    buffers += [queue.submissions, queue.completions]
+                    queues.append(queue)
+                }
+                ioQueues = queues
+                ioQueueReferences = queues.map { Unmanaged.passUnretained($0) }
+            } catch {
+                for buffer in buffers { buffer.free() }
+                throw error
+            }
+            mark("queue memory")
+        }
         completed = runtime.makeWaitEvent("nvme completion")
         taggedHandler = runtime.makeSpinLock("nvme tagged handler", TaggedHandlers())
         failureState = runtime.makeSpinLock("nvme failure", nil)
@@ -251,8 +268,18 @@ public final class NVMeController: @unchecked Sendable {
 
     // MARK: Probe and reset
 
+    /// The admin queue's entries (fewer when CAP.MQES allows fewer).
+    static let adminQueueEntries = 32
+    /// The bounce buffer's size: the largest synchronous transfer.
+    static let bounceBytes = 128 * 1024
+
+    /// How many I/O queue pairs a controller started with `completion` and `ioQueueLimit` asks for.
+    static func wantedIOQueues(_ completion: Completion, _ ioQueueLimit: Int?) -> Int {
+        completion == .msix ? min(SystemThread.cpuCount, ioQueueLimit ?? maximumIOQueues) : 1
+    }
+
     /// Reads CAP and VS and refuses a device that does not answer, or not as an NVMe controller.
-    private static func probe(_ registers: MMIORegion) throws(Failure) -> NVMeCapabilities {
+    static func probe(_ registers: MMIORegion) throws(Failure) -> NVMeCapabilities {
         let capabilities = NVMeCapabilities(rawValue: registers.load(NVMeRegister.capabilities))
         let version = NVMeVersion(rawValue: registers.load(NVMeRegister.version))
         if capabilities.isAllOnes || registers.health.faultCount > 0 {
