@@ -99,6 +99,11 @@ public final class NVMeController: @unchecked Sendable {
         (first ? "" : ", ") + name + " " + String(Double(nanoseconds / 100_000) / 10) + " ms"
     }
 
+    /// Identify Controller's data as read at start (what ``optionalCommands()`` reads).
+    private(set) var identifyControllerData = NVMeIdentifyData([UInt8](repeating: 0, count: NVMeIdentifyData.size))
+    /// How many interrupt vectors the start enabled (1 when polling).
+    private var vectorCount = 1
+
     /// The memory page size (CC.MPS = 0): PRP entries, MDTS and queue memory count in it.
     static let pageSize = 4096
 
@@ -331,7 +336,7 @@ public final class NVMeController: @unchecked Sendable {
         registers.store(admin.submissions.deviceAddress, to: NVMeRegister.adminSubmissionQueue)
         registers.store(admin.completions.deviceAddress, to: NVMeRegister.adminCompletionQueue)
         try device.config.setCommand(.busMaster, true)
-        let vectorCount = try setUpInterrupts()
+        vectorCount = try setUpInterrupts()
         step("interrupts")
 
         var configuration = NVMeConfiguration.enable
@@ -344,25 +349,44 @@ public final class NVMeController: @unchecked Sendable {
         try Self.waitForReady(true, registers, capabilities)
         step("enable")
 
-        let controller = NVMeIdentifyController(data: try identify(.controller))
+        // The start's admin commands go in rounds of commands that do not depend on one
+        // another (each round costs one wait, not one per command): Identify Controller, the
+        // queue count and the active namespace list; then the I/O completion queues with the
+        // first namespaces' Identify; then the submission queues with the next ones.
+        let version = NVMeVersion(rawValue: registers.load(NVMeRegister.version))
+        let listsNamespaces = version >= .activeNamespaceList
+        let (controllerData, granted, listed) = try bounce.withLock { buffers throws -> (NVMeIdentifyData, UInt32, [UInt32]?) in
+            var commands: [(NVMeCommand, String)] = [
+                (.identify(.controller, into: buffers.data.deviceAddress), "Identify (CNS \(NVMeIdentifyStructure.controller.rawValue), namespace 0)"),
+                (.setNumberOfQueues(submission: ioQueues.count, completion: ioQueues.count), "Set Features (Number of Queues)"),
+            ]
+            if listsNamespaces {
+                commands.append((.identify(.activeNamespaces, into: buffers.data.deviceAddress + UInt64(Self.pageSize)),
+                                 "Identify (CNS \(NVMeIdentifyStructure.activeNamespaces.rawValue), namespace 0)"))
+            }
+            let done = try executeTogether(commands, on: admin)
+            let list = listsNamespaces
+                ? NVMeActiveNamespaceList(data: NVMeIdentifyData(try buffers.data.read(NVMeIdentifyData.size, at: Self.pageSize))).identifiers : nil
+            return (NVMeIdentifyData(try buffers.data.read(NVMeIdentifyData.size)), done[1].result, list)
+        }
+        identifyControllerData = controllerData
+        let controller = NVMeIdentifyController(data: controllerData)
         step("identify")
         let mdts = controller.maximumDataTransferSize
         if mdts > 0 { maximumTransfer = min(maximumTransfer, Self.pageSize << Int(mdts)) }
-        // Dword 0 of the completion: NSQA in 15:0, NCQA in 31:16, both 0-based.
-        let granted = try adminCommand(.setNumberOfQueues(submission: ioQueues.count, completion: ioQueues.count),
-                                       "Set Features (Number of Queues)").result
+        // Dword 0 of the Set Features completion: NSQA in 15:0, NCQA in 31:16, both 0-based.
         let created = max(1, min(ioQueues.count, Int(granted & 0xFFFF) + 1, Int(granted >> 16) + 1))
         activeQueues.store(created, ordering: .releasing)
-        for (index, queue) in ioQueues.prefix(created).enumerated() {
-            let vector = index % vectorCount
-            try adminCommand(.createIOCompletionQueue(queue, vector: vector, interrupts: completion != .poll),
-                             "Create I/O Completion Queue \(queue.identifier)")
-            try adminCommand(.createIOSubmissionQueue(queue), "Create I/O Submission Queue \(queue.identifier)")
-        }
-
-        step("I/O queues")
-        namespaces = try activeNamespaces(controller)
-        step("namespaces")
+        let identifiers = listed ?? Array(1...max(1, min(controller.namespaceLimit, 1024)))
+        let vectors = vectorCount
+        let queueRounds: [[(NVMeCommand, String)]] = [
+            ioQueues.prefix(created).enumerated().map { index, queue in
+                (.createIOCompletionQueue(queue, vector: index % vectors, interrupts: completion != .poll), "Create I/O Completion Queue \(queue.identifier)")
+            },
+            ioQueues.prefix(created).map { queue in (.createIOSubmissionQueue(queue), "Create I/O Submission Queue \(queue.identifier)") },
+        ]
+        namespaces = try startRounds(queueRounds, identifying: identifiers)
+        step("I/O queues and namespaces")
         if let first = namespaces.first { defaultNamespace = first }
         identity = Identity(vendorID: controller.vendorID, serialNumber: controller.serialNumber,
                             modelNumber: controller.modelNumber, firmwareRevision: controller.firmwareRevision,
@@ -400,19 +424,36 @@ public final class NVMeController: @unchecked Sendable {
         return vectors.count
     }
 
-    /// The active namespaces: the list (Identify CNS 02h, NVMe 1.1 and later; before, every
-    /// ID up to NN), and each one's Identify Namespace.
-    private func activeNamespaces(_ controller: NVMeIdentifyController) throws -> [Namespace] {
-        let version = NVMeVersion(rawValue: registers.load(NVMeRegister.version))
-        let identifiers: [UInt32] = version >= .activeNamespaceList
-            ? NVMeActiveNamespaceList(data: try identify(.activeNamespaces)).identifiers
-            : Array(1...max(1, min(controller.namespaceLimit, 1024)))
+    /// How many Identify Namespace commands go in one round of the start (each into its own
+    /// page of the bounce buffer).
+    static let namespacesPerRound = 16
+
+    /// Runs `rounds` of admin commands in turn, each round's commands together, with the
+    /// Identify Namespace of `identifiers` spread over them (and further rounds while any are
+    /// left); returns the active namespaces among `identifiers` (those with a size and a
+    /// usable format), in their order.
+    private func startRounds(_ rounds: [[(NVMeCommand, String)]], identifying identifiers: [UInt32]) throws -> [Namespace] {
         var namespaces: [Namespace] = []
-        for identifier in identifiers {
-            let data = NVMeIdentifyNamespace(data: try identify(.namespace, namespace: identifier))
-            guard data.size > 0, let format = data.format, format.blockSize > 0 else { continue }  // Inactive.
-            namespaces.append(Namespace(identifier: identifier, blockSize: format.blockSize, blockCount: data.size,
-                                        metadataSize: format.metadataSize))
+        var pending = identifiers[...]
+        var round = 0
+        while round < rounds.count || !pending.isEmpty {
+            let batch = Array(pending.prefix(Self.namespacesPerRound))
+            pending = pending.dropFirst(batch.count)
+            let queueCommands = round < rounds.count ? rounds[round] : []
+            round += 1
+            try bounce.withLock { buffers throws in
+                let identifies: [(NVMeCommand, String)] = batch.enumerated().map { slot, identifier in
+                    (.identify(.namespace, namespace: identifier, into: buffers.data.deviceAddress + UInt64(slot * Self.pageSize)),
+                     "Identify (CNS \(NVMeIdentifyStructure.namespace.rawValue), namespace \(identifier))")
+                }
+                _ = try executeTogether(queueCommands + identifies, on: admin)
+                for (slot, identifier) in batch.enumerated() {
+                    let data = NVMeIdentifyNamespace(data: NVMeIdentifyData(try buffers.data.read(NVMeIdentifyData.size, at: slot * Self.pageSize)))
+                    guard data.size > 0, let format = data.format, format.blockSize > 0 else { continue }  // Inactive.
+                    namespaces.append(Namespace(identifier: identifier, blockSize: format.blockSize, blockCount: data.size,
+                                                metadataSize: format.metadataSize))
+                }
+            }
         }
         return namespaces
     }
