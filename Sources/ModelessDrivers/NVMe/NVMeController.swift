@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ModelessBus
 import ModelessDevice
 import ModelessRuntime
 import ModelessSystem
@@ -195,8 +196,11 @@ public final class NVMeController: @unchecked Sendable {
             // A known state before the device may touch memory: no bus mastering while a
             // predecessor's queues may still be live; registers reachable; then the probe and
             // the controller reset.
-            try device.config.setCommand(.busMaster, false)
-            try device.config.setCommand(.memorySpace, true)
+            // One read of the command register, and one write only when it changes (each
+            // configuration access is a system call, slow under emulation).
+            let command = try device.config.command()
+            let wanted = command.subtracting(.busMaster).union(.memorySpace)
+            if wanted != command { try device.config.write16(wanted.rawValue, at: PCIConfigSpace.Offset.command) }
             capabilities = try Self.probe(registers)
             try Self.reset(registers, capabilities)
         } catch {

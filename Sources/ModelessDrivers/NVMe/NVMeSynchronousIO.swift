@@ -98,12 +98,13 @@ extension NVMeController {
         let deadline = start + commandTimeout.wholeNanoseconds
         var nextCheck = start + Self.statusInterval.wholeNanoseconds
         while true {
-            var done: Bool
-            if completion == .poll {
+            // Polled as well as waited for: under emulation the interrupt's way to this
+            // thread (eventfd, the ISR's thread, the wake-up) can take longer than the
+            // command, and the start waits for these rounds one after the other.
+            var done = completion == .poll ? false : completed.wait(timeout: Self.togetherPollInterval) { collect() }
+            if !done {
                 pollForWaiter(queue)
                 done = collect()
-            } else {
-                done = completed.wait(timeout: Self.statusInterval) { collect() }
             }
             if lost {
                 abandonOutstanding()
@@ -130,9 +131,11 @@ extension NVMeController {
                 let waiting = results.indices.filter { results[$0] == nil }.map { commands[$0].1 }
                 throw .timedOut(waiting.joined(separator: ", "))
             }
-            done = false
         }
     }
+
+    /// How often ``executeTogether(_:on:)`` looks at the completion queue itself.
+    private static let togetherPollInterval: Duration = .microseconds(500)
 
     /// A waiter's turn at polling: takes `queue`'s completions, handing tagged and closure
     /// ones over as ``pollCompletions()`` does.
