@@ -83,6 +83,7 @@ extension NVMeServing {
         func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
         guard let device = access as? VFIODevice else { return "the device open in \(ms(opened - entered)) ms" }
         var text = "the device \(device.adopted ? "adopted" : "opened") in \(ms(opened - entered)) ms"
+            + (device.keptHandedInterrupts ? ", its interrupts on the eventfds handed over" : "")
         if device.readyAt > entered, device.readyAt <= opened {
             text += " (the VFIO device ready at \(ms(device.readyAt - entered)) ms"
                 + (device.adoptionSteps.isEmpty ? "" : ": " + device.adoptionSteps) + ", the runtime after it)"

@@ -85,11 +85,54 @@ import Testing
         second.close()
     }
 
+    /// The holder's interrupt eventfds travel with its descriptors (copies, as SCM_RIGHTS
+    /// makes them); the successor that enables the same kind and count reads them, with no
+    /// VFIO_DEVICE_SET_IRQS, and gets the interrupts VFIO signals on them; anything else
+    /// closes them and sets its own.
+    @Test func theHoldersInterruptEventfdsAreKeptForTheSameKindAndCount() throws {
+        let kernel = FakeVFIOKernel()
+        let first = try openEdu(kernel)
+        let firstVectors = try first.enableInterrupts(.msi, count: 1)
+        var handed = try first.handoverDescriptors()
+        #expect(handed.interruptKind == .msi && handed.interruptFDs == [firstVectors[0].fd])
+        handed.interruptFDs = handed.interruptFDs.map { dup($0) }
+        var owned = false
+        let second = try VFIODevice(eduAddress, adopting: handed, owned: &owned, system: kernel)
+        try second.takeOver()
+        let setsBefore = kernel.calls.filter { $0.contains("SET_IRQS") }.count
+        let vectors = try second.enableInterrupts(.msi, count: 1)
+        #expect(second.keptHandedInterrupts)
+        #expect(kernel.calls.filter { $0.contains("SET_IRQS") }.count == setsBefore, "no VFIO_DEVICE_SET_IRQS")
+        #expect(kernel.interrupt(index: 1), "VFIO still signals the holder's eventfd")
+        #expect(fired(vectors[0]), "which the successor reads")
+        second.close()
+        first.close()
+
+        // Another kind: the handed eventfds are closed and new ones set.
+        let other = FakeVFIOKernel()
+        let third = try openEdu(other)
+        _ = try third.enableInterrupts(.msi, count: 1)
+        var again = try third.handoverDescriptors()
+        let copy = fcntl(again.interruptFDs[0], F_DUPFD_CLOEXEC, 5000)  // a number no new eventfd takes
+        again.interruptFDs = [copy]
+        var thirdOwned = false
+        let fourth = try VFIODevice(eduAddress, adopting: again, owned: &thirdOwned, system: other)
+        try fourth.takeOver()
+        _ = try fourth.enableInterrupts(.intx, count: 1)
+        #expect(!fourth.keptHandedInterrupts)
+        #expect(fcntl(copy, F_GETFD) == -1, "the unused handed eventfd was closed")
+        fourth.close()
+        third.close()
+    }
+
     @Test func handoverMessagesParseAndBadOnesAreNamed() {
         let message = VFIOHandoverMessage(role: .device, address: eduAddress, group: 7, window: 0x10_0000..<0x800_0000)
         var why = ""
         #expect(VFIOHandoverMessage.parse(message.text, why: &why) == message)
         #expect(message.text == "modeless-vfio-handover 1 device 0000:00:03.0 7 100000-8000000")
+        let vector = VFIOHandoverMessage(role: .interrupt, address: eduAddress, group: 7, window: 0x10_0000..<0x800_0000, vector: (.msix, 1))
+        #expect(vector.text == "modeless-vfio-handover 1 interrupt 0000:00:03.0 7 100000-8000000 msix/1")
+        #expect(VFIOHandoverMessage.parse(vector.text, why: &why) == vector)
         for (text, reason) in [("hello", "not a VFIO handover message"),
                                ("modeless-vfio-handover 1 device 0000:00:03.0 7", "not a VFIO handover message"),
                                ("modeless-vfio-handover 2 device 0000:00:03.0 7 0-1", "handover version 2"),
@@ -97,7 +140,11 @@ import Testing
                                ("modeless-vfio-handover 1 device 00:zz 7 0-1", "bad PCI address"),
                                ("modeless-vfio-handover 1 device 0000:00:03.0 -1 0-1", "bad IOMMU group"),
                                ("modeless-vfio-handover 1 device 0000:00:03.0 7 5-5", "bad IOVA window"),
-                               ("modeless-vfio-handover 1 device 0000:00:03.0 7 x", "bad IOVA window")] {
+                               ("modeless-vfio-handover 1 device 0000:00:03.0 7 x", "bad IOVA window"),
+                               ("modeless-vfio-handover 1 device 0000:00:03.0 7 0-1 msi/0", "not a VFIO handover message"),
+                               ("modeless-vfio-handover 1 interrupt 0000:00:03.0 7 0-1", "needs its MSI or MSI-X vector"),
+                               ("modeless-vfio-handover 1 interrupt 0000:00:03.0 7 0-1 intx/0", "needs its MSI or MSI-X vector"),
+                               ("modeless-vfio-handover 1 interrupt 0000:00:03.0 7 0-1 msix/-1", "needs its MSI or MSI-X vector")] {
             why = ""
             #expect(VFIOHandoverMessage.parse(text, why: &why) == nil)
             #expect(why.contains(reason), "\(text): \(why)")
@@ -139,7 +186,7 @@ import Testing
     @Test func descriptorsThatAreNotVFIOAreRefusedAndClosed() throws {
         let path = Self.socketPath("pipes")
         defer { unlink(path) }
-        let messages = VFIOHandoverMessage.Role.allCases.map { VFIOHandoverMessage(role: $0, address: eduAddress, group: 3, window: 1..<2).text }
+        let messages = VFIOHandoverMessage.Role.required.map { VFIOHandoverMessage(role: $0, address: eduAddress, group: 3, window: 1..<2).text }
         let sent = SentPipes()
         let server = try Self.serve(messages, at: path, sent: sent)
         let error = #expect(throws: DeviceError.self) { _ = try VFIOHandover.receive(from: path, address: eduAddress, group: 3) }

@@ -64,6 +64,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// When the device was ready (opened or adopted), CLOCK_MONOTONIC nanoseconds: for timing
     /// a takeover's steps.
     public private(set) var readyAt: UInt64 = 0
+    /// Whether interrupts were enabled on the eventfds the holder of an adopted device had VFIO
+    /// signal (handed over with its descriptors), without setting new ones.
+    public internal(set) var keptHandedInterrupts = false
     /// How long an adoption's steps took (empty for a device opened anew).
     public private(set) var adoptionSteps = ""
 
@@ -77,6 +80,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         var predecessorWindow: Range<UInt64>?
         var buffers: [UInt64: DMARecord] = [:]
         var interrupts: (kind: InterruptKind, notifiers: [EventNotifier])?
+        /// The eventfds an adopted device's holder had VFIO signal (``VFIODescriptors/interruptFDs``),
+        /// until interrupts are enabled: taken as they are for the same kind and count.
+        var handedInterrupts: (kind: InterruptKind, notifiers: [EventNotifier])?
         /// INTx's unmask request, built when INTx was enabled; invalidated when it is disabled.
         var intxUnmask: INTxUnmaskRequest?
     }
@@ -148,6 +154,10 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         }
         owned = true
         awaitingTakeover = true
+        if let kind = handed.interruptKind, !handed.interruptFDs.isEmpty {
+            let notifiers = handed.interruptFDs.map { EventNotifier(adopting: $0, system: system) }
+            state.withLock { $0.handedInterrupts = (kind, notifiers) }
+        }
         let described = monotonicNanoseconds()
         let whole = state.withLock { $0.window }
         let (own, predecessor) = Self.windows(whole: whole, predecessor: handed.window)
@@ -280,8 +290,13 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             }
             return state.window
         }
-        return VFIODescriptors(address: address, group: container.group, container: container.containerFD,
-                               groupFD: container.groupFD, device: deviceFD, window: window)
+        var descriptors = VFIODescriptors(address: address, group: container.group, container: container.containerFD,
+                                          groupFD: container.groupFD, device: deviceFD, window: window)
+        if let enabled = state.withLock({ $0.interrupts }), enabled.kind != .intx {
+            descriptors.interruptKind = enabled.kind
+            descriptors.interruptFDs = enabled.notifiers.map(\.fd)
+        }
+        return descriptors
     }
 
     /// Opens the function at `address` through VFIO group `group`.
@@ -429,6 +444,10 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             return state.isOpen
         }
         guard wasOpen else { return }
+        state.withLock { state in
+            defer { state.handedInterrupts = nil }
+            return state.handedInterrupts
+        }?.notifiers.forEach { $0.close() }
         try? disableInterruptsUnchecked()
         if removal != nil {
             // The kernel stops signalling the eventfd; the eventfd closes once no watcher holds it.
