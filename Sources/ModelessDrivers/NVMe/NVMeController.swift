@@ -102,6 +102,8 @@ public final class NVMeController: @unchecked Sendable {
 
     /// Identify Controller's data as read at start (what ``optionalCommands()`` reads).
     private(set) var identifyControllerData = NVMeIdentifyData([UInt8](repeating: 0, count: NVMeIdentifyData.size))
+    /// The command register as the start last wrote it (bus mastering off, memory space on).
+    private var commandRegister = ConfigSpaceAccess.Command()
     /// How many interrupt vectors the start enabled (1 when polling).
     private var vectorCount = 1
 
@@ -201,6 +203,7 @@ public final class NVMeController: @unchecked Sendable {
             let command = try device.config.command()
             let wanted = command.subtracting(.busMaster).union(.memorySpace)
             if wanted != command { try device.config.write16(wanted.rawValue, at: PCIConfigSpace.Offset.command) }
+            commandRegister = wanted
             capabilities = try Self.probe(registers)
             try Self.reset(registers, capabilities)
         } catch {
@@ -339,7 +342,8 @@ public final class NVMeController: @unchecked Sendable {
                         to: NVMeRegister.adminQueueAttributes)
         registers.store(admin.submissions.deviceAddress, to: NVMeRegister.adminSubmissionQueue)
         registers.store(admin.completions.deviceAddress, to: NVMeRegister.adminCompletionQueue)
-        try device.config.setCommand(.busMaster, true)
+        // The command register as the start left it, with bus mastering: one write, no read.
+        try device.config.write16(commandRegister.union(.busMaster).rawValue, at: PCIConfigSpace.Offset.command)
         vectorCount = try setUpInterrupts()
         step("interrupts")
 
