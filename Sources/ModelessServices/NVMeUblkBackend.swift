@@ -23,10 +23,16 @@ final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendabl
     let maximumIOBytes: Int
     private let pools = Mutex<[Int: DMAPool]>([:])
     private let queues = Mutex<[Int: NVMeUblkQueue]>([:])
+    /// Pools made ahead (by a warm standby, before its takeover), taken by ``prepare(queue:depth:bytes:)``
+    /// when their size fits; the rest are freed by ``releaseUnusedPools()``.
+    private let ahead: Mutex<[DMAPool]>
 
     /// Reads the namespace's geometry and what the controller offers besides Read and Write.
-    init(controller: NVMeController, namespace: UInt32?) throws {
+    /// `pools`, DMA memory made ahead on the controller's device, become the tags' buffers where
+    /// their chunk size and count fit (they are this backend's from then on).
+    init(controller: NVMeController, namespace: UInt32?, pools: [DMAPool] = []) throws {
         self.controller = controller
+        ahead = Mutex(pools)
         let active = controller.identity.namespaces
         guard let chosen = namespace.map({ id in active.first { $0.identifier == id } }) ?? active.first else {
             let list = active.map { "\($0.identifier)" }.joined(separator: ", ")
@@ -45,6 +51,8 @@ final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendabl
         maximumIOBytes = controller.maximumTransferBytes / chosen.blockSize * chosen.blockSize
         controller.setCompletionHandler { [weak self] completion in self?.complete(completion) }
     }
+
+    deinit { releaseUnusedPools() }
 
     /// Files a completion for its queue's thread (from the driver's DPC).
     private func complete(_ completion: NVMeIOCompletion) {
@@ -70,6 +78,15 @@ final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendabl
     // MARK: Buffers: the driver's DMA memory
 
     func prepare(queue: Int, depth: Int, bytes: Int) throws(UblkError) {
+        let chunkSize = (NVMeController.transferChunkSize(dataBytes: bytes) + 63) / 64 * 64
+        let made = ahead.withLock { pools -> DMAPool? in
+            guard let index = pools.firstIndex(where: { $0.chunkSize == chunkSize && $0.capacity == depth }) else { return nil }
+            return pools.remove(at: index)
+        }
+        if let made {
+            pools.withLock { $0[queue] = made }
+            return
+        }
         do {
             let pool = try DMAPool(device: controller.device, chunkSize: NVMeController.transferChunkSize(dataBytes: bytes), count: depth)
             pools.withLock { $0[queue] = pool }
@@ -82,6 +99,11 @@ final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendabl
         let pool = pools.withLock { $0[queue]! }
         // In range by construction: the tag's chunk of its own queue's pool.
         return try! pool.buffer.hostMemory(at: tag * pool.chunkSize, count: pool.chunkSize)
+    }
+
+    /// Frees the pools made ahead that no queue took. Idempotent.
+    func releaseUnusedPools() {
+        for pool in ahead.withLock({ pools in defer { pools.removeAll() }; return pools }) { pool.buffer.free() }
     }
 
     func release(queue: Int) {

@@ -46,48 +46,72 @@ extension NVMeServing {
         }
         let claim: ExportLock
         let pci: PCIAddress
+        var prepared: StandbyPreparation?
         do {
             if queues < 1 { throw UblkError(.invalidArgument, "\(queues) queues: a ublk device needs at least one") }
             try UblkExport.checkDriver()
             do { pci = try PCIBus().resolve(try DeviceSelector(parsing: address)).address } catch { throw fail(error) }
             if standby {
-                let reserved = Self.reserveBuffers(for: ExportLock.record(of: "nvme+\(pci)"))
+                let record = ExportLock.record(of: "nvme+\(pci)")
+                let reserved = Self.reserveBuffers(for: record)
                 let handover = Self.receiveHandover(pci)
-                printLine("standby for \(pci): waiting for the serving process to end (\(reserved / 1_048_576) MiB of DMA memory faulted in ahead; \(handover); pid \(getpid()))")
+                var why = ""
+                prepared = prepareStandby(pci, record: record, why: &why)
+                printLine("standby for \(pci): waiting for the serving process to end (\(reserved / 1_048_576) MiB of DMA memory faulted in ahead; \(handover); "
+                          + "\(prepared?.summary ?? why); pid \(getpid()))")
                 claim = try ExportLock(waitingFor: "nvme+\(pci)", what: "NVMe controller \(pci)")
                 TerminationSignals.block()
                 let claimed = monotonicNanoseconds()
-                _ = claim.waitForPreviousProcess(seconds: 10)
+                // With the device adopted ahead, nothing waits for the predecessor's end: the
+                // claim is released as its descriptors close, after its last thread stopped
+                // running, and the ublk recovery waits for the kernel by itself.
+                if prepared == nil { _ = claim.waitForPreviousProcess(seconds: 10) }
                 let gone = monotonicNanoseconds()
                 // The kernel may release the dead process's VFIO group a moment after the process
                 // ended; with the descriptors handed over, the group never closed.
-                let group = VFIOHandover.isOffered(pci) ? "not waited for (held)"
+                let group = prepared != nil || VFIOHandover.isOffered(pci) ? "not waited for (held)"
                     : VFIOGroupRelease.wait(for: pci, seconds: 10).map { fixed(Double($0) / 1e6, 1) + " ms" } ?? "still busy after 10 s"
                 printLine("standby for \(pci): claimed at monotonic \(fixed(Double(claimed) / 1e6, 1)) ms, "
-                          + "the previous process gone \(fixed(Double(gone - claimed) / 1e6, 1)) ms later, its VFIO group free \(group) after that")
+                          + "the previous process \(prepared == nil ? "gone \(fixed(Double(gone - claimed) / 1e6, 1)) ms later" : "not waited for (the device adopted ahead)"), "
+                          + "its VFIO group free \(group) after that")
                 entered = monotonicNanoseconds()
             } else {
                 claim = try ExportLock(claim: "nvme+\(pci)", what: "NVMe controller \(pci)")
             }
         } catch let error as UblkError {
+            prepared?.release()
             printError(error.message)
             throw HostExit(LogicalExport.exitCode(error.kind))
+        } catch {
+            prepared?.release()
+            throw error
         }
         // The record (the ublk device) is emptied only by a clean stop, below: a server that
         // fails to come up leaves it for the next attempt, which recovers the device.
         defer { claim.release(keepingRecord: true) }
-        try withBoundDevice(pci.description, mode: mode) { _, access, runtime in
+        if let ahead = prepared {
+            do { try ahead.device.takeOver() } catch {
+                printError("the VFIO device of \(pci) adopted ahead could not be taken over (\(error.message)); opening it anew")
+                ahead.release()
+                prepared = nil
+                _ = VFIOGroupRelease.wait(for: pci, seconds: 10)
+            }
+        }
+        let serve = { (access: any DeviceAccess, runtime: any DriverRuntime) throws in
             let opened = monotonicNanoseconds()
             if let refusal = VFIOHandover.refusal(for: pci) {
                 printError("the handed-over VFIO descriptors of \(pci) were not adopted (\(refusal)); the device was opened anew")
             }
-            let handover = serveHandover(access, pci)
-            defer { handover?.stop() }
-            let controller = try NVMeController(device: access, runtime: runtime, completion: irq)
+            let controller = try NVMeController(device: access, runtime: runtime, completion: self.irq, memory: prepared?.takeMemory())
             defer { controller.stop() }
-            let export = try startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, entered: entered, opened: opened)
+            let export = try self.startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, pools: prepared?.takePools() ?? [],
+                                                 entered: entered, opened: opened)
             claim.record("ublk \(export.deviceID) as \(export.blockDevicePath) by process \(getpid())")
-            releasePredecessorMappings(access)
+            self.releasePredecessorMappings(access)
+            // Only now: a standby adopting ahead maps its own DMA where this process's
+            // predecessor's mappings were, which are gone from here on.
+            let handover = self.serveHandover(access, pci)
+            defer { handover?.stop() }
             TerminationSignals.wait()
             var status: Int32 = 0
             do { try export.stop() } catch {
@@ -99,6 +123,11 @@ extension NVMeServing {
             printLine("stopped \(export.blockDevicePath); \(failed.count) request(s) failed\(failed.last.map { " (last: \($0))" } ?? "")")
             if status != 0 { throw HostExit(status) }
         }
+        if let prepared {
+            try withPreparedDevice(prepared, serve)
+        } else {
+            try withBoundDevice(pci.description, mode: mode) { _, access, runtime in try serve(access, runtime) }
+        }
     }
 
     /// Recovers the ublk device the claim's previous holder recorded, if it is still there;
@@ -106,10 +135,16 @@ extension NVMeServing {
     /// A recovery's line says how long each step took: from entering this command (its
     /// CLOCK_MONOTONIC time is printed too, so that whoever killed the predecessor can time
     /// the process's start) to the controller being up, and the ublk recovery itself.
+    /// `pools` (made ahead by a standby) become the tags' buffers where they fit; the rest are freed.
     private func startOrRecover(controller: NVMeController, claim: ExportLock, pci: PCIAddress, _ ublkOptions: UblkOptions,
-                                entered: UInt64, opened: UInt64) throws -> UblkExport {
+                                pools: [DMAPool], entered: UInt64, opened: UInt64) throws -> UblkExport {
         do {
-            let backend = try NVMeUblkBackend(controller: controller, namespace: nil)
+            let backend: NVMeUblkBackend
+            do { backend = try NVMeUblkBackend(controller: controller, namespace: nil, pools: pools) } catch {
+                for pool in pools { pool.buffer.free() }
+                throw error
+            }
+            defer { backend.releaseUnusedPools() }
             let started = monotonicNanoseconds()
             if let previous = Self.recordedDevice(claim.previousRecord), let state = try UblkExport.state(deviceID: previous),
                state != .dead {

@@ -17,6 +17,10 @@ extension NVMeServing {
         ExportLock.directory(for: .standard) + "/nvme+\(pci).handover"
     }
 
+    /// How long a standby tries to reach a serving process's handover socket that is not
+    /// (yet) listening: 2 s.
+    static let handoverPatience: UInt64 = 2_000_000_000
+
     /// A standby's side: receives the serving process's descriptors of `pci` and keeps them
     /// for the device open to adopt. Returns what to print: how it went, or why the device
     /// will be opened anew (no serving process listening, a mismatch, an older server).
@@ -25,12 +29,23 @@ extension NVMeServing {
             return "no VFIO handover (\(pci) has no IOMMU group): the device will be opened anew"
         }
         let path = handoverPath(pci)
-        do {
-            let descriptors = try VFIOHandover.receive(from: path, address: pci, group: group)
-            VFIOHandover.offer(descriptors)
-            return "VFIO descriptors of group \(group) handed over and held"
-        } catch {
-            return "no VFIO handover from \(path) (\(error.message)): the device will be opened anew"
+        // The serving process offers its descriptors only once it serves and has released its
+        // own predecessor's mappings: a standby started just before that finds no socket, or
+        // the dead predecessor's, and tries again for a while.
+        let deadline = monotonicNanoseconds() + handoverPatience
+        while true {
+            do {
+                let descriptors = try VFIOHandover.receive(from: path, address: pci, group: group)
+                VFIOHandover.offer(descriptors)
+                return "VFIO descriptors of group \(group) handed over and held"
+            } catch {
+                let errno = error.systemError?.errno.rawValue
+                if errno == ECONNREFUSED || errno == ENOENT, monotonicNanoseconds() < deadline {
+                    usleep(20_000)
+                    continue
+                }
+                return "no VFIO handover from \(path) (\(error.message)): the device will be opened anew"
+            }
         }
     }
 
@@ -68,6 +83,7 @@ extension NVMeServing {
         func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
         guard let device = access as? VFIODevice else { return "the device open in \(ms(opened - entered)) ms" }
         var text = "the device \(device.adopted ? "adopted" : "opened") in \(ms(opened - entered)) ms"
+            + (device.keptHandedInterrupts ? ", its interrupts on the eventfds handed over" : "")
         if device.readyAt > entered, device.readyAt <= opened {
             text += " (the VFIO device ready at \(ms(device.readyAt - entered)) ms"
                 + (device.adoptionSteps.isEmpty ? "" : ": " + device.adoptionSteps) + ", the runtime after it)"

@@ -20,6 +20,13 @@ public final class EventNotifier: @unchecked Sendable {
         fd = try system.checked("eventfd", "interrupt notifier") { system.eventfd(0, flags) }
     }
 
+    /// Takes `fd`, an eventfd opened elsewhere (received from another process), as its own:
+    /// closed with it.
+    public init(adopting fd: Int32, system: any SystemCalls = LinuxSystemCalls()) {
+        self.system = system
+        self.fd = fd
+    }
+
     /// Blocks until the counter is non-zero, then returns it and resets it to zero.
     public func wait() throws(SystemError) -> UInt64 {
         var value: UInt64 = 0

@@ -122,8 +122,10 @@ public final class UblkExport: @unchecked Sendable {
                     index: index, depth: Int(info.queue_depth), deviceID: id, characterDevice: characterDevice,
                     ioBytes: Int(info.max_io_buf_bytes), backend: backend, buffers: buffers)
                 queues.append(queue)
-                try queue.start(cpu: index < cpus ? index : nil)
+                try queue.launch(cpu: index < cpus ? index : nil)
             }
+            // The queues' threads set up their rings and fetch their tags at once.
+            for queue in queues { try queue.waitUntilFetching() }
             do { try control.start(device: id, serverProcess: getpid()) } catch {
                 throw UblkError(.kernelRefused, "the kernel refused to start \(UblkInterface.blockDevicePath(id)): \(error)")
             }
@@ -196,8 +198,9 @@ public final class UblkExport: @unchecked Sendable {
                     ioBytes: Int(info.max_io_buf_bytes), backend: backend, buffers: buffers)
                 steps.preparingQueues += monotonicNanoseconds() - preparing
                 queues.append(queue)
-                try queue.start(cpu: index < cpus ? index : nil)
+                try queue.launch(cpu: index < cpus ? index : nil)
             }
+            for queue in queues { try queue.waitUntilFetching() }
             steps.queuesFetched = monotonicNanoseconds() - began
             do { try control.endRecovery(device: deviceID, serverProcess: getpid()) } catch {
                 throw UblkError(.kernelRefused, "the kernel refused to end recovering \(path): \(error)")

@@ -77,13 +77,19 @@ final class UblkQueue: @unchecked Sendable {
         }
     }
 
-    /// Starts the queue's thread and returns once every tag's fetch is with the kernel.
-    func start(cpu: Int?) throws(UblkError) {
+    /// Starts the queue's thread (pinned to `cpu`), which sets up its ring and fetches every
+    /// tag; ``waitUntilFetching()`` waits for that, so that several queues start at once.
+    func launch(cpu: Int?) throws(UblkError) {
         do {
             thread = try SystemThread(name: "ublk\(deviceID)q\(index)", placement: SystemThread.Placement(cpu: cpu)) { [self] in serve() }
         } catch {
             throw UblkError(.system, "cannot start queue \(index)'s thread: \(error)")
         }
+    }
+
+    /// Returns once every tag's fetch of a launched queue is with the kernel; throws why its
+    /// thread could not get there (the thread has ended then).
+    func waitUntilFetching() throws(UblkError) {
         let failure = state.withLock { () -> UblkError? in
             while !started && startFailure == nil { state.wait() }
             return startFailure

@@ -22,13 +22,21 @@ extension VM {
     /// (no back-off either way: `restartMaxDelaySeconds` 0). With the standby, each replacement
     /// must have adopted the VFIO descriptors its predecessor handed over (not reopened the
     /// controller), and once the supervisor has stopped, the controller's VFIO group must open
-    /// again (no process, standby included, still holds it).
+    /// again (no process, standby included, still holds it). `MODELESS_UBLK_BINARY` names the
+    /// `modeless` to supervise with (e.g. `.build/release/modeless`; default: the one built
+    /// beside the tests).
     @Suite(
         "ublk: recovery of the NVMe driver under a mounted file system",
         .enabled(if: FileAccess.exists(UblkInterface.controlPath),
                  "needs /dev/ublk-control: a kernel with ublk_drv (Debian's 6.12, which scripts/setup installs)"))
     struct UblkRecoveryTests {
         static var kills: Int { getenv("MODELESS_UBLK_KILLS").flatMap { Int(String(cString: $0)) } ?? 10 }
+        /// The `modeless` the supervisor (and so every instance) runs: `MODELESS_UBLK_BINARY`
+        /// (a release build, say), else the one built beside the tests.
+        static func modeless() throws -> String {
+            if let path = getenv("MODELESS_UBLK_BINARY") { return String(cString: path) }
+            return try ProgramRunner.builtProgram("modeless")
+        }
         static var standby: Bool { getenv("MODELESS_UBLK_STANDBY").map { String(cString: $0) != "0" } ?? true }
 
         /// The pid in a `serving ... pid N)` line.
@@ -108,7 +116,7 @@ extension VM {
                      "restartMaxDelaySeconds": 0, "standby": \(Self.standby),
                      "command": ["modeless", "serve", "nvme", "\(nvme)", "--ublk"]}
                     """.utf8))
-                let supervisor = try ChildProcess(try ProgramRunner.builtProgram("modeless"), ["supervise", config], environment: environment)
+                let supervisor = try ChildProcess(try Self.modeless(), ["supervise", config], environment: environment)
                 var log: [String] = []
                 defer {
                     supervisor.signal(SIGTERM)

@@ -30,6 +30,10 @@ import Testing
 
         var owned = false
         let second = try VFIODevice(eduAddress, adopting: handed, owned: &owned, options: .init(dmaAddressBits: 28), system: kernel)
+        #expect(try second.config.command().contains(.busMaster), "adopted ahead: the holder's device is left running")
+        #expect(second.removal == nil, "adopted ahead: the holder keeps the device request interrupt")
+        try second.takeOver()
+        #expect(second.removal != nil)
         #expect(owned && second.adopted && !first.adopted)
         #expect(kernel.calls.filter { $0.hasPrefix("open ") }.count == opensBefore, "adoption opened nothing")
         #expect(try second.config.command().contains(.busMaster) == false, "bus mastering is off before anything is unmapped")
@@ -72,6 +76,7 @@ import Testing
         _ = try first.enableInterrupts(.msi, count: 1)
         var owned = false
         let second = try VFIODevice(eduAddress, adopting: try first.handoverDescriptors(), owned: &owned, system: kernel)
+        try second.takeOver()
         kernel.fail("VFIO_DEVICE_SET_IRQS", with: .invalidArgument)
         let vectors = try second.enableInterrupts(.msi, count: 1)
         #expect(vectors.count == 1)
@@ -80,11 +85,54 @@ import Testing
         second.close()
     }
 
+    /// The holder's interrupt eventfds travel with its descriptors (copies, as SCM_RIGHTS
+    /// makes them); the successor that enables the same kind and count reads them, with no
+    /// VFIO_DEVICE_SET_IRQS, and gets the interrupts VFIO signals on them; anything else
+    /// closes them and sets its own.
+    @Test func theHoldersInterruptEventfdsAreKeptForTheSameKindAndCount() throws {
+        let kernel = FakeVFIOKernel()
+        let first = try openEdu(kernel)
+        let firstVectors = try first.enableInterrupts(.msi, count: 1)
+        var handed = try first.handoverDescriptors()
+        #expect(handed.interruptKind == .msi && handed.interruptFDs == [firstVectors[0].fd])
+        handed.interruptFDs = handed.interruptFDs.map { dup($0) }
+        var owned = false
+        let second = try VFIODevice(eduAddress, adopting: handed, owned: &owned, system: kernel)
+        try second.takeOver()
+        let setsBefore = kernel.calls.filter { $0.contains("SET_IRQS") }.count
+        let vectors = try second.enableInterrupts(.msi, count: 1)
+        #expect(second.keptHandedInterrupts)
+        #expect(kernel.calls.filter { $0.contains("SET_IRQS") }.count == setsBefore, "no VFIO_DEVICE_SET_IRQS")
+        #expect(kernel.interrupt(index: 1), "VFIO still signals the holder's eventfd")
+        #expect(fired(vectors[0]), "which the successor reads")
+        second.close()
+        first.close()
+
+        // Another kind: the handed eventfds are closed and new ones set.
+        let other = FakeVFIOKernel()
+        let third = try openEdu(other)
+        _ = try third.enableInterrupts(.msi, count: 1)
+        var again = try third.handoverDescriptors()
+        let copy = fcntl(again.interruptFDs[0], F_DUPFD_CLOEXEC, 5000)  // a number no new eventfd takes
+        again.interruptFDs = [copy]
+        var thirdOwned = false
+        let fourth = try VFIODevice(eduAddress, adopting: again, owned: &thirdOwned, system: other)
+        try fourth.takeOver()
+        _ = try fourth.enableInterrupts(.intx, count: 1)
+        #expect(!fourth.keptHandedInterrupts)
+        #expect(fcntl(copy, F_GETFD) == -1, "the unused handed eventfd was closed")
+        fourth.close()
+        third.close()
+    }
+
     @Test func handoverMessagesParseAndBadOnesAreNamed() {
         let message = VFIOHandoverMessage(role: .device, address: eduAddress, group: 7, window: 0x10_0000..<0x800_0000)
         var why = ""
         #expect(VFIOHandoverMessage.parse(message.text, why: &why) == message)
         #expect(message.text == "modeless-vfio-handover 1 device 0000:00:03.0 7 100000-8000000")
+        let vector = VFIOHandoverMessage(role: .interrupt, address: eduAddress, group: 7, window: 0x10_0000..<0x800_0000, vector: (.msix, 1))
+        #expect(vector.text == "modeless-vfio-handover 1 interrupt 0000:00:03.0 7 100000-8000000 msix/1")
+        #expect(VFIOHandoverMessage.parse(vector.text, why: &why) == vector)
         for (text, reason) in [("hello", "not a VFIO handover message"),
                                ("modeless-vfio-handover 1 device 0000:00:03.0 7", "not a VFIO handover message"),
                                ("modeless-vfio-handover 2 device 0000:00:03.0 7 0-1", "handover version 2"),
@@ -92,7 +140,11 @@ import Testing
                                ("modeless-vfio-handover 1 device 00:zz 7 0-1", "bad PCI address"),
                                ("modeless-vfio-handover 1 device 0000:00:03.0 -1 0-1", "bad IOMMU group"),
                                ("modeless-vfio-handover 1 device 0000:00:03.0 7 5-5", "bad IOVA window"),
-                               ("modeless-vfio-handover 1 device 0000:00:03.0 7 x", "bad IOVA window")] {
+                               ("modeless-vfio-handover 1 device 0000:00:03.0 7 x", "bad IOVA window"),
+                               ("modeless-vfio-handover 1 device 0000:00:03.0 7 0-1 msi/0", "not a VFIO handover message"),
+                               ("modeless-vfio-handover 1 interrupt 0000:00:03.0 7 0-1", "needs its MSI or MSI-X vector"),
+                               ("modeless-vfio-handover 1 interrupt 0000:00:03.0 7 0-1 intx/0", "needs its MSI or MSI-X vector"),
+                               ("modeless-vfio-handover 1 interrupt 0000:00:03.0 7 0-1 msix/-1", "needs its MSI or MSI-X vector")] {
             why = ""
             #expect(VFIOHandoverMessage.parse(text, why: &why) == nil)
             #expect(why.contains(reason), "\(text): \(why)")
@@ -134,7 +186,7 @@ import Testing
     @Test func descriptorsThatAreNotVFIOAreRefusedAndClosed() throws {
         let path = Self.socketPath("pipes")
         defer { unlink(path) }
-        let messages = VFIOHandoverMessage.Role.allCases.map { VFIOHandoverMessage(role: $0, address: eduAddress, group: 3, window: 1..<2).text }
+        let messages = VFIOHandoverMessage.Role.required.map { VFIOHandoverMessage(role: $0, address: eduAddress, group: 3, window: 1..<2).text }
         let sent = SentPipes()
         let server = try Self.serve(messages, at: path, sent: sent)
         let error = #expect(throws: DeviceError.self) { _ = try VFIOHandover.receive(from: path, address: eduAddress, group: 3) }
@@ -208,6 +260,54 @@ import Testing
         #expect(kernel.calls.filter { $0.hasPrefix("open ") }.count == opensBefore)
         #expect(!VFIOHandover.isOffered(eduAddress) && VFIOHandover.refusal(for: eduAddress) == nil)
         second.close()
+    }
+
+    @Test func adoptionAheadLeavesTheHolderRunningUntilTheTakeover() throws {
+        let root = try Self.sysfs(group: 3)
+        defer { _ = try? ProgramRunner.run("/bin/rm", ["-rf", root]) }
+        let kernel = FakeVFIOKernel()
+        let first = try openEdu(kernel)
+        try first.config.setBusMastering(true)
+        let handed = try first.handoverDescriptors()
+        VFIOHandover.offer(handed)
+        let second = try #require(VFIODevice.adoptAhead(eduAddress, options: .init(dmaAddressBits: 28), bus: PCIBus(sysfsRoot: root), system: kernel))
+        #expect(!VFIOHandover.isOffered(eduAddress) && VFIOHandover.refusal(for: eduAddress) == nil)
+        #expect(second.adopted && second.mapsDMA)
+        #expect(try second.config.command().contains(.busMaster), "the holder's device keeps running")
+        #expect(second.removal == nil, "the holder keeps the device request interrupt")
+        let early = try second.allocateDMA(size: 4096)
+        #expect(!handed.window.contains(early.deviceAddress), "mapped ahead outside the holder's window")
+        try second.takeOver()
+        #expect(try second.config.command().contains(.busMaster) == false)
+        #expect(second.removal != nil)
+        #expect(kernel.iommuMappings[early.deviceAddress] == 4096, "what was mapped ahead stays mapped")
+        try second.takeOver()  // once only: nothing more happens
+        second.close()
+        first.close()
+        #expect(kernel.openDescriptors.isEmpty)
+        #expect(VFIODevice.adoptAhead(eduAddress, bus: PCIBus(sysfsRoot: root), system: kernel) == nil, "nothing offered: nothing adopted")
+    }
+
+    @Test func aHolderWindowLeavingNoRoomMapsNothingBeforeTheTakeover() throws {
+        let kernel = FakeVFIOKernel()
+        let first = try openEdu(kernel)
+        let holders = try first.allocateDMA(size: 8192)
+        var handed = try first.handoverDescriptors()
+        handed.window = (1 << 20)..<(1 << 28)
+        var owned = false
+        let second = try VFIODevice(eduAddress, adopting: handed, owned: &owned, options: .init(dmaAddressBits: 28), system: kernel)
+        #expect(!second.mapsDMA)
+        let refusal = #expect(throws: DeviceError.self) { _ = try second.allocateDMA(size: 4096) }
+        #expect(refusal?.message.contains("before the adopted device is taken over") == true)
+        #expect(kernel.iommuMappings.count == 1, "the holder's mapping stays while it may run")
+        try second.takeOver()
+        #expect(kernel.iommuMappings.isEmpty, "every mapping removed once the holder is gone")
+        #expect(second.mapsDMA)
+        let buffer = try second.allocateDMA(size: 4096)
+        #expect(kernel.iommuMappings[buffer.deviceAddress] == 4096)
+        second.close()
+        first.close()
+        _ = holders
     }
 
     @Test func descriptorsOfAnotherGroupAreClosedWithAClearReason() throws {

@@ -53,6 +53,25 @@ struct NVMeNamespaceTests {
         }
     }
 
+    /// The start identifies namespaces in rounds of commands sent together (16 per round, into
+    /// separate pages): with 40 of them (every third inactive), three rounds past the queues'
+    /// two, each namespace with its own size and block size, in order.
+    @Test(arguments: [NVMeController.Completion.msix, .poll])
+    func manyNamespacesAreIdentifiedInRoundsEachWithItsOwnData(_ completion: NVMeController.Completion) throws {
+        let active = (1...60).filter { $0 % 3 != 0 }.prefix(40).map { UInt32($0) }
+        let model = NVMeModel(namespaces: active.map { .init(identifier: $0, blocks: 1000 + Int($0), blockSize: $0 % 2 == 0 ? 4096 : 512) })
+        try withVerifiedNVMe(.user, completion, model: model) { controller, _, _ in
+            let expected: [NVMeController.Namespace] = active.map {
+                .init(identifier: $0, blockSize: $0 % 2 == 0 ? 4096 : 512, blockCount: 1000 + UInt64($0), metadataSize: 0)
+            }
+            #expect(controller.identity.namespaces == expected)
+            #expect(controller.startSteps.contains("I/O queues and namespaces"), "\(controller.startSteps)")
+            let last = active.last!
+            let block = try controller.read(lba: 0, blocks: 1, namespace: last)
+            #expect(block.count == (last % 2 == 0 ? 4096 : 512))
+        }
+    }
+
     @Test func requestsOutsideANamespaceAreRefusedBeforeTheDevice() throws {
         try withVerifiedNVMe(.user, .msix, model: Self.model()) { controller, model, device in
             #expect(throws: NVMeController.Failure.badRequest("namespace 2 is not active; the active ones are: 1, 3")) {

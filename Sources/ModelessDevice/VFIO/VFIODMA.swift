@@ -18,6 +18,9 @@ extension VFIODevice {
     /// available), maps them into the IOMMU below the device's DMA limit, and returns them.
     public func allocateDMA(size: Int) throws(DeviceError) -> DMABuffer {
         try checkOpen()
+        guard mapsDMA else {
+            throw DeviceError(.system, address, "no DMA memory can be mapped before the adopted device is taken over (its window overlaps its holder's)")
+        }
         guard size > 0 else { throw DeviceError(.outOfRange, address, "DMA buffer size must be positive, not \(size)") }
         var page = size >= DMAPageSize.huge ? DMAPageSize.huge : DMAPageSize.small
         var length = DMAPageSize.roundUp(size, to: page)

@@ -37,8 +37,20 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     public let supportsReset: Bool
     /// The device request interrupt (`VFIO_PCI_REQ_IRQ_INDEX`), registered at open: the kernel
     /// signals it when it wants the device back (an unbind, a hot-unplug) and waits until the
-    /// device is closed. `nil` only when the kernel offers no request interrupt.
-    public let removal: DeviceRemoval?
+    /// device is closed. `nil` only when the kernel offers no request interrupt, and, for a
+    /// device adopted ahead (``adoptAhead(_:options:bus:system:)``), until ``takeOver()``.
+    public private(set) var removal: DeviceRemoval?
+    /// The number of interrupt indexes VFIO reported (`VFIO_DEVICE_GET_INFO`'s `num_irqs`).
+    let irqIndexCount: UInt32
+    /// Whether the device was adopted ahead and still waits for ``takeOver()``.
+    private var awaitingTakeover = false
+    /// Whether ``takeOver()`` removes every mapping (an adopted device whose holder's window
+    /// left no room for its own): nothing may be mapped before it.
+    private var clearsEverythingAtTakeover = false
+
+    /// Whether DMA memory may be mapped now: not between an adoption ahead whose window
+    /// overlaps the holder's and ``takeOver()``.
+    public var mapsDMA: Bool { !(awaitingTakeover && clearsEverythingAtTakeover) }
     let deviceFD: Int32
     let container: VFIOContainer
     let system: any SystemCalls
@@ -52,6 +64,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// When the device was ready (opened or adopted), CLOCK_MONOTONIC nanoseconds: for timing
     /// a takeover's steps.
     public private(set) var readyAt: UInt64 = 0
+    /// Whether interrupts were enabled on the eventfds the holder of an adopted device had VFIO
+    /// signal (handed over with its descriptors), without setting new ones.
+    public internal(set) var keptHandedInterrupts = false
     /// How long an adoption's steps took (empty for a device opened anew).
     public private(set) var adoptionSteps = ""
 
@@ -65,6 +80,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         var predecessorWindow: Range<UInt64>?
         var buffers: [UInt64: DMARecord] = [:]
         var interrupts: (kind: InterruptKind, notifiers: [EventNotifier])?
+        /// The eventfds an adopted device's holder had VFIO signal (``VFIODescriptors/interruptFDs``),
+        /// until interrupts are enabled: taken as they are for the same kind and count.
+        var handedInterrupts: (kind: InterruptKind, notifiers: [EventNotifier])?
         /// INTx's unmask request, built when INTx was enabled; invalidated when it is disabled.
         var intxUnmask: INTxUnmaskRequest?
     }
@@ -96,6 +114,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
                     throw DeviceError(.system, address, "the handed-over descriptors are of IOMMU group \(handed.group), the device is in group \(group) now")
                 }
                 try self.init(address, adopting: handed, owned: &owned, options: options, system: system)
+                try takeOver()
                 return
             } catch {
                 // The standby's fallback: the device opened anew, as without a handover.
@@ -114,56 +133,120 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         try self.init(address, group: group, options: options, system: system)
     }
 
-    /// Adopts the descriptors another process opened the device with (``VFIOHandover``):
-    /// checks the container and group, re-reads the regions and interrupts, turns bus
-    /// mastering off (the device may still be running its dead holder's queues), and maps its
-    /// own DMA in the part of the address space the holder did not use (``windows(whole:predecessor:)``),
-    /// cleared first; the holder's mappings stay until ``releasePredecessorMappings()``. The
-    /// driver then starts as on a fresh open, without vfio-pci's enable and function reset.
-    /// `owned` tells whether the descriptors are
-    /// this device's (closed with it, also when a later step failed) or still the caller's.
+    /// Adopts the descriptors another process opened the device with (``VFIOHandover``), the
+    /// part that leaves the holder's use of the device alone: checks the container and group,
+    /// re-reads the regions and interrupt counts, and clears the part of the address space the
+    /// holder did not use (``windows(whole:predecessor:)``), where this device maps its own DMA
+    /// from then on; the holder's mappings stay until ``releasePredecessorMappings()``.
+    /// ``takeOver()`` does the rest once the holder is gone. `owned` tells whether the
+    /// descriptors are this device's (closed with it, also when a later step failed) or still
+    /// the caller's.
     convenience init(_ address: PCIAddress, adopting handed: VFIODescriptors, owned: inout Bool, options: Options = Options(),
                      system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
         let begun = monotonicNanoseconds()
         let container = try VFIOContainer(adopting: handed.container, groupFD: handed.groupFD, group: handed.group,
                                           device: address, system: system)
         do {
-            try self.init(address, container: container, deviceFD: handed.device, options: options, system: system)
+            try self.init(address, container: container, deviceFD: handed.device, registeringRequest: false, options: options, system: system)
         } catch {
             container.abandon()
             throw error
         }
         owned = true
+        awaitingTakeover = true
+        if let kind = handed.interruptKind, !handed.interruptFDs.isEmpty {
+            let notifiers = handed.interruptFDs.map { EventNotifier(adopting: $0, system: system) }
+            state.withLock { $0.handedInterrupts = (kind, notifiers) }
+        }
         let described = monotonicNanoseconds()
         let whole = state.withLock { $0.window }
         let (own, predecessor) = Self.windows(whole: whole, predecessor: handed.window)
-        var quiet: UInt64 = 0
-        do throws(DeviceError) {
-            try config.setCommand(.busMaster, false)
-            quiet = monotonicNanoseconds()
-            do throws(SystemError) {
-                if let predecessor {
-                    // Usually empty: unless a predecessor two handovers back died before
-                    // releasing its mappings, which this window held.
-                    try container.unmap(range: own)
-                    state.withLock { $0.predecessorWindow = predecessor }
-                } else {
-                    try container.unmapAll()
-                }
-            } catch { throw DeviceError(error, address) }
+        do throws(SystemError) {
+            if let predecessor {
+                // Usually empty: unless a predecessor two handovers back died before
+                // releasing its mappings, which this window held.
+                try container.unmap(range: own)
+                state.withLock { $0.predecessorWindow = predecessor }
+            } else {
+                // No room beside the holder's window: everything goes, once the holder is gone.
+                clearsEverythingAtTakeover = true
+            }
         } catch {
             close()
-            throw error
+            throw DeviceError(error, address)
         }
         state.withLock {
             $0.allocator = IOVAAllocator(start: own.lowerBound, limit: own.upperBound)
             $0.window = own
         }
         adopted = true
+        let cleared = monotonicNanoseconds()
+        func ms(_ nanoseconds: UInt64) -> String { String(Double(nanoseconds / 100_000) / 10) }
+        adoptionSteps = "regions and interrupts \(ms(described - begun)) ms, "
+            + "\(predecessor == nil ? "no room beside the holder's window" : "own window cleared") \(ms(cleared - described)) ms"
+    }
+
+    /// Adopts, ahead of its holder's end, the descriptors offered for `address` (``VFIOHandover/offer(_:)``):
+    /// everything that leaves the holder's use of the device alone (the checks, the regions,
+    /// BARs and interrupt counts, this process's own IOVA window, in which it may then map DMA
+    /// memory), so that once the holder is gone only ``takeOver()`` remains. Nil when nothing
+    /// was offered, or when the descriptors could not be adopted (the reason is kept for
+    /// ``VFIOHandover/refusal(for:)``, the descriptors are closed, and the device is then
+    /// opened anew as without a handover).
+    ///
+    /// Only a process whose holder has released its own predecessor's mappings may call this
+    /// (the holder offers its descriptors only from then on): this device's window is that
+    /// predecessor's.
+    public static func adoptAhead(_ address: PCIAddress, options: Options = Options(), bus: PCIBus = PCIBus(),
+                                  system: any SystemCalls = LinuxSystemCalls()) -> VFIODevice? {
+        let functionPath = bus.path(of: address)
+        guard let handed = VFIOHandover.take(address) else { return nil }
+        var owned = false
+        do throws(DeviceError) {
+            guard FileAccess.linkTargetName(functionPath + "/driver") == UserModeDriver.vfioPCI.rawValue,
+                  let group = FileAccess.linkTargetName(functionPath + "/iommu_group").flatMap({ Int($0) }) else {
+                throw DeviceError(.notBound, address, "is no longer bound to vfio-pci")
+            }
+            guard handed.group == group else {
+                throw DeviceError(.system, address, "the handed-over descriptors are of IOMMU group \(handed.group), the device is in group \(group) now")
+            }
+            return try VFIODevice(address, adopting: handed, owned: &owned, options: options, system: system)
+        } catch {
+            VFIOHandover.refuse(address, error.message)
+            if !owned { handed.close(system) }
+            return nil
+        }
+    }
+
+    /// Completes an adoption once the holder is gone: turns bus mastering off (the device may
+    /// still be running the dead holder's queues), removes every mapping when this device's
+    /// window had no room beside the holder's, and registers this process's device request
+    /// interrupt. The driver then starts as on a fresh open, without vfio-pci's enable and
+    /// function reset. On failure the device is closed. Does nothing for a device opened anew.
+    public func takeOver() throws(DeviceError) {
+        guard awaitingTakeover else { return }
+        awaitingTakeover = false
+        let begun = monotonicNanoseconds()
+        var quiet: UInt64 = 0
+        do throws(DeviceError) {
+            try checkOpen()
+            try config.setCommand(.busMaster, false)
+            quiet = monotonicNanoseconds()
+            if clearsEverythingAtTakeover {
+                // Own DMA made ahead would go with the holder's mappings: none may exist.
+                guard state.withLock({ $0.buffers.isEmpty }) else {
+                    throw DeviceError(.system, address, "DMA memory was mapped ahead in a window the holder shares")
+                }
+                do { try container.unmapAll() } catch { throw DeviceError(error, address) }
+            }
+            removal = try Self.registerRequest(deviceFD, irqCount: irqIndexCount, address, system)
+        } catch {
+            close()
+            throw error
+        }
         readyAt = monotonicNanoseconds()
         func ms(_ nanoseconds: UInt64) -> String { String(Double(nanoseconds / 100_000) / 10) }
-        adoptionSteps = "regions and interrupts \(ms(described - begun)) ms, bus mastering off \(ms(quiet - described)) ms, "
-            + "\(predecessor == nil ? "every mapping removed" : "own window cleared") \(ms(readyAt - quiet)) ms"
+        adoptionSteps += (adoptionSteps.isEmpty ? "" : ", ") + "bus mastering off \(ms(quiet - begun)) ms, request interrupt \(ms(readyAt - quiet)) ms"
     }
 
     /// Where an adopted device maps its DMA: the larger part of `whole` that the predecessor's
@@ -207,22 +290,28 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             }
             return state.window
         }
-        return VFIODescriptors(address: address, group: container.group, container: container.containerFD,
-                               groupFD: container.groupFD, device: deviceFD, window: window)
+        var descriptors = VFIODescriptors(address: address, group: container.group, container: container.containerFD,
+                                          groupFD: container.groupFD, device: deviceFD, window: window)
+        if let enabled = state.withLock({ $0.interrupts }), enabled.kind != .intx {
+            descriptors.interruptKind = enabled.kind
+            descriptors.interruptFDs = enabled.notifiers.map(\.fd)
+        }
+        return descriptors
     }
 
     /// Opens the function at `address` through VFIO group `group`.
     public convenience init(_ address: PCIAddress, group: Int, options: Options = Options(),
                 system: any SystemCalls = LinuxSystemCalls()) throws(DeviceError) {
         let container = try VFIOContainer(group: group, device: address, system: system)
-        try self.init(address, container: container, deviceFD: nil, options: options, system: system)
+        try self.init(address, container: container, deviceFD: nil, registeringRequest: true, options: options, system: system)
     }
 
     /// Opens the device through `container` (or takes `deviceFD`, already open), maps its
-    /// BARs and reads its regions and interrupts. On failure closes the device and the container,
-    /// except an adopted `deviceFD`, which the caller still owns.
-    private init(_ address: PCIAddress, container: VFIOContainer, deviceFD adoptedFD: Int32?, options: Options,
-                 system: any SystemCalls) throws(DeviceError) {
+    /// BARs and reads its regions and interrupts; registers the device request interrupt when
+    /// `registeringRequest`. On failure closes the device and the container, except an
+    /// adopted `deviceFD`, which the caller still owns.
+    private init(_ address: PCIAddress, container: VFIOContainer, deviceFD adoptedFD: Int32?, registeringRequest: Bool,
+                 options: Options, system: any SystemCalls) throws(DeviceError) {
         self.address = address
         self.system = system
         var deviceFD: Int32 = adoptedFD ?? -1
@@ -273,7 +362,8 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
                 counts[kind] = Int(irq.count)
             }
             vectorCounts = counts
-            removal = try Self.registerRequest(deviceFD, irqCount: info.num_irqs, address, system)
+            irqIndexCount = info.num_irqs
+            removal = registeringRequest ? try Self.registerRequest(deviceFD, irqCount: info.num_irqs, address, system) : nil
         } catch {
             lifetime.end()
             for (base, size) in mappings { _ = system.munmap(base, size) }
@@ -354,6 +444,10 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             return state.isOpen
         }
         guard wasOpen else { return }
+        state.withLock { state in
+            defer { state.handedInterrupts = nil }
+            return state.handedInterrupts
+        }?.notifiers.forEach { $0.close() }
         try? disableInterruptsUnchecked()
         if removal != nil {
             // The kernel stops signalling the eventfd; the eventfd closes once no watcher holds it.

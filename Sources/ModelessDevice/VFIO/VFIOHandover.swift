@@ -24,6 +24,13 @@ public struct VFIODescriptors: Sendable, Equatable {
     /// The device addresses (IOVAs) the holder maps its DMA buffers in: the successor maps its
     /// own elsewhere and removes these mappings once it serves.
     public var window: Range<UInt64>
+    /// The kind of the message-signalled interrupts the holder enabled, with their eventfds
+    /// in vector order (``interruptFDs``): VFIO signals these until someone sets others, so a
+    /// successor that enables the same kind and count reads them instead of replacing them.
+    /// Nil when the holder enabled none (or INTx, whose unmasking is per holder).
+    public var interruptKind: InterruptKind?
+    /// The eventfds of ``interruptKind``'s vectors.
+    public var interruptFDs: [Int32] = []
 
     /// Descriptors of `address` in group `group`, whose holder maps DMA in `window`.
     public init(address: PCIAddress, group: Int, container: Int32, groupFD: Int32, device: Int32, window: Range<UInt64>) {
@@ -35,25 +42,30 @@ public struct VFIODescriptors: Sendable, Equatable {
         self.window = window
     }
 
-    /// Closes the three descriptors (those that are open).
+    /// Closes the descriptors (those that are open).
     public func close() {
-        for fd in [device, groupFD, container] where fd >= 0 { _ = Glibc.close(fd) }
+        for fd in [device, groupFD, container] + interruptFDs where fd >= 0 { _ = Glibc.close(fd) }
     }
 
-    /// Closes the three descriptors through `system`.
+    /// Closes the descriptors through `system`.
     func close(_ system: any SystemCalls) {
         for fd in [device, groupFD, container] where fd >= 0 { _ = system.close(fd) }
+        for fd in interruptFDs where fd >= 0 { _ = Glibc.close(fd) }
     }
 }
 
 /// One message of the handover: which descriptor it carries, for which device and group.
 /// Text (`modeless-vfio-handover 1 ROLE ADDRESS GROUP LOW-HIGH`, the holder's IOVA window in
-/// hexadecimal), one per descriptor, so that a
+/// hexadecimal; an interrupt's message ends with `KIND/VECTOR`), one per descriptor, so that a
 /// receiver can check each descriptor's role and device before it keeps any.
 struct VFIOHandoverMessage: Equatable {
-    /// Which of the three descriptors a message carries, in the order they are sent.
+    /// Which descriptor a message carries: the three of the device, in this order, then one
+    /// interrupt eventfd per vector (none when the holder enabled no message-signalled ones).
     enum Role: String, CaseIterable {
-        case container, group, device
+        case container, group, device, interrupt
+
+        /// The roles every handover has, in order.
+        static let required: [Role] = [.container, .group, .device]
     }
 
     static let magic = "modeless-vfio-handover"
@@ -65,15 +77,23 @@ struct VFIOHandoverMessage: Equatable {
     var address: PCIAddress
     var group: Int
     var window: Range<UInt64>
+    /// An interrupt message's kind and vector.
+    var vector: (kind: InterruptKind, index: Int)?
+
+    static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.role == rhs.role && lhs.address == rhs.address && lhs.group == rhs.group && lhs.window == rhs.window
+            && lhs.vector?.kind == rhs.vector?.kind && lhs.vector?.index == rhs.vector?.index
+    }
 
     var text: String {
         "\(Self.magic) \(Self.version) \(role.rawValue) \(address) \(group) \(String(window.lowerBound, radix: 16))-\(String(window.upperBound, radix: 16))"
+            + (vector.map { " \($0.kind.rawValue)/\($0.index)" } ?? "")
     }
 
     /// Parses a message; nil, with the reason in `why`, for anything else.
     static func parse(_ text: String, why: inout String) -> VFIOHandoverMessage? {
         let words = text.split(separator: " ")
-        guard words.count == 6, words[0] == Self.magic else {
+        guard words.count == 6 || words.count == 7, words[0] == Self.magic else {
             why = "not a VFIO handover message: \"\(text.prefix(80))\""
             return nil
         }
@@ -98,7 +118,20 @@ struct VFIOHandoverMessage: Equatable {
             why = "bad IOVA window \"\(words[5])\""
             return nil
         }
-        return VFIOHandoverMessage(role: role, address: address, group: group, window: bounds[0]..<bounds[1])
+        var vector: (kind: InterruptKind, index: Int)?
+        if role == .interrupt {
+            let parts = words.count == 7 ? words[6].split(separator: "/") : []
+            guard parts.count == 2, let kind = InterruptKind(rawValue: String(parts[0])), kind != .intx,
+                  let index = Int(parts[1]), index >= 0 else {
+                why = "an interrupt message needs its MSI or MSI-X vector (KIND/INDEX): \"\(text.prefix(80))\""
+                return nil
+            }
+            vector = (kind, index)
+        } else if words.count != 6 {
+            why = "not a VFIO handover message: \"\(text.prefix(80))\""
+            return nil
+        }
+        return VFIOHandoverMessage(role: role, address: address, group: group, window: bounds[0]..<bounds[1], vector: vector)
     }
 }
 
@@ -145,6 +178,7 @@ public enum VFIOHandover {
             case .container: "/dev/vfio/vfio"
             case .group: "/dev/vfio/\(group)"
             case .device: "anon_inode:[vfio-device]"
+            case .interrupt: "anon_inode:[eventfd]"
             }
         }
     }
@@ -167,9 +201,16 @@ public enum VFIOHandover {
             throw DeviceError(.system, address, "\(error)")
         }
         var received: [VFIOHandoverMessage.Role: Int32] = [:]
+        var interrupts: [Int32] = []
+        var interruptKind: InterruptKind?
         var window: Range<UInt64> = 0..<1
-        func closeAll() { received.values.forEach { _ = Glibc.close($0) } }
-        for role in VFIOHandoverMessage.Role.allCases {
+        func closeAll() { (Array(received.values) + interrupts).forEach { _ = Glibc.close($0) } }
+        // The device's three descriptors, then its interrupts' eventfds until the server ends
+        // the connection.
+        var index = 0
+        while true {
+            let role = index < VFIOHandoverMessage.Role.required.count ? VFIOHandoverMessage.Role.required[index] : .interrupt
+            index += 1
             var buffer = [UInt8](repeating: 0, count: VFIOHandoverMessage.capacity)
             var descriptor: Int32?
             let length: Int
@@ -182,13 +223,14 @@ public enum VFIOHandover {
                 closeAll()
                 throw DeviceError(.system, address, "\(error)")
             }
+            if role == .interrupt, length == 0, descriptor == nil { break }
             guard let fd = descriptor else {
                 closeAll()
                 throw DeviceError(.system, address, length == 0
                                   ? "the serving process at \(path) ended the handover before sending the \(role.rawValue) descriptor"
                                   : "the handover's \(role.rawValue) message came without a descriptor")
             }
-            received[role] = fd
+            if role == .interrupt { interrupts.append(fd) } else { received[role] = fd }
             var why = ""
             let text = String(decoding: buffer.prefix(length), as: UTF8.self)
             guard let message = VFIOHandoverMessage.parse(text, why: &why) else {
@@ -205,14 +247,25 @@ public enum VFIOHandover {
                 throw DeviceError(.system, address, "handover from \(path) offers the \(message.role.rawValue) of \(message.address) in group \(message.group), "
                                   + "expected the \(role.rawValue) of \(address) in group \(group)")
             }
+            if let vector = message.vector {
+                guard vector.index == interrupts.count - 1, interruptKind == nil || interruptKind == vector.kind else {
+                    closeAll()
+                    throw DeviceError(.system, address, "handover from \(path): interrupt \(vector.kind)/\(vector.index) out of order "
+                                      + "(expected \(interruptKind.map { "\($0)" } ?? vector.kind.rawValue)/\(interrupts.count - 1))")
+                }
+                interruptKind = vector.kind
+            }
             let target = try? FileAccess.readLink("/proc/self/fd/\(fd)")
             guard target == expected(role) else {
                 closeAll()
                 throw DeviceError(.system, address, "handover from \(path): the \(role.rawValue) descriptor is \(target ?? "unreadable"), expected \(expected(role))")
             }
         }
-        return VFIODescriptors(address: address, group: group, container: received[.container]!,
-                               groupFD: received[.group]!, device: received[.device]!, window: window)
+        var descriptors = VFIODescriptors(address: address, group: group, container: received[.container]!,
+                                          groupFD: received[.group]!, device: received[.device]!, window: window)
+        descriptors.interruptKind = interruptKind
+        descriptors.interruptFDs = interrupts
+        return descriptors
     }
 }
 
@@ -252,14 +305,14 @@ public final class VFIOHandoverServer: @unchecked Sendable {
                     defer { connection.close() }
                     guard let peer = try? connection.peerCredentials(), peer.userID == geteuid() else { continue }
                     var complete = true
-                    for role in VFIOHandoverMessage.Role.allCases {
-                        let fd = switch role {
-                        case .container: descriptors.container
-                        case .group: descriptors.groupFD
-                        case .device: descriptors.device
-                        }
+                    let device: [(VFIOHandoverMessage.Role, Int32, (kind: InterruptKind, index: Int)?)] = [
+                        (.container, descriptors.container, nil), (.group, descriptors.groupFD, nil), (.device, descriptors.device, nil)]
+                    let vectors: [(VFIOHandoverMessage.Role, Int32, (kind: InterruptKind, index: Int)?)] = descriptors.interruptKind.map { kind in
+                        descriptors.interruptFDs.enumerated().map { (.interrupt, $0.element, (kind, $0.offset)) }
+                    } ?? []
+                    for (role, fd, vector) in device + vectors {
                         let text = VFIOHandoverMessage(role: role, address: descriptors.address, group: descriptors.group,
-                                                       window: descriptors.window).text
+                                                       window: descriptors.window, vector: vector).text
                         let bytes = Array(text.utf8)
                         do {
                             try bytes.withUnsafeBytes { raw in try connection.send(raw, attaching: fd) }

@@ -12,6 +12,20 @@ extension VFIODevice {
         guard count > 0, count <= available else {
             throw DeviceError(.unsupported, address, "offers \(available) \(kind) vector(s); \(count) requested")
         }
+        // An adopted device's holder left its eventfds registered with VFIO: for the same kind
+        // and count they are taken as they are (no VFIO_DEVICE_SET_IRQS, which frees and
+        // requests every vector's interrupt in the kernel: tens of ms under emulation).
+        if let handed = state.withLock({ state in
+            defer { state.handedInterrupts = nil }
+            return state.handedInterrupts
+        }) {
+            if handed.kind == kind, handed.notifiers.count == count, state.withLock({ $0.interrupts == nil }) {
+                state.withLock { $0.interrupts = (kind, handed.notifiers) }
+                keptHandedInterrupts = true
+                return vectors(kind, handed.notifiers, unmask: nil)
+            }
+            handed.notifiers.forEach { $0.close() }
+        }
         try disableInterrupts()
         var notifiers: [EventNotifier] = []
         do {
@@ -37,7 +51,12 @@ extension VFIODevice {
             $0.interrupts = (kind, notifiers)
             $0.intxUnmask = unmask
         }
-        return notifiers.enumerated().map { index, notifier in
+        return vectors(kind, notifiers, unmask: unmask)
+    }
+
+    /// The vectors of `notifiers`, enabled as `kind`.
+    private func vectors(_ kind: InterruptKind, _ notifiers: [EventNotifier], unmask: INTxUnmaskRequest?) -> [InterruptVector] {
+        notifiers.enumerated().map { index, notifier in
             InterruptVector(
                 kind: kind, index: index, fd: notifier.fd, deliversOnEventfd: true, device: address,
                 wait: { [address] () throws(DeviceError) -> UInt64 in

@@ -42,10 +42,11 @@ extension NVMeController {
         case read, write
     }
 
-    /// Reads ONCS and VWC from Identify Controller. Waits for the admin command: not from an
-    /// ISR or DPC.
+    /// ONCS and VWC, from the Identify Controller data the start read (fails only once the
+    /// controller is lost).
     public func optionalCommands() throws -> NVMeOptionalCommands {
-        let data = try identify(.controller)
+        try throwIfLost()
+        let data = identifyControllerData
         let oncs: UInt16 = data.little(NVMeOptionalCommands.optionalCommandsOffset)
         return NVMeOptionalCommands(
             datasetManagement: oncs & NVMeOptionalCommands.datasetManagementBit != 0,

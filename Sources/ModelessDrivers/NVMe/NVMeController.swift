@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ModelessBus
 import ModelessDevice
 import ModelessRuntime
 import ModelessSystem
@@ -99,6 +100,13 @@ public final class NVMeController: @unchecked Sendable {
         (first ? "" : ", ") + name + " " + String(Double(nanoseconds / 100_000) / 10) + " ms"
     }
 
+    /// Identify Controller's data as read at start (what ``optionalCommands()`` reads).
+    private(set) var identifyControllerData = NVMeIdentifyData([UInt8](repeating: 0, count: NVMeIdentifyData.size))
+    /// The command register as the start last wrote it (bus mastering off, memory space on).
+    private var commandRegister = ConfigSpaceAccess.Command()
+    /// How many interrupt vectors the start enabled (1 when polling).
+    private var vectorCount = 1
+
     /// The memory page size (CC.MPS = 0): PRP entries, MDTS and queue memory count in it.
     static let pageSize = 4096
 
@@ -164,10 +172,14 @@ public final class NVMeController: @unchecked Sendable {
     /// or ``Failure/notAnNVMeController(_:)``, when the device does not answer as an NVMe
     /// controller; and with ``Failure/timedOut(_:)`` when it does not follow CC.EN within CAP.TO.
     /// `ioQueueLimit` caps how many I/O queue pairs it asks for with MSI-X (nil: one per CPU, up
-    /// to ``maximumIOQueues``); without MSI-X it asks for one.
+    /// to ``maximumIOQueues``); without MSI-X it asks for one. `memory`, made ahead for the same
+    /// device, completion and limit, is used instead of allocating (and owned from then on,
+    /// also when the start fails); memory made for anything else is freed and new memory
+    /// allocated.
     public init(device: any DeviceAccess, runtime: any DriverRuntime, completion: Completion = .msix,
-                commandTimeout: Duration = .seconds(5), ioQueueLimit: Int? = nil) throws {
+                commandTimeout: Duration = .seconds(5), ioQueueLimit: Int? = nil, memory: NVMeQueueMemory? = nil) throws {
         if let ioQueueLimit, !(1...Self.maximumIOQueues).contains(ioQueueLimit) {
+            memory?.free()
             throw Failure.badRequest("an I/O queue limit of \(ioQueueLimit): give 1 to \(Self.maximumIOQueues), or none for one queue per CPU")
         }
         self.device = device
@@ -181,43 +193,60 @@ public final class NVMeController: @unchecked Sendable {
             stepsSoFar += Self.stepText(name, now - stepMark, first: stepsSoFar.isEmpty)
             stepMark = now
         }
-        registers = try device.region(0)
-        // A known state before the device may touch memory: no bus mastering while a
-        // predecessor's queues may still be live; registers reachable; then the probe and
-        // the controller reset.
-        try device.config.setCommand(.busMaster, false)
-        try device.config.setCommand(.memorySpace, true)
-        capabilities = try Self.probe(registers)
-        try Self.reset(registers, capabilities)
-        mark("reset")
-
-        var buffers: [DMABuffer] = []
         do {
-            let data = try device.allocateDMA(size: maximumTransfer)
-            buffers.append(data)
-            let prpList = try device.allocateDMA(size: Self.pageSize)
-            buffers.append(prpList)
-            bounce = runtime.makePassiveLock("nvme bounce buffer", BounceBuffer(data: data, prpList: prpList))
-            let limit = capabilities.queueEntryLimit
-            admin = try NVMeQueuePair(identifier: 0, entries: min(32, limit), device: device, registers: registers,
-                                      doorbellStride: capabilities.doorbellStride, runtime: runtime)
-            buffers += [admin.submissions, admin.completions]
-            let wanted = completion == .msix ? min(SystemThread.cpuCount, ioQueueLimit ?? Self.maximumIOQueues) : 1
-            var queues: [NVMeQueuePair] = []
-            for index in 0..<wanted {
-                let queue = try NVMeQueuePair(identifier: UInt16(index + 1), entries: min(Self.maximumQueueEntries, limit),
-                                              device: device, registers: registers,
-                                              doorbellStride: capabilities.doorbellStride, runtime: runtime)
-                buffers += [queue.submissions, queue.completions]
-                queues.append(queue)
-            }
-            ioQueues = queues
-            ioQueueReferences = queues.map { Unmanaged.passUnretained($0) }
+            registers = try device.region(0)
+            // A known state before the device may touch memory: no bus mastering while a
+            // predecessor's queues may still be live; registers reachable; then the probe and
+            // the controller reset.
+            // One read of the command register, and one write only when it changes (each
+            // configuration access is a system call, slow under emulation).
+            let command = try device.config.command()
+            let wanted = command.subtracting(.busMaster).union(.memorySpace)
+            if wanted != command { try device.config.write16(wanted.rawValue, at: PCIConfigSpace.Offset.command) }
+            commandRegister = wanted
+            capabilities = try Self.probe(registers)
+            try Self.reset(registers, capabilities)
         } catch {
-            for buffer in buffers { buffer.free() }
+            memory?.free()
             throw error
         }
-        mark("queue memory")
+        mark("reset")
+
+        if let memory, memory.take(completion: completion, ioQueueLimit: ioQueueLimit, capabilities: capabilities) {
+            bounce = runtime.makePassiveLock("nvme bounce buffer", memory.bounce)
+            admin = memory.admin
+            ioQueues = memory.ioQueues
+            ioQueueReferences = memory.ioQueues.map { Unmanaged.passUnretained($0) }
+            mark("queue memory (made ahead)")
+        } else {
+            memory?.free()
+            var buffers: [DMABuffer] = []
+            do {
+                let data = try device.allocateDMA(size: Self.bounceBytes)
+                buffers.append(data)
+                let prpList = try device.allocateDMA(size: Self.pageSize)
+                buffers.append(prpList)
+                bounce = runtime.makePassiveLock("nvme bounce buffer", BounceBuffer(data: data, prpList: prpList))
+                let limit = capabilities.queueEntryLimit
+                admin = try NVMeQueuePair(identifier: 0, entries: min(Self.adminQueueEntries, limit), device: device, registers: registers,
+                                          doorbellStride: capabilities.doorbellStride, runtime: runtime)
+                buffers += [admin.submissions, admin.completions]
+                var queues: [NVMeQueuePair] = []
+                for index in 0..<Self.wantedIOQueues(completion, ioQueueLimit) {
+                    let queue = try NVMeQueuePair(identifier: UInt16(index + 1), entries: min(Self.maximumQueueEntries, limit),
+                                                  device: device, registers: registers,
+                                                  doorbellStride: capabilities.doorbellStride, runtime: runtime)
+                    buffers += [queue.submissions, queue.completions]
+                    queues.append(queue)
+                }
+                ioQueues = queues
+                ioQueueReferences = queues.map { Unmanaged.passUnretained($0) }
+            } catch {
+                for buffer in buffers { buffer.free() }
+                throw error
+            }
+            mark("queue memory")
+        }
         completed = runtime.makeWaitEvent("nvme completion")
         taggedHandler = runtime.makeSpinLock("nvme tagged handler", TaggedHandlers())
         failureState = runtime.makeSpinLock("nvme failure", nil)
@@ -251,8 +280,18 @@ public final class NVMeController: @unchecked Sendable {
 
     // MARK: Probe and reset
 
+    /// The admin queue's entries (fewer when CAP.MQES allows fewer).
+    static let adminQueueEntries = 32
+    /// The bounce buffer's size: the largest synchronous transfer.
+    static let bounceBytes = 128 * 1024
+
+    /// How many I/O queue pairs a controller started with `completion` and `ioQueueLimit` asks for.
+    static func wantedIOQueues(_ completion: Completion, _ ioQueueLimit: Int?) -> Int {
+        completion == .msix ? min(SystemThread.cpuCount, ioQueueLimit ?? maximumIOQueues) : 1
+    }
+
     /// Reads CAP and VS and refuses a device that does not answer, or not as an NVMe controller.
-    private static func probe(_ registers: MMIORegion) throws(Failure) -> NVMeCapabilities {
+    static func probe(_ registers: MMIORegion) throws(Failure) -> NVMeCapabilities {
         let capabilities = NVMeCapabilities(rawValue: registers.load(NVMeRegister.capabilities))
         let version = NVMeVersion(rawValue: registers.load(NVMeRegister.version))
         if capabilities.isAllOnes || registers.health.faultCount > 0 {
@@ -303,8 +342,9 @@ public final class NVMeController: @unchecked Sendable {
                         to: NVMeRegister.adminQueueAttributes)
         registers.store(admin.submissions.deviceAddress, to: NVMeRegister.adminSubmissionQueue)
         registers.store(admin.completions.deviceAddress, to: NVMeRegister.adminCompletionQueue)
-        try device.config.setCommand(.busMaster, true)
-        let vectorCount = try setUpInterrupts()
+        // The command register as the start left it, with bus mastering: one write, no read.
+        try device.config.write16(commandRegister.union(.busMaster).rawValue, at: PCIConfigSpace.Offset.command)
+        vectorCount = try setUpInterrupts()
         step("interrupts")
 
         var configuration = NVMeConfiguration.enable
@@ -317,25 +357,44 @@ public final class NVMeController: @unchecked Sendable {
         try Self.waitForReady(true, registers, capabilities)
         step("enable")
 
-        let controller = NVMeIdentifyController(data: try identify(.controller))
+        // The start's admin commands go in rounds of commands that do not depend on one
+        // another (each round costs one wait, not one per command): Identify Controller, the
+        // queue count and the active namespace list; then the I/O completion queues with the
+        // first namespaces' Identify; then the submission queues with the next ones.
+        let version = NVMeVersion(rawValue: registers.load(NVMeRegister.version))
+        let listsNamespaces = version >= .activeNamespaceList
+        let (controllerData, granted, listed) = try bounce.withLock { buffers throws -> (NVMeIdentifyData, UInt32, [UInt32]?) in
+            var commands: [(NVMeCommand, String)] = [
+                (.identify(.controller, into: buffers.data.deviceAddress), "Identify (CNS \(NVMeIdentifyStructure.controller.rawValue), namespace 0)"),
+                (.setNumberOfQueues(submission: ioQueues.count, completion: ioQueues.count), "Set Features (Number of Queues)"),
+            ]
+            if listsNamespaces {
+                commands.append((.identify(.activeNamespaces, into: buffers.data.deviceAddress + UInt64(Self.pageSize)),
+                                 "Identify (CNS \(NVMeIdentifyStructure.activeNamespaces.rawValue), namespace 0)"))
+            }
+            let done = try executeTogether(commands, on: admin)
+            let list = listsNamespaces
+                ? NVMeActiveNamespaceList(data: NVMeIdentifyData(try buffers.data.read(NVMeIdentifyData.size, at: Self.pageSize))).identifiers : nil
+            return (NVMeIdentifyData(try buffers.data.read(NVMeIdentifyData.size)), done[1].result, list)
+        }
+        identifyControllerData = controllerData
+        let controller = NVMeIdentifyController(data: controllerData)
         step("identify")
         let mdts = controller.maximumDataTransferSize
         if mdts > 0 { maximumTransfer = min(maximumTransfer, Self.pageSize << Int(mdts)) }
-        // Dword 0 of the completion: NSQA in 15:0, NCQA in 31:16, both 0-based.
-        let granted = try adminCommand(.setNumberOfQueues(submission: ioQueues.count, completion: ioQueues.count),
-                                       "Set Features (Number of Queues)").result
+        // Dword 0 of the Set Features completion: NSQA in 15:0, NCQA in 31:16, both 0-based.
         let created = max(1, min(ioQueues.count, Int(granted & 0xFFFF) + 1, Int(granted >> 16) + 1))
         activeQueues.store(created, ordering: .releasing)
-        for (index, queue) in ioQueues.prefix(created).enumerated() {
-            let vector = index % vectorCount
-            try adminCommand(.createIOCompletionQueue(queue, vector: vector, interrupts: completion != .poll),
-                             "Create I/O Completion Queue \(queue.identifier)")
-            try adminCommand(.createIOSubmissionQueue(queue), "Create I/O Submission Queue \(queue.identifier)")
-        }
-
-        step("I/O queues")
-        namespaces = try activeNamespaces(controller)
-        step("namespaces")
+        let identifiers = listed ?? Array(1...max(1, min(controller.namespaceLimit, 1024)))
+        let vectors = vectorCount
+        let queueRounds: [[(NVMeCommand, String)]] = [
+            ioQueues.prefix(created).enumerated().map { index, queue in
+                (.createIOCompletionQueue(queue, vector: index % vectors, interrupts: completion != .poll), "Create I/O Completion Queue \(queue.identifier)")
+            },
+            ioQueues.prefix(created).map { queue in (.createIOSubmissionQueue(queue), "Create I/O Submission Queue \(queue.identifier)") },
+        ]
+        namespaces = try startRounds(queueRounds, identifying: identifiers)
+        step("I/O queues and namespaces")
         if let first = namespaces.first { defaultNamespace = first }
         identity = Identity(vendorID: controller.vendorID, serialNumber: controller.serialNumber,
                             modelNumber: controller.modelNumber, firmwareRevision: controller.firmwareRevision,
@@ -373,19 +432,36 @@ public final class NVMeController: @unchecked Sendable {
         return vectors.count
     }
 
-    /// The active namespaces: the list (Identify CNS 02h, NVMe 1.1 and later; before, every
-    /// ID up to NN), and each one's Identify Namespace.
-    private func activeNamespaces(_ controller: NVMeIdentifyController) throws -> [Namespace] {
-        let version = NVMeVersion(rawValue: registers.load(NVMeRegister.version))
-        let identifiers: [UInt32] = version >= .activeNamespaceList
-            ? NVMeActiveNamespaceList(data: try identify(.activeNamespaces)).identifiers
-            : Array(1...max(1, min(controller.namespaceLimit, 1024)))
+    /// How many Identify Namespace commands go in one round of the start (each into its own
+    /// page of the bounce buffer).
+    static let namespacesPerRound = 16
+
+    /// Runs `rounds` of admin commands in turn, each round's commands together, with the
+    /// Identify Namespace of `identifiers` spread over them (and further rounds while any are
+    /// left); returns the active namespaces among `identifiers` (those with a size and a
+    /// usable format), in their order.
+    private func startRounds(_ rounds: [[(NVMeCommand, String)]], identifying identifiers: [UInt32]) throws -> [Namespace] {
         var namespaces: [Namespace] = []
-        for identifier in identifiers {
-            let data = NVMeIdentifyNamespace(data: try identify(.namespace, namespace: identifier))
-            guard data.size > 0, let format = data.format, format.blockSize > 0 else { continue }  // Inactive.
-            namespaces.append(Namespace(identifier: identifier, blockSize: format.blockSize, blockCount: data.size,
-                                        metadataSize: format.metadataSize))
+        var pending = identifiers[...]
+        var round = 0
+        while round < rounds.count || !pending.isEmpty {
+            let batch = Array(pending.prefix(Self.namespacesPerRound))
+            pending = pending.dropFirst(batch.count)
+            let queueCommands = round < rounds.count ? rounds[round] : []
+            round += 1
+            try bounce.withLock { buffers throws in
+                let identifies: [(NVMeCommand, String)] = batch.enumerated().map { slot, identifier in
+                    (.identify(.namespace, namespace: identifier, into: buffers.data.deviceAddress + UInt64(slot * Self.pageSize)),
+                     "Identify (CNS \(NVMeIdentifyStructure.namespace.rawValue), namespace \(identifier))")
+                }
+                _ = try executeTogether(queueCommands + identifies, on: admin)
+                for (slot, identifier) in batch.enumerated() {
+                    let data = NVMeIdentifyNamespace(data: NVMeIdentifyData(try buffers.data.read(NVMeIdentifyData.size, at: slot * Self.pageSize)))
+                    guard data.size > 0, let format = data.format, format.blockSize > 0 else { continue }  // Inactive.
+                    namespaces.append(Namespace(identifier: identifier, blockSize: format.blockSize, blockCount: data.size,
+                                                metadataSize: format.metadataSize))
+                }
+            }
         }
         return namespaces
     }

@@ -62,6 +62,81 @@ extension NVMeController {
         }
     }
 
+    /// Submits `commands` together, each with its own identifier, and waits until every one
+    /// has completed (up to ``commandTimeout``): the controller works on them at once, and the
+    /// caller waits one round trip instead of one per command. Returns the completions in the
+    /// order of `commands`; throws the first failed command's failure (once all completed), or
+    /// the controller's loss or a timeout (the commands still out are abandoned).
+    func executeTogether(_ commands: [(NVMeCommand, String)], on queue: NVMeQueuePair) throws(Failure) -> [NVMeCompletion] {
+        guard let first = commands.first else { return [] }
+        try mayWait(first.1)
+        var identifiers: [UInt16] = []
+        var results: [NVMeCompletion?] = Array(repeating: nil, count: commands.count)
+        var lost = false
+        func abandonOutstanding() {
+            for (index, identifier) in identifiers.enumerated() where results[index] == nil { queue.abandon(identifier) }
+        }
+        for (command, _) in commands {
+            do { identifiers.append(try submit(command, to: queue, as: .waiting)) } catch {
+                abandonOutstanding()
+                throw error
+            }
+        }
+        /// Takes the outcomes that arrived; true once every command has one (or one was lost).
+        func collect() -> Bool {
+            for (index, identifier) in identifiers.enumerated() where results[index] == nil {
+                guard let outcome = queue.outcome(of: identifier) else { continue }
+                guard let entry = outcome else {
+                    lost = true
+                    return true
+                }
+                results[index] = entry
+            }
+            return !results.contains { $0 == nil }
+        }
+        let start = monotonicNanoseconds()
+        let deadline = start + commandTimeout.wholeNanoseconds
+        var nextCheck = start + Self.statusInterval.wholeNanoseconds
+        while true {
+            // Polled as well as waited for: under emulation the interrupt's way to this
+            // thread (eventfd, the ISR's thread, the wake-up) can take longer than the
+            // command, and the start waits for these rounds one after the other.
+            var done = completion == .poll ? false : completed.wait(timeout: Self.togetherPollInterval) { collect() }
+            if !done {
+                pollForWaiter(queue)
+                done = collect()
+            }
+            if lost {
+                abandonOutstanding()
+                throw failure ?? .stopped
+            }
+            if done {
+                for (index, entry) in results.enumerated() where !entry!.status.succeeded {
+                    throw .commandFailed(commands[index].1, statusType: entry!.status.type, statusCode: entry!.status.code)
+                }
+                return results.map { $0! }
+            }
+            let now = monotonicNanoseconds()
+            if now >= nextCheck {
+                nextCheck = now + Self.statusInterval.wholeNanoseconds
+                do {
+                    try checkController()
+                } catch {
+                    abandonOutstanding()
+                    throw error
+                }
+            }
+            guard now < deadline else {
+                abandonOutstanding()
+                let waiting = results.indices.filter { results[$0] == nil }.map { commands[$0].1 }
+                throw .timedOut(waiting.joined(separator: ", "))
+            }
+        }
+    }
+
+    /// How often ``executeTogether(_:on:)`` looks at the completion queue itself.
+    private static let togetherPollInterval: Duration = .microseconds(500)
+
     /// A waiter's turn at polling: takes `queue`'s completions, handing tagged and closure
     /// ones over as ``pollCompletions()`` does.
     private func pollForWaiter(_ queue: NVMeQueuePair) {
