@@ -4,7 +4,7 @@ import CModelessShim
 /// frame buffers of a pool), for a datapath that touches many slots in one batch.
 ///
 /// The buffer's checks (not freed, `count` × `stride` bytes inside it) are made once, when the
-/// view is made (``DMABuffer/slots(stride:count:)``, ``DMAPool/slots()``); each access then
+/// view is made (`DMABuffer.slots(stride:count:)`, `DMAPool.slots()`, package API); each access then
 /// checks only that its slot is below `count` and its bytes lie inside the slot: one compare
 /// for the slot, and compares on constants that the compiler folds away when the place in the
 /// slot is a constant (a descriptor field). A failed check traps, as an array's out-of-range

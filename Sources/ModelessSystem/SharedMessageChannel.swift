@@ -119,7 +119,7 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
 
     /// Makes the shared memory and the two doorbells for a channel over `socket` whose
     /// messages are at most `capacity` bytes. Returns the channel and what to send the peer
-    /// (with ``UnixSocket/send(_:attaching:)``), which the caller closes after sending.
+    /// (with `UnixSocket.send(_:attaching:)`), which the caller closes after sending.
     public static func create(capacity: Int, socket: UnixSocket, spinNanoseconds: UInt64) throws(SystemError) -> (SharedMessageChannel, attachment: Attachment) {
         precondition(capacity > 0 && capacity <= Int(UInt32.max) - messageOffset, "a channel's capacity must fit a mailbox")
         let size = fileSize(capacity)

@@ -54,7 +54,7 @@ public struct E1000TransmitBatch: ~Copyable {
 
     /// Appends one frame: `fill` writes it into its transmit buffer, at most
     /// ``E1000Driver/maximumFrame`` bytes without FCS, and the frame's length is what it wrote
-    /// (``DMAByteWriter/count``). Returns false, calling nothing, when the batch is full.
+    /// (`DMAByteWriter.count`). Returns false, calling nothing, when the batch is full.
     ///
     /// A frame shorter than ``E1000Driver/minimumFrame`` is not sent and ends the batch (later
     /// appends return false); the frames before it are sent, and then
