@@ -106,14 +106,14 @@ extension E1000Driver {
         receive.withLock { state in
             guard !state.stopping else { return }
             if deliverReceived(&state) == receiveBudget {
-                receiveDPCReference?._withUnsafeGuaranteedRef { $0.queue() }
+                _ = receiveDPCReference?._withUnsafeGuaranteedRef { $0.queue() }
                 return
             }
             let causes = interruptCauses.receive.rawValue
             registers.store(causes, to: E1000Register.interruptMaskSet)
             if receiveRing.receive(state.next).status.contains(.descriptorDone) {
                 registers.store(causes, to: E1000Register.interruptMaskClear)
-                receiveDPCReference?._withUnsafeGuaranteedRef { $0.queue() }
+                _ = receiveDPCReference?._withUnsafeGuaranteedRef { $0.queue() }
             }
         }
     }
