@@ -66,13 +66,22 @@ extension HostedWork {
                                  _ body: (PCIAddress, any DeviceAccess, any DriverRuntime) throws -> Void) throws {
         let address: PCIAddress
         do { address = try PCIBus().resolve(try DeviceSelector(parsing: text)).address } catch { throw fail(error) }
-        do {
+        try endingAsDevicesDo {
             let access = try DeviceOpener.open(address, options: options)
             defer { access.close() }
             let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
             defer { runtime.shutdown() }
+            try body(address, access, runtime)
+        }
+    }
+
+    /// Runs `work` on a device and ends it as every host does: the device's removal ends
+    /// normally (``reportRemoval(_:)``), a failure already reported passes through, and any
+    /// other failure is reported and ends with 1.
+    package func endingAsDevicesDo(_ work: () throws -> Void) throws {
+        do {
             do {
-                try body(address, access, runtime)
+                try work()
             } catch where reportRemoval(error) {
                 return
             }

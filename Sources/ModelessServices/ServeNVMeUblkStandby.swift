@@ -106,17 +106,6 @@ extension NVMeServing {
     /// everything is released on every path.
     func withPreparedDevice(_ prepared: StandbyPreparation, _ body: (any DeviceAccess, any DriverRuntime) throws -> Void) throws {
         defer { prepared.release() }
-        do {
-            do {
-                try body(prepared.device, prepared.runtime)
-            } catch where reportRemoval(error) {
-                return
-            }
-        } catch let reported as any ReportedFailure {
-            throw reported
-        } catch {
-            report.error("\(error)")
-            throw HostExit(1)
-        }
+        try endingAsDevicesDo { try body(prepared.device, prepared.runtime) }
     }
 }

@@ -212,41 +212,17 @@ public final class NVMeController: @unchecked Sendable {
         }
         mark("reset")
 
-        if let memory, memory.take(completion: completion, ioQueueLimit: ioQueueLimit, capabilities: capabilities) {
-            bounce = runtime.makePassiveLock("nvme bounce buffer", memory.bounce)
-            admin = memory.admin
-            ioQueues = memory.ioQueues
-            ioQueueReferences = memory.ioQueues.map { Unmanaged.passUnretained($0) }
-            mark("queue memory (made ahead)")
-        } else {
-            memory?.free()
-            var buffers: [DMABuffer] = []
-            do {
-                let data = try device.allocateDMA(size: Self.bounceBytes)
-                buffers.append(data)
-                let prpList = try device.allocateDMA(size: Self.pageSize)
-                buffers.append(prpList)
-                bounce = runtime.makePassiveLock("nvme bounce buffer", BounceBuffer(data: data, prpList: prpList))
-                let limit = capabilities.queueEntryLimit
-                admin = try NVMeQueuePair(identifier: 0, entries: min(Self.adminQueueEntries, limit), device: device, registers: registers,
-                                          doorbellStride: capabilities.doorbellStride, runtime: runtime)
-                buffers += [admin.submissions, admin.completions]
-                var queues: [NVMeQueuePair] = []
-                for index in 0..<Self.wantedIOQueues(completion, ioQueueLimit) {
-                    let queue = try NVMeQueuePair(identifier: UInt16(index + 1), entries: min(Self.maximumQueueEntries, limit),
-                                                  device: device, registers: registers,
-                                                  doorbellStride: capabilities.doorbellStride, runtime: runtime)
-                    buffers += [queue.submissions, queue.completions]
-                    queues.append(queue)
-                }
-                ioQueues = queues
-                ioQueueReferences = queues.map { Unmanaged.passUnretained($0) }
-            } catch {
-                for buffer in buffers { buffer.free() }
-                throw error
-            }
-            mark("queue memory")
-        }
+        var madeAhead = false
+        if let memory { madeAhead = memory.take(completion: completion, ioQueueLimit: ioQueueLimit, capabilities: capabilities) }
+        if !madeAhead { memory?.free() }
+        let queueMemory = try madeAhead ? memory! : NVMeQueueMemory(device: device, registers: registers, capabilities: capabilities, runtime: runtime,
+                                                                     completion: completion, ioQueueLimit: ioQueueLimit)
+        if !madeAhead { _ = queueMemory.take(completion: completion, ioQueueLimit: ioQueueLimit, capabilities: capabilities) }
+        bounce = runtime.makePassiveLock("nvme bounce buffer", queueMemory.bounce)
+        admin = queueMemory.admin
+        ioQueues = queueMemory.ioQueues
+        ioQueueReferences = queueMemory.ioQueues.map { Unmanaged.passUnretained($0) }
+        mark(madeAhead ? "queue memory (made ahead)" : "queue memory")
         completed = runtime.makeWaitEvent("nvme completion")
         taggedHandler = runtime.makeSpinLock("nvme tagged handler", TaggedHandlers())
         failureState = runtime.makeSpinLock("nvme failure", nil)

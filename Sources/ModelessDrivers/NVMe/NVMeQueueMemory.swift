@@ -24,10 +24,20 @@ public final class NVMeQueueMemory: @unchecked Sendable {
     /// Allocates the memory a controller on `device` started with `completion` and
     /// `ioQueueLimit` uses. Fails as the controller's start would when the device does not
     /// answer as an NVMe controller; allocates nothing then.
-    public init(device: any DeviceAccess, runtime: any DriverRuntime, completion: NVMeController.Completion,
-                ioQueueLimit: Int? = nil) throws {
-        registers = try device.region(0)
-        capabilities = try NVMeController.probe(registers)
+    public convenience init(device: any DeviceAccess, runtime: any DriverRuntime, completion: NVMeController.Completion,
+                            ioQueueLimit: Int? = nil) throws {
+        let registers = try device.region(0)
+        try self.init(device: device, registers: registers, capabilities: try NVMeController.probe(registers), runtime: runtime,
+                      completion: completion, ioQueueLimit: ioQueueLimit)
+    }
+
+    /// Allocates the memory for a controller whose registers and capabilities were read
+    /// already (the controller's own start, when nothing was made ahead). Allocates nothing
+    /// when it fails.
+    init(device: any DeviceAccess, registers: MMIORegion, capabilities: NVMeCapabilities, runtime: any DriverRuntime,
+         completion: NVMeController.Completion, ioQueueLimit: Int?) throws {
+        self.registers = registers
+        self.capabilities = capabilities
         self.completion = completion
         self.ioQueueLimit = ioQueueLimit
         var buffers: [DMABuffer] = []

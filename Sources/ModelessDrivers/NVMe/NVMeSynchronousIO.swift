@@ -46,19 +46,25 @@ extension NVMeController {
                 return entry
             }
             let now = monotonicNanoseconds()
-            if now >= nextCheck {
-                nextCheck = now + Self.statusInterval.wholeNanoseconds
-                do {
-                    try checkController()
-                } catch {
-                    queue.abandon(identifier)
-                    throw error
-                }
-            }
+            try checkWhileWaiting(now: now, nextCheck: &nextCheck) { queue.abandon(identifier) }
             guard now < deadline else {
                 queue.abandon(identifier)
                 throw .timedOut(what)
             }
+        }
+    }
+
+    /// During a wait for commands: checks the controller's health once every
+    /// ``statusInterval`` (when `now` has reached `nextCheck`); if it has failed, `abandon`
+    /// gives up what is outstanding and the failure is thrown.
+    private func checkWhileWaiting(now: UInt64, nextCheck: inout UInt64, abandoning abandon: () -> Void) throws(Failure) {
+        guard now >= nextCheck else { return }
+        nextCheck = now + Self.statusInterval.wholeNanoseconds
+        do {
+            try checkController()
+        } catch {
+            abandon()
+            throw error
         }
     }
 
@@ -117,15 +123,7 @@ extension NVMeController {
                 return results.map { $0! }
             }
             let now = monotonicNanoseconds()
-            if now >= nextCheck {
-                nextCheck = now + Self.statusInterval.wholeNanoseconds
-                do {
-                    try checkController()
-                } catch {
-                    abandonOutstanding()
-                    throw error
-                }
-            }
+            try checkWhileWaiting(now: now, nextCheck: &nextCheck) { abandonOutstanding() }
             guard now < deadline else {
                 abandonOutstanding()
                 let waiting = results.indices.filter { results[$0] == nil }.map { commands[$0].1 }
