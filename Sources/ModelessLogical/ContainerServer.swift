@@ -291,7 +291,7 @@ final class ContainerServer: @unchecked Sendable {
     private func serveConnection(_ token: UInt64, scratch: ServingScratch) {
         let wake: ServerConnection.Wake = token & Token.doorbell != 0 ? .doorbell : .socket
         guard let connection = lock.withLock({ connections[token & ~Token.doorbell] }) else { return }
-        connection.disarmed.bitwiseOr(wake == .doorbell ? ServerConnection.Armed.doorbell : ServerConnection.Armed.socket, ordering: .sequentiallyConsistent)
+        connection.takenWhileBusy.bitwiseOr(wake == .doorbell ? ServerConnection.TakenEvent.doorbell : ServerConnection.TakenEvent.socket, ordering: .sequentiallyConsistent)
         guard connection.busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged else { return }
         serveHeld(connection, woken: wake, scratch: scratch)
     }
@@ -303,7 +303,7 @@ final class ContainerServer: @unchecked Sendable {
         while true {
             // Rings recorded so far are for messages published before now, which this pass
             // sees: forget them, so that the pass is not repeated for them.
-            connection.disarmed.bitwiseAnd(~ServerConnection.Armed.doorbell, ordering: .sequentiallyConsistent)
+            connection.takenWhileBusy.bitwiseAnd(~ServerConnection.TakenEvent.doorbell, ordering: .sequentiallyConsistent)
             guard connection.serveArrived(with: scratch, woken: wake) == .idle else {
                 end(connection)
                 return
@@ -312,8 +312,8 @@ final class ContainerServer: @unchecked Sendable {
             do {
                 try pollDoorbell(of: connection)
                 connection.busy.store(false, ordering: .sequentiallyConsistent)
-                fired = connection.disarmed.exchange(0, ordering: .sequentiallyConsistent)
-                if fired & ServerConnection.Armed.socket != 0 {
+                fired = connection.takenWhileBusy.exchange(0, ordering: .sequentiallyConsistent)
+                if fired & ServerConnection.TakenEvent.socket != 0 {
                     try events.rearm(connection.socket.fd, token: connection.token, [.readable, .oneShot])
                 }
             } catch {
@@ -323,7 +323,7 @@ final class ContainerServer: @unchecked Sendable {
             }
             // A ring another thread took while this one held the connection: serve it, unless
             // a thread woken since has taken the connection.
-            guard fired & ServerConnection.Armed.doorbell != 0,
+            guard fired & ServerConnection.TakenEvent.doorbell != 0,
                   connection.busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged else { return }
             wake = .doorbell
         }

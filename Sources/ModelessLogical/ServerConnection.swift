@@ -54,15 +54,15 @@ final class ServerConnection: @unchecked Sendable {
     /// Held by the one thread serving the connection (see ``ContainerServer``): its socket and
     /// its channel's doorbell are polled apart, and both may wake a thread at once.
     let busy = Atomic<Bool>(false)
-    /// Events taken by threads that found the connection busy, as ``Armed`` bits (the socket,
+    /// Events taken by threads that found the connection busy, as ``TakenEvent`` bits (the socket,
     /// one-shot, to arm again; the doorbell, edge-triggered, to serve again): set by whoever
     /// took the event, taken by whoever releases ``busy``.
-    let disarmed = Atomic<UInt8>(0)
+    let takenWhileBusy = Atomic<UInt8>(0)
     /// Whether the shared channel's doorbell is in the poll yet (only the serving thread uses it).
     var doorbellPolled = false
 
-    /// The bits of ``disarmed``.
-    enum Armed {
+    /// The bits of ``takenWhileBusy``: which of the connection's polled descriptors fired.
+    enum TakenEvent {
         static let socket: UInt8 = 1
         static let doorbell: UInt8 = 2
     }

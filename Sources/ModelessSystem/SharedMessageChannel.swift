@@ -326,11 +326,13 @@ public final class SharedMessageChannel: MessageLink, @unchecked Sendable {
                 }
             }
         }
-        if flagRaised { wake() } else { setPresence(Presence.awake) }
         if flagRaised {
+            wake()
             // If the sender took the flag down first, its doorbell comes anyway: a wake-up to spare.
             _ = modeless_exchange_seqcst32(sleeping, 0)
             flagRaised = false
+        } else {
+            setPresence(Presence.awake)
         }
         if sleepStarted != 0 {
             adaptSpin(waitStarted: sleepStarted)
