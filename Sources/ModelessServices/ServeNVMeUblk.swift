@@ -90,7 +90,10 @@ extension NVMeServing {
         // fails to come up leaves it for the next attempt, which recovers the device.
         defer { claim.release(keepingRecord: true) }
         if let ahead = prepared {
-            do { try ahead.device.takeOver() } catch {
+            // With the predecessor's queues in kept memory, the controller may go on running
+            // them: bus mastering stays on for the driver's resumption (which turns it off
+            // itself when it resets the controller instead).
+            do { try ahead.device.takeOver(keepingBusMastering: ahead.holdsPredecessorsQueues) } catch {
                 printError("the VFIO device of \(pci) adopted ahead could not be taken over (\(error.message)); opening it anew")
                 ahead.release()
                 prepared = nil
@@ -156,6 +159,7 @@ extension NVMeServing {
                           + "(\(Self.deviceTiming(controller.device, entered: entered, opened: opened)), the controller reset and set up in \(ms(started - opened)) ms; "
                           + "entered at monotonic \(ms(entered)) ms; "
                           + "controller steps: \(controller.startSteps); "
+                          + "\(controller.resumption.map { "saved state: \($0); " } ?? "")"
                           + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); "
                           + "\(export.recoverySteps.map { "recovery steps: \($0); " } ?? "")pid \(getpid()))")
                 return export

@@ -35,6 +35,10 @@ extension NVMeServing {
             self.summary = summary
         }
 
+        /// Whether the controller's queue memory made ahead is the predecessor's (kept memory
+        /// handed over), from which the controller may resume without a reset.
+        var holdsPredecessorsQueues: Bool { memory?.holdsPredecessorsQueues ?? false }
+
         /// The controller's queue memory, once (nil when it could not be made ahead).
         func takeMemory() -> NVMeQueueMemory? {
             defer { memory = nil }

@@ -107,6 +107,13 @@ public final class NVMeController: @unchecked Sendable {
     /// How many interrupt vectors the start enabled (1 when polling).
     private var vectorCount = 1
 
+    /// How the start went with a predecessor's saved state: nil when there was none to look at
+    /// (no kept memory handed over), `resumed …` (the controller picked up without a reset,
+    /// with what the drain took) or `refused: …` (why, and the controller was reset instead).
+    public private(set) var resumption: String?
+    /// The queues, their saved state and the bounce buffer, freed when the controller stops.
+    private let queueMemory: NVMeQueueMemory
+
     /// The memory page size (CC.MPS = 0): PRP entries, MDTS and queue memory count in it.
     static let pageSize = 4096
 
@@ -193,31 +200,22 @@ public final class NVMeController: @unchecked Sendable {
             stepsSoFar += Self.stepText(name, now - stepMark, first: stepsSoFar.isEmpty)
             stepMark = now
         }
+        let command: ConfigSpaceAccess.Command
         do {
             registers = try device.region(0)
-            // A known state before the device may touch memory: no bus mastering while a
-            // predecessor's queues may still be live; registers reachable; then the probe and
-            // the controller reset.
-            // One read of the command register, and one write only when it changes (each
-            // configuration access is a system call, slow under emulation).
-            let command = try device.config.command()
-            let wanted = command.subtracting(.busMaster).union(.memorySpace)
-            if wanted != command { try device.config.write16(wanted.rawValue, at: PCIConfigSpace.Offset.command) }
-            commandRegister = wanted
+            command = try device.config.command()
             capabilities = try Self.probe(registers)
-            try Self.reset(registers, capabilities)
         } catch {
             memory?.free()
             throw error
         }
-        mark("reset")
-
         var madeAhead = false
         if let memory { madeAhead = memory.take(completion: completion, ioQueueLimit: ioQueueLimit, capabilities: capabilities) }
         if !madeAhead { memory?.free() }
         let queueMemory = try madeAhead ? memory! : NVMeQueueMemory(device: device, registers: registers, capabilities: capabilities, runtime: runtime,
                                                                      completion: completion, ioQueueLimit: ioQueueLimit)
         if !madeAhead { _ = queueMemory.take(completion: completion, ioQueueLimit: ioQueueLimit, capabilities: capabilities) }
+        self.queueMemory = queueMemory
         bounce = runtime.makePassiveLock("nvme bounce buffer", queueMemory.bounce)
         admin = queueMemory.admin
         ioQueues = queueMemory.ioQueues
@@ -230,7 +228,35 @@ public final class NVMeController: @unchecked Sendable {
         startSteps = stepsSoFar
         stepStart = stepMark
         do {
-            try start()
+            // Resume the controller as a predecessor left it (its queues in kept memory handed
+            // over, bus mastering still on), or else start it from a reset.
+            var resumed = false
+            if queueMemory.inherited {
+                if let refusal = try resume(command: command, memory: queueMemory) {
+                    resumption = "refused: \(refusal)"
+                } else {
+                    resumed = true
+                }
+            }
+            if !resumed {
+                try NVMeKeptHeader.clear(in: queueMemory.kept)
+                // A known state before the device may touch memory: no bus mastering while a
+                // predecessor's queues may still be live; memory space on; then the reset.
+                // One write of the command register, only when it changes (each configuration
+                // access is a system call, slow under emulation).
+                let current = resumption == nil ? command : try device.config.command()
+                let wanted = current.subtracting(.busMaster).union(.memorySpace)
+                if wanted != current { try device.config.write16(wanted.rawValue, at: PCIConfigSpace.Offset.command) }
+                commandRegister = wanted
+                try Self.reset(registers, capabilities)
+                queueMemory.freeRetired()
+                if queueMemory.inherited {
+                    try admin.clear()
+                    for queue in ioQueues { try queue.clear() }
+                }
+                step("reset")
+                try start()
+            }
             removalWatch = try runtime.onRemoval(of: device, name: "nvme") { [weak self] cause in self?.remove(cause) }
         } catch {
             stop()
@@ -377,6 +403,60 @@ public final class NVMeController: @unchecked Sendable {
                             namespaceLimit: controller.namespaceLimit, namespaces: namespaces,
                             maximumTransfer: mdts > 0 ? Self.pageSize << Int(mdts) : nil,
                             blockSize: defaultNamespace.blockSize, blockCount: defaultNamespace.blockCount)
+        try saveHeader()
+    }
+
+    /// Resumes the controller from the saved state in `memory` (a predecessor's, handed over):
+    /// after ``resumable(_:registers:command:completion:vectorsOffered:)``'s checks, drains the
+    /// commands it left in flight on every queue, then attaches the interrupts and takes what
+    /// the predecessor's start found (namespaces, Identify data) from the saved header. Nil
+    /// when resumed; otherwise why not, and the caller resets the controller. Throws only
+    /// when the interrupts cannot be set up after the drain.
+    private func resume(command: ConfigSpaceAccess.Command, memory: NVMeQueueMemory) throws -> String? {
+        let header: NVMeKeptHeader
+        let identify: [UInt8]
+        switch try Self.resumable(memory, registers: registers, command: command, completion: completion,
+                                  vectorsOffered: device.vectorCount(completion == .msix ? .msix : .msi)) {
+        case .failure(let refusal): return refusal.description
+        case .success(let saved): (header, identify) = saved
+        }
+        step("checks")
+        var drained = 0
+        let deadline = monotonicNanoseconds() + Self.drainPatience.wholeNanoseconds
+        do {
+            for queue in [admin] + ioQueues.prefix(header.ioQueuesCreated) { drained += try queue.resume(deadline: deadline) }
+        } catch {
+            return "\(error)"
+        }
+        step("drain")
+        activeQueues.store(header.ioQueuesCreated, ordering: .releasing)
+        commandRegister = command
+        maximumTransfer = header.maximumTransfer
+        identifyControllerData = NVMeIdentifyData(identify)
+        namespaces = header.namespaces
+        if let first = namespaces.first { defaultNamespace = first }
+        vectorCount = try setUpInterrupts()
+        step("interrupts")
+        let controller = NVMeIdentifyController(data: identifyControllerData)
+        let mdts = controller.maximumDataTransferSize
+        identity = Identity(vendorID: controller.vendorID, serialNumber: controller.serialNumber,
+                            modelNumber: controller.modelNumber, firmwareRevision: controller.firmwareRevision,
+                            namespaceLimit: controller.namespaceLimit, namespaces: namespaces,
+                            maximumTransfer: mdts > 0 ? Self.pageSize << Int(mdts) : nil,
+                            blockSize: defaultNamespace.blockSize, blockCount: defaultNamespace.blockCount)
+        resumption = "resumed without a reset, \(drained) completion(s) of the predecessor's commands drained"
+        return nil
+    }
+
+    /// Writes what the start found into the kept memory's header, so that a successor may
+    /// resume the controller (not when more namespaces are active than the header holds).
+    private func saveHeader() throws {
+        guard namespaces.count <= NVMeKeptLayout.maximumNamespaces else { return }
+        for queue in [admin] + ioQueues.prefix(ioQueueCount) { try queue.saveRecord() }
+        let header = NVMeKeptHeader(layout: queueMemory.layout, capabilities: capabilities.rawValue, completion: completion,
+                                    ioQueueLimit: queueMemory.ioQueueLimit, ioQueuesCreated: ioQueueCount, vectorCount: vectorCount,
+                                    maximumTransfer: maximumTransfer, namespaces: namespaces)
+        try header.save(in: queueMemory.kept, identify: identifyControllerData.bytes)
     }
 
     /// Enables the interrupts the completion method asks for, makes each I/O queue's DPC and
@@ -482,6 +562,19 @@ public final class NVMeController: @unchecked Sendable {
         for dpc in handOvers { dpc.retire() }
     }
 
+    /// What a killed process leaves: the ISRs detached and the DPCs retired, and nothing else
+    /// (the controller enabled, its queues, commands in flight and saved state as they are),
+    /// for tests of resumption in one process. The controller is of no use afterwards.
+    func abandonAsIfKilled() {
+        removalWatch?.cancel()
+        for attachment in attachments { runtime.detachInterrupt(attachment) }
+        attachments.removeAll()
+        for dpc in handOvers { dpc.retire() }
+    }
+
+    /// The kept memory the queues and saved state are in, for a successor in the same process (tests).
+    var keptMemory: DMABuffer { queueMemory.kept }
+
     /// Fails what is in flight with ``Failure/stopped``, detaches the ISRs, disables the
     /// controller and frees the queues. Later calls fail with ``Failure/stopped``.
     public func stop() {
@@ -504,11 +597,6 @@ public final class NVMeController: @unchecked Sendable {
                 // Stopping anyway: the next start resets the controller again, and reports it.
             }
         }
-        admin.free()
-        for queue in ioQueues { queue.free() }
-        bounce.withLock { buffers in
-            buffers.data.free()
-            buffers.prpList.free()
-        }
+        queueMemory.release()
     }
 }

@@ -19,11 +19,29 @@ public final class NVMeQueueMemory: @unchecked Sendable {
     /// The completion method and I/O queue limit the memory was sized for.
     let completion: NVMeController.Completion
     let ioQueueLimit: Int?
+    /// The memory the queues and their saved state live in (``NVMeKeptLayout``): kept DMA
+    /// memory, which a successor inherits, unless a predecessor's too small to reuse was still
+    /// in use when this was made.
+    let kept: DMABuffer
+    let layout: NVMeKeptLayout
+    /// Whether ``kept`` came from a predecessor, as it and the controller left it: the start
+    /// may resume the controller from it instead of resetting it.
+    let inherited: Bool
+    /// Whether the memory is a predecessor's, handed over with the device, which the start may
+    /// resume the controller from: the device's takeover should then leave bus mastering on
+    /// (the start turns it off itself when it resets the controller instead).
+    public var holdsPredecessorsQueues: Bool { inherited }
+    /// A predecessor's kept memory that could not be reused: freed once the controller was
+    /// reset (until then the controller may still write it).
+    private var retired: DMABuffer?
     private var taken = false
+    private var released = false
 
     /// Allocates the memory a controller on `device` started with `completion` and
-    /// `ioQueueLimit` uses. Fails as the controller's start would when the device does not
-    /// answer as an NVMe controller; allocates nothing then.
+    /// `ioQueueLimit` uses, in the kept memory a predecessor handed over with the device when
+    /// there is (``DeviceAccess/inheritKeptDMA()``), else in new kept memory. Fails as the
+    /// controller's start would when the device does not answer as an NVMe controller;
+    /// allocates nothing then. Writes no register.
     public convenience init(device: any DeviceAccess, runtime: any DriverRuntime, completion: NVMeController.Completion,
                             ioQueueLimit: Int? = nil) throws {
         let registers = try device.region(0)
@@ -33,35 +51,56 @@ public final class NVMeQueueMemory: @unchecked Sendable {
 
     /// Allocates the memory for a controller whose registers and capabilities were read
     /// already (the controller's own start, when nothing was made ahead). Allocates nothing
-    /// when it fails.
+    /// when it fails. `inheriting` (for tests: a predecessor's kept memory in the same process)
+    /// is used as a handed-over one would be.
     init(device: any DeviceAccess, registers: MMIORegion, capabilities: NVMeCapabilities, runtime: any DriverRuntime,
-         completion: NVMeController.Completion, ioQueueLimit: Int?) throws {
+         completion: NVMeController.Completion, ioQueueLimit: Int?, inheriting: DMABuffer? = nil) throws {
         self.registers = registers
         self.capabilities = capabilities
         self.completion = completion
         self.ioQueueLimit = ioQueueLimit
+        let limit = capabilities.queueEntryLimit
+        let layout = NVMeKeptLayout(adminEntries: min(NVMeController.adminQueueEntries, limit),
+                                    ioEntries: min(NVMeController.maximumQueueEntries, limit),
+                                    ioQueues: NVMeController.wantedIOQueues(completion, ioQueueLimit))
+        self.layout = layout
         var buffers: [DMABuffer] = []
+        var handed: DMABuffer?
         do {
+            handed = try inheriting ?? device.inheritKeptDMA()
+            if let handed, handed.size >= layout.size {
+                kept = handed
+                inherited = true
+            } else if let handed {
+                retired = handed
+                kept = try device.allocateDMA(size: layout.size)
+                inherited = false
+            } else {
+                kept = try device.allocateKeptDMA(size: layout.size)
+                inherited = false
+            }
+            buffers.append(kept)
             let data = try device.allocateDMA(size: NVMeController.bounceBytes)
             buffers.append(data)
             let prpList = try device.allocateDMA(size: NVMeController.pageSize)
             buffers.append(prpList)
             bounce = NVMeController.BounceBuffer(data: data, prpList: prpList)
-            let limit = capabilities.queueEntryLimit
-            admin = try NVMeQueuePair(identifier: 0, entries: min(NVMeController.adminQueueEntries, limit), device: device, registers: registers,
-                                      doorbellStride: capabilities.doorbellStride, runtime: runtime)
-            buffers += [admin.submissions, admin.completions]
-            var queues: [NVMeQueuePair] = []
-            for index in 0..<NVMeController.wantedIOQueues(completion, ioQueueLimit) {
-                let queue = try NVMeQueuePair(identifier: UInt16(index + 1), entries: min(NVMeController.maximumQueueEntries, limit),
-                                              device: device, registers: registers,
-                                              doorbellStride: capabilities.doorbellStride, runtime: runtime)
-                buffers += [queue.submissions, queue.completions]
-                queues.append(queue)
+            let kept = kept
+            let fresh = !inherited
+            func queue(_ index: Int, entries: Int) throws -> NVMeQueuePair {
+                let rings = layout.rings(index)
+                let sizes = NVMeKeptLayout.ringBytes(entries)
+                return try NVMeQueuePair(identifier: UInt16(index), entries: entries,
+                                         submissions: try kept.slice(at: rings.submissions, size: sizes.submissions),
+                                         completions: try kept.slice(at: rings.completions, size: sizes.completions),
+                                         record: NVMeQueueRecord(try kept.slice(at: NVMeKeptLayout.recordOffset(index), size: NVMeQueueRecord.size)),
+                                         fresh: fresh, registers: registers, doorbellStride: capabilities.doorbellStride, runtime: runtime)
             }
-            ioQueues = queues
+            admin = try queue(0, entries: layout.adminEntries)
+            ioQueues = try (1...layout.ioQueues).map { try queue($0, entries: layout.ioEntries) }
         } catch {
-            for buffer in buffers { buffer.free() }
+            // A predecessor's memory stays mapped until the device closes: its controller may still use it.
+            for buffer in buffers where buffer !== handed { buffer.free() }
             throw error
         }
     }
@@ -75,12 +114,32 @@ public final class NVMeQueueMemory: @unchecked Sendable {
         return true
     }
 
-    /// Frees the memory, unless a controller took it (which frees it when it stops).
+    /// Frees a predecessor's kept memory that was not reused, once the controller was reset.
+    func freeRetired() {
+        retired?.free()
+        retired = nil
+    }
+
+    /// Frees the memory, unless a controller took it (which frees it when it stops). A
+    /// predecessor's saved state in it is left alone: the predecessor may still be running
+    /// (a standby that stops while it waits), and the next process may resume from it.
     public func free() {
         guard !taken else { return }
         taken = true
+        release(clearing: !inherited)
+    }
+
+    /// Frees everything (the owner's way: the controller's stop, or ``free()``), the saved
+    /// state cleared first when `clearing` (nothing is left to resume from). Idempotent.
+    func release(clearing: Bool = true) {
+        guard !released else { return }
+        released = true
+        if clearing { try? NVMeKeptHeader.clear(in: kept) }
         admin.free()
         for queue in ioQueues { queue.free() }
+        kept.free()
+        retired?.free()
+        retired = nil
         bounce.data.free()
         bounce.prpList.free()
     }

@@ -1,5 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ModelessDevice
 import ModelessRuntime
+import ModelessSystem
 
 /// A handler of an asynchronous command given as a closure: the completion entry, or nil when
 /// the controller was lost before completing the command.
@@ -38,6 +42,8 @@ final class NVMeQueuePair: @unchecked Sendable {
     private let registers: MMIORegion
     private let submissionTail: Register<UInt32>
     private let completionHead: Register<UInt32>
+    /// Where the queue stands, saved for a successor before every doorbell write.
+    private let record: NVMeQueueRecord
     private let state: SpinLock<State>
 
     struct State {
@@ -50,6 +56,10 @@ final class NVMeQueuePair: @unchecked Sendable {
         var head = 0
         /// The phase tag of entries the controller has posted but this driver not yet taken.
         var phase = true
+        /// Commands submitted whose completion entry has not been taken yet.
+        var awaited = 0
+        /// The generation of the record's last save.
+        var generation: UInt64 = 0
         var free: [UInt16]
         var slots: [NVMeSlot]
         var entries: [NVMeCompletion]
@@ -72,20 +82,23 @@ final class NVMeQueuePair: @unchecked Sendable {
         var ready = false
     }
 
-    init(identifier: UInt16, entries: Int, device: any DeviceAccess, registers: MMIORegion,
-         doorbellStride: Int, runtime: any DriverRuntime) throws(DeviceError) {
+    /// The queue `identifier` of `entries` on `submissions` and `completions` (views of the
+    /// controller's kept memory), saving where it stands in `record`. With `fresh` the rings
+    /// and the record are cleared; without, they are left as a predecessor left them, for
+    /// ``resume(deadline:)``.
+    init(identifier: UInt16, entries: Int, submissions: DMABuffer, completions: DMABuffer, record: NVMeQueueRecord,
+         fresh: Bool, registers: MMIORegion, doorbellStride: Int, runtime: any DriverRuntime) throws(DeviceError) {
         self.identifier = identifier
         self.entries = entries
         self.registers = registers
-        submissions = try device.allocateDMA(size: entries * NVMeCommand.entrySize)
-        do {
-            completions = try device.allocateDMA(size: entries * NVMeCompletion.entrySize)
-        } catch {
-            submissions.free()
-            throw error
+        self.submissions = submissions
+        self.completions = completions
+        self.record = record
+        if fresh {
+            try submissions.fill(0)
+            try completions.fill(0)
+            try record.clear()
         }
-        try submissions.fill(0)
-        try completions.fill(0)
         submissionTail = NVMeRegister.submissionTailDoorbell(identifier, stride: doorbellStride)
         completionHead = NVMeRegister.completionHeadDoorbell(identifier, stride: doorbellStride)
         let blank = NVMeCompletion(result: 0, submissionQueueHead: 0, submissionQueue: 0, identifier: 0, phase: false,
@@ -125,6 +138,10 @@ final class NVMeQueuePair: @unchecked Sendable {
             state.tags[index] = tag
             if let handler { state.handlers[index] = handler }
             state.tail = state.tail + 1 == entries ? 0 : state.tail + 1
+            state.awaited += 1
+            do { try save(&state) } catch {
+                return .failure(.deviceLost("saving submission queue \(self.identifier)'s record: \(error)"))
+            }
             if state.plugged == 0 {
                 state.ringedTail = state.tail
                 registers.store(UInt32(state.tail), to: submissionTail)
@@ -205,10 +222,22 @@ final class NVMeQueuePair: @unchecked Sendable {
                     break  // A completion for nothing in flight: ignored.
                 }
             }
-            if found.taken > 0 { registers.store(UInt32(state.head), to: completionHead) }
+            if found.taken > 0 {
+                state.awaited = max(0, state.awaited - found.taken)
+                do throws(DeviceError) { try save(&state) } catch { return .failure(error) }
+                registers.store(UInt32(state.head), to: completionHead)
+            }
             return .success(found)
         }
         return try outcome.get()
+    }
+
+    /// Saves where the queue stands (under the lock, before the doorbell write it leads to).
+    @inline(__always)
+    private func save(_ state: inout State) throws(DeviceError) {
+        state.generation &+= 1
+        try record.save(NVMeQueueRecord.Snapshot(generation: state.generation, tail: state.tail, head: state.head,
+                                                 phase: state.phase, awaited: state.awaited))
     }
 
     private func release(_ index: Int, _ state: inout State) {
@@ -294,6 +323,96 @@ final class NVMeQueuePair: @unchecked Sendable {
                 }
             }
             return found
+        }
+    }
+
+    // MARK: Resumption
+
+    /// Picks the queue up where a predecessor's record says it stood, without a controller
+    /// reset: rings the saved submission tail (entries written but not yet rung are then
+    /// executed), waits until every command the predecessor submitted has completed, taking
+    /// their completion entries without reporting them (ublk reissues those requests), and
+    /// writes the completion head. The queue is then empty, every identifier free, and new
+    /// commands reuse none a predecessor's command still holds. Call before the ISRs are
+    /// attached. Throws ``NVMeController/Failure/timedOut(_:)`` when the commands are not all
+    /// done by `deadline` (CLOCK_MONOTONIC nanoseconds), and ``NVMeController/Failure/badRequest(_:)``
+    /// when the record is missing or out of range: the caller then resets the controller.
+    /// Returns how many completions it took.
+    func resume(deadline: UInt64) throws(NVMeController.Failure) -> Int {
+        let saved: NVMeQueueRecord.Snapshot
+        do {
+            guard let loaded = try record.load() else { throw NVMeController.Failure.badRequest("queue \(identifier) has no whole saved record") }
+            saved = loaded
+        } catch let error as NVMeController.Failure { throw error } catch {
+            throw .deviceLost("reading queue \(identifier)'s record: \(error)")
+        }
+        guard saved.tail < entries, saved.head < entries, saved.awaited < entries else {
+            throw .badRequest("queue \(identifier)'s record is out of range (tail \(saved.tail), head \(saved.head), \(saved.awaited) awaited, \(entries) entries)")
+        }
+        registers.store(UInt32(saved.tail), to: submissionTail)
+        var head = saved.head
+        var phase = saved.phase
+        var taken = 0
+        var idle = 0
+        while taken < saved.awaited {
+            let posted: Bool
+            do { posted = try NVMeCompletion.phase(in: completions, at: head &* NVMeCompletion.entrySize) == phase } catch {
+                throw .deviceLost("reading completion queue \(identifier): \(error)")
+            }
+            if posted {
+                taken += 1
+                head += 1
+                if head == entries {
+                    head = 0
+                    phase.toggle()
+                }
+                idle = 0
+                continue
+            }
+            guard monotonicNanoseconds() < deadline else {
+                throw .timedOut("queue \(identifier): \(saved.awaited - taken) of the \(saved.awaited) command(s) the predecessor left in flight still not completed")
+            }
+            idle += 1
+            if idle > 64 { usleep(50) }
+        }
+        registers.store(UInt32(head), to: completionHead)
+        let outcome: Result<Void, DeviceError> = state.withLock { state in
+            state.tail = saved.tail
+            state.ringedTail = saved.tail
+            state.head = head
+            state.phase = phase
+            state.awaited = 0
+            state.generation = saved.generation
+            do throws(DeviceError) { try save(&state) } catch { return .failure(error) }
+            return .success(())
+        }
+        do { try outcome.get() } catch { throw .deviceLost("saving queue \(identifier)'s record: \(error)") }
+        return taken
+    }
+
+    /// Saves where the queue stands once, whether or not it has been used: every queue a
+    /// successor may resume has a record from the start on.
+    func saveRecord() throws(DeviceError) {
+        let outcome: Result<Void, DeviceError> = state.withLock { state in
+            do throws(DeviceError) { try save(&state) } catch { return .failure(error) }
+            return .success(())
+        }
+        try outcome.get()
+    }
+
+    /// Clears the rings, the record and what the queue knows of them (for a controller reset
+    /// after a resumption was refused): the queue is as a fresh one.
+    func clear() throws(DeviceError) {
+        try submissions.fill(0)
+        try completions.fill(0)
+        try record.clear()
+        state.withLock { state in
+            state.tail = 0
+            state.ringedTail = 0
+            state.head = 0
+            state.phase = true
+            state.awaited = 0
+            state.generation = 0
         }
     }
 
