@@ -166,6 +166,7 @@ extension VM {
                     }
                 }
                 var stalls: [Double] = []
+                var resumed = 0
                 var generator = SystemRandomNumberGenerator()
                 for kill in 1...Self.kills {
                     if Self.standby && Self.nextLine(supervisor, &log, where: Self.standbyWaits) == nil {
@@ -192,6 +193,12 @@ extension VM {
                     #expect(UblkNVMeTests.blockDevice(in: serving) == device, "\(serving)")
                     // The standby held the VFIO descriptors its predecessor handed over, and adopted them.
                     #expect(!Self.standby || serving.contains("(the device adopted in"), "kill \(kill): the standby opened the controller anew: \(serving)")
+                    // The replacement looked at its predecessor's saved state (kept memory handed
+                    // over) and resumed the controller from it, or said why not and reset it.
+                    if Self.standby {
+                        #expect(serving.contains("saved state: "), "kill \(kill): no saved state was handed over: \(serving)")
+                        if serving.contains("saved state: resumed") { resumed += 1 }
+                    }
                     pid = next
                     stalls.append(stall)
                     let startup = Self.entered(in: serving).map { Int(($0 - Double(start) / 1e6).rounded()) }
@@ -204,6 +211,7 @@ extension VM {
                 try endRound(fio)
                 #expect(fioFailures.isEmpty, "\(fioFailures.joined(separator: "\n"))")
                 #expect(stalls.count == Self.kills, "\(log.suffix(30).joined(separator: "\n"))")
+                #expect(!Self.standby || resumed * 2 >= stalls.count, "only \(resumed) of \(stalls.count) replacements resumed the controller without a reset")
 
                 let check = try UblkExportTests.shellWith(environment, """
                     set -e
@@ -214,7 +222,7 @@ extension VM {
 
                 let sorted = stalls.sorted()
                 let summary = sorted.isEmpty ? "no kills" : "kills \(sorted.count), fio rounds \(fioRounds), stall p50 \(Int(sorted[sorted.count / 2].rounded())) ms, "
-                    + "max \(Int(sorted.last!.rounded())) ms"
+                    + "max \(Int(sorted.last!.rounded())) ms" + (Self.standby ? ", resumed without a reset \(resumed)" : "")
                 print("ublk-recovery: \(summary)")
                 if let out = getenv("MODELESS_VM_OUT").map({ String(cString: $0) }) {
                     try? FileAccess.replaceFile(out + "/ublk-recovery.txt", with: Array((log + [summary]).joined(separator: "\n").utf8))
