@@ -298,11 +298,13 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         try checkOpen()
         container.isShared = true
         // A device that maps in every address keeps to the lower half from now on (when none
-        // of its buffers is above it), so that a successor can map in the upper half.
+        // of its buffers is above it, kept memory aside), so that a successor can map in the
+        // upper half.
         let window = state.withLock { state in
             let whole = state.window
             let half = whole.lowerBound..<(whole.lowerBound + whole.byteCount / 2)
-            if state.predecessorWindow == nil, !adopted, state.buffers.allSatisfy({ $0.key + UInt64($0.value.length) <= half.upperBound }) {
+            if state.predecessorWindow == nil, !adopted,
+               state.buffers.allSatisfy({ $0.value.memfd >= 0 || $0.key + UInt64($0.value.length) <= half.upperBound }) {
                 state.allocator.restrict(to: half)
                 state.window = half
             }
