@@ -38,7 +38,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// The device request interrupt (`VFIO_PCI_REQ_IRQ_INDEX`), registered at open: the kernel
     /// signals it when it wants the device back (an unbind, a hot-unplug) and waits until the
     /// device is closed. `nil` only when the kernel offers no request interrupt, and, for a
-    /// device adopted ahead (``adoptAhead(_:options:bus:system:)``), until ``takeOver()``.
+    /// device adopted ahead (``adoptAhead(_:options:bus:system:)``), until ``takeOver(keepingBusMastering:)``.
     public private(set) var removal: DeviceRemoval?
     /// The device addresses of kept DMA memory (``allocateKeptDMA(size:)``): the top
     /// ``keptRegionSize`` below the DMA limit, outside every IOVA window, so that neither half
@@ -46,14 +46,14 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     public let keptRegion: Range<UInt64>
     /// The number of interrupt indexes VFIO reported (`VFIO_DEVICE_GET_INFO`'s `num_irqs`).
     let irqIndexCount: UInt32
-    /// Whether the device was adopted ahead and still waits for ``takeOver()``.
+    /// Whether the device was adopted ahead and still waits for ``takeOver(keepingBusMastering:)``.
     private(set) var awaitingTakeover = false
-    /// Whether ``takeOver()`` removes every mapping (an adopted device whose holder's window
+    /// Whether ``takeOver(keepingBusMastering:)`` removes every mapping (an adopted device whose holder's window
     /// left no room for its own): nothing may be mapped before it.
     private(set) var clearsEverythingAtTakeover = false
 
     /// Whether DMA memory may be mapped now: not between an adoption ahead whose window
-    /// overlaps the holder's and ``takeOver()``.
+    /// overlaps the holder's and ``takeOver(keepingBusMastering:)``.
     public var mapsDMA: Bool { !(awaitingTakeover && clearsEverythingAtTakeover) }
     let deviceFD: Int32
     let container: VFIOContainer
@@ -145,7 +145,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// re-reads the regions and interrupt counts, and clears the part of the address space the
     /// holder did not use (``windows(whole:predecessor:)``), where this device maps its own DMA
     /// from then on; the holder's mappings stay until ``releasePredecessorMappings()``.
-    /// ``takeOver()`` does the rest once the holder is gone. `owned` tells whether the
+    /// ``takeOver(keepingBusMastering:)`` does the rest once the holder is gone. `owned` tells whether the
     /// descriptors are this device's (closed with it, also when a later step failed) or still
     /// the caller's.
     convenience init(_ address: PCIAddress, adopting handed: VFIODescriptors, owned: inout Bool, options: Options = Options(),
@@ -197,7 +197,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// Adopts, ahead of its holder's end, the descriptors offered for `address` (``VFIOHandover/offer(_:)``):
     /// everything that leaves the holder's use of the device alone (the checks, the regions,
     /// BARs and interrupt counts, this process's own IOVA window, in which it may then map DMA
-    /// memory), so that once the holder is gone only ``takeOver()`` remains. Nil when nothing
+    /// memory), so that once the holder is gone only ``takeOver(keepingBusMastering:)`` remains. Nil when nothing
     /// was offered, or when the descriptors could not be adopted (the reason is kept for
     /// ``VFIOHandover/refusal(for:)``, the descriptors are closed, and the device is then
     /// opened anew as without a handover).
