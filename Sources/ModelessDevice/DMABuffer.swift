@@ -1,5 +1,6 @@
 import CModelessShim
 import ModelessBus
+import Synchronization
 
 /// Memory the device can reach by DMA, with the address the device uses for it.
 ///
@@ -20,8 +21,15 @@ public final class DMABuffer: @unchecked Sendable {
     /// check; written only by ``free()`` and when the device closes.
     @usableFromInline @exclusivity(unchecked) var isLive = true
     /// Accesses refused because the buffer was freed (or its device closed), for a runtime's
-    /// verifier (``RegionHealth/addObserver(_:)``).
-    public let health = RegionHealth()
+    /// verifier (``RegionHealth/addObserver(_:)``). A view (``slice(at:size:)``) shares its
+    /// parent's.
+    public let health: RegionHealth
+    /// The buffer a view was carved from, kept alive as long as the view is.
+    private let parent: DMABuffer?
+    /// The views carved from this buffer, made unusable when it is freed or invalidated.
+    private let views = Mutex<[WeakView]>([])
+
+    private struct WeakView { weak var buffer: DMABuffer? }
 
     /// Memory at `base` that the device reaches at `deviceAddress`; `release` frees it. For
     /// backends outside this module (device models).
@@ -32,9 +40,45 @@ public final class DMABuffer: @unchecked Sendable {
         self.device = device
         self.base = base
         self.release = release
+        health = RegionHealth()
+        parent = nil
+    }
+
+    /// A view of `size` bytes at `offset` of `parent`.
+    private init(viewOf parent: DMABuffer, offset: Int, size: Int) {
+        self.size = size
+        deviceAddress = parent.deviceAddress + UInt64(offset)
+        device = parent.device
+        base = parent.base + offset
+        release = { _ in }
+        health = parent.health
+        self.parent = parent
     }
 
     deinit { free() }
+
+    /// A view of `size` bytes at `offset` of this buffer (device address + offset), for carving
+    /// one allocation into parts. Freeing a view does nothing to the memory (only the view
+    /// refuses accesses from then on); freeing (or invalidating) the parent makes every view
+    /// refuse accesses too, as a freed buffer does. A view keeps its parent alive. Throws
+    /// `.outOfRange` when the range is not inside the buffer, `.closed` when it was freed.
+    public func slice(at offset: Int, size: Int) throws(DeviceError) -> DMABuffer {
+        guard offset >= 0, size > 0, offset <= self.size - size else {
+            throw DeviceError(.outOfRange, device, "DMA buffer: a slice of \(size) bytes at \(offset) is not inside its \(self.size) bytes")
+        }
+        let view = DMABuffer(viewOf: self, offset: offset, size: size)
+        // Registered before the liveness check, so that a free racing with this either sees
+        // the view or is seen by the check.
+        views.withLock { views in
+            views.removeAll { $0.buffer == nil }
+            views.append(WeakView(buffer: view))
+        }
+        guard isLive else {
+            view.invalidate()
+            throw DeviceError(.closed, device, "DMA buffer at 0x\(String(deviceAddress, radix: 16)) was freed: no slice of it can be made")
+        }
+        return view
+    }
 
     /// Whether the buffer has been freed (directly or by closing its device).
     public var isFreed: Bool { !isLive }
@@ -44,6 +88,7 @@ public final class DMABuffer: @unchecked Sendable {
         guard let release else { return }
         self.release = nil
         isLive = false
+        invalidateViews()
         release(self)
     }
 
@@ -51,6 +96,15 @@ public final class DMABuffer: @unchecked Sendable {
     func invalidate() {
         release = nil
         isLive = false
+        invalidateViews()
+    }
+
+    private func invalidateViews() {
+        let carved = views.withLock { views in
+            defer { views.removeAll() }
+            return views.compactMap(\.buffer)
+        }
+        carved.forEach { $0.invalidate() }
     }
 
     /// Reads the byte at `offset`; a volatile load, as the device may have written it.

@@ -4,4 +4,7 @@ struct DMARecord: @unchecked Sendable {
     var base: UnsafeMutableRawPointer
     var length: Int
     weak var buffer: DMABuffer?
+    /// The memfd behind kept DMA memory (``VFIODevice/allocateKeptDMA(size:)``), closed with
+    /// the buffer; -1 for anonymous memory.
+    var memfd: Int32 = -1
 }

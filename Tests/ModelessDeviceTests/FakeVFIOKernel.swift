@@ -186,8 +186,12 @@ final class FakeVFIOKernel: SystemCalls, @unchecked Sendable {
         case modeless_VFIO_IOMMU_MAP_DMA:
             if failing("VFIO_IOMMU_MAP_DMA") { return -1 }
             let map = argument.load(as: vfio_iommu_type1_dma_map.self)
-            state.withLock { $0.iommu[map.iova] = map.size }
-            return 0
+            // Like type-1: a range overlapping an existing mapping is refused.
+            return state.withLock { state in
+                guard !state.iommu.contains(where: { $0.key < map.iova + map.size && map.iova < $0.key + $0.value }) else { return false }
+                state.iommu[map.iova] = map.size
+                return true
+            } ? 0 : error(.fileExists)
         case modeless_VFIO_IOMMU_UNMAP_DMA:
             if failing("VFIO_IOMMU_UNMAP_DMA") { return -1 }
             let unmap = argument.load(as: vfio_iommu_type1_dma_unmap.self)

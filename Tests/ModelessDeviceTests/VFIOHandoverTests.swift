@@ -19,7 +19,9 @@ import Testing
         let buffer = try first.allocateDMA(size: 8192)
         try first.config.setBusMastering(true)
         let handed = try first.handoverDescriptors()
-        let half: UInt64 = (1 << 20) + ((1 << 28) - (1 << 20)) / 2
+        let kept = (UInt64(1 << 28) - VFIODevice.keptRegionSize)..<(1 << 28)
+        #expect(first.keptRegion == kept, "the kept region is the top 16 MiB, outside every window")
+        let half: UInt64 = (1 << 20) + (kept.lowerBound - (1 << 20)) / 2
         #expect(handed.window == (1 << 20)..<half, "the holder keeps to the lower half from the handover on")
         // What the dead predecessor left: its mapping, one more in its window, and a stale one
         // in the successor's window (from a process two handovers back).
@@ -46,7 +48,7 @@ import Testing
         #expect(Array(kernel.iommuMappings.keys) == [fresh.deviceAddress], "the predecessor's mappings are gone, its own stays")
         #expect(try second.releasePredecessorMappings() == nil)
         // Handed on again, it keeps its window; its successor takes the lower part.
-        #expect(try second.handoverDescriptors().window == half..<(1 << 28))
+        #expect(try second.handoverDescriptors().window == half..<kept.lowerBound)
         #expect(VFIODevice.windows(whole: (1 << 20)..<(1 << 28), predecessor: half..<(1 << 28)) == ((1 << 20)..<half, half..<(1 << 28)))
         second.close()
         #expect(!kernel.calls.contains("VFIO_GROUP_UNSET_CONTAINER"), "a shared group stays attached for whoever else holds it")

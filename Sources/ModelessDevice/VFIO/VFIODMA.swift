@@ -60,8 +60,12 @@ extension VFIODevice {
     func releaseDMA(_ buffer: DMABuffer) {
         guard let record = state.withLock({ $0.buffers.removeValue(forKey: buffer.deviceAddress) }) else { return }
         try? container.unmapDMA(iova: buffer.deviceAddress, size: UInt64(record.length))
-        state.withLock { $0.allocator.release(buffer.deviceAddress, size: UInt64(record.length)) }
         _ = system.munmap(record.base, record.length)
+        if record.memfd >= 0 {
+            _ = system.close(record.memfd)  // kept memory: its address is the kept region's, no allocator's
+        } else {
+            state.withLock { $0.allocator.release(buffer.deviceAddress, size: UInt64(record.length)) }
+        }
     }
 
     /// How many DMA buffers are live (for leak checks).

@@ -38,18 +38,22 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// The device request interrupt (`VFIO_PCI_REQ_IRQ_INDEX`), registered at open: the kernel
     /// signals it when it wants the device back (an unbind, a hot-unplug) and waits until the
     /// device is closed. `nil` only when the kernel offers no request interrupt, and, for a
-    /// device adopted ahead (``adoptAhead(_:options:bus:system:)``), until ``takeOver()``.
+    /// device adopted ahead (``adoptAhead(_:options:bus:system:)``), until ``takeOver(keepingBusMastering:)``.
     public private(set) var removal: DeviceRemoval?
+    /// The device addresses of kept DMA memory (``allocateKeptDMA(size:)``): the top
+    /// ``keptRegionSize`` below the DMA limit, outside every IOVA window, so that neither half
+    /// of a handover nor an adoption's clearing of its own window touches it.
+    public let keptRegion: Range<UInt64>
     /// The number of interrupt indexes VFIO reported (`VFIO_DEVICE_GET_INFO`'s `num_irqs`).
     let irqIndexCount: UInt32
-    /// Whether the device was adopted ahead and still waits for ``takeOver()``.
-    private var awaitingTakeover = false
-    /// Whether ``takeOver()`` removes every mapping (an adopted device whose holder's window
+    /// Whether the device was adopted ahead and still waits for ``takeOver(keepingBusMastering:)``.
+    private(set) var awaitingTakeover = false
+    /// Whether ``takeOver(keepingBusMastering:)`` removes every mapping (an adopted device whose holder's window
     /// left no room for its own): nothing may be mapped before it.
-    private var clearsEverythingAtTakeover = false
+    private(set) var clearsEverythingAtTakeover = false
 
     /// Whether DMA memory may be mapped now: not between an adoption ahead whose window
-    /// overlaps the holder's and ``takeOver()``.
+    /// overlaps the holder's and ``takeOver(keepingBusMastering:)``.
     public var mapsDMA: Bool { !(awaitingTakeover && clearsEverythingAtTakeover) }
     let deviceFD: Int32
     let container: VFIOContainer
@@ -85,6 +89,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         var handedInterrupts: (kind: InterruptKind, notifiers: [EventNotifier])?
         /// INTx's unmask request, built when INTx was enabled; invalidated when it is disabled.
         var intxUnmask: INTxUnmaskRequest?
+        /// The kept DMA memory an adopted device's holder handed over (``VFIODescriptors/kept``),
+        /// until ``VFIODevice/inheritKeptDMA()`` maps it or the takeover or close closes it.
+        var handedKept: VFIOKeptDMA?
     }
 
     /// VFIO's fixed region and interrupt indexes for PCI devices (linux/vfio.h).
@@ -138,7 +145,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// re-reads the regions and interrupt counts, and clears the part of the address space the
     /// holder did not use (``windows(whole:predecessor:)``), where this device maps its own DMA
     /// from then on; the holder's mappings stay until ``releasePredecessorMappings()``.
-    /// ``takeOver()`` does the rest once the holder is gone. `owned` tells whether the
+    /// ``takeOver(keepingBusMastering:)`` does the rest once the holder is gone. `owned` tells whether the
     /// descriptors are this device's (closed with it, also when a later step failed) or still
     /// the caller's.
     convenience init(_ address: PCIAddress, adopting handed: VFIODescriptors, owned: inout Bool, options: Options = Options(),
@@ -158,6 +165,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             let notifiers = handed.interruptFDs.map { EventNotifier(adopting: $0, system: system) }
             state.withLock { $0.handedInterrupts = (kind, notifiers) }
         }
+        if let kept = handed.kept { state.withLock { $0.handedKept = kept } }
         let described = monotonicNanoseconds()
         let whole = state.withLock { $0.window }
         let (own, predecessor) = Self.windows(whole: whole, predecessor: handed.window)
@@ -189,7 +197,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// Adopts, ahead of its holder's end, the descriptors offered for `address` (``VFIOHandover/offer(_:)``):
     /// everything that leaves the holder's use of the device alone (the checks, the regions,
     /// BARs and interrupt counts, this process's own IOVA window, in which it may then map DMA
-    /// memory), so that once the holder is gone only ``takeOver()`` remains. Nil when nothing
+    /// memory), so that once the holder is gone only ``takeOver(keepingBusMastering:)`` remains. Nil when nothing
     /// was offered, or when the descriptors could not be adopted (the reason is kept for
     /// ``VFIOHandover/refusal(for:)``, the descriptors are closed, and the device is then
     /// opened anew as without a handover).
@@ -222,15 +230,23 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
     /// still be running the dead holder's queues), removes every mapping when this device's
     /// window had no room beside the holder's, and registers this process's device request
     /// interrupt. The driver then starts as on a fresh open, without vfio-pci's enable and
-    /// function reset. On failure the device is closed. Does nothing for a device opened anew.
-    public func takeOver() throws(DeviceError) {
+    /// function reset. With `keepingBusMastering` the command register is left alone: the
+    /// device goes on running the predecessor's queues (in kept DMA memory, inherited before
+    /// with ``inheritKeptDMA()``), whose driver resumes them. Kept memory handed over and not
+    /// inherited by then is closed (its IOMMU mapping stays until the next
+    /// ``allocateKeptDMA(size:)``). On failure the device is closed. Does nothing for a device
+    /// opened anew.
+    public func takeOver(keepingBusMastering: Bool = false) throws(DeviceError) {
         guard awaitingTakeover else { return }
         awaitingTakeover = false
         let begun = monotonicNanoseconds()
         var quiet: UInt64 = 0
         do throws(DeviceError) {
             try checkOpen()
-            try config.setCommand(.busMaster, false)
+            if let kept = state.withLock({ state in defer { state.handedKept = nil }; return state.handedKept }) {
+                _ = system.close(kept.fd)
+            }
+            if !keepingBusMastering { try config.setCommand(.busMaster, false) }
             quiet = monotonicNanoseconds()
             if clearsEverythingAtTakeover {
                 // Own DMA made ahead would go with the holder's mappings: none may exist.
@@ -246,7 +262,8 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         }
         readyAt = monotonicNanoseconds()
         func ms(_ nanoseconds: UInt64) -> String { String(Double(nanoseconds / 100_000) / 10) }
-        adoptionSteps += (adoptionSteps.isEmpty ? "" : ", ") + "bus mastering off \(ms(quiet - begun)) ms, request interrupt \(ms(readyAt - quiet)) ms"
+        adoptionSteps += (adoptionSteps.isEmpty ? "" : ", ") + (keepingBusMastering ? "bus mastering kept" : "bus mastering off")
+            + " \(ms(quiet - begun)) ms, request interrupt \(ms(readyAt - quiet)) ms"
     }
 
     /// Where an adopted device maps its DMA: the larger part of `whole` that the predecessor's
@@ -274,17 +291,20 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         return monotonicNanoseconds() - start
     }
 
-    /// The descriptors to hand to a successor (``VFIOHandoverServer``). From then on closing
+    /// The descriptors to hand to a successor (``VFIOHandoverServer``), with the kept DMA
+    /// memory live now (``allocateKeptDMA(size:)``: allocate it first). From then on closing
     /// this device does not detach its group from the container, which the successor holds.
     public func handoverDescriptors() throws(DeviceError) -> VFIODescriptors {
         try checkOpen()
         container.isShared = true
         // A device that maps in every address keeps to the lower half from now on (when none
-        // of its buffers is above it), so that a successor can map in the upper half.
+        // of its buffers is above it, kept memory aside), so that a successor can map in the
+        // upper half.
         let window = state.withLock { state in
             let whole = state.window
             let half = whole.lowerBound..<(whole.lowerBound + whole.byteCount / 2)
-            if state.predecessorWindow == nil, !adopted, state.buffers.allSatisfy({ $0.key + UInt64($0.value.length) <= half.upperBound }) {
+            if state.predecessorWindow == nil, !adopted,
+               state.buffers.allSatisfy({ $0.value.memfd >= 0 || $0.key + UInt64($0.value.length) <= half.upperBound }) {
                 state.allocator.restrict(to: half)
                 state.window = half
             }
@@ -295,6 +315,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         if let enabled = state.withLock({ $0.interrupts }), enabled.kind != .intx {
             descriptors.interruptKind = enabled.kind
             descriptors.interruptFDs = enabled.notifiers.map(\.fd)
+        }
+        descriptors.kept = state.withLock { state in
+            state.buffers.first { $0.value.memfd >= 0 }.map { VFIOKeptDMA(fd: $0.value.memfd, deviceAddress: $0.key, size: $0.value.length) }
         }
         return descriptors
     }
@@ -377,8 +400,12 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         self.container = container
         self.lifetime = lifetime
         self.barMappings = mappings
-        let allocator = IOVAAllocator(addressBits: options.dmaAddressBits)
-        state = Mutex(State(allocator: allocator, window: allocator.free[0]))
+        var allocator = IOVAAllocator(addressBits: options.dmaAddressBits)
+        let whole = allocator.free[0]
+        keptRegion = Self.keptRegion(below: whole)
+        let window = whole.lowerBound..<keptRegion.lowerBound
+        allocator.restrict(to: window)
+        state = Mutex(State(allocator: allocator, window: window))
         readyAt = monotonicNanoseconds()
     }
 
@@ -448,6 +475,9 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             defer { state.handedInterrupts = nil }
             return state.handedInterrupts
         }?.notifiers.forEach { $0.close() }
+        if let kept = state.withLock({ state in defer { state.handedKept = nil }; return state.handedKept }) {
+            _ = system.close(kept.fd)
+        }
         try? disableInterruptsUnchecked()
         if removal != nil {
             // The kernel stops signalling the eventfd; the eventfd closes once no watcher holds it.
@@ -463,6 +493,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             record.buffer?.invalidate()
             try? container.unmapDMA(iova: iova, size: UInt64(record.length))
             _ = system.munmap(record.base, record.length)
+            if record.memfd >= 0 { _ = system.close(record.memfd) }
         }
         lifetime.end()
         for (base, size) in barMappings { _ = system.munmap(base, size) }

@@ -31,6 +31,9 @@ public struct VFIODescriptors: Sendable, Equatable {
     public var interruptKind: InterruptKind?
     /// The eventfds of ``interruptKind``'s vectors.
     public var interruptFDs: [Int32] = []
+    /// The holder's kept DMA memory (``VFIODevice/allocateKeptDMA(size:)``), which the
+    /// successor maps with ``VFIODevice/inheritKeptDMA()``; nil when it had none.
+    public var kept: VFIOKeptDMA?
 
     /// Descriptors of `address` in group `group`, whose holder maps DMA in `window`.
     public init(address: PCIAddress, group: Int, container: Int32, groupFD: Int32, device: Int32, window: Range<UInt64>) {
@@ -44,25 +47,27 @@ public struct VFIODescriptors: Sendable, Equatable {
 
     /// Closes the descriptors (those that are open).
     public func close() {
-        for fd in [device, groupFD, container] + interruptFDs where fd >= 0 { _ = Glibc.close(fd) }
+        for fd in [device, groupFD, container] + interruptFDs + [kept?.fd ?? -1] where fd >= 0 { _ = Glibc.close(fd) }
     }
 
     /// Closes the descriptors through `system`.
     func close(_ system: any SystemCalls) {
         for fd in [device, groupFD, container] where fd >= 0 { _ = system.close(fd) }
-        for fd in interruptFDs where fd >= 0 { _ = Glibc.close(fd) }
+        for fd in interruptFDs + [kept?.fd ?? -1] where fd >= 0 { _ = Glibc.close(fd) }
     }
 }
 
 /// One message of the handover: which descriptor it carries, for which device and group.
 /// Text (`modeless-vfio-handover 1 ROLE ADDRESS GROUP LOW-HIGH`, the holder's IOVA window in
-/// hexadecimal; an interrupt's message ends with `KIND/VECTOR`), one per descriptor, so that a
+/// hexadecimal; an interrupt's message ends with `KIND/VECTOR`, the kept memory's with the
+/// device addresses it is mapped at, `LOW-HIGH` in hexadecimal), one per descriptor, so that a
 /// receiver can check each descriptor's role and device before it keeps any.
 struct VFIOHandoverMessage: Equatable {
-    /// Which descriptor a message carries: the three of the device, in this order, then one
-    /// interrupt eventfd per vector (none when the holder enabled no message-signalled ones).
+    /// Which descriptor a message carries: the three of the device, in this order, then the
+    /// kept DMA memory's memfd (when the holder had kept memory), then one interrupt eventfd
+    /// per vector (none when the holder enabled no message-signalled ones).
     enum Role: String, CaseIterable {
-        case container, group, device, interrupt
+        case container, group, device, kept, interrupt
 
         /// The roles every handover has, in order.
         static let required: [Role] = [.container, .group, .device]
@@ -79,15 +84,37 @@ struct VFIOHandoverMessage: Equatable {
     var window: Range<UInt64>
     /// An interrupt message's kind and vector.
     var vector: (kind: InterruptKind, index: Int)?
+    /// A kept memory message's device addresses.
+    var kept: Range<UInt64>?
+
+    init(role: Role, address: PCIAddress, group: Int, window: Range<UInt64>, vector: (kind: InterruptKind, index: Int)? = nil,
+         kept: Range<UInt64>? = nil) {
+        self.role = role
+        self.address = address
+        self.group = group
+        self.window = window
+        self.vector = vector
+        self.kept = kept
+    }
 
     static func == (lhs: Self, rhs: Self) -> Bool {
         lhs.role == rhs.role && lhs.address == rhs.address && lhs.group == rhs.group && lhs.window == rhs.window
-            && lhs.vector?.kind == rhs.vector?.kind && lhs.vector?.index == rhs.vector?.index
+            && lhs.vector?.kind == rhs.vector?.kind && lhs.vector?.index == rhs.vector?.index && lhs.kept == rhs.kept
     }
 
     var text: String {
-        "\(Self.magic) \(Self.version) \(role.rawValue) \(address) \(group) \(String(window.lowerBound, radix: 16))-\(String(window.upperBound, radix: 16))"
-            + (vector.map { " \($0.kind.rawValue)/\($0.index)" } ?? "")
+        "\(Self.magic) \(Self.version) \(role.rawValue) \(address) \(group) \(Self.hex(window))"
+            + (vector.map { " \($0.kind.rawValue)/\($0.index)" } ?? "") + (kept.map { " \(Self.hex($0))" } ?? "")
+    }
+
+    private static func hex(_ range: Range<UInt64>) -> String {
+        "\(String(range.lowerBound, radix: 16))-\(String(range.upperBound, radix: 16))"
+    }
+
+    private static func range(_ word: Substring) -> Range<UInt64>? {
+        let bounds = word.split(separator: "-").compactMap { UInt64($0, radix: 16) }
+        guard bounds.count == 2, bounds[0] < bounds[1] else { return nil }
+        return bounds[0]..<bounds[1]
     }
 
     /// Parses a message; nil, with the reason in `why`, for anything else.
@@ -113,13 +140,19 @@ struct VFIOHandoverMessage: Equatable {
             why = "bad IOMMU group \"\(words[4])\""
             return nil
         }
-        let bounds = words[5].split(separator: "-").compactMap { UInt64($0, radix: 16) }
-        guard bounds.count == 2, bounds[0] < bounds[1] else {
+        guard let window = range(words[5]) else {
             why = "bad IOVA window \"\(words[5])\""
             return nil
         }
         var vector: (kind: InterruptKind, index: Int)?
-        if role == .interrupt {
+        var kept: Range<UInt64>?
+        if role == .kept {
+            guard words.count == 7, let range = range(words[6]), range.byteCount % UInt64(DMAPageSize.small) == 0 else {
+                why = "a kept memory message needs its device addresses (LOW-HIGH, whole pages, in hexadecimal): \"\(text.prefix(80))\""
+                return nil
+            }
+            kept = range
+        } else if role == .interrupt {
             let parts = words.count == 7 ? words[6].split(separator: "/") : []
             guard parts.count == 2, let kind = InterruptKind(rawValue: String(parts[0])), kind != .intx,
                   let index = Int(parts[1]), index >= 0 else {
@@ -131,7 +164,7 @@ struct VFIOHandoverMessage: Equatable {
             why = "not a VFIO handover message: \"\(text.prefix(80))\""
             return nil
         }
-        return VFIOHandoverMessage(role: role, address: address, group: group, window: bounds[0]..<bounds[1], vector: vector)
+        return VFIOHandoverMessage(role: role, address: address, group: group, window: window, vector: vector, kept: kept)
     }
 }
 
@@ -178,6 +211,7 @@ public enum VFIOHandover {
             case .container: "/dev/vfio/vfio"
             case .group: "/dev/vfio/\(group)"
             case .device: "anon_inode:[vfio-device]"
+            case .kept: "/memfd:" + VFIODevice.keptMemfdName
             case .interrupt: "anon_inode:[eventfd]"
             }
         }
@@ -203,13 +237,14 @@ public enum VFIOHandover {
         var received: [VFIOHandoverMessage.Role: Int32] = [:]
         var interrupts: [Int32] = []
         var interruptKind: InterruptKind?
+        var kept: Range<UInt64>?
         var window: Range<UInt64> = 0..<1
         func closeAll() { (Array(received.values) + interrupts).forEach { _ = Glibc.close($0) } }
-        // The device's three descriptors, then its interrupts' eventfds until the server ends
-        // the connection.
+        // The device's three descriptors, then its kept memory's memfd (if any), then its
+        // interrupts' eventfds until the server ends the connection.
         var index = 0
         while true {
-            let role = index < VFIOHandoverMessage.Role.required.count ? VFIOHandoverMessage.Role.required[index] : .interrupt
+            let required = index < VFIOHandoverMessage.Role.required.count ? VFIOHandoverMessage.Role.required[index] : nil
             index += 1
             var buffer = [UInt8](repeating: 0, count: VFIOHandoverMessage.capacity)
             var descriptor: Int32?
@@ -223,20 +258,23 @@ public enum VFIOHandover {
                 closeAll()
                 throw DeviceError(.system, address, "\(error)")
             }
-            if role == .interrupt, length == 0, descriptor == nil { break }
+            if required == nil, length == 0, descriptor == nil { break }
             guard let fd = descriptor else {
                 closeAll()
                 throw DeviceError(.system, address, length == 0
-                                  ? "the serving process at \(path) ended the handover before sending the \(role.rawValue) descriptor"
-                                  : "the handover's \(role.rawValue) message came without a descriptor")
+                                  ? "the serving process at \(path) ended the handover before sending the \(required?.rawValue ?? "next") descriptor"
+                                  : "the handover's \(required?.rawValue ?? "next") message came without a descriptor")
             }
-            if role == .interrupt { interrupts.append(fd) } else { received[role] = fd }
             var why = ""
             let text = String(decoding: buffer.prefix(length), as: UTF8.self)
             guard let message = VFIOHandoverMessage.parse(text, why: &why) else {
+                _ = Glibc.close(fd)
                 closeAll()
                 throw DeviceError(.system, address, "handover from \(path): \(why)")
             }
+            // After the device's three: the kept memory once, before any interrupt; then interrupts.
+            let role = required ?? (message.role == .kept && kept == nil && interrupts.isEmpty ? .kept : .interrupt)
+            if role == .interrupt { interrupts.append(fd) } else { received[role] = fd }
             if role != .container, message.window != window {
                 closeAll()
                 throw DeviceError(.system, address, "handover from \(path): the \(role.rawValue) message names IOVA window \(message.window), the container's was \(window)")
@@ -255,8 +293,11 @@ public enum VFIOHandover {
                 }
                 interruptKind = vector.kind
             }
+            if role == .kept { kept = message.kept }
             let target = try? FileAccess.readLink("/proc/self/fd/\(fd)")
-            guard target == expected(role) else {
+            // A memfd reads `/memfd:NAME (deleted)`.
+            let matches = target == expected(role) || (role == .kept && target?.hasPrefix(expected(role) + " ") == true)
+            guard matches else {
                 closeAll()
                 throw DeviceError(.system, address, "handover from \(path): the \(role.rawValue) descriptor is \(target ?? "unreadable"), expected \(expected(role))")
             }
@@ -265,6 +306,9 @@ public enum VFIOHandover {
                                           groupFD: received[.group]!, device: received[.device]!, window: window)
         descriptors.interruptKind = interruptKind
         descriptors.interruptFDs = interrupts
+        if let kept, let fd = received[.kept] {
+            descriptors.kept = VFIOKeptDMA(fd: fd, deviceAddress: kept.lowerBound, size: Int(kept.byteCount))
+        }
         return descriptors
     }
 }
@@ -305,15 +349,8 @@ public final class VFIOHandoverServer: @unchecked Sendable {
                     defer { connection.close() }
                     guard let peer = try? connection.peerCredentials(), peer.userID == geteuid() else { continue }
                     var complete = true
-                    let device: [(VFIOHandoverMessage.Role, Int32, (kind: InterruptKind, index: Int)?)] = [
-                        (.container, descriptors.container, nil), (.group, descriptors.groupFD, nil), (.device, descriptors.device, nil)]
-                    let vectors: [(VFIOHandoverMessage.Role, Int32, (kind: InterruptKind, index: Int)?)] = descriptors.interruptKind.map { kind in
-                        descriptors.interruptFDs.enumerated().map { (.interrupt, $0.element, (kind, $0.offset)) }
-                    } ?? []
-                    for (role, fd, vector) in device + vectors {
-                        let text = VFIOHandoverMessage(role: role, address: descriptors.address, group: descriptors.group,
-                                                       window: descriptors.window, vector: vector).text
-                        let bytes = Array(text.utf8)
+                    for (message, fd) in Self.messages(descriptors) {
+                        let bytes = Array(message.text.utf8)
                         do {
                             try bytes.withUnsafeBytes { raw in try connection.send(raw, attaching: fd) }
                         } catch {
@@ -329,6 +366,21 @@ public final class VFIOHandoverServer: @unchecked Sendable {
             _ = unlink(path)
             throw DeviceError(error, descriptors.address)
         }
+    }
+
+    /// The messages that hand `descriptors` over, in order, each with its descriptor: the
+    /// device's three, the kept memory's memfd (if any), the interrupts' eventfds.
+    static func messages(_ descriptors: VFIODescriptors) -> [(VFIOHandoverMessage, Int32)] {
+        func message(_ role: VFIOHandoverMessage.Role, vector: (kind: InterruptKind, index: Int)? = nil, kept: Range<UInt64>? = nil) -> VFIOHandoverMessage {
+            VFIOHandoverMessage(role: role, address: descriptors.address, group: descriptors.group, window: descriptors.window,
+                                vector: vector, kept: kept)
+        }
+        var messages = [(message(.container), descriptors.container), (message(.group), descriptors.groupFD), (message(.device), descriptors.device)]
+        if let kept = descriptors.kept { messages.append((message(.kept, kept: kept.range), kept.fd)) }
+        if let kind = descriptors.interruptKind {
+            messages += descriptors.interruptFDs.enumerated().map { (message(.interrupt, vector: (kind, $0.offset)), $0.element) }
+        }
+        return messages
     }
 
     /// Stops serving: no process receives the descriptors after this returns. Removes the
