@@ -7,4 +7,7 @@ struct DMARecord: @unchecked Sendable {
     /// The memfd behind kept DMA memory (``VFIODevice/allocateKeptDMA(size:)``), closed with
     /// the buffer; -1 for anonymous memory.
     var memfd: Int32 = -1
+    /// Kept memory inherited before the takeover: its holder may still be running on it, so
+    /// releasing it here leaves the IOMMU mapping alone (the holder's, in the shared container).
+    var holderMayUse = false
 }

@@ -87,6 +87,29 @@ import Testing
         #expect(kernel.openDescriptors.isEmpty)
     }
 
+    /// A standby that inherited its holder's kept memory ahead and then stops while it waits
+    /// (a supervisor's shutdown) must leave the holder's mapping alone: the holder still runs on it.
+    @Test func keptMemoryInheritedAheadIsLetGoWithoutUnmappingItBeforeTheTakeover() throws {
+        let kernel = FakeVFIOKernel()
+        let first = try openEdu(kernel)
+        defer { first.close() }
+        let kept = try first.allocateKeptDMA(size: 8192)
+        var owned = false
+        let second = try VFIODevice(eduAddress, adopting: try Self.handover(first), owned: &owned, options: .init(dmaAddressBits: 28), system: kernel)
+        let inherited = try #require(try second.inheritKeptDMA())
+        inherited.free()
+        #expect(kernel.iommuMappings[kept.deviceAddress] == 8192, "freed before the takeover: the holder's mapping stays")
+        let again = try Self.handover(first)
+        var ownedAgain = false
+        let third = try VFIODevice(eduAddress, adopting: again, owned: &ownedAgain, options: .init(dmaAddressBits: 28), system: kernel)
+        _ = try #require(try third.inheritKeptDMA())
+        third.close()
+        #expect(kernel.iommuMappings[kept.deviceAddress] == 8192, "closed before the takeover: the holder's mapping stays")
+        second.close()
+        try kept.store32(7, at: 0)
+        #expect(try kept.load32(at: 0) == 7, "the holder's memory is still its own")
+    }
+
     @Test func keptMemoryNotInheritedIsClosedAndItsStaleMappingReplaced() throws {
         let kernel = FakeVFIOKernel()
         let first = try openEdu(kernel)

@@ -59,7 +59,7 @@ extension VFIODevice {
     /// Unmaps a buffer from the IOMMU, returns its device addresses and frees its memory.
     func releaseDMA(_ buffer: DMABuffer) {
         guard let record = state.withLock({ $0.buffers.removeValue(forKey: buffer.deviceAddress) }) else { return }
-        try? container.unmapDMA(iova: buffer.deviceAddress, size: UInt64(record.length))
+        if !record.holderMayUse { try? container.unmapDMA(iova: buffer.deviceAddress, size: UInt64(record.length)) }
         _ = system.munmap(record.base, record.length)
         if record.memfd >= 0 {
             _ = system.close(record.memfd)  // kept memory: its address is the kept region's, no allocator's

@@ -247,6 +247,13 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
                 _ = system.close(kept.fd)
             }
             if !keepingBusMastering { try config.setCommand(.busMaster, false) }
+            // The holder is gone: kept memory inherited ahead is this device's alone now.
+            state.withLock { state in
+                for (address, var record) in state.buffers where record.holderMayUse {
+                    record.holderMayUse = false
+                    state.buffers[address] = record
+                }
+            }
             quiet = monotonicNanoseconds()
             if clearsEverythingAtTakeover {
                 // Own DMA made ahead would go with the holder's mappings: none may exist.
@@ -491,7 +498,7 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         }
         for (iova, record) in buffers {
             record.buffer?.invalidate()
-            try? container.unmapDMA(iova: iova, size: UInt64(record.length))
+            if !record.holderMayUse { try? container.unmapDMA(iova: iova, size: UInt64(record.length)) }
             _ = system.munmap(record.base, record.length)
             if record.memfd >= 0 { _ = system.close(record.memfd) }
         }

@@ -124,7 +124,8 @@ extension VFIODevice {
         let buffer = DMABuffer(size: kept.size, deviceAddress: kept.deviceAddress, device: address, base: base) { [weak self] buffer in
             self?.releaseDMA(buffer)
         }
-        state.withLock { $0.buffers[kept.deviceAddress] = DMARecord(base: base, length: kept.size, buffer: buffer, memfd: kept.fd) }
+        let holderMayUse = awaitingTakeover
+        state.withLock { $0.buffers[kept.deviceAddress] = DMARecord(base: base, length: kept.size, buffer: buffer, memfd: kept.fd, holderMayUse: holderMayUse) }
         return buffer
     }
 
