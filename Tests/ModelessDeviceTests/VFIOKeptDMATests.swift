@@ -72,6 +72,8 @@ import Testing
         try second.takeOver(keepingBusMastering: true)
         #expect(try second.config.command().contains(.busMaster), "the device goes on running")
         #expect(second.adoptionSteps.contains("bus mastering kept"))
+        #expect(try second.releasePredecessorMappings() != nil)
+        #expect(kernel.iommuMappings[kept.deviceAddress] == 8192, "releasing the holder's window leaves the kept mapping")
         // Handed on again, the inherited memory goes with the descriptors.
         #expect(try second.handoverDescriptors().kept?.deviceAddress == kept.deviceAddress)
         let error = #expect(throws: DeviceError.self) { _ = try second.allocateKeptDMA(size: 4096) }
