@@ -133,14 +133,18 @@ struct NVMeKeptHeader: Equatable {
         return .success((header, identify))
     }
 
+    /// FNV-style mixing of the header's words and the Identify data's, eight bytes at a time
+    /// (on the takeover's path: a few hundred steps, not one per byte).
     private static func checksum(_ words: [UInt64], _ identify: [UInt8]) -> UInt64 {
         var hash: UInt64 = 0xCBF2_9CE4_8422_2325
-        func mix(_ word: UInt64) {
+        @inline(__always) func mix(_ word: UInt64) {
             hash = (hash ^ word) &* 0x0000_0100_0000_01B3
             hash ^= hash >> 29
         }
-        words.forEach(mix)
-        for byte in identify { mix(UInt64(byte)) }
+        for word in words { mix(word) }
+        identify.withUnsafeBytes { bytes in
+            for offset in stride(from: 0, to: bytes.count - 7, by: 8) { mix(bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) }
+        }
         return hash
     }
 
