@@ -17,42 +17,111 @@ import Glibc
 ///
 /// NVMe tags carry the ublk queue in their upper 32 bits and the ublk tag in the lower ones.
 final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendable {
-    let controller: NVMeController
-    let namespace: NVMeController.Namespace
-    let geometry: UblkGeometry
+    /// The controller's device: the tags' DMA buffers are mapped for it.
+    let device: any DeviceAccess
     let maximumIOBytes: Int
+    private let start: NVMeControllerStart
+    private let namespaceChoice: UInt32?
+    /// The controller, the namespace served and its geometry, once the controller has started.
+    private let serving = Mutex<Result<Serving, UblkError>?>(nil)
     private let pools = Mutex<[Int: DMAPool]>([:])
     private let queues = Mutex<[Int: NVMeUblkQueue]>([:])
     /// Pools made ahead (by a warm standby, before its takeover), taken by ``prepare(queue:depth:bytes:)``
     /// when their size fits; the rest are freed by ``releaseUnusedPools()``.
     private let ahead: Mutex<[DMAPool]>
 
+    /// What requests are served with: found once the controller has started.
+    struct Serving {
+        let controller: NVMeController
+        let namespace: NVMeController.Namespace
+        let geometry: UblkGeometry
+        /// The largest request the controller takes for the namespace, in bytes.
+        let maximumIOBytes: Int
+    }
+
     /// Reads the namespace's geometry and what the controller offers besides Read and Write.
     /// `pools`, DMA memory made ahead on the controller's device, become the tags' buffers where
     /// their chunk size and count fit (they are this backend's from then on).
     init(controller: NVMeController, namespace: UInt32?, pools: [DMAPool] = []) throws {
-        self.controller = controller
+        device = controller.device
+        start = NVMeControllerStart(started: controller)
+        namespaceChoice = namespace
         ahead = Mutex(pools)
+        let found = try Self.serving(controller, namespace)
+        maximumIOBytes = found.maximumIOBytes
+        serving.withLock { $0 = .success(found) }
+        controller.setCompletionHandler { [weak self] completion in self?.complete(completion) }
+    }
+
+    /// A backend for recovering a ublk device of requests up to `maximumIOBytes` while the
+    /// controller on `device` is still starting (`start`): the queues are made and fetch at once,
+    /// and their first requests wait for the start. Requests the controller turns out unable
+    /// to take whole fail with -EINVAL.
+    init(device: any DeviceAccess, starting start: NVMeControllerStart, namespace: UInt32?, maximumIOBytes: Int, pools: [DMAPool] = []) {
+        self.device = device
+        self.start = start
+        namespaceChoice = namespace
+        self.maximumIOBytes = maximumIOBytes
+        ahead = Mutex(pools)
+    }
+
+    deinit { releaseUnusedPools() }
+
+    /// The namespace `choice` (the first active one when nil) of `controller`, checked for the
+    /// kernel, with its geometry.
+    private static func serving(_ controller: NVMeController, _ choice: UInt32?) throws(UblkError) -> Serving {
         let active = controller.identity.namespaces
-        guard let chosen = namespace.map({ id in active.first { $0.identifier == id } }) ?? active.first else {
+        guard let chosen = choice.map({ id in active.first { $0.identifier == id } }) ?? active.first else {
             let list = active.map { "\($0.identifier)" }.joined(separator: ", ")
-            throw UblkError(.noSuchDevice, namespace.map { "namespace \($0) is not active on the controller; the active ones are: \(list.isEmpty ? "none" : list)" }
+            throw UblkError(.noSuchDevice, choice.map { "namespace \($0) is not active on the controller; the active ones are: \(list.isEmpty ? "none" : list)" }
                             ?? "the controller has no active namespace")
         }
-        self.namespace = chosen
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         guard chosen.blockSize >= 512, chosen.blockSize <= page, chosen.metadataSize == 0 else {
             throw UblkError(.invalidArgument, "namespace \(chosen.identifier) has \(chosen.blockSize)-byte blocks with \(chosen.metadataSize) bytes of metadata: "
                             + "the kernel takes blocks of 512 to \(page) bytes without metadata (format the namespace with such an LBA format)")
         }
-        let offered = try controller.optionalCommands()
-        geometry = UblkGeometry(blockSize: chosen.blockSize, blockCount: chosen.blockCount, flushes: offered.volatileWriteCache,
-                                writesZeroes: offered.writeZeroes, discards: offered.datasetManagement)
-        maximumIOBytes = controller.maximumTransferBytes / chosen.blockSize * chosen.blockSize
-        controller.setCompletionHandler { [weak self] completion in self?.complete(completion) }
+        let offered: NVMeOptionalCommands
+        do { offered = try controller.optionalCommands() } catch {
+            throw UblkError(.system, "the controller's optional commands cannot be read: \(error)")
+        }
+        return Serving(controller: controller, namespace: chosen,
+                       geometry: UblkGeometry(blockSize: chosen.blockSize, blockCount: chosen.blockCount, flushes: offered.volatileWriteCache,
+                                              writesZeroes: offered.writeZeroes, discards: offered.datasetManagement),
+                       maximumIOBytes: controller.maximumTransferBytes / chosen.blockSize * chosen.blockSize)
     }
 
-    deinit { releaseUnusedPools() }
+    /// The controller and namespace requests are served with, once the controller has started
+    /// (waiting for it the first time); the completion handler is registered before anyone
+    /// gets it, so before any request is submitted.
+    func resolve() -> Result<Serving, UblkError> {
+        if let known = serving.withLock({ $0 }) { return known }
+        let found: Result<Serving, UblkError>
+        do {
+            found = .success(try Self.serving(try start.wait(), namespaceChoice))
+        } catch let error as UblkError {
+            found = .failure(error)
+        } catch {
+            found = .failure(UblkError(.system, "the NVMe controller did not start: \(error)"))
+        }
+        return serving.withLock { state in
+            if let known = state { return known }
+            if case .success(let made) = found {
+                made.controller.setCompletionHandler { [weak self] completion in self?.complete(completion) }
+            }
+            state = found
+            return found
+        }
+    }
+
+    /// The namespace's geometry (waiting for the controller's start; all zero when it failed,
+    /// which the recovery's owner reports).
+    var geometry: UblkGeometry {
+        (try? resolve().get())?.geometry ?? UblkGeometry(blockSize: 512, blockCount: 0, flushes: false, writesZeroes: false, discards: false)
+    }
+
+    /// The namespace served (waiting for the controller's start), or why there is none.
+    var namespace: Result<NVMeController.Namespace, UblkError> { resolve().map(\.namespace) }
 
     /// Files a completion for its queue's thread (from the driver's DPC).
     private func complete(_ completion: NVMeIOCompletion) {
@@ -67,7 +136,7 @@ final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendabl
         }
         let backend: NVMeUblkQueue
         do {
-            backend = try NVMeUblkQueue(index: queue, controller: controller, namespace: namespace, pool: pool, depth: pool.capacity)
+            backend = try NVMeUblkQueue(index: queue, backend: self, pool: pool, depth: pool.capacity)
         } catch {
             throw UblkError(.system, "queue \(queue): \(error)")
         }
@@ -88,7 +157,7 @@ final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendabl
             return
         }
         do {
-            let pool = try DMAPool(device: controller.device, chunkSize: NVMeController.transferChunkSize(dataBytes: bytes), count: depth)
+            let pool = try DMAPool(device: device, chunkSize: NVMeController.transferChunkSize(dataBytes: bytes), count: depth)
             pools.withLock { $0[queue] = pool }
         } catch {
             throw UblkError(.system, "cannot map \(depth) DMA buffers of \(bytes) bytes for queue \(queue): \(error)")
@@ -115,8 +184,12 @@ final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendabl
 /// One ublk queue's requests to the controller.
 final class NVMeUblkQueue: UblkAsyncQueueBackend, @unchecked Sendable {
     let index: Int
-    private let controller: NVMeController
-    private let namespace: NVMeController.Namespace
+    /// The backend, which outlives its queues (it drops them when they stop).
+    private unowned let backend: NVMeUblkBackend
+    /// The controller and namespace, taken from the backend at the first request (by the
+    /// queue's thread, the only one that starts requests).
+    private var serving: NVMeUblkBackend.Serving?
+    private var sectorsPerBlock: UInt64 = 1
     private let pool: DMAPool
     private let event: EventNotifier
     /// Results filed by the DPC for the queue's thread; capacity for every tag.
@@ -124,12 +197,10 @@ final class NVMeUblkQueue: UblkAsyncQueueBackend, @unchecked Sendable {
     /// Each tag's result on success (the bytes of a read or write, 0 for the rest), set when
     /// it is submitted; read by the DPC.
     private let successResults: UnsafeMutablePointer<Int32>
-    private let sectorsPerBlock: UInt64
 
-    init(index: Int, controller: NVMeController, namespace: NVMeController.Namespace, pool: DMAPool, depth: Int) throws {
+    init(index: Int, backend: NVMeUblkBackend, pool: DMAPool, depth: Int) throws {
         self.index = index
-        self.controller = controller
-        self.namespace = namespace
+        self.backend = backend
         self.pool = pool
         event = try EventNotifier()
         var list: [(Int, Int32)] = []
@@ -137,7 +208,6 @@ final class NVMeUblkQueue: UblkAsyncQueueBackend, @unchecked Sendable {
         ready = Mutex(list)
         successResults = .allocate(capacity: depth)
         successResults.initialize(repeating: 0, count: depth)
-        sectorsPerBlock = UInt64(namespace.blockSize / 512)
     }
 
     deinit { successResults.deallocate() }
@@ -164,6 +234,15 @@ final class NVMeUblkQueue: UblkAsyncQueueBackend, @unchecked Sendable {
     }
 
     func start(_ request: UblkRequest, tag: Int, buffer: UnsafeMutableRawBufferPointer) -> Int32? {
+        if _slowPath(serving == nil) {
+            guard case .success(let found) = backend.resolve() else { return -Errno.ioError.rawValue }
+            serving = found
+            sectorsPerBlock = UInt64(found.namespace.blockSize / 512)
+        }
+        let serving = serving.unsafelyUnwrapped
+        let controller = serving.controller
+        let namespace = serving.namespace
+        guard request.byteCount <= serving.maximumIOBytes else { return -Errno.invalidArgument.rawValue }
         guard request.startSector % sectorsPerBlock == 0, UInt64(request.sectorCount) % sectorsPerBlock == 0 else {
             return -Errno.invalidArgument.rawValue
         }

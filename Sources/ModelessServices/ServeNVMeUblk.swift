@@ -110,9 +110,20 @@ extension NVMeServing {
             if let refusal = VFIOHandover.refusal(for: pci) {
                 printError("the handed-over VFIO descriptors of \(pci) were not adopted (\(refusal)); the device was opened anew")
             }
-            let controller = try NVMeController(device: access, runtime: runtime, completion: self.irq, memory: prepared?.takeMemory())
-            defer { controller.stop() }
-            let export = try self.startOrRecover(controller: controller, claim: claim, pci: pci, ublkOptions, pools: prepared?.takePools() ?? [],
+            let memory = prepared?.takeMemory()
+            let irq = self.irq
+            // A standby recovering a ublk device resumes (or starts) the controller on a
+            // thread of its own while the ublk queues are made: the recovery ends once both are done.
+            let start = prepared != nil && Self.recoverableDevice(claim.previousRecord) != nil
+                ? try NVMeControllerStart(priority: Self.takeoverPriority) {
+                    try NVMeController(device: access, runtime: runtime, completion: irq, memory: memory)
+                }
+                : NVMeControllerStart(started: try NVMeController(device: access, runtime: runtime, completion: irq, memory: memory))
+            defer {
+                (try? start.wait())?.stop()
+                start.join()
+            }
+            let export = try self.startOrRecover(start: start, device: access, claim: claim, pci: pci, ublkOptions, pools: prepared?.takePools() ?? [],
                                                  entered: entered, opened: opened)
             if takeoverPriority != nil { SystemThread.setCurrentThreadRealtimePriority(nil) }
             claim.record("ublk \(export.deviceID) as \(export.blockDevicePath) by process \(getpid())")
@@ -147,33 +158,43 @@ extension NVMeServing {
     /// otherwise adds one. Prints the `serving` line a supervisor waits for.
     /// A recovery's line says how long each step took: from entering this command (its
     /// CLOCK_MONOTONIC time is printed too, so that whoever killed the predecessor can time
-    /// the process's start) to the controller being up, and the ublk recovery itself.
+    /// the process's start) to the controller being up, and the ublk recovery itself, which
+    /// runs beside the controller's start when `start` is still under way (it ends the
+    /// recovery only once the controller is up).
     /// `pools` (made ahead by a standby) become the tags' buffers where they fit; the rest are freed.
-    private func startOrRecover(controller: NVMeController, claim: ExportLock, pci: PCIAddress, _ ublkOptions: UblkOptions,
+    private func startOrRecover(start: NVMeControllerStart, device: any DeviceAccess, claim: ExportLock, pci: PCIAddress, _ ublkOptions: UblkOptions,
                                 pools: [DMAPool], entered: UInt64, opened: UInt64) throws -> UblkExport {
         do {
-            let backend: NVMeUblkBackend
-            do { backend = try NVMeUblkBackend(controller: controller, namespace: nil, pools: pools) } catch {
-                for pool in pools { pool.buffer.free() }
-                throw error
-            }
-            defer { backend.releaseUnusedPools() }
-            let started = monotonicNanoseconds()
-            if let previous = Self.recordedDevice(claim.previousRecord), let state = try UblkExport.state(deviceID: previous),
-               state != .dead {
-                let export = try UblkExport.recover(deviceID: previous, backend, buffers: backend)
+            let began = monotonicNanoseconds()
+            if let previous = Self.recoverableDevice(claim.previousRecord), let state = try UblkExport.state(deviceID: previous),
+               state != .dead, let shape = UblkExport.shape(deviceID: previous) {
+                let backend = NVMeUblkBackend(device: device, starting: start, namespace: nil, maximumIOBytes: shape.ioBytes, pools: pools)
+                defer { backend.releaseUnusedPools() }
+                let export = try UblkExport.recover(deviceID: previous, backend, buffers: backend) {
+                    // The controller, then what the requests are served with (its namespace).
+                    _ = try backend.resolve().get()
+                }
+                let controller = try start.wait()
+                let namespace = try backend.namespace.get()
                 let done = monotonicNanoseconds()
                 func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
-                printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
-                          + "in \(ms(done - started)) ms after the controller was up in \(ms(started - entered)) ms "
-                          + "(\(Self.deviceTiming(controller.device, entered: entered, opened: opened)), the controller reset and set up in \(ms(started - opened)) ms; "
-                          + "entered at monotonic \(ms(entered)) ms; "
+                printLine("serving \(pci) namespace \(namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
+                          + "in \(ms(done - began)) ms, beside the controller's start, up in \(ms(start.endedAt - opened)) ms "
+                          + "(\(Self.deviceTiming(controller.device, entered: entered, opened: opened)); entered at monotonic \(ms(entered)) ms; "
                           + "controller steps: \(controller.startSteps); "
                           + "\(controller.resumption.map { "saved state: \($0); " } ?? "")"
                           + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); "
                           + "\(export.recoverySteps.map { "recovery steps: \($0); " } ?? "")pid \(getpid()))")
                 return export
             }
+            let controller = try start.wait()
+            let backend: NVMeUblkBackend
+            do { backend = try NVMeUblkBackend(controller: controller, namespace: nil, pools: pools) } catch {
+                for pool in pools { pool.buffer.free() }
+                throw error
+            }
+            defer { backend.releaseUnusedPools() }
+            let namespace = try backend.namespace.get()
             // Every tag of every queue in flight at once: they share the controller's I/O queue.
             let entries = controller.queueEntries - 1
             let queues = ublkOptions.queues ?? SystemThread.cpuCount
@@ -189,7 +210,7 @@ extension NVMeServing {
             let configuration = UblkConfiguration(queues: queues, queueDepth: depth, userRecovery: ublkOptions.recovery)
             let export = try UblkExport.start(backend, configuration: configuration, buffers: backend)
             let geometry = export.geometry
-            printLine("serving \(pci) namespace \(backend.namespace.identifier) as \(export.blockDevicePath) (\(geometry.blockCount) blocks of \(geometry.blockSize) bytes, "
+            printLine("serving \(pci) namespace \(namespace.identifier) as \(export.blockDevicePath) (\(geometry.blockCount) blocks of \(geometry.blockSize) bytes, "
                       + "\(export.queues) queue(s) of depth \(export.queueDepth), flush \(geometry.flushes ? "yes" : "no"), discard \(geometry.discards ? "yes" : "no"), "
                       + "write-zeroes \(geometry.writesZeroes ? "yes" : "no"), requests up to \(backend.maximumIOBytes) bytes, features \(export.features); pid \(getpid()))")
             return export
@@ -206,6 +227,12 @@ extension NVMeServing {
         guard let device = recordedDevice(record), let shape = UblkExport.shape(deviceID: device) else { return 0 }
         let bytes = shape.queues * shape.depth * NVMeController.transferChunkSize(dataBytes: shape.ioBytes) + 4 << 20
         return DMAMemoryReserve.fill(bytes: bytes) ? DMAMemoryReserve.available : 0
+    }
+
+    /// The ublk device number in a claim's record, when that device is still there to recover.
+    static func recoverableDevice(_ record: String) -> UInt32? {
+        guard let device = recordedDevice(record), let state = try? UblkExport.state(deviceID: device), state != .dead else { return nil }
+        return device
     }
 
     /// The ublk device number in a claim's record (`ublk N as ...`), if any.

@@ -146,9 +146,15 @@ public final class UblkExport: @unchecked Sendable {
     /// server had taken, are served. `/dev/ublkbN` stays the same block device throughout.
     /// Fails with ``UblkError/Kind/noSuchDevice`` when there is no such device or it cannot be
     /// recovered (no user recovery, or another geometry than `backend`'s).
+    ///
+    /// `beforeEnding` runs once the queues fetch, before END_USER_RECOVERY lets requests in:
+    /// where a server whose backend is still starting (a controller resuming on another
+    /// thread) waits for it, so that the recovery's own steps run meanwhile. When it throws,
+    /// the recovery is not ended (the device stays quiesced for the next server) and its
+    /// error, as ``UblkError/Kind/system`` unless it is a ``UblkError``, is thrown.
     public static func recover(
         deviceID: UInt32, _ backend: any UblkBackend, buffers: any UblkBufferProvider = PageBufferProvider(),
-        timeout: Duration = .seconds(30)
+        timeout: Duration = .seconds(30), beforeEnding: () throws -> Void = {}
     ) throws(UblkError) -> UblkExport {
         let control = try UblkControl()
         let path = UblkInterface.blockDevicePath(deviceID)
@@ -202,6 +208,10 @@ public final class UblkExport: @unchecked Sendable {
             }
             for queue in queues { try queue.waitUntilFetching() }
             steps.queuesFetched = monotonicNanoseconds() - began
+            do { try beforeEnding() } catch let error as UblkError { throw error } catch {
+                throw UblkError(.system, "\(error)")
+            }
+            steps.backendReady = monotonicNanoseconds() - began
             do { try control.endRecovery(device: deviceID, serverProcess: getpid()) } catch {
                 throw UblkError(.kernelRefused, "the kernel refused to end recovering \(path): \(error)")
             }

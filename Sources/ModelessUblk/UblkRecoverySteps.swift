@@ -14,6 +14,9 @@ public struct UblkRecoverySteps: Sendable, Equatable, CustomStringConvertible {
     /// Of that, how long preparing the queues took (their descriptors mapped, their tags'
     /// buffers allocated: for the NVMe driver, DMA memory mapped into the IOMMU).
     public var preparingQueues: UInt64 = 0
+    /// Until the backend was ready for requests (``UblkExport/recover(deviceID:_:buffers:timeout:beforeEnding:)``'s
+    /// `beforeEnding` returned): the same as ``queuesFetched`` for a backend ready from the start.
+    public var backendReady: UInt64 = 0
     /// Until END_USER_RECOVERY returned: the device live again.
     public var ended: UInt64 = 0
 
@@ -27,6 +30,7 @@ public struct UblkRecoverySteps: Sendable, Equatable, CustomStringConvertible {
             return "\(tenths / 10).\(tenths % 10)"
         }
         return "quiesced at \(ms(quiesced)) ms, START_USER_RECOVERY accepted at \(ms(started)) ms (after \(busyAnswers) EBUSY), "
-            + "queues fetched at \(ms(queuesFetched)) ms (\(ms(preparingQueues)) ms of it preparing them), END_USER_RECOVERY at \(ms(ended)) ms"
+            + "queues fetched at \(ms(queuesFetched)) ms (\(ms(preparingQueues)) ms of it preparing them), backend ready at \(ms(backendReady)) ms, "
+            + "END_USER_RECOVERY at \(ms(ended)) ms"
     }
 }
