@@ -17,9 +17,10 @@ final class NVMeControllerStart: @unchecked Sendable {
         endedAt = monotonicNanoseconds()
     }
 
-    /// Starts `make` on a new thread at `SCHED_FIFO` `priority` (ordinary when refused).
-    init(priority: Int32, _ make: @escaping @Sendable () throws -> NVMeController) throws {
-        thread = try SystemThread(name: "nvme start", placement: .init(realtimePriority: priority)) { [self] in
+    /// Starts `make` on a new thread (ordinary scheduling: a real-time thread here would hold
+    /// off the kernel's work on the dead server's ublk device, which runs on the same CPUs).
+    init(_ make: @escaping @Sendable () throws -> NVMeController) throws {
+        thread = try SystemThread(name: "nvme start") { [self] in
             let made = Result { try make() }
             lock.withLock {
                 endedAt = monotonicNanoseconds()

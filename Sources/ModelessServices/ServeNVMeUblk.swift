@@ -47,7 +47,6 @@ extension NVMeServing {
         let claim: ExportLock
         let pci: PCIAddress
         var prepared: StandbyPreparation?
-        var takeoverPriority: String?
         do {
             if queues < 1 { throw UblkError(.invalidArgument, "\(queues) queues: a ublk device needs at least one") }
             try UblkExport.checkDriver()
@@ -60,10 +59,6 @@ extension NVMeServing {
                 prepared = prepareStandby(pci, record: record, why: &why)
                 printLine("standby for \(pci): waiting for the serving process to end (\(reserved / 1_048_576) MiB of DMA memory faulted in ahead; \(handover); "
                           + "\(prepared?.summary ?? why); pid \(getpid()))")
-                // From the claim to serving, the takeover runs ahead of ordinary threads (the
-                // file system's writers, say), below the interrupt and DPC threads.
-                takeoverPriority = SystemThread.setCurrentThreadRealtimePriority(Self.takeoverPriority)
-                    .map { "ordinary (\($0))" } ?? "SCHED_FIFO \(Self.takeoverPriority)"
                 claim = try ExportLock(waitingFor: "nvme+\(pci)", what: "NVMe controller \(pci)")
                 TerminationSignals.block()
                 let claimed = monotonicNanoseconds()
@@ -78,7 +73,7 @@ extension NVMeServing {
                     : VFIOGroupRelease.wait(for: pci, seconds: 10).map { fixed(Double($0) / 1e6, 1) + " ms" } ?? "still busy after 10 s"
                 printLine("standby for \(pci): claimed at monotonic \(fixed(Double(claimed) / 1e6, 1)) ms, "
                           + "the previous process \(prepared == nil ? "gone \(fixed(Double(gone - claimed) / 1e6, 1)) ms later" : "not waited for (the device adopted ahead)"), "
-                          + "its VFIO group free \(group) after that; the takeover at \(takeoverPriority ?? "ordinary") priority")
+                          + "its VFIO group free \(group) after that")
                 entered = monotonicNanoseconds()
             } else {
                 claim = try ExportLock(claim: "nvme+\(pci)", what: "NVMe controller \(pci)")
@@ -115,7 +110,7 @@ extension NVMeServing {
             // A standby recovering a ublk device resumes (or starts) the controller on a
             // thread of its own while the ublk queues are made: the recovery ends once both are done.
             let start = prepared != nil && Self.recoverableDevice(claim.previousRecord) != nil
-                ? try NVMeControllerStart(priority: Self.takeoverPriority) {
+                ? try NVMeControllerStart {
                     try NVMeController(device: access, runtime: runtime, completion: irq, memory: memory)
                 }
                 : NVMeControllerStart(started: try NVMeController(device: access, runtime: runtime, completion: irq, memory: memory))
@@ -125,7 +120,6 @@ extension NVMeServing {
             }
             let export = try self.startOrRecover(start: start, device: access, claim: claim, pci: pci, ublkOptions, pools: prepared?.takePools() ?? [],
                                                  entered: entered, opened: opened)
-            if takeoverPriority != nil { SystemThread.setCurrentThreadRealtimePriority(nil) }
             claim.record("ublk \(export.deviceID) as \(export.blockDevicePath) by process \(getpid())")
             self.releasePredecessorMappings(access)
             // Only now: a standby adopting ahead maps its own DMA where this process's
@@ -149,10 +143,6 @@ extension NVMeServing {
             try withBoundDevice(pci.description, mode: mode) { _, access, runtime in try serve(access, runtime) }
         }
     }
-
-    /// The `SCHED_FIFO` priority a standby's takeover runs at: above every ordinary thread,
-    /// below the runtime's DPC and interrupt threads.
-    static let takeoverPriority: Int32 = 1
 
     /// Recovers the ublk device the claim's previous holder recorded, if it is still there;
     /// otherwise adds one. Prints the `serving` line a supervisor waits for.

@@ -78,26 +78,11 @@ public final class SystemThread: @unchecked Sendable {
             if status == 0 { outcome.realtime = true } else {
                 outcome.refusals.append("SCHED_FIFO \(priority): \(Errno(rawValue: status))")
             }
-        } else if sched_getscheduler(0) != SCHED_OTHER {
-            // Made by a thread that runs at a real-time priority for a while (a takeover):
-            // a thread that asked for none gets ordinary scheduling, not its maker's.
-            _ = Self.setCurrentThreadRealtimePriority(nil)
         }
         started.withLock {
             outcomeValue = outcome
             started.broadcast()
         }
-    }
-
-    /// Runs the calling thread under `SCHED_FIFO` at `priority`, or with ordinary scheduling
-    /// when nil: for a short stretch that must not wait behind ordinary threads (a standby's
-    /// takeover). Threads it starts meanwhile do not inherit it. Returns why it was refused,
-    /// or nil.
-    @discardableResult
-    public static func setCurrentThreadRealtimePriority(_ priority: Int32?) -> String? {
-        var parameters = sched_param(sched_priority: priority ?? 0)
-        let status = pthread_setschedparam(pthread_self(), priority == nil ? SCHED_OTHER : SCHED_FIFO, &parameters)
-        return status == 0 ? nil : "\(priority.map { "SCHED_FIFO \($0)" } ?? "SCHED_OTHER"): \(Errno(rawValue: status))"
     }
 
     /// The CPU the calling thread is running on.

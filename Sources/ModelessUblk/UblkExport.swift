@@ -138,6 +138,11 @@ public final class UblkExport: @unchecked Sendable {
             control: control, characterDevice: characterDevice)
     }
 
+    /// How long a recovery waits, once the device is quiesced, before START_USER_RECOVERY:
+    /// long enough for the kernel's quiesce work to finish cancelling the dead server's
+    /// commands (see ``recover(deviceID:_:buffers:timeout:beforeEnding:)``).
+    public static let quiesceGrace: Duration = .milliseconds(10)
+
     /// Takes over device `deviceID`, left by a server that died with user recovery on: waits
     /// (up to `timeout`) until the kernel has quiesced it and released the dead server's
     /// `/dev/ublkcN` (START_USER_RECOVERY answers EBUSY until then), opens it, starts the
@@ -171,20 +176,30 @@ public final class UblkExport: @unchecked Sendable {
         }
         let began = monotonicNanoseconds()
         var steps = UblkRecoverySteps()
-        var quiesced = UblkDeviceState(rawValue: info.state) == .quiesced
         let deadline = monotonicNanoseconds() + timeout.wholeNanoseconds
+        // First the device quiesced, then a grace before START_USER_RECOVERY: Linux 6.12's
+        // quiesce work sets the state, releases the device's lock and only then cancels the
+        // dead server's commands, walking every tag; a START (which clears the tags) and
+        // FETCH landing in that walk had it complete a NULL command (a kernel oops seen in
+        // the VM bench, about one kill in 30, once starts came quickly; the device then
+        // stays busy for good).
+        var state = UblkDeviceState(rawValue: info.state)
+        while state != .quiesced {
+            guard monotonicNanoseconds() < deadline else {
+                throw UblkError(.kernelRefused, "\(path) was not quiesced within \(timeout) of its server's end (state \(state.map { "\($0)" } ?? "unknown"))")
+            }
+            usleep(1_000)
+            state = (try? control.deviceInfo(device: deviceID)).flatMap { UblkDeviceState(rawValue: $0.state) }
+        }
+        steps.quiesced = monotonicNanoseconds() - began
+        usleep(UInt32(quiesceGrace.wholeNanoseconds / 1_000))
         while true {
             do {
                 try control.startRecovery(device: deviceID)
                 steps.started = monotonicNanoseconds() - began
-                if !quiesced { steps.quiesced = steps.started }
                 break
             } catch {
                 steps.busyAnswers += 1
-                if !quiesced, let state = try? control.deviceInfo(device: deviceID).state, UblkDeviceState(rawValue: state) == .quiesced {
-                    quiesced = true
-                    steps.quiesced = monotonicNanoseconds() - began
-                }
                 guard error.errno == .resourceBusy, monotonicNanoseconds() < deadline else {
                     let state = (try? control.deviceInfo(device: deviceID)).flatMap { UblkDeviceState(rawValue: $0.state) }
                     throw UblkError(.kernelRefused, "the kernel refused to start recovering \(path) (state \(state.map { "\($0)" } ?? "unknown")): \(error)")

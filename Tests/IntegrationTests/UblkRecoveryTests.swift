@@ -184,7 +184,14 @@ extension VM {
                     Glibc.kill(pid, SIGKILL)
                     let read = try Self.timedRead(probe, offset: kill * 7 * 4096, seconds: 120)
                     let stall = Double(monotonicNanoseconds() - start) / 1e6
-                    #expect(read, "kill \(kill): the read after it failed or did not complete within 120 s")
+                    if !read {
+                        // What the kernel says, and who holds the ublk character device still.
+                        let state = try? UblkExportTests.shellWith(environment, """
+                            dmesg | tail -n 40; ls -l /proc/[0-9]*/fd 2>/dev/null | grep -E 'ublkc|io_uring' | head -n 20; \
+                            for t in /proc/[0-9]*/task/*; do s=$(cat $t/stat 2>/dev/null | cut -d' ' -f3); [ "$s" = D ] && echo "D: $t $(cat $t/comm) $(cat $t/wchan 2>/dev/null)"; done
+                            """)
+                        Issue.record("kill \(kill): the read after it failed or did not complete within 120 s; the kernel's state: \(state?.output ?? "unreadable")")
+                    }
                     guard let serving = Self.nextServing(supervisor, &log), let next = Self.pid(in: serving), next != pid else {
                         Issue.record("kill \(kill): no replacement reported serving: \(log.suffix(20).joined(separator: "\n"))")
                         break
