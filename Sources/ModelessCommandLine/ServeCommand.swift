@@ -126,7 +126,7 @@ struct ServeNVMe: ParsableCommand {
     @Option(name: .customLong("ublk-queues"), help: "With --ublk: ublk queues (at most one per CPU is used).")
     var ublkQueues: Int?
 
-    @Option(name: .customLong("queue-depth"), help: "With --ublk: requests in flight per queue (default: all the controller's I/O queue gives).")
+    @Option(name: .customLong("queue-depth"), help: "With --ublk: requests in flight per queue (default: 128, or what the controller's I/O queue gives when less).")
     var queueDepth: Int?
 
     @Flag(name: .customLong("no-recovery"), help: "With --ublk: no user recovery (the device fails at once if this process dies).")

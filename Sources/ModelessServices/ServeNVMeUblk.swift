@@ -192,7 +192,7 @@ extension NVMeServing {
             guard most >= 1 else {
                 throw UblkError(.invalidArgument, "the controller's I/O queue holds \(entries) commands, fewer than \(queues) queues need: use --ublk-queues \(entries) or fewer")
             }
-            let depth = ublkOptions.queueDepth ?? most
+            let depth = ublkOptions.queueDepth ?? min(Self.defaultQueueDepth, most)
             guard depth >= 1, depth <= most else {
                 throw UblkError(.invalidArgument, "a queue depth of \(depth) is more than the controller can give: its I/O queue holds \(entries) commands in flight, "
                                 + "\(most) for each of \(queues) queue(s); use --queue-depth 1-\(most) (or fewer --ublk-queues)")
@@ -218,6 +218,12 @@ extension NVMeServing {
         let bytes = shape.queues * shape.depth * NVMeController.transferChunkSize(dataBytes: shape.ioBytes) + 4 << 20
         return DMAMemoryReserve.fill(bytes: bytes) ? DMAMemoryReserve.available : 0
     }
+
+    /// Requests in flight per ublk queue unless `--queue-depth` says otherwise (fewer when the
+    /// controller's I/O queue holds fewer): ublksrv's default. Deeper queues gain nothing at
+    /// the depths block workloads reach here, and cost a recovery one fetch per tag and the
+    /// DMA memory of each tag (132 KiB).
+    static let defaultQueueDepth = 128
 
     /// The ublk device number in a claim's record, when that device is still there to recover.
     static func recoverableDevice(_ record: String) -> UInt32? {
