@@ -21,7 +21,8 @@ extension VM {
     /// once the standby waits; `MODELESS_UBLK_STANDBY=0` measures the plain restart instead
     /// (no back-off either way: `restartMaxDelaySeconds` 0). With the standby, each replacement
     /// must have adopted the VFIO descriptors its predecessor handed over (not reopened the
-    /// controller), and once the supervisor has stopped, the controller's VFIO group must open
+    /// controller) and said what it made of the saved state handed over with them (at least
+    /// half of the replacements must resume the controller without a reset), and once the supervisor has stopped, the controller's VFIO group must open
     /// again (no process, standby included, still holds it). `MODELESS_UBLK_BINARY` names the
     /// `modeless` to supervise with (e.g. `.build/release/modeless`; default: the one built
     /// beside the tests).
