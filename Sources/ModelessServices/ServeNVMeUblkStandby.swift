@@ -104,7 +104,7 @@ extension NVMeServing {
         return StandbyPreparation(device: device, runtime: runtime, memory: memory, pools: pools, summary: summary)
     }
 
-    /// Runs `body` with a standby's prepared device and runtime, taken over (``VFIODevice/takeOver(keepingBusMastering:)``),
+    /// Runs `body` with a standby's prepared device and runtime, taken over (`VFIODevice.takeOver(keepingBusMastering:)`),
     /// as ``withBoundDevice(_:mode:options:verifier:_:)`` does with a device it opens: the
     /// device's removal ends normally, any other failure is reported and ends with 1, and
     /// everything is released on every path.

@@ -8,7 +8,7 @@ import Glibc
 /// recorded in its ``ExportLock`` (`ublk N as /dev/ublkbN by process P`); the lock ends with
 /// the process however it ends, the record only with a clean stop. So a server killed while
 /// exporting leaves the record, and the next process to claim the same device finds it and
-/// recovers that ublk device (``UblkExport/recover(deviceID:_:buffers:timeout:)``) instead of
+/// recovers that ublk device (``UblkExport/recover(deviceID:_:buffers:timeout:beforeEnding:)``) instead of
 /// adding one: `/dev/ublkbN`, and a file system mounted on it, stay.
 public enum RecoverableExport {
     /// How the export came about.

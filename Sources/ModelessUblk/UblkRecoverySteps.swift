@@ -1,4 +1,4 @@
-/// How long each step of a ublk user recovery (``UblkExport/recover(deviceID:_:buffers:timeout:)``)
+/// How long each step of a ublk user recovery (``UblkExport/recover(deviceID:_:buffers:timeout:beforeEnding:)``)
 /// took, in nanoseconds from the call: the stall a killed server's successor adds is the sum.
 public struct UblkRecoverySteps: Sendable, Equatable, CustomStringConvertible {
     /// Until the device was seen quiesced (0 if it already was at the first look): the

@@ -1,6 +1,6 @@
 import ModelessDevice
 
-/// How an NVMe controller's kept DMA memory (``DeviceAccess/allocateKeptDMA(size:)``: memory
+/// How an NVMe controller's kept DMA memory (`DeviceAccess.allocateKeptDMA(size:)`: memory
 /// that a successor process inherits at the same device addresses) is laid out: a header page
 /// (what the start found, and one ``NVMeQueueRecord`` per queue), the Identify Controller data,
 /// then the admin queue and the I/O queues, each ring on its own pages.
@@ -133,17 +133,15 @@ struct NVMeKeptHeader: Equatable {
         return .success((header, identify))
     }
 
-    /// FNV-style mixing of the header's words and the Identify data's, eight bytes at a time
-    /// (on the takeover's path: a few hundred steps, not one per byte).
+    /// The header's words and the Identify data's, eight bytes at a time, mixed as the queue
+    /// records are (`NVMeQueueRecord.mix`): a few hundred steps on the takeover's path.
     private static func checksum(_ words: [UInt64], _ identify: [UInt8]) -> UInt64 {
-        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
-        @inline(__always) func mix(_ word: UInt64) {
-            hash = (hash ^ word) &* 0x0000_0100_0000_01B3
-            hash ^= hash >> 29
-        }
-        for word in words { mix(word) }
+        var hash = NVMeQueueRecord.checksumSeed
+        for word in words { hash = NVMeQueueRecord.mix(hash, word) }
         identify.withUnsafeBytes { bytes in
-            for offset in stride(from: 0, to: bytes.count - 7, by: 8) { mix(bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) }
+            for offset in stride(from: 0, to: bytes.count - 7, by: 8) {
+                hash = NVMeQueueRecord.mix(hash, bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+            }
         }
         return hash
     }

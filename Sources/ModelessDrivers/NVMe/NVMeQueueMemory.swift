@@ -39,7 +39,7 @@ public final class NVMeQueueMemory: @unchecked Sendable {
 
     /// Allocates the memory a controller on `device` started with `completion` and
     /// `ioQueueLimit` uses, in the kept memory a predecessor handed over with the device when
-    /// there is (``DeviceAccess/inheritKeptDMA()``), else in new kept memory. Fails as the
+    /// there is (`DeviceAccess.inheritKeptDMA()`), else in new kept memory. Fails as the
     /// controller's start would when the device does not answer as an NVMe controller;
     /// allocates nothing then. Writes no register.
     public convenience init(device: any DeviceAccess, runtime: any DriverRuntime, completion: NVMeController.Completion,

@@ -68,14 +68,18 @@ struct NVMeQueueRecord {
         for offset in stride(from: 0, to: Self.size, by: 8) { try slots.store64(0, at: offset) }
     }
 
+    /// Where every checksum of the kept memory starts.
+    static let checksumSeed: UInt64 = 0xCBF2_9CE4_8422_2325
+
     /// A checksum of a slot's three words that no all-zero slot passes (a cleared record is no record).
     @inline(__always)
     static func checksum(_ generation: UInt64, _ positions: UInt64, _ progress: UInt64) -> UInt64 {
-        mix(mix(mix(0xCBF2_9CE4_8422_2325, generation), positions), progress)
+        mix(mix(mix(checksumSeed, generation), positions), progress)
     }
 
+    /// One step of the FNV-style mixing the kept memory's checksums use (the header's too).
     @inline(__always)
-    private static func mix(_ hash: UInt64, _ word: UInt64) -> UInt64 {
+    static func mix(_ hash: UInt64, _ word: UInt64) -> UInt64 {
         let multiplied = (hash ^ word) &* 0x0000_0100_0000_01B3
         return multiplied ^ multiplied >> 29
     }
