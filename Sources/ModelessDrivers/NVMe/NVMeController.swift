@@ -398,11 +398,7 @@ public final class NVMeController: @unchecked Sendable {
         namespaces = try startRounds(queueRounds, identifying: identifiers)
         step("I/O queues and namespaces")
         if let first = namespaces.first { defaultNamespace = first }
-        identity = Identity(vendorID: controller.vendorID, serialNumber: controller.serialNumber,
-                            modelNumber: controller.modelNumber, firmwareRevision: controller.firmwareRevision,
-                            namespaceLimit: controller.namespaceLimit, namespaces: namespaces,
-                            maximumTransfer: mdts > 0 ? Self.pageSize << Int(mdts) : nil,
-                            blockSize: defaultNamespace.blockSize, blockCount: defaultNamespace.blockCount)
+        identity = makeIdentity(controller)
         try saveHeader()
     }
 
@@ -437,15 +433,19 @@ public final class NVMeController: @unchecked Sendable {
         if let first = namespaces.first { defaultNamespace = first }
         vectorCount = try setUpInterrupts()
         step("interrupts")
-        let controller = NVMeIdentifyController(data: identifyControllerData)
-        let mdts = controller.maximumDataTransferSize
-        identity = Identity(vendorID: controller.vendorID, serialNumber: controller.serialNumber,
-                            modelNumber: controller.modelNumber, firmwareRevision: controller.firmwareRevision,
-                            namespaceLimit: controller.namespaceLimit, namespaces: namespaces,
-                            maximumTransfer: mdts > 0 ? Self.pageSize << Int(mdts) : nil,
-                            blockSize: defaultNamespace.blockSize, blockCount: defaultNamespace.blockCount)
+        identity = makeIdentity(NVMeIdentifyController(data: identifyControllerData))
         resumption = "resumed without a reset, \(drained) completion(s) of the predecessor's commands drained"
         return nil
+    }
+
+    /// What Identify Controller said, with the active namespaces found: for the start and a resumption alike.
+    private func makeIdentity(_ controller: NVMeIdentifyController) -> Identity {
+        let mdts = controller.maximumDataTransferSize
+        return Identity(vendorID: controller.vendorID, serialNumber: controller.serialNumber,
+                        modelNumber: controller.modelNumber, firmwareRevision: controller.firmwareRevision,
+                        namespaceLimit: controller.namespaceLimit, namespaces: namespaces,
+                        maximumTransfer: mdts > 0 ? Self.pageSize << Int(mdts) : nil,
+                        blockSize: defaultNamespace.blockSize, blockCount: defaultNamespace.blockCount)
     }
 
     /// Writes what the start found into the kept memory's header, so that a successor may

@@ -15,7 +15,7 @@ extension NVMeController {
     static func resumable(_ memory: NVMeQueueMemory, registers: MMIORegion, command: ConfigSpaceAccess.Command,
                           completion: Completion, vectorsOffered: Int) throws(DeviceError) -> Result<(NVMeKeptHeader, [UInt8]), NVMeKeptHeader.Refusal> {
         let loaded = try NVMeKeptHeader.load(from: memory.kept)
-        guard case .success(let (header, identify)) = loaded else { return loaded }
+        guard case .success(let (header, _)) = loaded else { return loaded }
         func refuse(_ why: String) -> Result<(NVMeKeptHeader, [UInt8]), NVMeKeptHeader.Refusal> { .failure(NVMeKeptHeader.Refusal(why)) }
         guard header.layout == memory.layout, header.capabilities == memory.capabilities.rawValue else {
             return refuse("the saved state is of another queue layout or controller")
