@@ -25,6 +25,23 @@ extension VM {
             for _ in 0..<200 where !FileAccess.exists(path) { usleep(10_000) }
         }
 
+        /// Waits up to 10 s for a node to be handed to the test's owner and group, 0660, and
+        /// returns what it has then. `udevadm settle` alone is not enough against a daemon that
+        /// has just started: it can answer before the daemon has read the kernel's event.
+        func waitForGrant(_ path: String) -> (uid: uid_t, gid: gid_t, mode: mode_t)? {
+            for _ in 0..<1000 {
+                if let found = access(path), found.uid == Self.owner.uid, found.gid == Self.group.gid, found.mode == 0o660 { return found }
+                usleep(10_000)
+            }
+            return access(path)
+        }
+
+        /// What udev knows of a node and what its daemon logged, for a failure's message.
+        func udevReport(_ path: String) -> String {
+            let info = (try? TestBench.shell("udevadm info --query=all --name=\(path) 2>&1; ls -l /run/modeless/access/* 2>&1").output) ?? ""
+            return "\(info)\nudevd: \(FileAccess.readTextIfPresent("/tmp/udevd.log") ?? "")"
+        }
+
         @Test func nodesOfDevicesModelessBoundAndNoOthers() throws {
             // The rules as scripts/install (through scripts/install-udev-rules) writes them for
             // --user nobody --group users.
@@ -63,9 +80,9 @@ extension VM {
             let eduGroup = try #require(TestBench.bus.device(at: edu).iommuGroup)
             let eduNode = "/dev/vfio/\(eduGroup)"
             _ = try TestBench.shell("udevadm settle --timeout=60")
-            let granted = access(eduNode)
+            let granted = waitForGrant(eduNode)
             #expect(granted?.uid == Self.owner.uid && granted?.gid == Self.group.gid && granted?.mode == 0o660,
-                    "\(eduNode): \(String(describing: granted))")
+                    "\(eduNode): \(String(describing: granted)); bind said: \(bound.output)\n\(udevReport(eduNode))")
 
             // Handed to vfio-pci without Modeless, as libvirt does for a VM: left root-only.
             let other = try TestBench.e1000(0)
@@ -101,9 +118,9 @@ extension VM {
             #expect(moved.status == 0, "\(moved.output)")
             let uioNode = try #require(TestBench.bus.userModeNode(of: TestBench.bus.device(at: edu)))
             _ = try TestBench.shell("udevadm settle --timeout=60")
-            let uio = access(uioNode)
+            let uio = waitForGrant(uioNode)
             #expect(uio?.uid == Self.owner.uid && uio?.gid == Self.group.gid && uio?.mode == 0o660,
-                    "\(uioNode): \(String(describing: uio))")
+                    "\(uioNode): \(String(describing: uio))\n\(udevReport(uioNode))")
             stopDaemon()
             let back = try TestBench.modeless("unbind", edu.description)
             #expect(back.status == 0, "\(back.output)")
