@@ -309,15 +309,27 @@ final class ContainerServer: @unchecked Sendable {
                 return
             }
             let fired: UInt8
+            var holding = true
             do {
                 try pollDoorbell(of: connection)
                 connection.busy.store(false, ordering: .sequentiallyConsistent)
+                holding = false
                 fired = connection.takenWhileBusy.exchange(0, ordering: .sequentiallyConsistent)
                 if fired & ServerConnection.TakenEvent.socket != 0 {
                     try events.rearm(connection.socket.fd, token: connection.token, [.readable, .oneShot])
                 }
             } catch {
                 logger.info("ending a connection that cannot be polled", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
+                // Ended only by a thread that holds it: one woken since this one let go may
+                // be serving it (briefly: it lets go once nothing is left for it, or ends it
+                // itself, keeping hold).
+                while !holding {
+                    holding = connection.busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged
+                    if !holding {
+                        guard lock.withLock({ connections[connection.token] != nil }) else { return }
+                        sched_yield()
+                    }
+                }
                 end(connection)
                 return
             }
