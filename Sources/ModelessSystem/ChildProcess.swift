@@ -61,9 +61,9 @@ public final class ChildProcess: @unchecked Sendable {
         }
         self.program = executable
         var pipeEnds: [Int32] = [-1, -1]
-        _ = try systemCall("pipe", program) { pipe(&pipeEnds) }
-        _ = fcntl(pipeEnds[0], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(pipeEnds[1], F_SETFD, FD_CLOEXEC)
+        // Close-on-exec from the start: a child another thread spawns meanwhile must not
+        // inherit the write end, or this child's output would never end.
+        _ = try systemCall("pipe2", program) { modeless_pipe_cloexec(&pipeEnds) }
         let envp = Self.environment(adding: environment)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer {

@@ -1,3 +1,4 @@
+import CModelessShim
 import SystemPackage
 
 #if canImport(Glibc)
@@ -52,10 +53,10 @@ public enum ProgramRunner {
             throw SystemError("find program", program, errno: .noSuchFileOrDirectory)
         }
         var pipeEnds: [Int32] = [-1, -1]
-        _ = try systemCall("pipe", program) { pipe(&pipeEnds) }
+        // Close-on-exec from the start: a child another thread spawns meanwhile must not
+        // inherit the write end, or this program's output would never end.
+        _ = try systemCall("pipe2", program) { modeless_pipe_cloexec(&pipeEnds) }
         let (readEnd, writeEnd) = (pipeEnds[0], pipeEnds[1])
-        _ = fcntl(readEnd, F_SETFD, FD_CLOEXEC)
-        _ = fcntl(writeEnd, F_SETFD, FD_CLOEXEC)
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

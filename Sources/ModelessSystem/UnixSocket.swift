@@ -61,10 +61,10 @@ public final class UnixSocket: @unchecked Sendable {
         return (UnixSocket(fd: fds[0], path: "socketpair"), UnixSocket(fd: fds[1], path: "socketpair"))
     }
 
-    /// Waits for and returns the next connection.
+    /// Waits for and returns the next connection (close-on-exec from the start, so that a
+    /// child another thread spawns meanwhile never inherits it).
     public func accept() throws(SystemError) -> UnixSocket {
-        let connection = try systemCall("accept", path) { Glibc.accept(fd, nil, nil) }
-        _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
+        let connection = try systemCall("accept4", path) { modeless_accept_cloexec(fd) }
         return UnixSocket(fd: connection, path: path)
     }
 

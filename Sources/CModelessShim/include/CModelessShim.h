@@ -86,6 +86,12 @@ static inline uint32_t modeless_fetch_add_seqcst32(void *address, uint32_t value
 /// descriptor, to map in two processes. Returns the descriptor, or -1 with errno set.
 int modeless_memfd(const char *name);
 
+/// pipe2(fds, O_CLOEXEC): a pipe whose ends are close-on-exec from the start.
+int modeless_pipe_cloexec(int fds[2]);
+
+/// accept4(fd, NULL, NULL, SOCK_CLOEXEC): a connection close-on-exec from the start.
+int modeless_accept_cloexec(int fd);
+
 /// Seals a memfd's size (F_SEAL_SHRINK, F_SEAL_GROW, then F_SEAL_SEAL), so that no holder of
 /// the descriptor can shrink it under another's mapping (which would fault the other process).
 /// Returns 0, or -1 with errno set.
