@@ -106,8 +106,8 @@ package struct E1000TapRun: HostedWork {
                       + "MAC \(mac)\(configuration.instance.map { ", instance \($0)" } ?? ""); pid \(getpid()); \(startup)")
             let linkDeadline = serving + TapStartup.linkWait
             while !driver.linkUp && driver.failure == nil && monotonicNanoseconds() < linkDeadline { usleep(1_000) }
-            printLine(driver.linkUp ? "link up \(TapStartup.milliseconds(monotonicNanoseconds() - serving)) ms after serving"
-                                    : "link still down \(TapStartup.milliseconds(TapStartup.linkWait)) ms after serving")
+            printLine(driver.linkUp ? "link up \(millisecondsText(monotonicNanoseconds() - serving)) ms after serving"
+                                    : "link still down \(millisecondsText(TapStartup.linkWait)) ms after serving")
             let failure = Self.waitForSignal { pump.failure ?? driver.failure.map { "\($0)" } }
             if failure == nil && configuration.supervised && !configuration.persist {
                 // The supervisor stops the service: its TAP goes with it.
@@ -163,16 +163,11 @@ package struct TapStartup: CustomStringConvertible {
     /// How long the driver waits for the NIC's link after serving before it says it is still down.
     package static let linkWait: UInt64 = 5_000_000_000
 
-    /// `nanoseconds` as milliseconds with one decimal.
-    package static func milliseconds(_ nanoseconds: UInt64) -> String {
-        let tenths = nanoseconds / 100_000
-        return "\(tenths / 10).\(tenths % 10)"
-    }
 
     /// The ready line's account of the start.
     package var description: String {
-        "up in \(Self.milliseconds(serving - entered)) ms: TAP \(Self.milliseconds(opening - entered)) ms, device open \(Self.milliseconds(opened - opening)) ms, "
-            + "driver start \(Self.milliseconds(driverUp - opened)) ms, pump and TAP up \(Self.milliseconds(serving - driverUp)) ms "
-            + "(entered at monotonic \(Self.milliseconds(entered)) ms)"
+        "up in \(millisecondsText(serving - entered)) ms: TAP \(millisecondsText(opening - entered)) ms, device open \(millisecondsText(opened - opening)) ms, "
+            + "driver start \(millisecondsText(driverUp - opened)) ms, pump and TAP up \(millisecondsText(serving - driverUp)) ms "
+            + "(entered at monotonic \(millisecondsText(entered)) ms)"
     }
 }

@@ -96,7 +96,7 @@ extension NVMeRun {
             progress.update((offset + bytes.count) >> 20)
         }
         let elapsed = monotonicNanoseconds() - start
-        printLine("read check: \(readMiB) MiB from block 0 of namespace \(namespace.identifier) (blocks 0-\(total / blockSize - 1)), sha256 \(digest.hexDigest()), \(fixed(Double(elapsed) / 1e6, 1)) ms, \(writeMiB > 0 ? "before any write" : "nothing written")")
+        printLine("read check: \(readMiB) MiB from block 0 of namespace \(namespace.identifier) (blocks 0-\(total / blockSize - 1)), sha256 \(digest.hexDigest()), \(millisecondsText(elapsed)) ms, \(writeMiB > 0 ? "before any write" : "nothing written")")
         if let readTo {
             try FileAccess.replaceFile(readTo, with: copy)
             printLine("read:       \(readMiB) MiB from block 0 into \(readTo)")

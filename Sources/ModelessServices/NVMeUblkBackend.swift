@@ -114,10 +114,10 @@ final class NVMeUblkBackend: UblkBackend, UblkBufferProvider, @unchecked Sendabl
         }
     }
 
-    /// The namespace's geometry (waiting for the controller's start; all zero when it failed,
-    /// which the recovery's owner reports).
+    /// The namespace's geometry (waiting for the controller's start), or why the controller
+    /// cannot serve.
     var geometry: UblkGeometry {
-        (try? resolve().get())?.geometry ?? UblkGeometry(blockSize: 512, blockCount: 0, flushes: false, writesZeroes: false, discards: false)
+        get throws(UblkError) { try resolve().get().geometry }
     }
 
     /// The namespace served (waiting for the controller's start), or why there is none.

@@ -70,9 +70,9 @@ extension NVMeServing {
                 // The kernel may release the dead process's VFIO group a moment after the process
                 // ended; with the descriptors handed over, the group never closed.
                 let group = prepared != nil || VFIOHandover.isOffered(pci) ? "not waited for (held)"
-                    : VFIOGroupRelease.wait(for: pci, seconds: 10).map { fixed(Double($0) / 1e6, 1) + " ms" } ?? "still busy after 10 s"
-                printLine("standby for \(pci): claimed at monotonic \(fixed(Double(claimed) / 1e6, 1)) ms, "
-                          + "the previous process \(prepared == nil ? "gone \(fixed(Double(gone - claimed) / 1e6, 1)) ms later" : "not waited for (the device adopted ahead)"), "
+                    : VFIOGroupRelease.wait(for: pci, seconds: 10).map { millisecondsText($0) + " ms" } ?? "still busy after 10 s"
+                printLine("standby for \(pci): claimed at monotonic \(millisecondsText(claimed)) ms, "
+                          + "the previous process \(prepared == nil ? "gone \(millisecondsText(gone - claimed)) ms later" : "not waited for (the device adopted ahead)"), "
                           + "its VFIO group free \(group) after that")
                 entered = monotonicNanoseconds()
             } else {
@@ -167,10 +167,9 @@ extension NVMeServing {
                 let controller = try start.wait()
                 let namespace = try backend.namespace.get()
                 let done = monotonicNanoseconds()
-                func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
                 printLine("serving \(pci) namespace \(namespace.identifier) as \(export.blockDevicePath), recovered from state \(state) "
-                          + "in \(ms(done - began)) ms, beside the controller's start, up in \(ms(start.endedAt - opened)) ms "
-                          + "(\(Self.deviceTiming(controller.device, entered: entered, opened: opened)); entered at monotonic \(ms(entered)) ms; "
+                          + "in \(millisecondsText(done - began)) ms, beside the controller's start, up in \(millisecondsText(start.endedAt - opened)) ms "
+                          + "(\(Self.deviceTiming(controller.device, entered: entered, opened: opened)); entered at monotonic \(millisecondsText(entered)) ms; "
                           + "controller steps: \(controller.startSteps); "
                           + "\(controller.resumption.map { "saved state: \($0); " } ?? "")"
                           + "\(export.queues) queue(s) of depth \(export.queueDepth), features \(export.features); "

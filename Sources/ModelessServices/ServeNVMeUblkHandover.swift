@@ -69,7 +69,7 @@ extension NVMeServing {
         guard let device = access as? VFIODevice else { return }
         do {
             if let took = try device.releasePredecessorMappings() {
-                printLine("released the previous process's DMA mappings in \(fixed(Double(took) / 1e6, 1)) ms")
+                printLine("released the previous process's DMA mappings in \(millisecondsText(took)) ms")
             }
         } catch {
             printError("could not release the previous process's DMA mappings: \(error.message) (they go when the device is closed)")
@@ -80,12 +80,11 @@ extension NVMeServing {
     /// device ready at Y ms: its steps, the runtime after it)`, or `opened` for a device
     /// opened anew; times from `entered` (the command's start, or the standby's claim).
     static func deviceTiming(_ access: any DeviceAccess, entered: UInt64, opened: UInt64) -> String {
-        func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
-        guard let device = access as? VFIODevice else { return "the device open in \(ms(opened - entered)) ms" }
-        var text = "the device \(device.adopted ? "adopted" : "opened") in \(ms(opened - entered)) ms"
+        guard let device = access as? VFIODevice else { return "the device open in \(millisecondsText(opened - entered)) ms" }
+        var text = "the device \(device.adopted ? "adopted" : "opened") in \(millisecondsText(opened - entered)) ms"
             + (device.keptHandedInterrupts ? ", its interrupts on the eventfds handed over" : "")
         if device.readyAt > entered, device.readyAt <= opened {
-            text += " (the VFIO device ready at \(ms(device.readyAt - entered)) ms"
+            text += " (the VFIO device ready at \(millisecondsText(device.readyAt - entered)) ms"
                 + (device.adoptionSteps.isEmpty ? "" : ": " + device.adoptionSteps) + ", the runtime after it)"
         }
         return text

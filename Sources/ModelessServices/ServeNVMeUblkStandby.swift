@@ -97,9 +97,8 @@ extension NVMeServing {
             }
         }
         let done = monotonicNanoseconds()
-        func ms(_ nanoseconds: UInt64) -> String { fixed(Double(nanoseconds) / 1e6, 1) }
-        let summary = "adopted ahead in \(ms(adopted - begun)) ms (\(device.adoptionSteps)), runtime \(ms(made - adopted)) ms, "
-            + "controller memory \(ms(mapped - made)) ms, \(pools.count) ublk queue buffer pool(s) \(ms(done - mapped)) ms"
+        let summary = "adopted ahead in \(millisecondsText(adopted - begun)) ms (\(device.adoptionSteps)), runtime \(millisecondsText(made - adopted)) ms, "
+            + "controller memory \(millisecondsText(mapped - made)) ms, \(pools.count) ublk queue buffer pool(s) \(millisecondsText(done - mapped)) ms"
             + (notes.isEmpty ? "" : "; " + notes.joined(separator: "; "))
         return StandbyPreparation(device: device, runtime: runtime, memory: memory, pools: pools, summary: summary)
     }

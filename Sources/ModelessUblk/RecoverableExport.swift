@@ -44,7 +44,7 @@ public enum RecoverableExport {
         buffers: any UblkBufferProvider = PageBufferProvider(), timeout: Duration = .seconds(30)
     ) throws(UblkError) -> (UblkExport, Origin) {
         if let previous = recordedDevice(claim.previousRecord), let state = try UblkExport.state(deviceID: previous), state != .dead {
-            if let mismatch = geometryMismatch(deviceID: previous, backend.geometry) {
+            if let mismatch = geometryMismatch(deviceID: previous, try backend.geometry) {
                 throw UblkError(.alreadyExported, "\(UblkInterface.blockDevicePath(previous)), recorded for this export by a process that died, "
                                 + "\(mismatch): it cannot be taken over; stop what uses it, then delete that ublk device (DEL_DEV, e.g. ublksrv's `ublk del -n \(previous)`)")
             }

@@ -51,8 +51,9 @@ public struct UblkRequest: Sendable, Equatable {
 /// Serves a device's requests. The server makes one ``UblkQueueBackend`` per queue and
 /// calls it only from that queue's thread.
 public protocol UblkBackend: AnyObject {
-    /// The device's size and capabilities, fixed while it is exported.
-    var geometry: UblkGeometry { get }
+    /// The device's size and capabilities, fixed while it is exported; an error when the
+    /// backend cannot serve (a device that failed to start).
+    var geometry: UblkGeometry { get throws(UblkError) }
     /// The largest request the backend takes, in bytes (a multiple of the block size).
     var maximumIOBytes: Int { get }
     /// A backend for queue `queue`, used by that queue's thread only.

@@ -93,7 +93,7 @@ public final class UblkExport: @unchecked Sendable {
             // Requests the dead server had taken are sent again to the next one.
             if offered.contains(.userRecoveryReissue) { wanted.insert(.userRecoveryReissue) }
         }
-        let geometry = backend.geometry
+        let geometry = try backend.geometry
         let info: ublksrv_ctrl_dev_info
         do {
             info = try control.addDevice(
@@ -155,8 +155,9 @@ public final class UblkExport: @unchecked Sendable {
     /// `beforeEnding` runs once the queues fetch, before END_USER_RECOVERY lets requests in:
     /// where a server whose backend is still starting (a controller resuming on another
     /// thread) waits for it, so that the recovery's own steps run meanwhile. When it throws,
-    /// the recovery is not ended (the device stays quiesced for the next server) and its
-    /// error, as ``UblkError/Kind/system`` unless it is a ``UblkError``, is thrown.
+    /// or the backend then has no geometry, the recovery is not ended (the device stays
+    /// quiesced for the next server) and the error, as ``UblkError/Kind/system`` unless it is
+    /// a ``UblkError``, is thrown.
     public static func recover(
         deviceID: UInt32, _ backend: any UblkBackend, buffers: any UblkBufferProvider = PageBufferProvider(),
         timeout: Duration = .seconds(30), beforeEnding: () throws -> Void = {}
@@ -209,6 +210,7 @@ public final class UblkExport: @unchecked Sendable {
         }
         var characterDevice: Int32 = -1
         var queues: [UblkQueue] = []
+        let geometry: UblkGeometry
         do throws(UblkError) {
             characterDevice = try openCharacterDevice(deviceID, busyUntil: deadline)
             let cpus = SystemThread.cpuCount
@@ -226,6 +228,7 @@ public final class UblkExport: @unchecked Sendable {
             do { try beforeEnding() } catch let error as UblkError { throw error } catch {
                 throw UblkError(.system, "\(error)")
             }
+            geometry = try backend.geometry
             steps.backendReady = monotonicNanoseconds() - began
             do { try control.endRecovery(device: deviceID, serverProcess: getpid()) } catch {
                 throw UblkError(.kernelRefused, "the kernel refused to end recovering \(path): \(error)")
@@ -238,7 +241,7 @@ public final class UblkExport: @unchecked Sendable {
             throw error
         }
         let export = UblkExport(
-            deviceID: deviceID, geometry: backend.geometry, queues: queues, depth: Int(info.queue_depth), features: features,
+            deviceID: deviceID, geometry: geometry, queues: queues, depth: Int(info.queue_depth), features: features,
             control: control, characterDevice: characterDevice)
         export.recoverySteps = steps
         return export

@@ -1,3 +1,5 @@
+import ModelessSystem
+
 /// How long each step of a ublk user recovery (``UblkExport/recover(deviceID:_:buffers:timeout:beforeEnding:)``)
 /// took, in nanoseconds from the call: the stall a killed server's successor adds is the sum.
 public struct UblkRecoverySteps: Sendable, Equatable, CustomStringConvertible {
@@ -25,10 +27,7 @@ public struct UblkRecoverySteps: Sendable, Equatable, CustomStringConvertible {
 
     /// The steps in milliseconds, one decimal: "quiesced at 0.0 ms, START_USER_RECOVERY accepted at 1.2 ms …".
     public var description: String {
-        func ms(_ nanoseconds: UInt64) -> String {
-            let tenths = (nanoseconds + 50_000) / 100_000
-            return "\(tenths / 10).\(tenths % 10)"
-        }
+        let ms = millisecondsText
         return "quiesced at \(ms(quiesced)) ms, START_USER_RECOVERY accepted at \(ms(started)) ms (after \(busyAnswers) EBUSY), "
             + "queues fetched at \(ms(queuesFetched)) ms (\(ms(preparingQueues)) ms of it preparing them), backend ready at \(ms(backendReady)) ms, "
             + "END_USER_RECOVERY at \(ms(ended)) ms"

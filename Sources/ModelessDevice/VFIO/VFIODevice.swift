@@ -189,9 +189,8 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
         }
         adopted = true
         let cleared = monotonicNanoseconds()
-        func ms(_ nanoseconds: UInt64) -> String { String(Double(nanoseconds / 100_000) / 10) }
-        adoptionSteps = "regions and interrupts \(ms(described - begun)) ms, "
-            + "\(predecessor == nil ? "no room beside the holder's window" : "own window cleared") \(ms(cleared - described)) ms"
+        adoptionSteps = "regions and interrupts \(millisecondsText(described - begun)) ms, "
+            + "\(predecessor == nil ? "no room beside the holder's window" : "own window cleared") \(millisecondsText(cleared - described)) ms"
     }
 
     /// Adopts, ahead of its holder's end, the descriptors offered for `address` (``VFIOHandover/offer(_:)``):
@@ -268,9 +267,8 @@ public final class VFIODevice: DeviceAccess, @unchecked Sendable {
             throw error
         }
         readyAt = monotonicNanoseconds()
-        func ms(_ nanoseconds: UInt64) -> String { String(Double(nanoseconds / 100_000) / 10) }
         adoptionSteps += (adoptionSteps.isEmpty ? "" : ", ") + (keepingBusMastering ? "bus mastering kept" : "bus mastering off")
-            + " \(ms(quiet - begun)) ms, request interrupt \(ms(readyAt - quiet)) ms"
+            + " \(millisecondsText(quiet - begun)) ms, request interrupt \(millisecondsText(readyAt - quiet)) ms"
     }
 
     /// Where an adopted device maps its DMA: the larger part of `whole` that the predecessor's

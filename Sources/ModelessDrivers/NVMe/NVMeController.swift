@@ -97,7 +97,7 @@ public final class NVMeController: @unchecked Sendable {
         stepStart = now
     }
     private static func stepText(_ name: String, _ nanoseconds: UInt64, first: Bool) -> String {
-        (first ? "" : ", ") + name + " " + String(Double(nanoseconds / 100_000) / 10) + " ms"
+        (first ? "" : ", ") + name + " " + millisecondsText(nanoseconds) + " ms"
     }
 
     /// Identify Controller's data as read at start (what ``optionalCommands()`` reads).
