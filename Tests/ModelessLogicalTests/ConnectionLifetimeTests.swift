@@ -61,6 +61,7 @@ struct ConnectionLifetimeTests {
         try soak.openAndClose(500, shared: shared, overSocket: overSocket)
         _ = try soak.holdOpen(100, shared: shared, overSocket: overSocket, provider: server.processID)
         let before = try settledResources(server.processID)
+        let descriptorsBefore = ProcessResources.descriptorTargets(of: server.processID)
 
         let count = Self.sequential
         let started = monotonicNanoseconds()
@@ -78,7 +79,11 @@ struct ConnectionLifetimeTests {
         #expect(whileOpen.descriptors >= before.descriptors + Self.concurrent, "the connections were open at once: \(whileOpen)")
         #expect(whileOpen.threads <= before.threads + Self.threadsWhileOpen, "idle connections hold no thread: \(whileOpen)")
         #expect(after.threads <= before.threads + Self.threadSlack, "threads: \(before.threads) before, \(after.threads) after")
-        #expect(after.descriptors <= before.descriptors + Self.descriptorSlack, "descriptors: \(before.descriptors) before, \(after.descriptors) after")
+        #expect(after.descriptors <= before.descriptors + Self.descriptorSlack, """
+            descriptors: \(before.descriptors) before, \(after.descriptors) after; before: \(descriptorsBefore); \
+            after: \(ProcessResources.descriptorTargets(of: server.processID)); \
+            the provider's listing: \(String(describing: try? ContainerRegistry(directory: directory).listing(of: "soak")))
+            """)
         #expect(after.mappings <= before.mappings + Self.mappingSlack, "mappings: \(before.mappings) before, \(after.mappings) after")
         #expect(after.residentKiB <= before.residentKiB + Self.residentSlackKiB, "RSS: \(before.residentKiB) KiB before, \(after.residentKiB) KiB after")
 

@@ -26,4 +26,12 @@ struct ProcessResources: Equatable, CustomStringConvertible {
     }
 
     var description: String { "RSS \(residentKiB) KiB, \(mappings) mappings, \(threads) threads, \(descriptors) fds" }
+
+    /// What each open descriptor of process `processID` refers to, for a failure's message.
+    static func descriptorTargets(of processID: Int32) -> [String] {
+        let directory = "/proc/\(processID)/fd"
+        return ((try? FileAccess.listDirectory(directory)) ?? []).sorted { (Int($0) ?? 0) < (Int($1) ?? 0) }.map {
+            "\($0) → \((try? FileAccess.readLink("\(directory)/\($0)")) ?? "?")"
+        }
+    }
 }

@@ -80,8 +80,12 @@ struct SupervisorTests {
         defer { supervisor.stop() }
         #expect(eventually { supervisor.instances[0].phase == .failed })
         #expect(supervisor.instances[0].lastCause == "exited with status 1")
-        let log = try FileAccess.readText(root + "/state/supervisor.log")
-        #expect(log.split(separator: "\n").contains { $0.contains(" error svc-0: ") && $0.contains("giving up") }, "\(log)")
+        // The phase is published first, the report written just after, outside the lock.
+        func givingUpLogged() -> Bool {
+            let log = FileAccess.readTextIfPresent(root + "/state/supervisor.log") ?? ""
+            return log.split(separator: "\n").contains { $0.contains(" error svc-0: ") && $0.contains("giving up") }
+        }
+        #expect(eventually { givingUpLogged() }, "\(FileAccess.readTextIfPresent(root + "/state/supervisor.log") ?? "no log")")
         let givenUp = records.entries.filter { $0.level == .error }
         #expect(givenUp.count == 1 && givenUp[0].message.description.contains("giving up") && givenUp[0].metadata["instance"] == "svc-0",
                 "\(records.entries)")

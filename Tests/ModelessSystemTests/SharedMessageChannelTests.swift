@@ -273,8 +273,24 @@ struct SharedMessageChannelWaitingTests {
     /// does for a peer asleep that it did not wake; otherwise two sides that each find the
     /// other asleep would never spin again. The two run on different CPUs; the spin is judged
     /// only when the machine had no more runnable threads than CPUs, where spinning is allowed.
+    ///
+    /// The contention sample is taken once the exchange is over, and other suites run beside
+    /// this one, so a round can be judged uncontended when it was not throughout: up to five
+    /// rounds run, and one that spun through passes (a side that never does fails them all).
     @Test func aSideThatWokeItsPeerSpinsThroughTheWakeUp() throws {
         guard SystemThread.cpuCount >= 2 else { return }
+        var judged: [Bool] = []
+        for _ in 0..<5 {
+            guard let spunThrough = try wakeUpRound() else { continue }
+            judged.append(spunThrough)
+            if spunThrough { break }
+        }
+        #expect(judged.isEmpty || judged.contains(true), "the side that rang the doorbell slept at once in every uncontended round: \(judged)")
+    }
+
+    /// One round of ``aSideThatWokeItsPeerSpinsThroughTheWakeUp()``: whether the side that rang
+    /// the doorbell was still awake when its peer woke, or nil when the CPUs were contended.
+    private func wakeUpRound() throws -> Bool? {
         let spin: UInt64 = 40_000_000  // 40 ms, so a 200 ms window through a wake-up
         let (creator, joiner, descriptor, left, right) = try channelPair(spin: spin)
         defer { descriptor.close(); left.close(); right.close() }
@@ -298,9 +314,7 @@ struct SharedMessageChannelWaitingTests {
         }
         waiter.join()
         peer.join()
-        if !contended.load(ordering: .relaxed) {
-            #expect(creatorSpunThrough.load(ordering: .relaxed) == 1, "the side that rang the doorbell slept at once")
-        }
+        return contended.load(ordering: .relaxed) ? nil : creatorSpunThrough.load(ordering: .relaxed) == 1
     }
 }
 
