@@ -1,4 +1,5 @@
 #include "CModelessShim.h"
+#include "close_from.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,23 +19,6 @@
 /// A descriptor at 3 or above (a copy), so that dup2 onto 0-2 cannot clobber it.
 static int modeless_guard_above_standard(int fd) {
     return fd >= 0 && fd < 3 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : fd;
-}
-
-/// Closes every descriptor from `low` up, except `keep_a` and `keep_b` (-1: none).
-static void modeless_guard_close_from(int low, int keep_a, int keep_b) {
-    int kept[2] = { keep_a < keep_b ? keep_a : keep_b, keep_a < keep_b ? keep_b : keep_a };
-    for (int index = 0; index < 2; index++) {
-        if (kept[index] < low) continue;
-        if (kept[index] > low && syscall(SYS_close_range, low, kept[index] - 1, 0) != 0) {
-            for (int fd = low; fd < kept[index]; fd++) close(fd);
-        }
-        low = kept[index] + 1;
-    }
-    if (syscall(SYS_close_range, low, ~0U, 0) != 0) {
-        struct rlimit limit;
-        int top = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < 65536 ? (int)limit.rlim_cur : 65536;
-        for (int fd = low; fd < top; fd++) close(fd);
-    }
 }
 
 /// Reads this thread's children (`/proc/thread-self/children`, space-separated pids) into
@@ -167,7 +151,7 @@ int modeless_spawn_guarded_instance(const char *path, char *const argv[], char *
         if (!failure && prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) failure = errno;
         int null = open("/dev/null", O_RDONLY);
         if (!failure && (null < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)) failure = errno;
-        if (!failure) modeless_guard_close_from(3, keep, reporter);
+        if (!failure) modeless_close_from(3, keep, reporter);
         pid_t self = getpid();
         pid_t instance = failure ? -1 : fork();
         if (instance < 0 && !failure) failure = errno;

@@ -1,4 +1,5 @@
 #include "CModelessShim.h"
+#include "close_from.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -92,6 +93,10 @@ int modeless_pipe_cloexec(int fds[2]) {
 
 int modeless_accept_cloexec(int fd) {
     return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+int modeless_spawn_close_from(posix_spawn_file_actions_t *actions, int low) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, low);
 }
 
 int modeless_seal_size(int fd) {
@@ -221,6 +226,8 @@ int modeless_spawn_instance(const char *path, char *const argv[], char *const en
         int null = open("/dev/null", O_RDONLY);
         if (!failure && (null < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)) failure = errno;
         if (null > 2) close(null);
+        // Only what it was given: no descriptor of this process that lacks close-on-exec.
+        if (!failure) modeless_close_from(3, keep, reporter);
         if (!failure && keep >= 0 && fcntl(keep, F_SETFD, 0) != 0) failure = errno;
         if (!failure) {
             execve(path, argv, envp);

@@ -63,6 +63,55 @@ func temporaryDirectory() throws -> String {
     }
 }
 
+/// A spawned program gets its standard descriptors (and the one it is given to keep) and
+/// nothing else of this process, not even a descriptor opened without close-on-exec.
+@Suite struct SpawnedDescriptorTests {
+    /// The descriptors `ls /proc/self/fd` lists in the child, minus the one `ls` reads them through.
+    static func descriptors(in lines: some Sequence<some StringProtocol>) -> Set<Int32> {
+        Set(lines.flatMap { $0.split(whereSeparator: { $0 == " " || $0 == "\n" }) }.compactMap { Int32($0) })
+    }
+
+    /// Runs `body` with a descriptor of /dev/null at 200 or above that lacks close-on-exec.
+    static func withInheritable(_ body: (Int32) throws -> Void) throws {
+        let opened = open("/dev/null", O_RDONLY)
+        try #require(opened >= 0)
+        let high = fcntl(opened, F_DUPFD, 200)  // F_DUPFD: the copy lacks close-on-exec
+        close(opened)
+        try #require(high >= 200 && fcntl(high, F_GETFD) & FD_CLOEXEC == 0)
+        defer { close(high) }
+        try body(high)
+    }
+
+    @Test func programRunnerChildrenInheritNothingElse() throws {
+        try Self.withInheritable { high in
+            let listed = try ProgramRunner.run("ls", ["/proc/self/fd"])
+            #expect(listed.status == 0)
+            let seen = Self.descriptors(in: listed.output.split(separator: "\n"))
+            #expect(seen.isSuperset(of: [0, 1, 2]) && !seen.contains(high), "\(listed.output)")
+            #expect(seen.count <= 4, "0-2 and the one ls reads through: \(seen.sorted())")
+        }
+    }
+
+    @Test(arguments: [nil, ChildProcess.Containment(deathSignal: SIGKILL), ChildProcess.Containment(guarded: true)])
+    func childProcessesInheritNothingElse(_ containment: ChildProcess.Containment?) throws {
+        try Self.withInheritable { high in
+            let kept = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            try #require(kept >= 0)
+            defer { close(kept) }
+            var given = containment
+            given?.inherited = kept
+            let child = try ChildProcess("ls", ["/proc/self/fd"], containment: given)
+            var lines: [String] = []
+            while let line = child.readLine(timeout: 10) { lines.append(line) }
+            #expect(try child.wait() == 0)
+            let seen = Self.descriptors(in: lines)
+            #expect(seen.isSuperset(of: [0, 1, 2]) && !seen.contains(high), "\(lines)")
+            if containment != nil { #expect(seen.contains(kept), "the descriptor given to keep: \(lines)") }
+            #expect(seen.count <= (containment != nil ? 5 : 4), "0-2, the one kept, the one ls reads through: \(seen.sorted())")
+        }
+    }
+}
+
 @Suite struct EventNotifierTests {
     @Test func signalsAccumulateUntilRead() throws {
         let notifier = try EventNotifier()

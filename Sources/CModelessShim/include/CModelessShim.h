@@ -4,6 +4,7 @@
 #ifndef CMODELESS_SHIM_H
 #define CMODELESS_SHIM_H
 
+#include <spawn.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <linux/vfio.h>
@@ -91,6 +92,10 @@ int modeless_pipe_cloexec(int fds[2]);
 
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC): a connection close-on-exec from the start.
 int modeless_accept_cloexec(int fd);
+
+/// posix_spawn_file_actions_addclosefrom_np: the child closes every descriptor from `low`
+/// up before its program runs (after the actions added before it). Returns 0 or an errno.
+int modeless_spawn_close_from(posix_spawn_file_actions_t *actions, int low);
 
 /// Seals a memfd's size (F_SEAL_SHRINK, F_SEAL_GROW, then F_SEAL_SEAL), so that no holder of
 /// the descriptor can shrink it under another's mapping (which would fault the other process).
