@@ -73,7 +73,8 @@ struct ConnectionLifetimeTests {
         print("""
             connection soak: \(count) sequential connections in \(tenths(sequentialSeconds)) s, \
             then \(Self.concurrent) open at once (\(whileOpen)), \(tenths(seconds)) s in all; \
-            provider before: \(before); after: \(after)
+            provider before: \(before); after: \(after); \
+            its descriptors after: \(ProcessResources.descriptorTargets(of: server.processID).joined(separator: ", "))
             """)
 
         #expect(whileOpen.descriptors >= before.descriptors + Self.concurrent, "the connections were open at once: \(whileOpen)")
