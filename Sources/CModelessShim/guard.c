@@ -1,5 +1,5 @@
 #include "CModelessShim.h"
-#include "close_from.h"
+#include "child_setup.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,11 +15,6 @@
 // the supervisor nor the instance, and takes every process the instance started with it.
 // The guard never calls execve, so from fork to its end it makes async-signal-safe calls
 // only (system calls, no allocation, no stdio).
-
-/// A descriptor at 3 or above (a copy), so that dup2 onto 0-2 cannot clobber it.
-static int modeless_guard_above_standard(int fd) {
-    return fd >= 0 && fd < 3 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : fd;
-}
 
 /// Reads this thread's children (`/proc/thread-self/children`, space-separated pids) into
 /// `children`; returns how many (at most `capacity`), or -1 if the file cannot be read.
@@ -112,36 +107,24 @@ static void modeless_guard_report(int reporter, int kind, int value) {
 int modeless_spawn_guarded_instance(const char *path, char *const argv[], char *const envp[],
                                     int output_fd, int keep_fd, int cgroup_procs_fd, pid_t *instance_pid) {
     int report[2];
-    if (pipe2(report, O_CLOEXEC) != 0) return -1;
     int death_signal = modeless_guard_death_signal();
     pid_t parent = getpid();
-    pid_t guard = fork();
-    if (guard < 0) {
-        int saved = errno;
-        close(report[0]);
-        close(report[1]);
-        errno = saved;
-        return -1;
-    }
+    pid_t guard = modeless_fork_reporting(report);
+    if (guard < 0) return -1;
     if (guard == 0) {
         // The guard. Default dispositions, then every signal blocked: it takes the ones it
         // waits for with sigwaitinfo, and ignores the rest (the SIGTERM the supervisor sends
         // to the instance's group and cgroup is the instance's to act on).
         int failure = 0;
-        struct sigaction dfl;
-        memset(&dfl, 0, sizeof dfl);
-        dfl.sa_handler = SIG_DFL;
-        for (int signal = 1; signal < NSIG; signal++) {
-            if (signal != SIGKILL && signal != SIGSTOP) sigaction(signal, &dfl, NULL);
-        }
+        modeless_default_dispositions();
         sigset_t all;
         sigfillset(&all);
         sigprocmask(SIG_SETMASK, &all, NULL);
         close(report[0]);
-        int out = modeless_guard_above_standard(output_fd);
-        int keep = modeless_guard_above_standard(keep_fd);
-        int procs = modeless_guard_above_standard(cgroup_procs_fd);
-        int reporter = modeless_guard_above_standard(report[1]);
+        int out = modeless_above_standard(output_fd);
+        int keep = modeless_above_standard(keep_fd);
+        int procs = modeless_above_standard(cgroup_procs_fd);
+        int reporter = modeless_above_standard(report[1]);
         if (setpgid(0, 0) != 0) failure = errno;
         if (!failure && procs >= 0 && write(procs, "0", 1) != 1) failure = errno;
         if (!failure) {

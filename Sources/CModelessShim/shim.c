@@ -1,5 +1,5 @@
 #include "CModelessShim.h"
-#include "close_from.h"
+#include "child_setup.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -183,33 +183,16 @@ const unsigned short modeless_IFF_PERSIST = IFF_PERSIST;
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
-/// A descriptor at 3 or above (a copy, close-on-exec), so that dup2 onto 0-2 cannot clobber it.
-static int modeless_above_standard(int fd) {
-    return fd >= 0 && fd < 3 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : fd;
-}
-
 int modeless_spawn_instance(const char *path, char *const argv[], char *const envp[],
                             int output_fd, int keep_fd, int cgroup_procs_fd, int death_signal) {
     int report[2];
-    if (pipe2(report, O_CLOEXEC) != 0) return -1;
     pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        int saved = errno;
-        close(report[0]);
-        close(report[1]);
-        errno = saved;
-        return -1;
-    }
+    pid_t pid = modeless_fork_reporting(report);
+    if (pid < 0) return -1;
     if (pid == 0) {
         // Only async-signal-safe calls from here to execve.
         int failure = 0;
-        struct sigaction dfl;
-        memset(&dfl, 0, sizeof dfl);
-        dfl.sa_handler = SIG_DFL;
-        for (int signal = 1; signal < NSIG; signal++) {
-            if (signal != SIGKILL && signal != SIGSTOP) sigaction(signal, &dfl, NULL);
-        }
+        modeless_default_dispositions();
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
