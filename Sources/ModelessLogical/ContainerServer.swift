@@ -310,6 +310,9 @@ final class ContainerServer: @unchecked Sendable {
             }
             let fired: UInt8
             var holding = true
+            // Counted before letting go, so that a thread that takes the connection next and
+            // ends it waits for this rearm (see ``end(_:)``).
+            connection.rearming.add(1, ordering: .sequentiallyConsistent)
             do {
                 try pollDoorbell(of: connection)
                 connection.busy.store(false, ordering: .sequentiallyConsistent)
@@ -318,7 +321,9 @@ final class ContainerServer: @unchecked Sendable {
                 if fired & ServerConnection.TakenEvent.socket != 0 {
                     try events.rearm(connection.socket.fd, token: connection.token, [.readable, .oneShot])
                 }
+                connection.rearming.subtract(1, ordering: .sequentiallyConsistent)
             } catch {
+                connection.rearming.subtract(1, ordering: .sequentiallyConsistent)
                 logger.info("ending a connection that cannot be polled", metadata: ["connection": "\(connection.token)", "error": "\(error)"])
                 // Ended only by a thread that holds it: one woken since this one let go may
                 // be serving it (briefly: it lets go once nothing is left for it, or ends it
@@ -350,9 +355,17 @@ final class ContainerServer: @unchecked Sendable {
     }
 
     /// Takes a connection out of the table and the poll and releases it, unless ``stop()``
-    /// has taken it already.
+    /// has taken it already. Called by the thread that holds it.
+    ///
+    /// A thread that let go of the connection just before this one took it may not have
+    /// rearmed its socket yet; the descriptor is closed only once it has. Otherwise its
+    /// rearm could land on the next connection given the same descriptor number, with this
+    /// connection's token, and that connection's events would then be dropped as a dead
+    /// connection's (a consumer waiting for an answer for good, or a provider never seeing
+    /// a consumer's end).
     private func end(_ connection: ServerConnection) {
         guard lock.withLock({ connections.removeValue(forKey: connection.token) }) != nil else { return }
+        while connection.rearming.load(ordering: .sequentiallyConsistent) != 0 { sched_yield() }
         events.remove(connection.socket.fd)
         if connection.doorbellPolled, let doorbell = connection.doorbellDescriptor { events.remove(doorbell) }
         connection.finish()

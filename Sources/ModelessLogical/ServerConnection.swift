@@ -58,6 +58,10 @@ final class ServerConnection: @unchecked Sendable {
     /// one-shot, to arm again; the doorbell, edge-triggered, to serve again): set by whoever
     /// took the event, taken by whoever releases ``busy``.
     let takenWhileBusy = Atomic<UInt8>(0)
+    /// Threads that have let go of ``busy`` and may still rearm the socket. The connection is
+    /// not ended (its descriptor closed, and its number free for the next connection) until
+    /// they are done: a rearm that came after would change the next connection's registration.
+    let rearming = Atomic<Int>(0)
     /// Whether the shared channel's doorbell is in the poll yet (only the serving thread uses it).
     var doorbellPolled = false
 
