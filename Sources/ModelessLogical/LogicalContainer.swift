@@ -41,6 +41,8 @@ public final class LogicalContainer: @unchecked Sendable {
     var nextConsumer: UInt64 = 1
     var marshallers: [UInt32: any RequestMarshaller] = [:]
     private var server: ContainerServer?
+    /// The server of a serving container (tests widen its windows through it).
+    var containerServer: ContainerServer? { lock.withLock { server } }
     private var worker: LocalAsyncWorker?
     private var isShutDown = false
 
