@@ -163,7 +163,6 @@ package struct TapStartup: CustomStringConvertible {
     /// How long the driver waits for the NIC's link after serving before it says it is still down.
     package static let linkWait: UInt64 = 5_000_000_000
 
-
     /// The ready line's account of the start.
     package var description: String {
         "up in \(millisecondsText(serving - entered)) ms: TAP \(millisecondsText(opening - entered)) ms, device open \(millisecondsText(opened - opening)) ms, "

@@ -93,11 +93,7 @@ public final class ChildProcess: @unchecked Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 2)
-        // Nothing else of this process, whatever a library opened without close-on-exec.
-        _ = modeless_spawn_close_from(&actions, 3)
+        actions.giveStandardDescriptors(output: pipeEnds[1])
 
         // The child starts with no signals blocked and default dispositions, whatever this
         // process (which may block SIGTERM to wait for it) has.
