@@ -19,47 +19,77 @@ extension UIODevice {
             throw DeviceError(.outOfRange, address, "a UIO DMA buffer is 1 byte to 2 MiB (one contiguous page), not \(size)")
         }
         let huge = size > DMAPageSize.small
-        let length = huge ? DMAPageSize.huge : DMAPageSize.small
         let limit: UInt64 = options.dmaAddressBits >= 64 ? .max : 1 << UInt64(options.dmaAddressBits)
         // Without an IOMMU the device sees physical addresses: keep trying until a page lies
-        // below its DMA limit, then give back the ones that did not.
-        var rejected: [UnsafeMutableRawPointer] = []
-        defer { for page in rejected { _ = system.munmap(page, length) } }
+        // below its DMA limit, holding the ones that did not (so they are not handed out
+        // again), then give those back.
+        var rejected: [(base: UnsafeMutableRawPointer, length: Int)] = []
+        defer { for region in rejected { _ = system.munmap(region.base, region.length) } }
         for _ in 0..<Self.dmaPlacementAttempts {
-            let (base, physical) = try mapPhysicalPage(length: length, huge: huge)
-            if physical + UInt64(length) <= limit {
-                return makeBuffer(base: base, physical: physical, length: length)
+            if huge {
+                let base = try mapLocked(length: DMAPageSize.huge, huge: true)
+                let physical = try physicalAddresses(of: base, length: DMAPageSize.huge)[0]
+                if physical + UInt64(DMAPageSize.huge) <= limit {
+                    return makeBuffer(base: base, physical: physical, length: DMAPageSize.huge)
+                }
+                rejected.append((base, DMAPageSize.huge))
+                continue
             }
-            rejected.append(base)
+            // Small pages are probed a region at a time: the kernel hands out consecutive
+            // pages from one free block it splits, so pages taken one by one can all lie in
+            // one block above the limit while free memory below it goes unseen.
+            let region = Self.dmaProbeRegion
+            let base = try mapLocked(length: region, huge: false)
+            let frames = try physicalAddresses(of: base, length: region)
+            guard let index = Self.firstPage(of: frames, below: limit) else {
+                rejected.append((base, region))
+                continue
+            }
+            let page = base + index * DMAPageSize.small
+            let after = region - (index + 1) * DMAPageSize.small
+            if index > 0 { rejected.append((base, index * DMAPageSize.small)) }
+            if after > 0 { rejected.append((page + DMAPageSize.small, after)) }
+            return makeBuffer(base: page, physical: frames[index], length: DMAPageSize.small)
         }
+        let probed = huge ? "\(Self.dmaPlacementAttempts) huge pages" : "\(Self.dmaPlacementAttempts * Self.dmaProbeRegion >> 20) MiB of pages"
         throw DeviceError(.outOfDeviceAddresses, address,
-                          "no free \(huge ? "huge " : "")page below the device's \(options.dmaAddressBits)-bit DMA limit after \(Self.dmaPlacementAttempts) tries; without an IOMMU memory cannot be remapped for it: bind to vfio-pci")
+                          "no free \(huge ? "huge " : "")page below the device's \(options.dmaAddressBits)-bit DMA limit in \(probed); without an IOMMU memory cannot be remapped for it: bind to vfio-pci")
     }
 
-    /// How many pages a UIO allocation tries before giving up on the DMA limit.
-    static let dmaPlacementAttempts = 256
+    /// How many huge pages, or regions of small pages, a UIO allocation tries before giving
+    /// up on the DMA limit.
+    static let dmaPlacementAttempts = 64
 
-    private func mapPhysicalPage(length: Int, huge: Bool) throws(DeviceError) -> (UnsafeMutableRawPointer, UInt64) {
+    /// The bytes of small pages mapped and looked up at once while placing a small buffer:
+    /// 512 pages, their physical addresses read in one `pread` of `/proc/self/pagemap`.
+    static let dmaProbeRegion = DMAPageSize.huge
+
+    /// Maps `length` bytes of resident, locked memory (huge pages if `huge`).
+    private func mapLocked(length: Int, huge: Bool) throws(DeviceError) -> UnsafeMutableRawPointer {
         let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_LOCKED | (huge ? MAP_HUGETLB : 0)
-        let base: UnsafeMutableRawPointer
         do {
-            base = try system.map(length, protection: PROT_READ | PROT_WRITE, flags: flags, fd: -1, offset: 0, "DMA memory")
+            return try system.map(length, protection: PROT_READ | PROT_WRITE, flags: flags, fd: -1, offset: 0, "DMA memory")
         } catch {
             let hint = huge ? " (reserve huge pages: echo 16 > /proc/sys/vm/nr_hugepages)" : ""
             throw DeviceError(.system, address, "\(error)\(hint)", systemError: error)
         }
-        let physical: UInt64
+    }
+
+    /// The physical address of each 4 KiB page of a mapping (unmapped on failure), 0 where
+    /// the page is not resident.
+    private func physicalAddresses(of base: UnsafeMutableRawPointer, length: Int) throws(DeviceError) -> [UInt64] {
+        let frames: [UInt64]
         do {
-            physical = try Self.physicalAddress(of: base)
+            frames = try Self.physicalAddresses(of: base, pages: length / DMAPageSize.small)
         } catch {
             _ = system.munmap(base, length)
             throw DeviceError(error, address)
         }
-        guard physical != 0 else {
+        guard frames.contains(where: { $0 != 0 }) else {
             _ = system.munmap(base, length)
             throw DeviceError(.system, address, "/proc/self/pagemap hid the physical address: DMA over UIO needs root (CAP_SYS_ADMIN)")
         }
-        return (base, physical)
+        return frames
     }
 
     private func makeBuffer(base: UnsafeMutableRawPointer, physical: UInt64, length: Int) -> DMABuffer {
@@ -71,19 +101,25 @@ extension UIODevice {
         return buffer
     }
 
-    /// The physical address of a resident page, from `/proc/self/pagemap`
-    /// (one 64-bit entry per page: bit 63 present, bits 0–54 the page frame number).
-    static func physicalAddress(of pointer: UnsafeMutableRawPointer) throws(SystemError) -> UInt64 {
+    /// The index of the first page among `frames` (physical addresses, 0 for a page not
+    /// resident) that lies wholly below `limit`.
+    static func firstPage(of frames: [UInt64], below limit: UInt64) -> Int? {
+        frames.firstIndex { $0 != 0 && $0 <= limit &- UInt64(DMAPageSize.small) && limit >= UInt64(DMAPageSize.small) }
+    }
+
+    /// The physical addresses of `pages` consecutive 4 KiB pages from `pointer` (page
+    /// aligned), from `/proc/self/pagemap` in one read (one 64-bit entry per page: bit 63
+    /// present, bits 0–54 the page frame number); 0 for a page not resident.
+    static func physicalAddresses(of pointer: UnsafeMutableRawPointer, pages: Int) throws(SystemError) -> [UInt64] {
         let virtualAddress = UInt64(UInt(bitPattern: pointer))
         let page = UInt64(DMAPageSize.small)
         let fd = try systemCall("open", "/proc/self/pagemap") { open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC) }
         defer { Glibc.close(fd) }
-        var entry: UInt64 = 0
+        var entries = [UInt64](repeating: 0, count: pages)
         let count = try systemCall("pread", "/proc/self/pagemap") {
-            withUnsafeMutableBytes(of: &entry) { pread(fd, $0.baseAddress, 8, Int(virtualAddress / page * 8)) }
+            entries.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, Int(virtualAddress / page * 8)) }
         }
-        guard count == 8, entry & (1 << 63) != 0 else { throw SystemError("pagemap", "page not resident", errno: .ioError) }
-        let frame = entry & ((1 << 55) - 1)
-        return frame * page + virtualAddress % page
+        guard count == pages * 8 else { throw SystemError("pagemap", "a short read of \(count) of \(pages * 8) bytes", errno: .ioError) }
+        return entries.map { $0 & (1 << 63) != 0 ? ($0 & ((1 << 55) - 1)) * page : 0 }
     }
 }
