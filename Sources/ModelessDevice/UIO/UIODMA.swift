@@ -25,6 +25,16 @@ extension UIODevice {
         // again), then give those back.
         var rejected: [(base: UnsafeMutableRawPointer, length: Int)] = []
         defer { for region in rejected { _ = system.munmap(region.base, region.length) } }
+        if !huge {
+            // One page first: with a wide limit (or plenty of memory below it) it fits, and
+            // nothing more is mapped.
+            let page = try mapLocked(length: DMAPageSize.small, huge: false)
+            let physical = try physicalAddresses(of: page, length: DMAPageSize.small)[0]
+            if Self.firstPage(of: [physical], below: limit) != nil {
+                return makeBuffer(base: page, physical: physical, length: DMAPageSize.small)
+            }
+            rejected.append((page, DMAPageSize.small))
+        }
         for _ in 0..<Self.dmaPlacementAttempts {
             if huge {
                 let base = try mapLocked(length: DMAPageSize.huge, huge: true)
