@@ -13,11 +13,14 @@ struct UIODMAPlacementTests {
         let limit: UInt64 = 1 << 28
         // Not resident, above, straddling the limit, below, below.
         let frames: [UInt64] = [0, 0x3000_0000, limit - 0x800, limit - 0x2000, 0x1000]
-        #expect(UIODevice.firstPage(of: frames, below: limit) == 3)
-        #expect(UIODevice.firstPage(of: [limit - 0x1000], below: limit) == 0, "a page ending at the limit fits")
-        #expect(UIODevice.firstPage(of: [0, limit, 0x4000_0000], below: limit) == nil)
-        #expect(UIODevice.firstPage(of: [0x1000], below: 0x800) == nil, "a limit below one page fits nothing")
-        #expect(UIODevice.firstPage(of: [0x10_0000_0000_0000], below: .max) == 0, "no limit (64 bits)")
+        #expect(UIODevice.firstPage(of: frames, size: 4096, below: limit) == 3)
+        #expect(UIODevice.firstPage(of: [limit - 0x1000], size: 4096, below: limit) == 0, "a page ending at the limit fits")
+        #expect(UIODevice.firstPage(of: [0, limit, 0x4000_0000], size: 4096, below: limit) == nil)
+        #expect(UIODevice.firstPage(of: [0x1000], size: 4096, below: 0x800) == nil, "a limit below one page fits nothing")
+        #expect(UIODevice.firstPage(of: [0x10_0000_0000_0000], size: 4096, below: .max) == 0, "no limit (64 bits)")
+        let huge = 2 << 20
+        #expect(UIODevice.firstPage(of: [limit - UInt64(huge)], size: huge, below: limit) == 0, "a huge page ending at the limit fits")
+        #expect(UIODevice.firstPage(of: [limit - 0x1000], size: huge, below: limit) == nil, "a huge page is checked whole")
     }
 
     /// The physical addresses read for a whole region at once are the ones read page by page.

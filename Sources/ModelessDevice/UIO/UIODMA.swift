@@ -19,47 +19,31 @@ extension UIODevice {
             throw DeviceError(.outOfRange, address, "a UIO DMA buffer is 1 byte to 2 MiB (one contiguous page), not \(size)")
         }
         let huge = size > DMAPageSize.small
+        let page = huge ? DMAPageSize.huge : DMAPageSize.small
         let limit: UInt64 = options.dmaAddressBits >= 64 ? .max : 1 << UInt64(options.dmaAddressBits)
         // Without an IOMMU the device sees physical addresses: keep trying until a page lies
         // below its DMA limit, holding the ones that did not (so they are not handed out
-        // again), then give those back.
+        // again), then give those back. A huge page is tried whole. Small pages are tried one
+        // first (with a wide limit, or plenty of memory below it, it fits and nothing more is
+        // mapped), then a region at a time: the kernel hands out consecutive pages from one
+        // free block it splits, so pages taken one by one can all lie in one block above the
+        // limit while free memory below it goes unseen.
+        let tries = huge ? Array(repeating: page, count: Self.dmaPlacementAttempts)
+                         : [page] + Array(repeating: Self.dmaProbeRegion, count: Self.dmaPlacementAttempts)
         var rejected: [(base: UnsafeMutableRawPointer, length: Int)] = []
         defer { for region in rejected { _ = system.munmap(region.base, region.length) } }
-        if !huge {
-            // One page first: with a wide limit (or plenty of memory below it) it fits, and
-            // nothing more is mapped.
-            let page = try mapLocked(length: DMAPageSize.small, huge: false)
-            let physical = try physicalAddresses(of: page, length: DMAPageSize.small)[0]
-            if Self.firstPage(of: [physical], below: limit) != nil {
-                return makeBuffer(base: page, physical: physical, length: DMAPageSize.small)
-            }
-            rejected.append((page, DMAPageSize.small))
-        }
-        for _ in 0..<Self.dmaPlacementAttempts {
-            if huge {
-                let base = try mapLocked(length: DMAPageSize.huge, huge: true)
-                let physical = try physicalAddresses(of: base, length: DMAPageSize.huge)[0]
-                if physical + UInt64(DMAPageSize.huge) <= limit {
-                    return makeBuffer(base: base, physical: physical, length: DMAPageSize.huge)
-                }
-                rejected.append((base, DMAPageSize.huge))
+        for length in tries {
+            let base = try mapLocked(length: length, huge: huge)
+            let frames = try physicalAddresses(of: base, length: length, page: page)
+            guard let index = Self.firstPage(of: frames, size: page, below: limit) else {
+                rejected.append((base, length))
                 continue
             }
-            // Small pages are probed a region at a time: the kernel hands out consecutive
-            // pages from one free block it splits, so pages taken one by one can all lie in
-            // one block above the limit while free memory below it goes unseen.
-            let region = Self.dmaProbeRegion
-            let base = try mapLocked(length: region, huge: false)
-            let frames = try physicalAddresses(of: base, length: region)
-            guard let index = Self.firstPage(of: frames, below: limit) else {
-                rejected.append((base, region))
-                continue
-            }
-            let page = base + index * DMAPageSize.small
-            let after = region - (index + 1) * DMAPageSize.small
-            if index > 0 { rejected.append((base, index * DMAPageSize.small)) }
-            if after > 0 { rejected.append((page + DMAPageSize.small, after)) }
-            return makeBuffer(base: page, physical: frames[index], length: DMAPageSize.small)
+            let chosen = base + index * page
+            let after = length - (index + 1) * page
+            if index > 0 { rejected.append((base, index * page)) }
+            if after > 0 { rejected.append((chosen + page, after)) }
+            return makeBuffer(base: chosen, physical: frames[index], length: page)
         }
         let probed = huge ? "\(Self.dmaPlacementAttempts) huge pages" : "\(Self.dmaPlacementAttempts * Self.dmaProbeRegion >> 20) MiB of pages"
         throw DeviceError(.outOfDeviceAddresses, address,
@@ -85,12 +69,13 @@ extension UIODevice {
         }
     }
 
-    /// The physical address of each 4 KiB page of a mapping (unmapped on failure), 0 where
-    /// the page is not resident.
-    private func physicalAddresses(of base: UnsafeMutableRawPointer, length: Int) throws(DeviceError) -> [UInt64] {
+    /// The physical address of each `page`-byte page of a mapping (unmapped on failure), 0
+    /// where the page is not resident.
+    private func physicalAddresses(of base: UnsafeMutableRawPointer, length: Int, page: Int) throws(DeviceError) -> [UInt64] {
         let frames: [UInt64]
         do {
-            frames = try Self.physicalAddresses(of: base, pages: length / DMAPageSize.small)
+            // A huge page's first 4 KiB entry gives its address; small pages have one each.
+            frames = try Self.physicalAddresses(of: base, pages: length / page)
         } catch {
             _ = system.munmap(base, length)
             throw DeviceError(error, address)
@@ -111,10 +96,11 @@ extension UIODevice {
         return buffer
     }
 
-    /// The index of the first page among `frames` (physical addresses, 0 for a page not
-    /// resident) that lies wholly below `limit`.
-    static func firstPage(of frames: [UInt64], below limit: UInt64) -> Int? {
-        frames.firstIndex { $0 != 0 && $0 <= limit &- UInt64(DMAPageSize.small) && limit >= UInt64(DMAPageSize.small) }
+    /// The index of the first page of `size` bytes among `frames` (physical addresses, 0 for
+    /// a page not resident) that lies wholly below `limit`.
+    static func firstPage(of frames: [UInt64], size: Int, below limit: UInt64) -> Int? {
+        let size = UInt64(size)
+        return frames.firstIndex { $0 != 0 && limit >= size && $0 <= limit - size }
     }
 
     /// The physical addresses of `pages` consecutive 4 KiB pages from `pointer` (page
