@@ -1,6 +1,7 @@
 import ModelessBus
 import ModelessDevice
 import ModelessSystem
+import Synchronization
 
 /// A device model behind `DeviceAccess`: a driver opened on it cannot tell it from a VFIO
 /// device, which is how drivers are unit-tested on any machine.
@@ -32,6 +33,8 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
     private var intxAsserted = false
     private var intxMasked = false
     private var isOpen = true
+    private let accesses = Atomic<Int>(0)
+    private let watch = Mutex<Watch?>(nil)
 
     /// Opens `model` as the device at `address`, with DMA addresses below 2^`dmaAddressBits`.
     public init(_ model: any DeviceModel, address: PCIAddress = PCIAddress("0000:00:03.0")!,
@@ -78,12 +81,44 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
 
     // MARK: Registers
 
+    /// How many BAR register reads and writes the driver made so far, from any thread, those
+    /// of a removed device (all-ones reads, dropped writes) included.
+    public var registerAccesses: Int { accesses.load(ordering: .relaxed) }
+
+    /// Runs `body` and returns how many BAR register reads and writes the calling thread made
+    /// in it while `counted` held (not the driver's other threads meanwhile): how a test checks
+    /// that a call failed without touching the device, so without waiting on it. `counted`
+    /// leaves out what else runs on the thread, e.g. `{ runtime.currentContext == .passive }`
+    /// leaves out the ISRs and DPCs kernel emulation runs on it. One watch at a time.
+    public func registerAccesses(during body: () throws -> Void,
+                                 counted: @escaping @Sendable () -> Bool = { true }) rethrows -> Int {
+        watch.withLock { $0 = Watch(thread: SystemThread.currentIdentity, counted: counted) }
+        defer { watch.withLock { $0 = nil } }
+        try body()
+        return watch.withLock { $0?.accesses ?? 0 }
+    }
+
+    private struct Watch {
+        let thread: UInt
+        let counted: @Sendable () -> Bool
+        var accesses = 0
+    }
+
+    private func countAccess() {
+        accesses.add(1, ordering: .relaxed)
+        let thread = SystemThread.currentIdentity
+        guard let counted = watch.withLock({ $0?.thread == thread ? $0?.counted : nil }), counted() else { return }
+        watch.withLock { $0?.accesses += 1 }
+    }
+
     func read(bar: Int, offset: Int, width: Int) -> UInt64 {
+        countAccess()
         if faults.surpriseRemoved { return width == 8 ? .max : (1 << (width * 8)) - 1 }
         return model.read(bar: bar, offset: offset, width: width)
     }
 
     func write(bar: Int, offset: Int, width: Int, value: UInt64) {
+        countAccess()
         if faults.surpriseRemoved { return }
         model.write(bar: bar, offset: offset, width: width, value: value)
     }

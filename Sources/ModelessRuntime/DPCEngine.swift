@@ -109,7 +109,7 @@ final class DPCEngine: @unchecked Sendable {
     var isAtInterruptLevel: Bool { interruptLevel.current > 0 }
 
     /// Runs `body` marked as interrupt level: an ISR (inside ``enterInterruptLevel()``, or one
-    /// the kernel emulation delivers on an unmasking thread) or a DPC.
+    /// the kernel emulation delivers on a DPC that unmasks) or a DPC.
     func markingInterruptLevel(_ body: () -> Void) {
         _ = interruptLevel.add(1)
         body()

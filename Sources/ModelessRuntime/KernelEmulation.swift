@@ -10,7 +10,8 @@ import Synchronization
 /// then the real ISR, with no wait thread. Disabling interrupts masks the controller: a
 /// masking thread waits for an ISR in progress to finish, and interrupts that arrive while
 /// masked are latched and delivered when the last mask is lifted, on the unmasking thread,
-/// as a pending interrupt fires when a CPU re-enables them. DPCs run from per-CPU queues.
+/// as a pending interrupt fires when a CPU re-enables them. DPCs run from per-CPU queues; those
+/// an ISR queues run on its thread once it returns, never before.
 final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     let mode = ExecutionMode.kernelEmulation
     let trace: InterruptTrace?
@@ -158,7 +159,17 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
         if maskDepth == 0, !inInterrupt, state.hasLatched {
             inInterrupt = true
             controller.unlock()
-            engine.markingInterruptLevel { deliverLatched() }  // this thread takes the pending interrupt
+            if engine.isAtInterruptLevel {
+                // A DPC enabled them: the DPCs the ISR queues wait for this CPU's DPC thread,
+                // which is running that DPC (DPCs do not nest).
+                engine.markingInterruptLevel { deliverLatched() }
+            } else {
+                // This thread takes the pending interrupt and runs the DPCs its ISR queued on
+                // the way out, as a CPU does on leaving an interrupt taken when it enabled them.
+                let level = engine.enterInterruptLevel()
+                deliverLatched()
+                engine.leaveInterruptLevel(level)
+            }
         } else {
             controller.unlock()
         }

@@ -88,6 +88,9 @@ public final class SystemThread: @unchecked Sendable {
     /// The CPU the calling thread is running on.
     public static var currentCPU: Int { Int(max(0, modeless_current_cpu())) }
 
+    /// The calling thread's identity (`pthread_self`), equal only for the same thread.
+    public static var currentIdentity: UInt { UInt(pthread_self()) }
+
     /// The number of CPUs this process may run on.
     public static var cpuCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 

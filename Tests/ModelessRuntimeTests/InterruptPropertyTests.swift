@@ -128,6 +128,38 @@ struct InterruptPropertyTests {
         #expect(verifier.reports.isEmpty, "\(verifier.reports)")
     }
 
+    /// A DPC an ISR queues runs once the ISR has returned, never during it, also when the
+    /// interrupt arrived while interrupts were disabled and fires as they are enabled again
+    /// (in the kernel emulation, on the enabling thread).
+    @Test(arguments: ExecutionMode.allCases)
+    func aDPCQueuedByAnISRRunsAfterItReturnsAlsoWhenItFiresOnEnabling(_ mode: ExecutionMode) throws {
+        let device = try ModeledDevice(InterruptSourceModel())
+        let verifier = DriverVerifier()
+        let runtime = try makeRuntime(mode, options: RuntimeOptions(verifier: verifier))
+        defer { runtime.shutdown(); device.close() }
+        let vector = try device.enableInterrupts(.msi, count: 1)[0]
+        let isrReturned = Atomic<Bool>(false)
+        let seenByDPC = Mutex<[Bool]>([])
+        let dpc = runtime.makeDPC("after the ISR") { seenByDPC.withLock { $0.append(isrReturned.load(ordering: .acquiring)) } }
+        _ = try runtime.attachInterrupt(vector, name: "queues a DPC", acknowledge: { 0 }) { _ in
+            isrReturned.store(false, ordering: .releasing)
+            dpc.queue()
+            // Long enough for a DPC thread woken at the queuing to have run, were it woken.
+            let until = monotonicNanoseconds() + 30_000_000
+            while monotonicNanoseconds() < until {}
+            isrReturned.store(true, ordering: .releasing)
+        }
+        try vector.trigger()  // Delivered at once.
+        for _ in 0..<2000 where seenByDPC.withLock({ $0.count }) < 1 { usleep(1000) }
+        runtime.withInterruptsDisabled {
+            try? vector.trigger()  // Latched until the enable.
+            usleep(50_000)
+        }
+        for _ in 0..<2000 where seenByDPC.withLock({ $0.count }) < 2 { usleep(1000) }
+        #expect(seenByDPC.withLock { $0 } == [true, true], "for each run of the DPC, whether the ISR had returned")
+        #expect(verifier.reports.isEmpty, "\(verifier.reports)")
+    }
+
     @Test(arguments: ExecutionMode.allCases)
     func aDPCQueuedTwiceBeforeItRunsRunsOnce(_ mode: ExecutionMode) throws {
         let verifier = DriverVerifier()
