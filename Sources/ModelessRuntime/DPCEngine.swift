@@ -102,14 +102,20 @@ final class DPCEngine: @unchecked Sendable {
     let isShutDown = Atomic<Bool>(false)
     /// On an interrupt thread inside ``enterInterruptLevel()``: its queue's index plus one.
     private let interruptLevelQueue: ThreadLocalInteger
+    /// The DPCs an ISR queued on this thread, held until it returns: the first and the last
+    /// slot plus one (zero when none), linked through `nextHeld`.
+    private let heldFirst: ThreadLocalInteger
+    private let heldLast: ThreadLocalInteger
+    /// For each slot held on some thread, the slot held after it (-1 for the last). A DPC is
+    /// queued at most once at a time, so its entry belongs to the thread that holds it.
+    private let nextHeld = UnsafeMutablePointer<Int32>.allocate(capacity: DPCEngine.capacity)
     /// Above zero on a thread while it runs an ISR or a DPC.
     private let interruptLevel: ThreadLocalInteger
 
     /// Whether the calling thread is running an ISR or a DPC.
     var isAtInterruptLevel: Bool { interruptLevel.current > 0 }
 
-    /// Runs `body` marked as interrupt level: an ISR (inside ``enterInterruptLevel()``, or one
-    /// the kernel emulation delivers on a DPC that unmasks) or a DPC.
+    /// Runs `body` marked as interrupt level: a DPC (an ISR is inside ``enterInterruptLevel()``).
     func markingInterruptLevel(_ body: () -> Void) {
         _ = interruptLevel.add(1)
         body()
@@ -125,6 +131,9 @@ final class DPCEngine: @unchecked Sendable {
         context = ContextWord(keys)
         interruptLevelQueue = keys.make()
         interruptLevel = keys.make()
+        heldFirst = keys.make()
+        heldLast = keys.make()
+        nextHeld.initialize(repeating: -1, count: DPCEngine.capacity)
         queueCount = cpus
         queues = .allocate(capacity: cpus)
         for cpu in 0..<cpus { (queues + cpu).initialize(to: CPUQueue(cpu: cpu)) }
@@ -147,6 +156,7 @@ final class DPCEngine: @unchecked Sendable {
         for cpu in 0..<queueCount { queues[cpu].destroy() }
         queues.deallocate()
         table.deallocate()
+        nextHeld.deallocate()
     }
 
     func make(_ name: String, _ body: @escaping @Sendable () -> Void) -> DeferredProcedureCall {
@@ -161,21 +171,28 @@ final class DPCEngine: @unchecked Sendable {
     }
 
     /// Queues on the calling thread's CPU and wakes that CPU's DPC thread, unless the caller
-    /// is an interrupt thread inside ``enterInterruptLevel()``: that thread runs its queue
-    /// itself on the way out, so waking the DPC thread would only cost a context switch.
+    /// is inside ``enterInterruptLevel()`` (an ISR): then the DPC is held on this thread until
+    /// the ISR returns, where no DPC thread can take it, so it never runs while its ISR does.
     func enqueue(_ dpc: DeferredProcedureCall) {
-        let draining = interruptLevelQueue.current
-        let queue = queues[draining > 0 ? draining - 1 : SystemThread.currentCPU % queueCount]
+        if interruptLevelQueue.current > 0 {
+            let slot = dpc.identifier
+            nextHeld[Int(slot)] = -1
+            let last = heldLast.current
+            if last == 0 { heldFirst.set(Int(slot) + 1) } else { nextHeld[last - 1] = slot }
+            heldLast.set(Int(slot) + 1)
+            return
+        }
+        let queue = queues[SystemThread.currentCPU % queueCount]
         queue.lock()
         queue.push(dpc.identifier)
-        if draining == 0 { queue.signal() }
+        queue.signal()
         queue.unlock()
     }
 
-    /// Enters interrupt level on an interrupt thread, for an ISR: DPCs the ISR queues go to this
-    /// CPU's queue without waking its DPC thread. Returns the queue to hand to
-    /// ``leaveInterruptLevel(_:)``. (A pair of calls rather than a closure, which would retain
-    /// what it captures on every interrupt.)
+    /// Enters interrupt level for an ISR: DPCs the ISR queues are held on this thread until
+    /// ``leaveInterruptLevel(_:)`` or ``leaveInterruptLevelForDPCThread(_:)``, which take the
+    /// index returned here (this CPU's queue). (A pair of calls rather than a closure, which
+    /// would retain what it captures on every interrupt.)
     @inline(__always)
     func enterInterruptLevel() -> Int {
         let index = SystemThread.currentCPU % queueCount
@@ -184,13 +201,49 @@ final class DPCEngine: @unchecked Sendable {
         return index
     }
 
-    /// Runs every DPC queued for the interrupt's CPU, on the same thread, as a kernel runs DPCs
-    /// on the way out of an interrupt, then leaves interrupt level.
+    /// Runs the DPCs the ISR queued, then every other DPC queued for the interrupt's CPU, on
+    /// the same thread, as a kernel runs DPCs on the way out of an interrupt (an interrupt
+    /// thread's way: a wait thread's or an interrupt line's), then leaves interrupt level.
     @inline(__always)
     func leaveInterruptLevel(_ index: Int) {
         interruptLevelQueue.set(0)
+        var slot = takeHeld()
+        while slot >= 0 {
+            let next = nextHeld[Int(slot)]  // Read first: once run, the DPC may be queued again.
+            run(slot)
+            slot = next
+        }
         runQueued(index)
         _ = interruptLevel.add(-1)
+    }
+
+    /// Hands the DPCs the ISR queued to the interrupt CPU's DPC thread and leaves interrupt
+    /// level: for an ISR run on a thread that is not an interrupt thread (one that enabled
+    /// interrupts again in the kernel emulation), which is not taken over to run them.
+    func leaveInterruptLevelForDPCThread(_ index: Int) {
+        interruptLevelQueue.set(0)
+        var slot = takeHeld()
+        if slot >= 0 {
+            let queue = queues[index]
+            queue.lock()
+            while slot >= 0 {
+                queue.push(slot)
+                slot = nextHeld[Int(slot)]
+            }
+            queue.signal()
+            queue.unlock()
+        }
+        _ = interruptLevel.add(-1)
+    }
+
+    /// The first DPC held on this thread (-1 for none), the list emptied.
+    @inline(__always)
+    private func takeHeld() -> Int32 {
+        let first = heldFirst.current
+        guard first > 0 else { return -1 }
+        heldFirst.set(0)
+        heldLast.set(0)
+        return Int32(first - 1)
     }
 
     /// Runs every DPC queued for the queue at `index`, on the calling thread.

@@ -10,8 +10,8 @@ import Synchronization
 /// then the real ISR, with no wait thread. Disabling interrupts masks the controller: a
 /// masking thread waits for an ISR in progress to finish, and interrupts that arrive while
 /// masked are latched and delivered when the last mask is lifted, on the unmasking thread,
-/// as a pending interrupt fires when a CPU re-enables them. DPCs run from per-CPU queues; those
-/// an ISR queues run on its thread once it returns, never before.
+/// as a pending interrupt fires when a CPU re-enables them. DPCs run from per-CPU queues, those
+/// an ISR queues only once it has returned.
 final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
     let mode = ExecutionMode.kernelEmulation
     let trace: InterruptTrace?
@@ -159,17 +159,12 @@ final class KernelEmulation: CheckedRuntime, @unchecked Sendable {
         if maskDepth == 0, !inInterrupt, state.hasLatched {
             inInterrupt = true
             controller.unlock()
-            if engine.isAtInterruptLevel {
-                // A DPC enabled them: the DPCs the ISR queues wait for this CPU's DPC thread,
-                // which is running that DPC (DPCs do not nest).
-                engine.markingInterruptLevel { deliverLatched() }
-            } else {
-                // This thread takes the pending interrupt and runs the DPCs its ISR queued on
-                // the way out, as a CPU does on leaving an interrupt taken when it enabled them.
-                let level = engine.enterInterruptLevel()
-                deliverLatched()
-                engine.leaveInterruptLevel(level)
-            }
+            // This thread takes the pending interrupt. The DPCs its ISR queues go to this CPU's
+            // DPC thread once it returns: an ordinary thread is not taken over to run them, and
+            // a DPC that enabled interrupts is not interrupted by another.
+            let level = engine.enterInterruptLevel()
+            deliverLatched()
+            engine.leaveInterruptLevelForDPCThread(level)
         } else {
             controller.unlock()
         }
