@@ -34,6 +34,9 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
     private var intxMasked = false
     private var isOpen = true
     private let accesses = Atomic<Int>(0)
+    /// The thread ``registerAccesses(during:counted:)`` watches (0: none), checked on every
+    /// access before anything else is.
+    private let watchedThread = Atomic<UInt>(0)
     private let watch = Mutex<Watch?>(nil)
 
     /// Opens `model` as the device at `address`, with DMA addresses below 2^`dmaAddressBits`.
@@ -92,22 +95,26 @@ public final class ModeledDevice: DeviceAccess, @unchecked Sendable {
     /// leaves out the ISRs and DPCs kernel emulation runs on it. One watch at a time.
     public func registerAccesses(during body: () throws -> Void,
                                  counted: @escaping @Sendable () -> Bool = { true }) rethrows -> Int {
-        watch.withLock { $0 = Watch(thread: SystemThread.currentIdentity, counted: counted) }
-        defer { watch.withLock { $0 = nil } }
+        watch.withLock { $0 = Watch(counted: counted) }
+        watchedThread.store(SystemThread.currentIdentity, ordering: .releasing)
+        defer {
+            watchedThread.store(0, ordering: .releasing)
+            watch.withLock { $0 = nil }
+        }
         try body()
         return watch.withLock { $0?.accesses ?? 0 }
     }
 
     private struct Watch {
-        let thread: UInt
         let counted: @Sendable () -> Bool
         var accesses = 0
     }
 
     private func countAccess() {
         accesses.add(1, ordering: .relaxed)
-        let thread = SystemThread.currentIdentity
-        guard let counted = watch.withLock({ $0?.thread == thread ? $0?.counted : nil }), counted() else { return }
+        let watched = watchedThread.load(ordering: .acquiring)
+        guard watched != 0, watched == SystemThread.currentIdentity,
+              let counted = watch.withLock({ $0?.counted }), counted() else { return }
         watch.withLock { $0?.accesses += 1 }
     }
 

@@ -100,8 +100,8 @@ final class DPCEngine: @unchecked Sendable {
     private var made = 0
     /// Set by ``shutdown()``: queuing is refused from then on.
     let isShutDown = Atomic<Bool>(false)
-    /// On an interrupt thread inside ``enterInterruptLevel()``: its queue's index plus one.
-    private let interruptLevelQueue: ThreadLocalInteger
+    /// 1 on a thread inside ``enterInterruptLevel()`` (running an ISR), whose DPCs it holds.
+    private let holdingDPCs: ThreadLocalInteger
     /// The DPCs an ISR queued on this thread, held until it returns: the first and the last
     /// slot plus one (zero when none), linked through `nextHeld`.
     private let heldFirst: ThreadLocalInteger
@@ -129,7 +129,7 @@ final class DPCEngine: @unchecked Sendable {
         self.depth = depth
         self.keys = keys
         context = ContextWord(keys)
-        interruptLevelQueue = keys.make()
+        holdingDPCs = keys.make()
         interruptLevel = keys.make()
         heldFirst = keys.make()
         heldLast = keys.make()
@@ -174,7 +174,7 @@ final class DPCEngine: @unchecked Sendable {
     /// is inside ``enterInterruptLevel()`` (an ISR): then the DPC is held on this thread until
     /// the ISR returns, where no DPC thread can take it, so it never runs while its ISR does.
     func enqueue(_ dpc: DeferredProcedureCall) {
-        if interruptLevelQueue.current > 0 {
+        if holdingDPCs.current != 0 {
             let slot = dpc.identifier
             nextHeld[Int(slot)] = -1
             let last = heldLast.current
@@ -197,7 +197,7 @@ final class DPCEngine: @unchecked Sendable {
     func enterInterruptLevel() -> Int {
         let index = SystemThread.currentCPU % queueCount
         _ = interruptLevel.add(1)
-        interruptLevelQueue.set(index + 1)
+        holdingDPCs.set(1)
         return index
     }
 
@@ -206,7 +206,7 @@ final class DPCEngine: @unchecked Sendable {
     /// thread's way: a wait thread's or an interrupt line's), then leaves interrupt level.
     @inline(__always)
     func leaveInterruptLevel(_ index: Int) {
-        interruptLevelQueue.set(0)
+        holdingDPCs.set(0)
         var slot = takeHeld()
         while slot >= 0 {
             let next = nextHeld[Int(slot)]  // Read first: once run, the DPC may be queued again.
@@ -221,7 +221,7 @@ final class DPCEngine: @unchecked Sendable {
     /// level: for an ISR run on a thread that is not an interrupt thread (one that enabled
     /// interrupts again in the kernel emulation), which is not taken over to run them.
     func leaveInterruptLevelForDPCThread(_ index: Int) {
-        interruptLevelQueue.set(0)
+        holdingDPCs.set(0)
         var slot = takeHeld()
         if slot >= 0 {
             let queue = queues[index]
